@@ -1,0 +1,173 @@
+"""Agents, and the resolved set of agents a run may use.
+
+Agents and tools are code, not state: a RunState names them, and every use re-resolves the
+names against the agents the caller passes. ``AgentSet`` does that resolution once per run.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pydantic
+
+from ._errors import ConfigurationError, UnknownAgentError, UnknownToolError
+from ._tools import Tool, ToolSpec, tool
+
+if TYPE_CHECKING:
+    from ._state import RunState
+
+__all__ = ["Agent", "AgentSet", "handoff_tool_name"]
+
+
+@dataclass(eq=False)
+class Agent:
+    """An agent: a name, instructions, a model, tools, the agents it may hand off to, and the
+    type of its final output (a pydantic model or any type pydantic validates; ``None`` or
+    ``str`` for plain text).
+
+    ``instructions`` is a str or a function of the run's context returning one. ``model`` is a
+    model object (see ``agentfsm.testing.ScriptedModel``). Plain functions in ``tools`` are
+    wrapped with ``@tool``.
+    """
+
+    name: str
+    instructions: str | Callable[[Any], str] = ""
+    model: Any = None
+    tools: list[Tool] = field(default_factory=list)
+    handoffs: list[Agent] = field(default_factory=list)
+    output_type: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigurationError("an agent needs a non-empty str name")
+        self.tools = [t if isinstance(t, Tool) else tool(t) for t in self.tools]
+
+    def __repr__(self) -> str:
+        return f"Agent({self.name!r})"
+
+
+def handoff_tool_name(agent_name: str) -> str:
+    """The name of the tool a model calls to hand off to ``agent_name``."""
+    return "transfer_to_" + re.sub(r"[^A-Za-z0-9_-]", "_", agent_name).lower()
+
+
+@functools.lru_cache(maxsize=256)
+def _adapter(output_type: Any) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(output_type)
+
+
+class AgentSet(Mapping[str, Agent]):
+    """Every agent reachable from a starting agent through handoffs, by name, with lookup
+    tables for the step. Raises ConfigurationError for two agents with one name or two tools
+    with one name."""
+
+    def __init__(self, starting: Agent) -> None:
+        if not isinstance(starting, Agent):
+            raise ConfigurationError(f"expected an Agent, got {type(starting).__name__}")
+        self.starting = starting.name
+        self._agents: dict[str, Agent] = {}
+        self._tools: dict[str, dict[str, Tool]] = {}
+        self._handoffs: dict[str, dict[str, str]] = {}
+        self._specs: dict[str, tuple[ToolSpec, ...]] = {}
+        pending = [starting]
+        while pending:
+            agent = pending.pop()
+            known = self._agents.get(agent.name)
+            if known is agent:
+                continue
+            if known is not None:
+                raise ConfigurationError(f"two different agents are named {agent.name!r}")
+            self._agents[agent.name] = agent
+            self._index(agent)
+            pending.extend(agent.handoffs)
+
+    def _index(self, agent: Agent) -> None:
+        tools: dict[str, Tool] = {}
+        for t in agent.tools:
+            if t.name in tools:
+                raise ConfigurationError(f"agent {agent.name!r} has two tools named {t.name!r}")
+            tools[t.name] = t
+        handoffs: dict[str, str] = {}
+        specs = [t.spec for t in agent.tools]
+        for target in agent.handoffs:
+            name = handoff_tool_name(target.name)
+            if name in tools or name in handoffs:
+                raise ConfigurationError(
+                    f"agent {agent.name!r}: handoff tool {name!r} clashes with another tool"
+                )
+            handoffs[name] = target.name
+            specs.append(
+                ToolSpec(
+                    name=name,
+                    description=f"Hand the conversation over to the agent {target.name!r}.",
+                    parameters={"type": "object", "properties": {}, "additionalProperties": False},
+                )
+            )
+        self._tools[agent.name] = tools
+        self._handoffs[agent.name] = handoffs
+        self._specs[agent.name] = tuple(specs)
+
+    # Mapping
+    def __getitem__(self, name: str) -> Agent:
+        return self._agents[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._agents)
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+    def agent(self, name: str) -> Agent:
+        """The agent called ``name``; raises UnknownAgentError."""
+        try:
+            return self._agents[name]
+        except KeyError:
+            known = ", ".join(sorted(self._agents))
+            raise UnknownAgentError(
+                f"the run names agent {name!r}, which is not reachable from {self.starting!r} "
+                f"(known: {known})"
+            ) from None
+
+    def tool(self, agent: str, name: str) -> Tool | None:
+        return self._tools[agent].get(name) if agent in self._tools else None
+
+    def require_tool(self, agent: str, name: str) -> Tool:
+        """The tool ``name`` of ``agent``; raises UnknownToolError."""
+        found = self.tool(agent, name)
+        if found is None:
+            self.agent(agent)
+            raise UnknownToolError(f"the run names tool {name!r}, which agent {agent!r} lacks")
+        return found
+
+    def tool_names(self, agent: str) -> list[str]:
+        return [*self._tools[agent], *self._handoffs[agent]]
+
+    def handoff_target(self, agent: str, tool_name: str) -> str | None:
+        return self._handoffs[agent].get(tool_name)
+
+    def tool_specs(self, agent: str) -> tuple[ToolSpec, ...]:
+        return self._specs[agent]
+
+    def output_adapter(self, agent: str) -> pydantic.TypeAdapter[Any] | None:
+        """The validator of ``agent``'s final output, or None for plain text."""
+        output_type = self.agent(agent).output_type
+        if output_type is None or output_type is str:
+            return None
+        try:
+            return _adapter(output_type)
+        except TypeError:  # unhashable type annotation
+            return pydantic.TypeAdapter(output_type)
+
+    def check(self, state: RunState) -> None:
+        """Raise ResolutionError unless every agent and tool ``state`` names resolves."""
+        self.agent(state.starting_agent)
+        self.agent(state.current_agent)
+        if state.pending_handoff is not None:
+            self.agent(state.pending_handoff)
+        for call in state.ledger:
+            if call.status != "committed":
+                self.require_tool(call.agent, call.tool)

@@ -1,0 +1,152 @@
+"""RunState <-> JSON: the wire type, schema versions, migrations and signatures.
+
+The wire form of a state is the RunState's fields with the transcript as a plain JSON array.
+Signed states are wrapped as ``{"signature": "<hex HMAC-SHA256 of the state's bytes>",
+"state": {...}}``; the signature covers the exact bytes of the ``state`` member.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from ._errors import StateFormatError
+from ._items import Item
+from ._state import RunState, Transcript
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "WireState", "decode", "encode", "wire_type"]
+
+#: The schema version this code writes. One line per version:
+#:   1: first release.
+SCHEMA_VERSION = 1
+
+#: ``MIGRATIONS[n]`` turns a version-n document (a dict) into a version n+1 document. Each
+#: one has a frozen fixture under tests/fixtures/ that a test loads.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def _wire_fields() -> list[tuple[str, Any]]:
+    fields = []
+    for field in msgspec.structs.fields(RunState):
+        kind = tuple[Item, ...] if field.name == "items" else field.type
+        fields.append((field.name, kind))
+    return fields
+
+
+WireState: Any = msgspec.defstruct(
+    "RunState",
+    _wire_fields(),
+    frozen=True,
+    forbid_unknown_fields=True,
+    module=__name__,
+)
+
+
+def wire_type() -> Any:
+    """The persisted type of a RunState (for JSON Schema generation)."""
+    return WireState
+
+
+class _Envelope(msgspec.Struct, forbid_unknown_fields=True):
+    signature: str
+    state: msgspec.Raw
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(WireState)
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
+def _key(signing_key: bytes | str) -> bytes:
+    return signing_key.encode() if isinstance(signing_key, str) else signing_key
+
+
+def _sign(body: bytes, signing_key: bytes | str) -> str:
+    return hmac.new(_key(signing_key), body, hashlib.sha256).hexdigest()
+
+
+def encode(state: RunState, *, signing_key: bytes | str | None = None) -> bytes:
+    values = list(msgspec.structs.astuple(state))
+    values[_ITEMS_INDEX] = state.items.to_tuple()
+    body = _encoder.encode(WireState(*values))
+    if signing_key is None:
+        return body
+    signature = _sign(body, signing_key).encode()
+    return b'{"signature":"' + signature + b'","state":' + body + b"}"
+
+
+_ITEMS_INDEX = RunState.__struct_fields__.index("items")
+
+
+def decode(data: str | bytes, *, signing_key: bytes | str | None = None) -> RunState:
+    if isinstance(data, str):
+        try:
+            data = data.encode()
+        except UnicodeEncodeError as exc:
+            raise StateFormatError(f"run state is not valid text: {exc}") from None
+    elif not isinstance(data, bytes | bytearray | memoryview):
+        raise StateFormatError(f"run state must be str or bytes, not {type(data).__name__}")
+    body = bytes(data) if signing_key is None else _verified(bytes(data), signing_key)
+    try:
+        wire = _decoder.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        wire = _decode_slowly(body, exc)
+    if wire.schema_version != SCHEMA_VERSION:
+        wire = _decode_slowly(body, None)
+    return _from_wire(wire)
+
+
+def _verified(data: bytes, signing_key: bytes | str) -> bytes:
+    try:
+        envelope = _envelope_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise StateFormatError(
+            f"run state is not signed as expected (a signing key was given): {exc}"
+        ) from None
+    body = bytes(envelope.state)
+    if not hmac.compare_digest(envelope.signature, _sign(body, signing_key)):
+        raise StateFormatError("run state signature does not match: it was changed or forged")
+    return body
+
+
+def _decode_slowly(body: bytes, error: Exception | None) -> Any:
+    """Diagnose a document the fast path refused, and migrate older versions."""
+    try:
+        document = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise StateFormatError(f"run state is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise StateFormatError(f"run state must be a JSON object, not {type(document).__name__}")
+    if "signature" in document and "state" in document:
+        raise StateFormatError("run state is signed; pass signing_key to load it")
+    version = document.get("schema_version")
+    if type(version) is not int:
+        raise StateFormatError("run state has no integer `schema_version`")
+    if version > SCHEMA_VERSION:
+        raise StateFormatError(
+            f"run state has schema_version {version}, newer than this agentfsm understands "
+            f"({SCHEMA_VERSION}); upgrade agentfsm to load it"
+        )
+    if version < 1:
+        raise StateFormatError(f"run state has unknown schema_version {version}")
+    if version == SCHEMA_VERSION and error is not None:
+        raise StateFormatError(f"invalid run state: {error}") from None
+    for step in range(version, SCHEMA_VERSION):
+        document = MIGRATIONS[step](document)
+        document["schema_version"] = step + 1
+    try:
+        return msgspec.convert(document, WireState)
+    except msgspec.ValidationError as exc:
+        raise StateFormatError(
+            f"invalid run state (after migrating from version {version}): {exc}"
+        ) from None
+
+
+def _from_wire(wire: Any) -> RunState:
+    fields = msgspec.structs.asdict(wire)
+    fields["items"] = Transcript(wire.items)
+    return RunState(**fields)

@@ -1,0 +1,126 @@
+"""The exceptions agentfsm raises.
+
+Every error agentfsm raises on purpose is an ``AgentFSMError``; errors from the libraries it
+uses (msgspec, pydantic, httpx, sqlite3) are translated at the edge and never reach the user
+bare. The tree::
+
+    AgentFSMError
+    ├── IllegalTransition      an event the run's status does not accept
+    ├── InvalidEvent           a legal event whose content does not fit the state
+    ├── StateFormatError       stored state that cannot be loaded (bad JSON, schema, signature)
+    ├── ResolutionError        a name in the state that the code no longer defines
+    │   ├── UnknownAgentError
+    │   └── UnknownToolError
+    ├── UnknownCallError       a decision for a call that is not awaiting one
+    ├── ContextError           a run context that is not JSON data
+    ├── ToolDefinitionError    a function that cannot become a tool
+    ├── ToolArgumentsError     tool arguments that fail the tool's schema
+    ├── ToolError              a tool raised or timed out (when configured to raise)
+    ├── ModelError             the model failed, or answered something unusable
+    │   └── ModelBehaviorError
+    └── ConfigurationError     agents or runner set up in a way that cannot work
+
+Errors raised by the runner while a run is under way carry the run's last consistent state
+in ``state``, so nothing is lost: it can be saved and resumed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._state import RunState
+
+__all__ = [
+    "AgentFSMError",
+    "ConfigurationError",
+    "ContextError",
+    "IllegalTransition",
+    "InvalidEvent",
+    "ModelBehaviorError",
+    "ModelError",
+    "ResolutionError",
+    "StateFormatError",
+    "ToolArgumentsError",
+    "ToolDefinitionError",
+    "ToolError",
+    "UnknownAgentError",
+    "UnknownCallError",
+    "UnknownToolError",
+]
+
+
+class AgentFSMError(Exception):
+    """Base class of every error agentfsm raises on purpose."""
+
+    #: The run's last consistent state, when the error interrupted a run under way.
+    state: RunState | None = None
+
+
+class IllegalTransition(AgentFSMError):
+    """An event that the run's current status does not accept.
+
+    The state is unchanged. ``status`` and ``event`` name the pair that is not in the table.
+    """
+
+    def __init__(self, status: Any, event: str, detail: str = "") -> None:
+        self.status = status
+        self.event = event
+        message = f"a run in status {str(status)!r} does not accept the event {event!r}"
+        super().__init__(f"{message}: {detail}" if detail else message)
+
+
+class InvalidEvent(AgentFSMError):
+    """An event the status accepts, whose content does not fit the state (state unchanged)."""
+
+
+class StateFormatError(AgentFSMError):
+    """Serialized state that cannot be loaded: not JSON, wrong shape, unknown version or tag,
+    or a missing or wrong signature."""
+
+
+class ResolutionError(AgentFSMError):
+    """A name stored in the state that no longer resolves against the code."""
+
+
+class UnknownAgentError(ResolutionError):
+    """The state names an agent that is not reachable from the starting agent."""
+
+
+class UnknownToolError(ResolutionError):
+    """The state names a tool that its agent no longer has."""
+
+
+class UnknownCallError(AgentFSMError):
+    """A decision names a call that is not awaiting one."""
+
+
+class ContextError(AgentFSMError):
+    """The run context is not JSON data (dicts with str keys, lists, str, int, float, bool,
+    None)."""
+
+
+class ToolDefinitionError(AgentFSMError):
+    """A function that cannot be turned into a tool (for example ``*args``)."""
+
+
+class ToolArgumentsError(AgentFSMError):
+    """Arguments that do not validate against a tool's schema."""
+
+
+class ToolError(AgentFSMError):
+    """A tool raised or timed out, and the runner was told to raise instead of telling the
+    model."""
+
+
+class ModelError(AgentFSMError):
+    """The model could not be asked, or failed to answer."""
+
+
+class ModelBehaviorError(ModelError):
+    """The model answered something the engine cannot use (for example two tool calls with
+    one id)."""
+
+
+class ConfigurationError(AgentFSMError):
+    """Agents, tools or the runner are set up in a way that cannot work."""

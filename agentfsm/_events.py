@@ -1,0 +1,94 @@
+"""Events: the inputs that advance a run. Each carries everything the step needs from outside
+(the model's answer, tool results, decisions), so the step itself needs no I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ._items import Item, ModelResponse, Record
+
+__all__ = [
+    "ApprovalsDecided",
+    "Cancelled",
+    "Decision",
+    "Event",
+    "Injected",
+    "ModelResponded",
+    "Started",
+    "ToolOutput",
+    "ToolsFinished",
+]
+
+
+class Decision(Record, frozen=True):
+    """A human's decision on one call, bound to the digest of the arguments they saw.
+
+    ``always`` also makes the decision sticky for every later call of the same tool.
+    ``arguments`` (approvals only) replaces the call's arguments; they are validated against the
+    tool's schema before the call runs.
+    """
+
+    call_id: str
+    digest: str
+    approved: bool
+    always: bool = False
+    message: str | None = None
+    arguments: dict[str, Any] | None = None
+
+
+class ToolOutput(Record, frozen=True):
+    """The result of executing one tool call, as text for the model."""
+
+    call_id: str
+    output: str
+    is_error: bool = False
+
+
+class _Event(Record, frozen=True, tag_field="type"):
+    pass
+
+
+class Started(_Event, frozen=True, tag="started"):
+    """Start a new run, or restart one that failed on its turn limit with a higher
+    ``max_turns``."""
+
+    max_turns: int | None = None
+
+
+class ModelResponded(_Event, frozen=True, tag="model_responded"):
+    """The model answered. ``needs_approval`` holds the driver's answers for tools whose
+    approval rule is a function (a call missing from it is treated as needing approval)."""
+
+    response: ModelResponse
+    needs_approval: dict[str, bool] = msgspec.field(default_factory=dict)
+
+
+class ToolsFinished(_Event, frozen=True, tag="tools_finished"):
+    """Every started call of the turn finished (``results``) or is in doubt (``in_doubt``:
+    started in an earlier process that died before committing its result)."""
+
+    results: tuple[ToolOutput, ...] = ()
+    in_doubt: tuple[str, ...] = ()
+
+
+class ApprovalsDecided(_Event, frozen=True, tag="approvals_decided"):
+    """Apply decisions: the ones recorded in the state plus ``decisions``."""
+
+    decisions: tuple[Decision, ...] = ()
+
+
+class Cancelled(_Event, frozen=True, tag="cancelled"):
+    """Stop the run for good."""
+
+    reason: str = "cancelled"
+
+
+class Injected(_Event, frozen=True, tag="injected"):
+    """New input from the user, given to the model at its next turn."""
+
+    items: tuple[Item, ...]
+
+
+Event = Started | ModelResponded | ToolsFinished | ApprovalsDecided | Cancelled | Injected

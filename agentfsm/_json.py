@@ -1,0 +1,56 @@
+"""JSON data helpers shared by the core: strict checks and stable digests."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+import msgspec
+
+from ._errors import ContextError
+
+__all__ = ["check_json_data", "digest"]
+
+_encoder = msgspec.json.Encoder(order="sorted")
+
+
+def check_json_data(value: Any, what: str = "context") -> None:
+    """Raise ContextError unless ``value`` is plain JSON data that survives a round trip
+    unchanged: dicts with str keys, lists, str, int, finite float, bool, None."""
+    path = _first_non_json(value, "$")
+    if path is not None:
+        where, bad = path
+        raise ContextError(
+            f"{what} must be JSON data (dict with str keys, list, str, int, float, bool, None); "
+            f"found {type(bad).__name__} at {where}. Convert it first, for a pydantic model "
+            f"with model.model_dump(mode='json')."
+        )
+
+
+def _first_non_json(value: Any, where: str) -> tuple[str, Any] | None:
+    kind = type(value)
+    if value is None or kind is str or kind is bool or kind is int:
+        return None
+    if kind is float:
+        return None if math.isfinite(value) else (where, value)
+    if kind is list:
+        for index, item in enumerate(value):
+            found = _first_non_json(item, f"{where}[{index}]")
+            if found is not None:
+                return found
+        return None
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return (f"{where} (a key)", key)
+            found = _first_non_json(item, f"{where}.{key}")
+            if found is not None:
+                return found
+        return None
+    return (where, value)
+
+
+def digest(arguments: Any) -> str:
+    """A stable digest of JSON arguments: sha256 of their key-sorted JSON encoding."""
+    return hashlib.sha256(_encoder.encode(arguments)).hexdigest()

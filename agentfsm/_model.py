@@ -1,0 +1,41 @@
+"""The model protocol the driver talks to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from ._items import Item, ModelResponse
+from ._tools import ToolSpec
+
+__all__ = ["Model", "ModelRequest"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRequest:
+    """Everything a model needs for one turn.
+
+    ``turn`` is the number of model responses the run has recorded so far (across all
+    agents); ``input`` and ``items`` together are the conversation so far.
+    """
+
+    run_id: str
+    agent: str
+    instructions: str
+    input: tuple[Item, ...]
+    items: Sequence[Item]
+    tools: tuple[ToolSpec, ...]
+    output_schema: dict[str, Any] | None
+    turn: int
+
+    def conversation(self) -> Iterator[Item]:
+        yield from self.input
+        yield from self.items
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A model: answers one request with one response."""
+
+    async def respond(self, request: ModelRequest) -> ModelResponse: ...

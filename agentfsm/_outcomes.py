@@ -1,0 +1,93 @@
+"""Outcomes: what the driver must do after a step. Exactly one per step."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from ._items import Record
+
+__all__ = [
+    "ApprovalRequest",
+    "FinalOutput",
+    "Handoff",
+    "Interruption",
+    "Invocation",
+    "Outcome",
+    "RunAgain",
+    "RunError",
+    "ToolCall",
+]
+
+
+class RunError(Record, frozen=True):
+    """Why a run ended without an output. ``kind`` is ``"max_turns_exceeded"`` or
+    ``"cancelled"``."""
+
+    kind: str
+    message: str
+
+
+class Invocation(Record, frozen=True):
+    """One tool call the driver must execute, with validated arguments.
+
+    ``idempotency_key`` is stable for this call across processes and retries; tools can pass it
+    on to the services they call.
+    """
+
+    call_id: str
+    tool: str
+    agent: str
+    arguments: dict[str, Any]
+    idempotency_key: str
+
+
+class ApprovalRequest(Record, frozen=True):
+    """A call waiting for a human. ``reason`` is ``"approval"`` (the tool needs approval) or
+    ``"in_doubt"`` (it started in a process that died before its result was recorded)."""
+
+    call_id: str
+    tool: str
+    agent: str
+    arguments: dict[str, Any]
+    digest: str
+    reason: Literal["approval", "in_doubt"] = "approval"
+
+
+class _Outcome(Record, frozen=True, tag_field="type"):
+    pass
+
+
+class RunAgain(_Outcome, frozen=True, tag="run_again"):
+    """Call the current agent's model."""
+
+    agent: str
+
+
+class ToolCall(_Outcome, frozen=True, tag="tool_call"):
+    """Execute these calls (concurrently), then report them all with ``ToolsFinished``."""
+
+    calls: tuple[Invocation, ...]
+
+
+class Interruption(_Outcome, frozen=True, tag="interruption"):
+    """Stop: these calls wait for decisions. Resume with ``ApprovalsDecided``."""
+
+    requests: tuple[ApprovalRequest, ...]
+
+
+class Handoff(_Outcome, frozen=True, tag="handoff"):
+    """The current agent is now ``target``; call its model."""
+
+    source: str
+    target: str
+
+
+class FinalOutput(_Outcome, frozen=True, tag="final_output"):
+    """The run is over: ``output`` when it completed, ``error`` when it failed or was
+    cancelled."""
+
+    output: Any = None
+    error: RunError | None = None
+
+
+Outcome = RunAgain | ToolCall | Interruption | Handoff | FinalOutput

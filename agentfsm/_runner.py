@@ -1,0 +1,344 @@
+"""The driver: the only part that awaits.
+
+It asks the pure core what to do next, does exactly one kind of I/O for that outcome (ask the
+model, or run tools), turns the result into the next event, and steps again, checkpointing
+after every step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic_core
+
+from ._agents import Agent, AgentSet
+from ._errors import (
+    AgentFSMError,
+    ConfigurationError,
+    ModelBehaviorError,
+    ModelError,
+    ToolArgumentsError,
+    ToolError,
+)
+from ._events import (
+    ApprovalsDecided,
+    Event,
+    ModelResponded,
+    Started,
+    ToolOutput,
+    ToolsFinished,
+)
+from ._items import Item, ModelResponse, Usage
+from ._machine import RunStatus
+from ._model import Model, ModelRequest
+from ._outcomes import (
+    ApprovalRequest,
+    FinalOutput,
+    Handoff,
+    Interruption,
+    Invocation,
+    Outcome,
+    RunAgain,
+    ToolCall,
+)
+from ._state import RunState
+from ._step import ToolErrors, new_run, pending_outcome, step
+from ._tools import ToolContext
+
+__all__ = ["RunResult", "Runner"]
+
+log = logging.getLogger("agentfsm")
+
+#: Called with every new state, after every step (sync or async).
+Checkpoint = Callable[[RunState], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where a run stands after ``Runner.run`` returns.
+
+    ``status`` is ``"completed"``, ``"interrupted"``, ``"failed"`` or ``"cancelled"``;
+    ``interruptions`` lists the calls waiting for a decision; ``items`` are the items the run
+    generated (its input is ``state.input``).
+    """
+
+    status: str
+    final_output: Any
+    interruptions: list[ApprovalRequest]
+    state: RunState
+    error: str | None
+
+    @property
+    def run_id(self) -> str:
+        return self.state.run_id
+
+    @property
+    def items(self) -> list[Item]:
+        return list(self.state.items)
+
+    @property
+    def usage(self) -> Usage:
+        return self.state.usage
+
+
+class Runner:
+    """Runs agents: starts runs, resumes them, executes tools, checkpoints every step.
+
+    Args:
+        tool_errors: ``"feed"`` (default) tells the model about a tool that raised, timed
+            out, does not exist or got malformed arguments, as the call's result; ``"raise"``
+            raises ToolError / ModelBehaviorError instead.
+        on_step: called with the new state after every step (sync or async), to persist it.
+    """
+
+    def __init__(self, *, tool_errors: ToolErrors = "feed", on_step: Checkpoint | None = None):
+        if tool_errors not in ("feed", "raise"):
+            raise ConfigurationError("tool_errors must be 'feed' or 'raise'")
+        self.tool_errors: ToolErrors = tool_errors
+        self.on_step = on_step
+
+    def run_sync(
+        self,
+        agent: Agent,
+        input: str | Sequence[Item] | RunState,
+        *,
+        context: Any = None,
+        max_turns: int | None = None,
+        run_id: str | None = None,
+    ) -> RunResult:
+        """``run`` for code without an event loop."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise ConfigurationError("run_sync cannot be called from a running event loop")
+        return asyncio.run(
+            self.run(agent, input, context=context, max_turns=max_turns, run_id=run_id)
+        )
+
+    async def run(
+        self,
+        agent: Agent,
+        input: str | Sequence[Item] | RunState,
+        *,
+        context: Any = None,
+        max_turns: int | None = None,
+        run_id: str | None = None,
+    ) -> RunResult:
+        """Run ``agent`` on ``input`` until it completes, fails, or pauses for approvals.
+
+        Passing a RunState resumes it: ``agent`` is then the starting agent, the names in the
+        state are resolved against every agent reachable from it, and decisions recorded on
+        the state (``approve`` / ``reject``) are applied. ``max_turns`` (default 10) limits
+        the model turns; resuming a run that failed on its limit with a higher one goes on.
+
+        Raises ContextError for a context that is not JSON data, ResolutionError when the
+        state names an agent or tool that no longer exists, ModelError when the model fails,
+        ToolError (with ``tool_errors="raise"``). Errors raised mid-run carry the last state
+        in ``error.state``.
+        """
+        agents = AgentSet(agent)
+        if isinstance(input, RunState):
+            if context is not None:
+                raise ConfigurationError(
+                    "a resumed run keeps the context stored in its state; do not pass context"
+                )
+            state = input
+            agents.check(state)
+        else:
+            state = new_run(
+                agent,
+                input,
+                run_id=run_id or uuid.uuid4().hex,
+                context=context,
+                max_turns=10 if max_turns is None else max_turns,
+            )
+        return await self._drive(agents, state, max_turns)
+
+    async def _drive(self, agents: AgentSet, state: RunState, max_turns: int | None) -> RunResult:
+        outcome: Outcome
+        event: Event | None = None
+        match state.status:
+            case RunStatus.NEW:
+                event = Started(max_turns=max_turns)
+            case RunStatus.INTERRUPTED:
+                event = ApprovalsDecided()
+            case RunStatus.FAILED if max_turns is not None and max_turns > state.turn:
+                event = Started(max_turns=max_turns)
+            case RunStatus.TOOLS:
+                event = await self._recover_tools(agents, state)
+            case _:
+                outcome = pending_outcome(state)
+        while True:
+            if event is not None:
+                state, outcome = self._step(agents, state, event)
+                await self._checkpoint(state)
+            match outcome:
+                case RunAgain() | Handoff():
+                    event = await self._ask_model(agents, state)
+                case ToolCall(calls=calls):
+                    event = ToolsFinished(results=await self._run_tools(agents, state, calls))
+                case Interruption() | FinalOutput():
+                    return _result(agents, state)
+
+    def _step(self, agents: AgentSet, state: RunState, event: Event) -> tuple[RunState, Outcome]:
+        try:
+            return step(state, event, agents, tool_errors=self.tool_errors)
+        except AgentFSMError as exc:
+            exc.state = state
+            raise
+
+    async def _checkpoint(self, state: RunState) -> None:
+        if self.on_step is not None:
+            done = self.on_step(state)
+            if inspect.isawaitable(done):
+                await done
+
+    async def _recover_tools(self, agents: AgentSet, state: RunState) -> Event:
+        """A state loaded while its tools were running: the process that ran them is gone.
+        Re-run the idempotent calls; the others are in doubt and go to a human."""
+        outcome = pending_outcome(state)
+        assert isinstance(outcome, ToolCall)
+        again = [c for c in outcome.calls if agents.require_tool(c.agent, c.tool).idempotent]
+        doubt = tuple(c.call_id for c in outcome.calls if c not in again)
+        results = await self._run_tools(agents, state, again) if again else ()
+        return ToolsFinished(results=results, in_doubt=doubt)
+
+    # -- the model -------------------------------------------------------------------------
+
+    async def _ask_model(self, agents: AgentSet, state: RunState) -> ModelResponded:
+        agent = agents.agent(state.current_agent)
+        model = agent.model
+        if not isinstance(model, Model):
+            raise ConfigurationError(
+                f"agent {agent.name!r} has no usable model (got {model!r}); give it an object "
+                "with an async respond(request) method"
+            )
+        adapter = agents.output_adapter(agent.name)
+        request = ModelRequest(
+            run_id=state.run_id,
+            agent=agent.name,
+            instructions=_instructions(agent, state.context),
+            input=state.input,
+            items=state.items,
+            tools=agents.tool_specs(agent.name),
+            output_schema=adapter.json_schema() if adapter is not None else None,
+            turn=state.turn,
+        )
+        try:
+            response = await model.respond(request)
+        except AgentFSMError as exc:
+            exc.state = exc.state or state
+            raise
+        except Exception as exc:
+            error = ModelError(f"model of agent {agent.name!r} failed: {exc!r}")
+            error.state = state
+            raise error from exc
+        if not isinstance(response, ModelResponse):
+            error = ModelBehaviorError(
+                f"model of agent {agent.name!r} returned {type(response).__name__}, "
+                "not a ModelResponse"
+            )
+            error.state = state
+            raise error
+        return ModelResponded(
+            response=response,
+            needs_approval=await self._approval_rules(agents, state, response),
+        )
+
+    async def _approval_rules(
+        self, agents: AgentSet, state: RunState, response: ModelResponse
+    ) -> dict[str, bool]:
+        """Evaluate the approval functions of the called tools (the step cannot: they are the
+        user's code and may await). A function that raises counts as 'needs approval'."""
+        answers: dict[str, bool] = {}
+        for call in response.tool_calls:
+            tool = agents.tool(state.current_agent, call.name)
+            if tool is None or isinstance(tool.needs_approval, bool):
+                continue
+            try:
+                arguments = tool.validate_json(call.arguments)
+            except ToolArgumentsError:
+                continue
+            try:
+                verdict = tool.needs_approval(state.context, arguments)
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+                answers[call.call_id] = bool(verdict)
+            except Exception:
+                log.exception("needs_approval of tool %r raised; asking a human", tool.name)
+                answers[call.call_id] = True
+        return answers
+
+    # -- tools -----------------------------------------------------------------------------
+
+    async def _run_tools(
+        self, agents: AgentSet, state: RunState, calls: Sequence[Invocation]
+    ) -> tuple[ToolOutput, ...]:
+        if len(calls) == 1:
+            return (await self._run_tool(agents, state, calls[0]),)
+        return tuple(await asyncio.gather(*(self._run_tool(agents, state, c) for c in calls)))
+
+    async def _run_tool(self, agents: AgentSet, state: RunState, call: Invocation) -> ToolOutput:
+        tool = agents.require_tool(call.agent, call.tool)
+        context = ToolContext(
+            run_id=state.run_id,
+            call_id=call.call_id,
+            tool=call.tool,
+            agent=call.agent,
+            idempotency_key=call.idempotency_key,
+            context=state.context,
+        )
+        try:
+            args, kwargs = tool.bind(call.arguments, context)
+            async with asyncio.timeout(tool.timeout):
+                if tool.is_async:
+                    value = await tool.fn(*args, **kwargs)
+                else:
+                    value = await asyncio.to_thread(tool.fn, *args, **kwargs)
+            return ToolOutput(call_id=call.call_id, output=_as_text(value))
+        except TimeoutError:
+            message = f"Error: tool {call.tool!r} timed out after {tool.timeout} seconds."
+            cause: BaseException | None = None
+        except Exception as exc:
+            message = f"Error: tool {call.tool!r} raised {type(exc).__name__}: {exc}"
+            cause = exc
+        if self.tool_errors == "raise":
+            error = ToolError(message.removeprefix("Error: "))
+            error.state = state
+            raise error from cause
+        return ToolOutput(call_id=call.call_id, output=message, is_error=True)
+
+
+def _instructions(agent: Agent, context: Any) -> str:
+    if callable(agent.instructions):
+        return str(agent.instructions(context))
+    return agent.instructions
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return pydantic_core.to_json(value).decode()
+
+
+def _result(agents: AgentSet, state: RunState) -> RunResult:
+    output = state.final_output
+    if state.status is RunStatus.COMPLETED:
+        adapter = agents.output_adapter(state.current_agent)
+        if adapter is not None:
+            output = adapter.validate_python(output)
+    return RunResult(
+        status=state.status.value,
+        final_output=output,
+        interruptions=state.interruptions,
+        state=state,
+        error=state.error.message if state.error is not None else None,
+    )

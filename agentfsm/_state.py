@@ -1,0 +1,251 @@
+"""RunState: a run as one immutable, versioned, JSON-serializable value."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+import msgspec
+
+from ._errors import UnknownCallError
+from ._events import Decision
+from ._items import Item, Record, Usage
+from ._json import check_json_data
+from ._machine import RunStatus
+from ._outcomes import ApprovalRequest, Invocation, RunError
+
+if TYPE_CHECKING:
+    from typing import Self
+
+__all__ = ["CallRecord", "Policy", "RunState", "Transcript"]
+
+
+class Transcript(Sequence[Item]):
+    """An immutable view of a run's items that appends in constant time.
+
+    Successive states share one underlying list: a transcript is the list's first ``n``
+    entries. Appending from the newest transcript extends the list in place, which no older
+    view can see; appending from an older one (a fork) copies. A step therefore never copies
+    or rescans the history.
+    """
+
+    __slots__ = ("_buffer", "_length")
+
+    def __init__(self, items: Iterable[Item] = ()) -> None:
+        self._buffer: list[Item] = list(items)
+        self._length = len(self._buffer)
+
+    @classmethod
+    def _view(cls, buffer: list[Item], length: int) -> Transcript:
+        view = cls.__new__(cls)
+        view._buffer = buffer
+        view._length = length
+        return view
+
+    def extend(self, items: Sequence[Item]) -> Transcript:
+        """A transcript with ``items`` added at the end; ``self`` is unchanged."""
+        if not items:
+            return self
+        buffer, length = self._buffer, self._length
+        if len(buffer) == length:
+            buffer.extend(items)
+            # Another thread may have appended to the same tip between the check and the
+            # extend; then our items are not where we put them, and we fork instead.
+            if buffer[length] is items[0] and len(buffer) >= length + len(items):
+                return Transcript._view(buffer, length + len(items))
+        return Transcript._view([*buffer[:length], *items], length + len(items))
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> Item: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Item, ...]: ...
+    def __getitem__(self, index: int | slice) -> Item | tuple[Item, ...]:
+        if isinstance(index, slice):
+            return tuple(self._buffer[: self._length][index])
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError("transcript index out of range")
+        return self._buffer[index]
+
+    def __iter__(self) -> Iterator[Item]:
+        buffer = self._buffer
+        for index in range(self._length):
+            yield buffer[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Transcript):
+            if self._buffer is other._buffer:
+                return self._length == other._length
+            return self._length == other._length and all(
+                a == b for a, b in zip(self, other, strict=True)
+            )
+        if isinstance(other, tuple | list):
+            return self._length == len(other) and all(
+                a == b for a, b in zip(self, other, strict=True)
+            )
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Transcript({list(self)!r})"
+
+    def to_tuple(self) -> tuple[Item, ...]:
+        return tuple(self._buffer[: self._length])
+
+
+class CallRecord(Record, frozen=True):
+    """One entry of the invocation ledger: a tool call of the current turn.
+
+    ``status`` is ``awaiting_approval`` (waiting for a decision), ``started`` (its intent is
+    recorded and the driver must execute it) or ``committed`` (its result is in the
+    transcript; it never runs again). The ledger is emptied when the turn ends, once every
+    call is committed.
+    """
+
+    call_id: str
+    tool: str
+    agent: str
+    arguments: dict[str, Any]
+    digest: str
+    idempotency_key: str
+    status: Literal["awaiting_approval", "started", "committed"]
+    reason: Literal["approval", "in_doubt"] = "approval"
+
+    def invocation(self) -> Invocation:
+        return Invocation(
+            call_id=self.call_id,
+            tool=self.tool,
+            agent=self.agent,
+            arguments=self.arguments,
+            idempotency_key=self.idempotency_key,
+        )
+
+    def request(self) -> ApprovalRequest:
+        return ApprovalRequest(
+            call_id=self.call_id,
+            tool=self.tool,
+            agent=self.agent,
+            arguments=self.arguments,
+            digest=self.digest,
+            reason=self.reason,
+        )
+
+
+class Policy(Record, frozen=True):
+    """A sticky decision: every later call of ``tool`` is approved (or rejected)."""
+
+    tool: str
+    approved: bool
+    message: str | None = None
+
+
+class RunState(msgspec.Struct, frozen=True, kw_only=True):
+    """A run, as a value. Immutable: every change returns a new RunState.
+
+    Advance it with ``agentfsm.step`` (or a ``Runner``), record decisions with ``approve`` and
+    ``reject``, and persist it with ``to_json`` / ``from_json``.
+    """
+
+    schema_version: int
+    run_id: str
+    status: RunStatus
+    starting_agent: str
+    current_agent: str
+    turn: int
+    max_turns: int
+    input: tuple[Item, ...]
+    items: Transcript
+    ledger: tuple[CallRecord, ...]
+    pending_handoff: str | None
+    decisions: tuple[Decision, ...]
+    policies: tuple[Policy, ...]
+    usage: Usage
+    final_output: Any
+    error: RunError | None
+    context: Any
+    staged: tuple[Item, ...]
+    version: int
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def interruptions(self) -> list[ApprovalRequest]:
+        """The calls waiting for a decision."""
+        return [call.request() for call in self.ledger if call.status == "awaiting_approval"]
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def approve(
+        self, call_id: str, *, always: bool = False, arguments: dict[str, Any] | None = None
+    ) -> Self:
+        """Approve a waiting call, returning a new state (this one is unchanged).
+
+        ``always`` approves every later call of the same tool too. ``arguments`` replaces the
+        call's arguments; they are validated against the tool's schema when the run resumes.
+        Raises UnknownCallError if no call ``call_id`` is waiting.
+        """
+        if arguments is not None:
+            check_json_data(arguments, "edited arguments")
+        return self._decide(call_id, approved=True, always=always, arguments=arguments)
+
+    def reject(self, call_id: str, *, message: str | None = None, always: bool = False) -> Self:
+        """Reject a waiting call, returning a new state (this one is unchanged).
+
+        The model is told ``message`` (or a default) instead of the tool's result. ``always``
+        rejects every later call of the same tool too. Raises UnknownCallError if no call
+        ``call_id`` is waiting.
+        """
+        return self._decide(call_id, approved=False, always=always, message=message)
+
+    def _decide(
+        self,
+        call_id: str,
+        *,
+        approved: bool,
+        always: bool,
+        message: str | None = None,
+        arguments: dict[str, Any] | None = None,
+    ) -> Self:
+        waiting = [c for c in self.ledger if c.status == "awaiting_approval"]
+        call = next((c for c in waiting if c.call_id == call_id), None)
+        if call is None:
+            ids = ", ".join(c.call_id for c in waiting) or "none"
+            raise UnknownCallError(
+                f"run {self.run_id} has no call {call_id!r} awaiting a decision (awaiting: {ids})"
+            )
+        decision = Decision(
+            call_id=call_id,
+            digest=call.digest,
+            approved=approved,
+            always=always,
+            message=message,
+            arguments=arguments,
+        )
+        kept = tuple(d for d in self.decisions if d.call_id != call_id)
+        return msgspec.structs.replace(self, decisions=(*kept, decision), version=self.version + 1)
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def to_json(self, *, signing_key: bytes | str | None = None) -> str:
+        """This state as JSON text. With ``signing_key``, wrapped with an HMAC-SHA256
+        signature that ``from_json`` checks."""
+        from ._codec import encode
+
+        return encode(self, signing_key=signing_key).decode()
+
+    @classmethod
+    def from_json(cls, data: str | bytes, *, signing_key: bytes | str | None = None) -> RunState:
+        """Load a state from ``to_json`` output, migrating older schema versions.
+
+        Raises StateFormatError, saying what is wrong, for anything that is not a valid
+        state: not JSON, a missing field or unknown tag, a newer schema version, or (with
+        ``signing_key``) a missing or wrong signature.
+        """
+        from ._codec import decode
+
+        return decode(data, signing_key=signing_key)

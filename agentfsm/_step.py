@@ -1,0 +1,482 @@
+"""The pure core: ``step(state, event, agents) -> Step(state, outcome)``.
+
+No await, no clock, no ids, no randomness, no I/O: the same inputs always give the same
+outputs. Everything from outside (the model's answer, tool results, decisions) arrives on the
+event; the agents supply only code that is itself deterministic (argument and output
+validation). Which statuses a step may move the run to is decided in ``_machine``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
+
+import msgspec
+import pydantic
+
+from ._agents import Agent, AgentSet
+from ._errors import IllegalTransition, InvalidEvent, ModelBehaviorError, ToolArgumentsError
+from ._events import (
+    ApprovalsDecided,
+    Cancelled,
+    Event,
+    Injected,
+    ModelResponded,
+    Started,
+    ToolsFinished,
+)
+from ._items import (
+    AssistantMessage,
+    Feedback,
+    HandoffItem,
+    Item,
+    ToolCallItem,
+    ToolResultItem,
+    Usage,
+    UserMessage,
+)
+from ._json import check_json_data, digest
+from ._machine import RunStatus, allowed, status_of
+from ._outcomes import (
+    FinalOutput,
+    Handoff,
+    Interruption,
+    Outcome,
+    RunAgain,
+    RunError,
+    ToolCall,
+)
+from ._state import CallRecord, Policy, RunState, Transcript
+
+__all__ = [
+    "DEFAULT_REJECTION",
+    "IN_DOUBT_REJECTION",
+    "Step",
+    "ToolErrors",
+    "idempotency_key",
+    "new_run",
+    "pending_outcome",
+    "step",
+]
+
+ToolErrors = Literal["feed", "raise"]
+
+DEFAULT_REJECTION = "A human declined this tool call; it was not run."
+IN_DOUBT_REJECTION = (
+    "This call was interrupted before its result was recorded, and a human chose not to run "
+    "it again; whether it took effect is unknown."
+)
+
+_replace = msgspec.structs.replace
+
+
+class Step(NamedTuple):
+    """The result of one step: the new state and what the driver must do next."""
+
+    state: RunState
+    outcome: Outcome
+
+
+def new_run(
+    agent: Agent | str,
+    input: str | Sequence[Item],
+    *,
+    run_id: str,
+    context: Any = None,
+    max_turns: int = 10,
+) -> RunState:
+    """A new run in status ``new``; ``step`` it with ``Started()`` to begin.
+
+    Raises ContextError if ``context`` is not JSON data.
+    """
+    check_json_data(context)
+    if type(max_turns) is not int or max_turns < 0:
+        raise ValueError("max_turns must be a non-negative int")
+    name = agent.name if isinstance(agent, Agent) else agent
+    from ._codec import SCHEMA_VERSION
+
+    return RunState(
+        schema_version=SCHEMA_VERSION,
+        run_id=run_id,
+        status=RunStatus.NEW,
+        starting_agent=name,
+        current_agent=name,
+        turn=0,
+        max_turns=max_turns,
+        input=(UserMessage(content=input),) if isinstance(input, str) else tuple(input),
+        items=Transcript(),
+        ledger=(),
+        pending_handoff=None,
+        decisions=(),
+        policies=(),
+        usage=Usage(),
+        final_output=None,
+        error=None,
+        context=context,
+        staged=(),
+        version=0,
+    )
+
+
+def idempotency_key(run_id: str, turn: int, call_id: str) -> str:
+    """The stable idempotency key of one tool call."""
+    return hashlib.sha256(f"{run_id}\x1f{turn}\x1f{call_id}".encode()).hexdigest()[:32]
+
+
+def step(
+    state: RunState,
+    event: Event,
+    agents: AgentSet | Agent,
+    *,
+    tool_errors: ToolErrors = "feed",
+) -> Step:
+    """Advance ``state`` by one ``event``. Pure.
+
+    ``agents`` resolves the names in the state (pass the starting agent, or an AgentSet built
+    from it once). ``tool_errors="raise"`` makes an unknown tool or malformed arguments from
+    the model raise ModelBehaviorError instead of becoming a result the model sees.
+
+    Raises IllegalTransition when the run's status does not accept the event, InvalidEvent
+    when the event does not fit the state, ResolutionError when a name no longer resolves,
+    ToolArgumentsError when edited arguments fail the tool's schema. On any error the state
+    is unchanged (it is a value; nothing was modified).
+    """
+    legal = allowed(state.status, event)
+    spec = agents if isinstance(agents, AgentSet) else AgentSet(agents)
+    match event:
+        case Started():
+            new, outcome = _started(state, event)
+        case ModelResponded():
+            new, outcome = _model_responded(state, event, spec, tool_errors)
+        case ToolsFinished():
+            new, outcome = _tools_finished(state, event)
+        case ApprovalsDecided():
+            new, outcome = _approvals_decided(state, event, spec)
+        case Cancelled():
+            error = RunError(kind="cancelled", message=event.reason)
+            new, outcome = _replace(state, error=error), FinalOutput(error=error)
+        case Injected():
+            new, outcome = _injected(state, event)
+        case _:
+            raise InvalidEvent(f"not an event: {event!r}")
+    status = status_of(outcome)
+    if status not in legal:
+        raise IllegalTransition(
+            state.status, type(event).__name__, f"it would move the run to {status.value!r}"
+        )
+    return Step(_replace(new, status=status, version=state.version + 1), outcome)
+
+
+def pending_outcome(state: RunState) -> Outcome:
+    """What the driver must do for ``state`` as it stands: the outcome of the step that
+    produced it. Used to resume a loaded state."""
+    match state.status:
+        case RunStatus.RUNNING:
+            return RunAgain(agent=state.current_agent)
+        case RunStatus.TOOLS:
+            return ToolCall(calls=_invocations(state.ledger))
+        case RunStatus.INTERRUPTED:
+            return Interruption(requests=_requests(state.ledger))
+        case RunStatus.NEW:
+            raise InvalidEvent("a new run has no outcome yet; step it with Started()")
+        case _:
+            return FinalOutput(output=state.final_output, error=state.error)
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+def _started(state: RunState, event: Started) -> tuple[RunState, Outcome]:
+    max_turns = state.max_turns if event.max_turns is None else event.max_turns
+    if max_turns < 0:
+        raise InvalidEvent("max_turns must not be negative")
+    return _next_turn(_replace(state, max_turns=max_turns, error=None, final_output=None))
+
+
+def _model_responded(
+    state: RunState, event: ModelResponded, spec: AgentSet, tool_errors: ToolErrors
+) -> tuple[RunState, Outcome]:
+    agent = state.current_agent
+    spec.agent(agent)
+    response = event.response
+    ids = [call.call_id for call in response.tool_calls]
+    if not all(ids) or len(set(ids)) != len(ids):
+        raise ModelBehaviorError(f"the model's tool calls need distinct, non-empty ids: {ids}")
+    turn = state.turn + 1
+    usage = state.usage + response.usage
+
+    if not response.tool_calls:
+        text = response.text or ""
+        done = _replace(
+            state,
+            turn=turn,
+            usage=usage,
+            items=state.items.extend([AssistantMessage(content=text, agent=agent)]),
+        )
+        adapter = spec.output_adapter(agent)
+        if adapter is None:
+            return _replace(done, final_output=text), FinalOutput(output=text)
+        try:
+            output = adapter.dump_python(adapter.validate_json(text), mode="json")
+        except pydantic.ValidationError as exc:
+            feedback = Feedback(
+                content=(
+                    "Your final answer does not match the required output schema: "
+                    f"{_explain(exc)}. Answer again with output that matches it."
+                )
+            )
+            return _next_turn(_replace(done, items=done.items.extend([feedback])))
+        return _replace(done, final_output=output), FinalOutput(output=output)
+
+    new_items: list[Item] = []
+    results: list[Item] = []
+    ledger: list[CallRecord] = []
+    handoff = state.pending_handoff
+    if response.text:
+        new_items.append(AssistantMessage(content=response.text, agent=agent))
+    for call in response.tool_calls:
+        new_items.append(
+            ToolCallItem(
+                call_id=call.call_id, tool=call.name, arguments=call.arguments, agent=agent
+            )
+        )
+
+        def fail(message: str, call: Any = call) -> None:
+            results.append(
+                ToolResultItem(
+                    call_id=call.call_id, tool=call.name, output=message, is_error=True, agent=agent
+                )
+            )
+
+        target = spec.handoff_target(agent, call.name)
+        if target is not None:
+            if handoff is not None:
+                fail("Only one handoff per turn is allowed; this one was ignored.")
+                continue
+            handoff = target
+            results.append(
+                ToolResultItem(
+                    call_id=call.call_id,
+                    tool=call.name,
+                    output=f"Transferred to {target}.",
+                    agent=agent,
+                )
+            )
+            results.append(HandoffItem(call_id=call.call_id, source=agent, target=target))
+            continue
+        tool = spec.tool(agent, call.name)
+        if tool is None:
+            message = (
+                f"Unknown tool {call.name!r}. Available tools: "
+                f"{', '.join(spec.tool_names(agent)) or 'none'}."
+            )
+            if tool_errors == "raise":
+                raise ModelBehaviorError(message)
+            fail(message)
+            continue
+        try:
+            arguments = tool.validate_json(call.arguments)
+        except ToolArgumentsError as exc:
+            if tool_errors == "raise":
+                raise ModelBehaviorError(str(exc)) from None
+            fail(f"Error: {exc}")
+            continue
+        needs = (
+            tool.needs_approval
+            if isinstance(tool.needs_approval, bool)
+            else event.needs_approval.get(call.call_id, True)
+        )
+        status: Literal["awaiting_approval", "started", "committed"] = "started"
+        if needs:
+            policy = _policy(state.policies, tool.name)
+            if policy is None:
+                status = "awaiting_approval"
+            elif not policy.approved:
+                status = "committed"
+                results.append(_rejection(call.call_id, tool.name, agent, policy.message))
+        ledger.append(
+            CallRecord(
+                call_id=call.call_id,
+                tool=tool.name,
+                agent=agent,
+                arguments=arguments,
+                digest=digest(arguments),
+                idempotency_key=idempotency_key(state.run_id, turn, call.call_id),
+                status=status,
+            )
+        )
+    return _advance(
+        _replace(
+            state,
+            turn=turn,
+            usage=usage,
+            items=state.items.extend(new_items + results),
+            ledger=tuple(ledger),
+            pending_handoff=handoff,
+        )
+    )
+
+
+def _tools_finished(state: RunState, event: ToolsFinished) -> tuple[RunState, Outcome]:
+    started = {call.call_id for call in state.ledger if call.status == "started"}
+    reported = [result.call_id for result in event.results] + list(event.in_doubt)
+    unknown = [call_id for call_id in reported if call_id not in started]
+    if unknown or len(set(reported)) != len(reported) or set(reported) != started:
+        raise InvalidEvent(
+            f"ToolsFinished must report each started call exactly once "
+            f"(started: {sorted(started)}; reported: {reported})"
+        )
+    results = {result.call_id: result for result in event.results}
+    items: list[Item] = []
+    ledger: list[CallRecord] = []
+    for call in state.ledger:
+        result = results.get(call.call_id)
+        if result is not None:
+            items.append(
+                ToolResultItem(
+                    call_id=call.call_id,
+                    tool=call.tool,
+                    output=result.output,
+                    is_error=result.is_error,
+                    agent=call.agent,
+                )
+            )
+            call = _replace(call, status="committed")
+        elif call.call_id in event.in_doubt:
+            call = _replace(call, status="awaiting_approval", reason="in_doubt")
+        ledger.append(call)
+    return _advance(_replace(state, items=state.items.extend(items), ledger=tuple(ledger)))
+
+
+def _approvals_decided(
+    state: RunState, event: ApprovalsDecided, spec: AgentSet
+) -> tuple[RunState, Outcome]:
+    decisions = {d.call_id: d for d in (*state.decisions, *event.decisions)}
+    waiting = [call for call in state.ledger if call.status == "awaiting_approval"]
+    # A decision counts only for the exact arguments the human saw.
+    exact = {
+        call.call_id: decisions[call.call_id]
+        for call in waiting
+        if call.call_id in decisions and decisions[call.call_id].digest == call.digest
+    }
+    policies = list(state.policies)
+    for call in waiting:
+        decision = exact.get(call.call_id)
+        if decision is not None and decision.always:
+            policies = [p for p in policies if p.tool != call.tool]
+            policies.append(
+                Policy(tool=call.tool, approved=decision.approved, message=decision.message)
+            )
+    items: list[Item] = []
+    ledger: list[CallRecord] = []
+    for call in state.ledger:
+        if call.status == "awaiting_approval":
+            call = _decide(call, exact.get(call.call_id), policies, spec, items)
+        ledger.append(call)
+    return _advance(
+        _replace(
+            state,
+            items=state.items.extend(items),
+            ledger=tuple(ledger),
+            decisions=(),
+            policies=tuple(policies),
+        )
+    )
+
+
+def _decide(
+    call: CallRecord,
+    decision: Any,
+    policies: list[Policy],
+    spec: AgentSet,
+    items: list[Item],
+) -> CallRecord:
+    if decision is not None:
+        approved, message, edited = decision.approved, decision.message, decision.arguments
+    else:
+        # A sticky policy never settles a call in doubt: only a human decision on that call.
+        policy = _policy(policies, call.tool) if call.reason == "approval" else None
+        if policy is None:
+            return call
+        approved, message, edited = policy.approved, policy.message, None
+    if not approved:
+        default = IN_DOUBT_REJECTION if call.reason == "in_doubt" else DEFAULT_REJECTION
+        items.append(_rejection(call.call_id, call.tool, call.agent, message or default))
+        return _replace(call, status="committed")
+    if edited is None:
+        return _replace(call, status="started")
+    arguments = spec.require_tool(call.agent, call.tool).validate(edited)
+    return _replace(call, status="started", arguments=arguments, digest=digest(arguments))
+
+
+def _injected(state: RunState, event: Injected) -> tuple[RunState, Outcome]:
+    if state.status is RunStatus.RUNNING:
+        return _replace(state, items=state.items.extend(event.items)), RunAgain(
+            agent=state.current_agent
+        )
+    return _replace(state, staged=state.staged + event.items), Interruption(
+        requests=_requests(state.ledger)
+    )
+
+
+# -- shared moves ------------------------------------------------------------------------------
+
+
+def _advance(state: RunState) -> tuple[RunState, Outcome]:
+    """After a change within a turn: run started calls, else wait for decisions, else end the
+    turn (hand off if asked, then ask the model again)."""
+    calls = _invocations(state.ledger)
+    if calls:
+        return state, ToolCall(calls=calls)
+    requests = _requests(state.ledger)
+    if requests:
+        return state, Interruption(requests=requests)
+    source, target = state.current_agent, state.pending_handoff
+    state = _replace(state, ledger=())
+    if target is None:
+        return _next_turn(state)
+    return _next_turn(
+        _replace(state, current_agent=target, pending_handoff=None),
+        Handoff(source=source, target=target),
+    )
+
+
+def _next_turn(state: RunState, handoff: Handoff | None = None) -> tuple[RunState, Outcome]:
+    if state.turn >= state.max_turns:
+        error = RunError(
+            kind="max_turns_exceeded",
+            message=(
+                f"the run used all {state.max_turns} of its turns without a final output; "
+                "resume it with a higher max_turns to go on"
+            ),
+        )
+        return _replace(state, error=error), FinalOutput(error=error)
+    if state.staged:
+        state = _replace(state, items=state.items.extend(state.staged), staged=())
+    return state, handoff or RunAgain(agent=state.current_agent)
+
+
+def _invocations(ledger: Sequence[CallRecord]) -> tuple[Any, ...]:
+    return tuple(call.invocation() for call in ledger if call.status == "started")
+
+
+def _requests(ledger: Sequence[CallRecord]) -> tuple[Any, ...]:
+    return tuple(call.request() for call in ledger if call.status == "awaiting_approval")
+
+
+def _policy(policies: Sequence[Policy], tool: str) -> Policy | None:
+    return next((p for p in policies if p.tool == tool), None)
+
+
+def _rejection(call_id: str, tool: str, agent: str, message: str | None) -> ToolResultItem:
+    return ToolResultItem(
+        call_id=call_id, tool=tool, output=message or DEFAULT_REJECTION, agent=agent
+    )
+
+
+def _explain(exc: pydantic.ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in error['loc']) or 'output'}: {error['msg']}"
+        for error in exc.errors(include_url=False)
+    )

@@ -1,0 +1,278 @@
+"""Tools: plain Python functions with a schema, an approval rule and execution limits."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, overload
+
+import pydantic
+from pydantic import BaseModel, ConfigDict
+
+from ._errors import ToolArgumentsError, ToolDefinitionError
+from ._items import Record
+
+__all__ = ["ApprovalRule", "Tool", "ToolContext", "ToolSpec", "tool"]
+
+#: ``needs_approval``: a bool, or a (sync or async) function of the run's context and the
+#: call's validated arguments.
+ApprovalRule = bool | Callable[[Any, dict[str, Any]], bool | Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """What a tool can learn about the call it serves. Declare a parameter annotated
+    ``ToolContext`` (any name) to receive it; it is not part of the tool's schema."""
+
+    run_id: str
+    call_id: str
+    tool: str
+    agent: str
+    idempotency_key: str
+    context: Any
+
+
+class ToolSpec(Record, frozen=True):
+    """A tool as the model sees it: name, description, JSON Schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class Tool:
+    """A function the model can call. Build one with the ``@tool`` decorator."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        needs_approval: ApprovalRule = False,
+        timeout: float | None = None,
+        idempotent: bool = False,
+    ) -> None:
+        if not callable(fn):
+            raise ToolDefinitionError(f"a tool needs a function, got {fn!r}")
+        self.fn = fn
+        self.name = name or fn.__name__
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.name):
+            raise ToolDefinitionError(
+                f"tool name {self.name!r} must be 1-64 letters, digits, '_' or '-'"
+            )
+        if not (isinstance(needs_approval, bool) or callable(needs_approval)):
+            raise ToolDefinitionError("needs_approval must be a bool or a function")
+        if timeout is not None and timeout <= 0:
+            raise ToolDefinitionError("timeout must be a positive number of seconds")
+        self.needs_approval = needs_approval
+        self.timeout = timeout
+        self.idempotent = idempotent
+        self.is_async = inspect.iscoroutinefunction(fn)
+        summary, params_doc = _parse_docstring(inspect.getdoc(fn) or "")
+        self.description = description if description is not None else summary
+        self._positional, self.context_param, self.arguments_model = _arguments_model(
+            fn, self.name, params_doc
+        )
+        self.parameters: dict[str, Any] = self.arguments_model.model_json_schema()
+        self.spec = ToolSpec(
+            name=self.name, description=self.description, parameters=self.parameters
+        )
+
+    def __repr__(self) -> str:
+        return f"Tool({self.name!r})"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def validate_json(self, raw: str) -> dict[str, Any]:
+        """Validate the model's raw JSON arguments; returns them as JSON data.
+        Raises ToolArgumentsError."""
+        try:
+            model = self.arguments_model.model_validate_json(raw.strip() or "{}")
+        except pydantic.ValidationError as exc:
+            raise ToolArgumentsError(self._explain(exc)) from None
+        return model.model_dump(mode="json")
+
+    def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate arguments given as data; returns them as JSON data.
+        Raises ToolArgumentsError."""
+        try:
+            model = self.arguments_model.model_validate(arguments)
+        except pydantic.ValidationError as exc:
+            raise ToolArgumentsError(self._explain(exc)) from None
+        return model.model_dump(mode="json")
+
+    def bind(
+        self, arguments: Mapping[str, Any], context: ToolContext
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """The positional and keyword arguments to call the function with."""
+        try:
+            model = self.arguments_model.model_validate(arguments)
+        except pydantic.ValidationError as exc:
+            raise ToolArgumentsError(self._explain(exc)) from None
+        values = {name: getattr(model, name) for name in type(model).model_fields}
+        if self.context_param is not None:
+            values[self.context_param] = context
+        args = [values.pop(name) for name in self._positional if name in values]
+        return args, values
+
+    def _explain(self, exc: pydantic.ValidationError) -> str:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'arguments'}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        return f"invalid arguments for tool {self.name!r}: {problems}"
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+@overload
+def tool(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    needs_approval: ApprovalRule = False,
+    timeout: float | None = None,
+    idempotent: bool = False,
+) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    needs_approval: ApprovalRule = False,
+    timeout: float | None = None,
+    idempotent: bool = False,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Turn a sync or async function into a Tool.
+
+    The argument schema comes from the signature's annotations (through pydantic) and the
+    docstring (its first paragraph describes the tool, an ``Args:`` section or ``:param:``
+    lines describe the arguments).
+
+    Args:
+        name: the name the model calls it by (default: the function's name).
+        description: what the model is told it does (default: from the docstring).
+        needs_approval: True to pause for a human before every call, or a (sync or async)
+            function of the run's context and the validated arguments that decides per call.
+        timeout: seconds a call may take before it counts as failed.
+        idempotent: True if running a call twice has the same effect as once; a call in doubt
+            after a crash is then re-run instead of asking a human.
+    """
+
+    def wrap(function: Callable[..., Any]) -> Tool:
+        return Tool(
+            function,
+            name=name,
+            description=description,
+            needs_approval=needs_approval,
+            timeout=timeout,
+            idempotent=idempotent,
+        )
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def _arguments_model(
+    fn: Callable[..., Any], name: str, docs: Mapping[str, str]
+) -> tuple[tuple[str, ...], str | None, type[BaseModel]]:
+    try:
+        signature = inspect.signature(fn)
+        hints = _type_hints(fn)
+    except (TypeError, ValueError, NameError) as exc:
+        raise ToolDefinitionError(f"cannot read the signature of tool {name!r}: {exc}") from None
+    fields: dict[str, Any] = {}
+    positional: list[str] = []
+    context_param = None
+    for param in signature.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise ToolDefinitionError(
+                f"tool {name!r} cannot take *{param.name}: every argument needs a name and type"
+            )
+        annotation = hints.get(param.name, Any)
+        if annotation is ToolContext:
+            context_param = param.name
+            continue
+        if param.kind is param.POSITIONAL_ONLY:
+            positional.append(param.name)
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (
+            annotation,
+            pydantic.Field(default, description=docs.get(param.name)),
+        )
+    try:
+        model = pydantic.create_model(
+            f"{name}_arguments",
+            __config__=ConfigDict(extra="forbid"),
+            **fields,
+        )
+    except (pydantic.PydanticSchemaGenerationError, TypeError, NameError) as exc:
+        raise ToolDefinitionError(
+            f"tool {name!r} has an argument pydantic cannot use: {exc}"
+        ) from None
+    return tuple(positional), context_param, model
+
+
+def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(fn, include_extras=True)
+
+
+_SECTION = re.compile(r"^(Args|Arguments|Parameters|Params):\s*$")
+_GOOGLE_ARG = re.compile(r"^\s+(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+_SPHINX_ARG = re.compile(r"^:param\s+(?:[^:]*\s)?(\w+):\s*(.*)$")
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """The summary (text before any section) and per-argument descriptions of a docstring
+    in Google (``Args:``) or Sphinx (``:param x:``) style."""
+    summary: list[str] = []
+    params: dict[str, str] = {}
+    current: str | None = None
+    in_args = False
+    in_other_section = False
+    for line in doc.splitlines():
+        sphinx = _SPHINX_ARG.match(line.strip())
+        if sphinx:
+            current = sphinx.group(1)
+            params[current] = sphinx.group(2).strip()
+            in_other_section = True
+            continue
+        if _SECTION.match(line.strip()):
+            in_args, in_other_section, current = True, True, None
+            continue
+        if re.match(r"^[A-Z][A-Za-z ]*:\s*$", line) or line.startswith(":"):
+            in_args, in_other_section, current = False, True, None
+            continue
+        if in_args:
+            arg = _GOOGLE_ARG.match(line)
+            if arg and (not current or len(line) - len(line.lstrip()) <= _indent_of(doc)):
+                current = arg.group(1).lstrip("*")
+                params[current] = arg.group(2).strip()
+            elif current and line.strip():
+                params[current] = f"{params[current]} {line.strip()}".strip()
+            elif not line.strip():
+                current = None
+            continue
+        if current and line.startswith(" ") and line.strip():
+            params[current] = f"{params[current]} {line.strip()}"
+            continue
+        if not in_other_section:
+            summary.append(line)
+    return "\n".join(summary).strip(), params
+
+
+def _indent_of(doc: str) -> int:
+    """The indentation of the first argument line under an Args: section."""
+    lines = doc.splitlines()
+    for index, line in enumerate(lines):
+        if _SECTION.match(line.strip()):
+            for following in lines[index + 1 :]:
+                if following.strip():
+                    return len(following) - len(following.lstrip())
+    return 0

@@ -1,0 +1,17 @@
+"""Test helpers that ship with agentfsm: a scripted model and hypothesis strategies.
+
+``ScriptedModel`` runs agents deterministically without a model server; the strategies
+generate items, model responses and run states for property tests of your own agents.
+"""
+
+from ._scripted import ScriptedCall, ScriptedModel, ScriptExhausted, Turn, call, handoff, say
+
+__all__ = [
+    "ScriptExhausted",
+    "ScriptedCall",
+    "ScriptedModel",
+    "Turn",
+    "call",
+    "handoff",
+    "say",
+]

@@ -1,0 +1,51 @@
+"""The README's demo, end to end, in two real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import agentfsm
+
+
+def _demo(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agentfsm",
+            "demo",
+            "--state-file",
+            str(tmp_path / "s.json"),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_demo_pauses_writes_state_and_resumes_approved_in_a_second_process(
+    tmp_path: Path,
+) -> None:
+    done = _demo(tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "status: interrupted" in done.stdout
+    assert "== process 2" in done.stdout
+    assert "approved: issue_refund" in done.stdout
+    assert "refunded 249.00 EUR on order A-1001" in done.stdout
+    assert "status: completed" in done.stdout
+    saved = agentfsm.RunState.from_json((tmp_path / "s.json").read_text())
+    assert saved.status is agentfsm.RunStatus.INTERRUPTED
+
+
+def test_demo_with_reject_tells_the_model_and_never_runs_the_refund(tmp_path: Path) -> None:
+    done = _demo(tmp_path, "--reject")
+    assert done.returncode == 0, done.stderr
+    assert "rejected: issue_refund" in done.stdout
+    assert "refunded 249.00" not in done.stdout
+    assert "A reviewer declined this refund." in done.stdout
+    assert "status: completed" in done.stdout
