@@ -296,20 +296,21 @@ class Runner:
             idempotency_key=call.idempotency_key,
             context=state.context,
         )
+        deadline = asyncio.timeout(tool.timeout)
         try:
             args, kwargs = tool.bind(call.arguments, context)
-            async with asyncio.timeout(tool.timeout):
+            async with deadline:
                 if tool.is_async:
                     value = await tool.fn(*args, **kwargs)
                 else:
                     value = await asyncio.to_thread(tool.fn, *args, **kwargs)
             return ToolOutput(call_id=call.call_id, output=_as_text(value))
-        except TimeoutError:
-            message = f"Error: tool {call.tool!r} timed out after {tool.timeout} seconds."
-            cause: BaseException | None = None
         except Exception as exc:
-            message = f"Error: tool {call.tool!r} raised {type(exc).__name__}: {exc}"
-            cause = exc
+            cause: BaseException = exc
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                message = f"Error: tool {call.tool!r} timed out after {tool.timeout} seconds."
+            else:
+                message = f"Error: tool {call.tool!r} raised {type(exc).__name__}: {exc}"
         if self.tool_errors == "raise":
             error = ToolError(message.removeprefix("Error: "))
             error.state = state

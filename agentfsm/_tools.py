@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
+import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, overload
@@ -74,7 +76,7 @@ class Tool:
         summary, params_doc = _parse_docstring(inspect.getdoc(fn) or "")
         self.description = description if description is not None else summary
         self._positional, self.context_param, self.arguments_model = _arguments_model(
-            fn, self.name, params_doc
+            fn, self.name, params_doc, _definer_locals()
         )
         self.parameters: dict[str, Any] = self.arguments_model.model_json_schema()
         self.spec = ToolSpec(
@@ -177,12 +179,21 @@ def tool(
     return wrap(fn) if fn is not None else wrap
 
 
+def _definer_locals() -> dict[str, Any]:
+    """The local names where the tool was defined, so that string annotations naming local
+    classes (``from __future__ import annotations`` inside a function) resolve."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    return dict(frame.f_locals)
+
+
 def _arguments_model(
-    fn: Callable[..., Any], name: str, docs: Mapping[str, str]
+    fn: Callable[..., Any], name: str, docs: Mapping[str, str], localns: dict[str, Any]
 ) -> tuple[tuple[str, ...], str | None, type[BaseModel]]:
     try:
         signature = inspect.signature(fn)
-        hints = _type_hints(fn)
+        hints = typing.get_type_hints(fn, localns=localns, include_extras=True)
     except (TypeError, ValueError, NameError) as exc:
         raise ToolDefinitionError(f"cannot read the signature of tool {name!r}: {exc}") from None
     fields: dict[str, Any] = {}
@@ -215,12 +226,6 @@ def _arguments_model(
             f"tool {name!r} has an argument pydantic cannot use: {exc}"
         ) from None
     return tuple(positional), context_param, model
-
-
-def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
-    import typing
-
-    return typing.get_type_hints(fn, include_extras=True)
 
 
 _SECTION = re.compile(r"^(Args|Arguments|Parameters|Params):\s*$")
