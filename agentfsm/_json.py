@@ -8,20 +8,22 @@ from typing import Any
 
 import msgspec
 
-from ._errors import ContextError
+from ._errors import AgentFSMError, ContextError
 
 __all__ = ["check_json_data", "digest"]
 
 _encoder = msgspec.json.Encoder(order="sorted")
 
 
-def check_json_data(value: Any, what: str = "context") -> None:
-    """Raise ContextError unless ``value`` is plain JSON data that survives a round trip
+def check_json_data(
+    value: Any, what: str = "context", error: type[AgentFSMError] = ContextError
+) -> None:
+    """Raise ``error`` unless ``value`` is plain JSON data that survives a round trip
     unchanged: dicts with str keys, lists, str, int, finite float, bool, None."""
     path = _first_non_json(value, "$")
     if path is not None:
         where, bad = path
-        raise ContextError(
+        raise error(
             f"{what} must be JSON data (dict with str keys, list, str, int, float, bool, None); "
             f"found {type(bad).__name__} at {where}. Convert it first, for a pydantic model "
             f"with model.model_dump(mode='json')."

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import msgspec
 
-from ._errors import UnknownCallError
+from ._errors import ToolArgumentsError, UnknownCallError
 from ._events import Decision
 from ._items import Item, Record, Usage
 from ._json import check_json_data
@@ -190,7 +190,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
         Raises UnknownCallError if no call ``call_id`` is waiting.
         """
         if arguments is not None:
-            check_json_data(arguments, "edited arguments")
+            check_json_data(arguments, "edited arguments", ToolArgumentsError)
         return self._decide(call_id, approved=True, always=always, arguments=arguments)
 
     def reject(self, call_id: str, *, message: str | None = None, always: bool = False) -> Self:

@@ -228,56 +228,37 @@ def _arguments_model(
     return tuple(positional), context_param, model
 
 
-_SECTION = re.compile(r"^(Args|Arguments|Parameters|Params):\s*$")
-_GOOGLE_ARG = re.compile(r"^\s+(\*{0,2}\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+_HEADER = re.compile(r"^[A-Z][A-Za-z ]*:$")
+_ARGS_HEADER = re.compile(r"^(Args|Arguments|Parameters|Params):$")
+_GOOGLE_ARG = re.compile(r"^\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
 _SPHINX_ARG = re.compile(r"^:param\s+(?:[^:]*\s)?(\w+):\s*(.*)$")
 
 
 def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
-    """The summary (text before any section) and per-argument descriptions of a docstring
-    in Google (``Args:``) or Sphinx (``:param x:``) style."""
+    """The summary (the text before any section) and the per-argument descriptions of a
+    docstring in Google (``Args:``) or Sphinx (``:param x:``) style."""
     summary: list[str] = []
     params: dict[str, str] = {}
-    current: str | None = None
-    in_args = False
-    in_other_section = False
+    section: str | None = None  # None while in the summary, then "args" or "other"
+    current: str | None = None  # the argument whose description continues
+    arg_indent: int | None = None
     for line in doc.splitlines():
-        sphinx = _SPHINX_ARG.match(line.strip())
+        text = line.strip()
+        indent = len(line) - len(line.lstrip())
+        sphinx = _SPHINX_ARG.match(text)
         if sphinx:
-            current = sphinx.group(1)
+            section, current = "args", sphinx.group(1)
             params[current] = sphinx.group(2).strip()
-            in_other_section = True
-            continue
-        if _SECTION.match(line.strip()):
-            in_args, in_other_section, current = True, True, None
-            continue
-        if re.match(r"^[A-Z][A-Za-z ]*:\s*$", line) or line.startswith(":"):
-            in_args, in_other_section, current = False, True, None
-            continue
-        if in_args:
-            arg = _GOOGLE_ARG.match(line)
-            if arg and (not current or len(line) - len(line.lstrip()) <= _indent_of(doc)):
-                current = arg.group(1).lstrip("*")
-                params[current] = arg.group(2).strip()
-            elif current and line.strip():
-                params[current] = f"{params[current]} {line.strip()}".strip()
-            elif not line.strip():
-                current = None
-            continue
-        if current and line.startswith(" ") and line.strip():
-            params[current] = f"{params[current]} {line.strip()}"
-            continue
-        if not in_other_section:
+        elif indent == 0 and (_HEADER.match(text) or text.startswith(":")):
+            section = "args" if _ARGS_HEADER.match(text) else "other"
+            current = arg_indent = None
+        elif section is None:
             summary.append(line)
+        elif section == "args" and text:
+            google = _GOOGLE_ARG.match(text)
+            if google and (arg_indent is None or indent <= arg_indent):
+                arg_indent, current = indent, google.group(1)
+                params[current] = google.group(2).strip()
+            elif current is not None:
+                params[current] = f"{params[current]} {text}".strip()
     return "\n".join(summary).strip(), params
-
-
-def _indent_of(doc: str) -> int:
-    """The indentation of the first argument line under an Args: section."""
-    lines = doc.splitlines()
-    for index, line in enumerate(lines):
-        if _SECTION.match(line.strip()):
-            for following in lines[index + 1 :]:
-                if following.strip():
-                    return len(following) - len(following.lstrip())
-    return 0

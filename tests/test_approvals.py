@@ -201,6 +201,8 @@ def test_edited_arguments_are_validated_and_used() -> None:
     tools = Tools()
     agent = tools.agent(call("send", to="ada", body="hi"), say("done"))
     paused = Runner().run_sync(agent, "go")
+    with pytest.raises(ToolArgumentsError, match=r"\$\.body"):
+        paused.state.approve("call_0_0", arguments={"to": "ada", "body": object()})
     bad = paused.state.approve("call_0_0", arguments={"to": "ada"})
     with pytest.raises(ToolArgumentsError, match="body") as caught:
         Runner().run_sync(agent, bad)
