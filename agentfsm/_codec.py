@@ -90,13 +90,16 @@ def decode(data: str | bytes, *, signing_key: bytes | str | None = None) -> RunS
             raise StateFormatError(f"run state is not valid text: {exc}") from None
     elif not isinstance(data, bytes | bytearray | memoryview):
         raise StateFormatError(f"run state must be str or bytes, not {type(data).__name__}")
-    body = bytes(data) if signing_key is None else _verified(bytes(data), signing_key)
     try:
-        wire = _decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        wire = _decode_slowly(body, exc)
-    if wire.schema_version != SCHEMA_VERSION:
-        wire = _decode_slowly(body, None)
+        body = bytes(data) if signing_key is None else _verified(bytes(data), signing_key)
+        try:
+            wire = _decoder.decode(body)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            wire = _decode_slowly(body, exc)
+        if wire.schema_version != SCHEMA_VERSION:
+            wire = _decode_slowly(body, None)
+    except RecursionError:
+        raise StateFormatError("run state is nested too deeply to load") from None
     return _from_wire(wire)
 
 
@@ -104,13 +107,29 @@ def _verified(data: bytes, signing_key: bytes | str) -> bytes:
     try:
         envelope = _envelope_decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        if _is_unsigned_state(data):
+            raise StateFormatError(
+                "run state has no `signature`, but a signing key was given: it was saved "
+                "without signing_key, or its signature was stripped"
+            ) from None
         raise StateFormatError(
             f"run state is not signed as expected (a signing key was given): {exc}"
         ) from None
     body = bytes(envelope.state)
-    if not hmac.compare_digest(envelope.signature, _sign(body, signing_key)):
+    expected = _sign(body, signing_key).encode()
+    if not hmac.compare_digest(envelope.signature.encode(), expected):
         raise StateFormatError("run state signature does not match: it was changed or forged")
     return body
+
+
+def _is_unsigned_state(data: bytes) -> bool:
+    try:
+        document = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return False
+    return (
+        isinstance(document, dict) and "signature" not in document and "schema_version" in document
+    )
 
 
 def _decode_slowly(body: bytes, error: Exception | None) -> Any:
@@ -136,7 +155,16 @@ def _decode_slowly(body: bytes, error: Exception | None) -> Any:
     if version == SCHEMA_VERSION and error is not None:
         raise StateFormatError(f"invalid run state: {error}") from None
     for step in range(version, SCHEMA_VERSION):
-        document = MIGRATIONS[step](document)
+        migrate = MIGRATIONS.get(step)
+        if migrate is None:
+            raise StateFormatError(f"no migration from schema_version {step} to {step + 1}")
+        try:
+            document = migrate(document)
+        except Exception as exc:
+            raise StateFormatError(
+                f"run state of schema version {step} could not be migrated to "
+                f"version {step + 1}: {exc!r}"
+            ) from exc
         document["schema_version"] = step + 1
     try:
         return msgspec.convert(document, WireState)

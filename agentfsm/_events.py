@@ -74,9 +74,11 @@ class ToolsFinished(_Event, frozen=True, tag="tools_finished"):
 
 
 class ApprovalsDecided(_Event, frozen=True, tag="approvals_decided"):
-    """Apply decisions: the ones recorded in the state plus ``decisions``."""
+    """Apply decisions: the ones recorded in the state plus ``decisions``. ``max_turns``, if
+    given, replaces the run's turn limit."""
 
     decisions: tuple[Decision, ...] = ()
+    max_turns: int | None = None
 
 
 class Cancelled(_Event, frozen=True, tag="cancelled"):

@@ -61,13 +61,15 @@ class ToolCallItem(_Item, frozen=True, tag="tool_call"):
 
 class ToolResultItem(_Item, frozen=True, tag="tool_result"):
     """The result the model sees for one tool call: the tool's output, an error, or a
-    rejection."""
+    rejection. ``arguments`` is set when a human edited the call's arguments before approving
+    it: the arguments it actually ran with."""
 
     call_id: str
     tool: str
     output: str
     agent: str
     is_error: bool = False
+    arguments: dict[str, Any] | None = None
 
 
 class HandoffItem(_Item, frozen=True, tag="handoff"):

@@ -20,7 +20,10 @@ def check_json_data(
 ) -> None:
     """Raise ``error`` unless ``value`` is plain JSON data that survives a round trip
     unchanged: dicts with str keys, lists, str, int, finite float, bool, None."""
-    path = _first_non_json(value, "$")
+    try:
+        path = _first_non_json(value, "$")
+    except RecursionError:
+        raise error(f"{what} is nested too deeply to be JSON data") from None
     if path is not None:
         where, bad = path
         raise error(
@@ -32,7 +35,10 @@ def check_json_data(
 
 def _first_non_json(value: Any, where: str) -> tuple[str, Any] | None:
     kind = type(value)
-    if value is None or kind is str or kind is bool or kind is int:
+    if kind is str:
+        # A lone surrogate (from os.fsdecode, say) cannot be encoded as UTF-8 JSON.
+        return None if value.isascii() or _encodable(value) else (where, value)
+    if value is None or kind is bool or kind is int:
         return None
     if kind is float:
         return None if math.isfinite(value) else (where, value)
@@ -51,6 +57,14 @@ def _first_non_json(value: Any, where: str) -> tuple[str, Any] | None:
                 return found
         return None
     return (where, value)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def digest(arguments: Any) -> str:

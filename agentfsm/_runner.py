@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pydantic
 import pydantic_core
 
 from ._agents import Agent, AgentSet
@@ -23,6 +24,7 @@ from ._errors import (
     ConfigurationError,
     ModelBehaviorError,
     ModelError,
+    StateFormatError,
     ToolArgumentsError,
     ToolError,
 )
@@ -165,11 +167,24 @@ class Runner:
     async def _drive(self, agents: AgentSet, state: RunState, max_turns: int | None) -> RunResult:
         outcome: Outcome
         event: Event | None = None
+        if (
+            max_turns is not None
+            and max_turns != state.max_turns
+            and state.status
+            in (
+                RunStatus.RUNNING,
+                RunStatus.TOOLS,
+            )
+        ):
+            raise ConfigurationError(
+                f"a run in status {state.status.value!r} keeps its max_turns; change it when "
+                "the run is new, interrupted or failed on its limit"
+            )
         match state.status:
             case RunStatus.NEW:
                 event = Started(max_turns=max_turns)
             case RunStatus.INTERRUPTED:
-                event = ApprovalsDecided()
+                event = ApprovalsDecided(max_turns=max_turns)
             case RunStatus.FAILED if max_turns is not None and max_turns > state.turn:
                 event = Started(max_turns=max_turns)
             case RunStatus.TOOLS:
@@ -217,10 +232,12 @@ class Runner:
         agent = agents.agent(state.current_agent)
         model = agent.model
         if not isinstance(model, Model):
-            raise ConfigurationError(
+            error = ConfigurationError(
                 f"agent {agent.name!r} has no usable model (got {model!r}); give it an object "
                 "with an async respond(request) method"
             )
+            error.state = state
+            raise error
         adapter = agents.output_adapter(agent.name)
         request = ModelRequest(
             run_id=state.run_id,
@@ -238,9 +255,9 @@ class Runner:
             exc.state = exc.state or state
             raise
         except Exception as exc:
-            error = ModelError(f"model of agent {agent.name!r} failed: {exc!r}")
-            error.state = state
-            raise error from exc
+            failure = ModelError(f"model of agent {agent.name!r} failed: {exc!r}")
+            failure.state = state
+            raise failure from exc
         if not isinstance(response, ModelResponse):
             error = ModelBehaviorError(
                 f"model of agent {agent.name!r} returned {type(response).__name__}, "
@@ -335,7 +352,13 @@ def _result(agents: AgentSet, state: RunState) -> RunResult:
     if state.status is RunStatus.COMPLETED:
         adapter = agents.output_adapter(state.current_agent)
         if adapter is not None:
-            output = adapter.validate_python(output)
+            try:
+                output = adapter.validate_python(output)
+            except pydantic.ValidationError as exc:
+                raise StateFormatError(
+                    f"the run's stored final output no longer validates against the output "
+                    f"type of agent {state.current_agent!r}: {exc}"
+                ) from None
     return RunResult(
         status=state.status.value,
         final_output=output,

@@ -115,6 +115,7 @@ class CallRecord(Record, frozen=True):
     idempotency_key: str
     status: Literal["awaiting_approval", "started", "committed"]
     reason: Literal["approval", "in_doubt"] = "approval"
+    edited: bool = False
 
     def invocation(self) -> Invocation:
         return Invocation(

@@ -219,11 +219,13 @@ def _model_responded(
             return _replace(done, final_output=text), FinalOutput(output=text)
         try:
             output = adapter.dump_python(adapter.validate_json(text), mode="json")
-        except pydantic.ValidationError as exc:
+            check_json_data(output, "the final output", InvalidEvent)
+        except (pydantic.ValidationError, InvalidEvent) as exc:
+            problem = _explain(exc) if isinstance(exc, pydantic.ValidationError) else str(exc)
             feedback = Feedback(
                 content=(
                     "Your final answer does not match the required output schema: "
-                    f"{_explain(exc)}. Answer again with output that matches it."
+                    f"{problem}. Answer again with output that matches it."
                 )
             )
             return _next_turn(_replace(done, items=done.items.extend([feedback])))
@@ -340,6 +342,7 @@ def _tools_finished(state: RunState, event: ToolsFinished) -> tuple[RunState, Ou
                     output=result.output,
                     is_error=result.is_error,
                     agent=call.agent,
+                    arguments=call.arguments if call.edited else None,
                 )
             )
             call = _replace(call, status="committed")
@@ -352,6 +355,10 @@ def _tools_finished(state: RunState, event: ToolsFinished) -> tuple[RunState, Ou
 def _approvals_decided(
     state: RunState, event: ApprovalsDecided, spec: AgentSet
 ) -> tuple[RunState, Outcome]:
+    if event.max_turns is not None:
+        if event.max_turns < 0:
+            raise InvalidEvent("max_turns must not be negative")
+        state = _replace(state, max_turns=event.max_turns)
     decisions = {d.call_id: d for d in (*state.decisions, *event.decisions)}
     waiting = [call for call in state.ledger if call.status == "awaiting_approval"]
     # A decision counts only for the exact arguments the human saw.
@@ -407,7 +414,9 @@ def _decide(
     if edited is None:
         return _replace(call, status="started")
     arguments = spec.require_tool(call.agent, call.tool).validate(edited)
-    return _replace(call, status="started", arguments=arguments, digest=digest(arguments))
+    return _replace(
+        call, status="started", arguments=arguments, digest=digest(arguments), edited=True
+    )
 
 
 def _injected(state: RunState, event: Injected) -> tuple[RunState, Outcome]:

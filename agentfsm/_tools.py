@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ._errors import ToolArgumentsError, ToolDefinitionError
 from ._items import Record
+from ._json import check_json_data
 
 __all__ = ["ApprovalRule", "Tool", "ToolContext", "ToolSpec", "tool"]
 
@@ -96,7 +97,7 @@ class Tool:
             model = self.arguments_model.model_validate_json(raw.strip() or "{}")
         except pydantic.ValidationError as exc:
             raise ToolArgumentsError(self._explain(exc)) from None
-        return model.model_dump(mode="json")
+        return self._as_json(model)
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Validate arguments given as data; returns them as JSON data.
@@ -105,7 +106,13 @@ class Tool:
             model = self.arguments_model.model_validate(arguments)
         except pydantic.ValidationError as exc:
             raise ToolArgumentsError(self._explain(exc)) from None
-        return model.model_dump(mode="json")
+        return self._as_json(model)
+
+    def _as_json(self, model: BaseModel) -> dict[str, Any]:
+        # Stored arguments must survive the JSON round trip exactly (no NaN, no Infinity).
+        data = model.model_dump(mode="json")
+        check_json_data(data, f"arguments of tool {self.name!r}", ToolArgumentsError)
+        return data
 
     def bind(
         self, arguments: Mapping[str, Any], context: ToolContext

@@ -212,6 +212,9 @@ def test_edited_arguments_are_validated_and_used() -> None:
     done = Runner().run_sync(agent, edited)
     assert tools.seen == [("send", {"to": "ada", "body": "hello!"})]
     assert done.status == "completed"
+    assert _result_of(done.state, "call_0_0").arguments == {"to": "ada", "body": "hello!"}
+    plain = Runner().run_sync(agent, paused.state.approve("call_0_0"))
+    assert _result_of(plain.state, "call_0_0").arguments is None
 
 
 def test_approval_rules_can_be_functions_of_context_and_arguments_sync_or_async() -> None:

@@ -270,3 +270,47 @@ def test_final_answer_is_recorded_as_an_assistant_message() -> None:
     done = Runner().run_sync(Agent("a", "", ScriptedModel([say("hello")])), "hi")
     assert done.items == [AssistantMessage(content="hello", agent="a")]
     assert done.usage.requests == 1
+
+
+def test_an_interrupted_run_can_resume_with_a_new_turn_limit() -> None:
+    gate = tool(needs_approval=True)(add.fn)
+    model = ScriptedModel([call("add", a=1, b=1), call("add", a=2, b=2), say("done")])
+    agent = Agent("a", "", model, tools=[gate])
+    paused = Runner().run_sync(agent, "go", max_turns=1)
+    assert paused.status == "interrupted"
+    approved = paused.state.approve("call_0_0", always=True)
+    assert Runner().run_sync(agent, approved).status == "failed"
+    done = Runner().run_sync(agent, approved, max_turns=5)
+    assert done.status == "completed"
+    assert done.state.max_turns == 5
+
+
+def test_a_run_caught_mid_turn_keeps_its_turn_limit() -> None:
+    agent = Agent("a", "", Broken())
+    with pytest.raises(ModelError) as caught:
+        Runner().run_sync(agent, "go")
+    assert caught.value.state is not None
+    with pytest.raises(ConfigurationError, match="keeps its max_turns"):
+        Runner().run_sync(agent, caught.value.state, max_turns=99)
+
+
+def test_non_finite_numbers_from_the_model_never_reach_the_state() -> None:
+    @tool
+    def scale(factor: float) -> str:
+        return "scaled"
+
+    class Reading(pydantic.BaseModel):
+        value: float
+
+    bad_args = ModelResponse(
+        tool_calls=(ModelToolCall(call_id="1", name="scale", arguments='{"factor": NaN}'),)
+    )
+    model = ScriptedModel([bad_args, say('{"value": Infinity}'), say('{"value": 1.5}')])
+    done = Runner().run_sync(Agent("a", "", model, tools=[scale], output_type=Reading), "go")
+    assert done.status == "completed"
+    assert done.final_output == Reading(value=1.5)
+    (result,) = results(done.state)
+    assert result.is_error
+    assert "factor" in result.output
+    assert any(isinstance(i, Feedback) for i in done.items)
+    assert RunState.from_json(done.state.to_json()) == done.state

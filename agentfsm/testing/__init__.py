@@ -5,6 +5,7 @@ generate items, model responses and run states for property tests of your own ag
 """
 
 from ._scripted import ScriptedCall, ScriptedModel, ScriptExhausted, Turn, call, handoff, say
+from ._strategies import items, json_values, model_responses, run_states
 
 __all__ = [
     "ScriptExhausted",
@@ -13,5 +14,9 @@ __all__ = [
     "Turn",
     "call",
     "handoff",
+    "items",
+    "json_values",
+    "model_responses",
+    "run_states",
     "say",
 ]
