@@ -73,6 +73,7 @@ class AgentSet(Mapping[str, Agent]):
         self._tools: dict[str, dict[str, Tool]] = {}
         self._handoffs: dict[str, dict[str, str]] = {}
         self._specs: dict[str, tuple[ToolSpec, ...]] = {}
+        self._output_schemas: dict[str, dict[str, Any] | None] = {}
         pending = [starting]
         while pending:
             agent = pending.pop()
@@ -161,6 +162,13 @@ class AgentSet(Mapping[str, Agent]):
             return _adapter(output_type)
         except TypeError:  # unhashable type annotation
             return pydantic.TypeAdapter(output_type)
+
+    def output_schema(self, agent: str) -> dict[str, Any] | None:
+        """The JSON Schema of ``agent``'s final output (None for plain text), built once."""
+        if agent not in self._output_schemas:
+            adapter = self.output_adapter(agent)
+            self._output_schemas[agent] = adapter.json_schema() if adapter is not None else None
+        return self._output_schemas[agent]
 
     def check(self, state: RunState) -> None:
         """Raise ResolutionError unless every agent and tool ``state`` names resolves."""

@@ -8,12 +8,13 @@ after every step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 import pydantic_core
@@ -38,7 +39,7 @@ from ._events import (
 )
 from ._items import Item, ModelResponse, Usage
 from ._machine import RunStatus
-from ._model import Model, ModelRequest
+from ._model import ModelRequest
 from ._outcomes import (
     ApprovalRequest,
     FinalOutput,
@@ -231,14 +232,14 @@ class Runner:
     async def _ask_model(self, agents: AgentSet, state: RunState) -> ModelResponded:
         agent = agents.agent(state.current_agent)
         model = agent.model
-        if not isinstance(model, Model):
-            error = ConfigurationError(
-                f"agent {agent.name!r} has no usable model (got {model!r}); give it an object "
-                "with an async respond(request) method"
+        if not callable(getattr(model, "respond", None)):
+            raise _carrying(
+                ConfigurationError(
+                    f"agent {agent.name!r} has no usable model (got {model!r}); give it an object "
+                    "with an async respond(request) method"
+                ),
+                state,
             )
-            error.state = state
-            raise error
-        adapter = agents.output_adapter(agent.name)
         request = ModelRequest(
             run_id=state.run_id,
             agent=agent.name,
@@ -246,7 +247,7 @@ class Runner:
             input=state.input,
             items=state.items,
             tools=agents.tool_specs(agent.name),
-            output_schema=adapter.json_schema() if adapter is not None else None,
+            output_schema=agents.output_schema(agent.name),
             turn=state.turn,
         )
         try:
@@ -255,16 +256,18 @@ class Runner:
             exc.state = exc.state or state
             raise
         except Exception as exc:
-            failure = ModelError(f"model of agent {agent.name!r} failed: {exc!r}")
-            failure.state = state
-            raise failure from exc
+            raise _carrying(
+                ModelError(f"model of agent {agent.name!r} failed: {exc!r}"),
+                state,
+            ) from exc
         if not isinstance(response, ModelResponse):
-            error = ModelBehaviorError(
-                f"model of agent {agent.name!r} returned {type(response).__name__}, "
-                "not a ModelResponse"
+            raise _carrying(
+                ModelBehaviorError(
+                    f"model of agent {agent.name!r} returned {type(response).__name__}, "
+                    "not a ModelResponse"
+                ),
+                state,
             )
-            error.state = state
-            raise error
         return ModelResponded(
             response=response,
             needs_approval=await self._approval_rules(agents, state, response),
@@ -305,18 +308,20 @@ class Runner:
 
     async def _run_tool(self, agents: AgentSet, state: RunState, call: Invocation) -> ToolOutput:
         tool = agents.require_tool(call.agent, call.tool)
-        context = ToolContext(
-            run_id=state.run_id,
-            call_id=call.call_id,
-            tool=call.tool,
-            agent=call.agent,
-            idempotency_key=call.idempotency_key,
-            context=state.context,
-        )
-        deadline = asyncio.timeout(tool.timeout)
+        context = None
+        if tool.context_param is not None:
+            context = ToolContext(
+                run_id=state.run_id,
+                call_id=call.call_id,
+                tool=call.tool,
+                agent=call.agent,
+                idempotency_key=call.idempotency_key,
+                context=state.context,
+            )
+        deadline = None if tool.timeout is None else asyncio.timeout(tool.timeout)
         try:
             args, kwargs = tool.bind(call.arguments, context)
-            async with deadline:
+            async with deadline or contextlib.nullcontext():
                 if tool.is_async:
                     value = await tool.fn(*args, **kwargs)
                 else:
@@ -324,15 +329,25 @@ class Runner:
             return ToolOutput(call_id=call.call_id, output=_as_text(value))
         except Exception as exc:
             cause: BaseException = exc
-            if isinstance(exc, TimeoutError) and deadline.expired():
+            if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
                 message = f"Error: tool {call.tool!r} timed out after {tool.timeout} seconds."
             else:
                 message = f"Error: tool {call.tool!r} raised {type(exc).__name__}: {exc}"
         if self.tool_errors == "raise":
-            error = ToolError(message.removeprefix("Error: "))
-            error.state = state
-            raise error from cause
+            raise _carrying(
+                ToolError(message.removeprefix("Error: ")),
+                state,
+            ) from cause
         return ToolOutput(call_id=call.call_id, output=message, is_error=True)
+
+
+_E = TypeVar("_E", bound=AgentFSMError)
+
+
+def _carrying(error: _E, state: RunState) -> _E:
+    """``error``, carrying the run's last consistent state."""
+    error.state = state
+    return error
 
 
 def _instructions(agent: Agent, context: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -64,7 +65,7 @@ class Transcript(Sequence[Item]):
     def __getitem__(self, index: slice) -> tuple[Item, ...]: ...
     def __getitem__(self, index: int | slice) -> Item | tuple[Item, ...]:
         if isinstance(index, slice):
-            return tuple(self._buffer[: self._length][index])
+            return tuple(self._buffer[slice(*index.indices(self._length))])
         if index < 0:
             index += self._length
         if not 0 <= index < self._length:
@@ -72,9 +73,10 @@ class Transcript(Sequence[Item]):
         return self._buffer[index]
 
     def __iter__(self) -> Iterator[Item]:
-        buffer = self._buffer
-        for index in range(self._length):
-            yield buffer[index]
+        return itertools.islice(self._buffer, self._length)
+
+    def __reversed__(self) -> Iterator[Item]:
+        return itertools.islice(reversed(self._buffer), len(self._buffer) - self._length, None)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Transcript):

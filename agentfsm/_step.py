@@ -322,14 +322,19 @@ def _model_responded(
 
 def _tools_finished(state: RunState, event: ToolsFinished) -> tuple[RunState, Outcome]:
     started = {call.call_id for call in state.ledger if call.status == "started"}
-    reported = [result.call_id for result in event.results] + list(event.in_doubt)
-    unknown = [call_id for call_id in reported if call_id not in started]
-    if unknown or len(set(reported)) != len(reported) or set(reported) != started:
+    results = {result.call_id: result for result in event.results}
+    doubt = set(event.in_doubt)
+    if (
+        len(results) != len(event.results)
+        or len(doubt) != len(event.in_doubt)
+        or results.keys() & doubt
+        or results.keys() | doubt != started
+    ):
+        reported = [result.call_id for result in event.results] + list(event.in_doubt)
         raise InvalidEvent(
             f"ToolsFinished must report each started call exactly once "
             f"(started: {sorted(started)}; reported: {reported})"
         )
-    results = {result.call_id: result for result in event.results}
     items: list[Item] = []
     ledger: list[CallRecord] = []
     for call in state.ledger:
@@ -346,7 +351,7 @@ def _tools_finished(state: RunState, event: ToolsFinished) -> tuple[RunState, Ou
                 )
             )
             call = _replace(call, status="committed")
-        elif call.call_id in event.in_doubt:
+        elif call.call_id in doubt:
             call = _replace(call, status="awaiting_approval", reason="in_doubt")
         ledger.append(call)
     return _advance(_replace(state, items=state.items.extend(items), ledger=tuple(ledger)))

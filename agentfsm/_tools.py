@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, overload
 
+import msgspec
 import pydantic
 from pydantic import BaseModel, ConfigDict
 
@@ -79,6 +80,8 @@ class Tool:
         self._positional, self.context_param, self.arguments_model = _arguments_model(
             fn, self.name, params_doc, _definer_locals()
         )
+        self._validator = self.arguments_model.__pydantic_validator__
+        self._serializer = self.arguments_model.__pydantic_serializer__
         self.parameters: dict[str, Any] = self.arguments_model.model_json_schema()
         self.spec = ToolSpec(
             name=self.name, description=self.description, parameters=self.parameters
@@ -94,35 +97,40 @@ class Tool:
         """Validate the model's raw JSON arguments; returns them as JSON data.
         Raises ToolArgumentsError."""
         try:
-            model = self.arguments_model.model_validate_json(raw.strip() or "{}")
-        except pydantic.ValidationError as exc:
-            raise ToolArgumentsError(self._explain(exc)) from None
-        return self._as_json(model)
+            # msgspec parses strict JSON (no NaN or Infinity literals), so what passes here
+            # is data that survives the state's JSON round trip.
+            data = msgspec.json.decode(raw.strip() or "{}")
+        except msgspec.DecodeError as exc:
+            raise ToolArgumentsError(
+                f"invalid arguments for tool {self.name!r}: not valid JSON ({exc})"
+            ) from None
+        if not isinstance(data, dict):
+            raise ToolArgumentsError(
+                f"invalid arguments for tool {self.name!r}: expected a JSON object"
+            )
+        return self.validate(data)
 
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Validate arguments given as data; returns them as JSON data.
         Raises ToolArgumentsError."""
         try:
-            model = self.arguments_model.model_validate(arguments)
+            model = self._validator.validate_python(arguments)
         except pydantic.ValidationError as exc:
             raise ToolArgumentsError(self._explain(exc)) from None
-        return self._as_json(model)
-
-    def _as_json(self, model: BaseModel) -> dict[str, Any]:
-        # Stored arguments must survive the JSON round trip exactly (no NaN, no Infinity).
-        data = model.model_dump(mode="json")
+        data: dict[str, Any] = self._serializer.to_python(model, mode="json")
+        # A validator may compute a non-finite float; stored arguments must stay JSON.
         check_json_data(data, f"arguments of tool {self.name!r}", ToolArgumentsError)
         return data
 
     def bind(
-        self, arguments: Mapping[str, Any], context: ToolContext
+        self, arguments: Mapping[str, Any], context: ToolContext | None
     ) -> tuple[list[Any], dict[str, Any]]:
         """The positional and keyword arguments to call the function with."""
         try:
-            model = self.arguments_model.model_validate(arguments)
+            model = self._validator.validate_python(arguments)
         except pydantic.ValidationError as exc:
             raise ToolArgumentsError(self._explain(exc)) from None
-        values = {name: getattr(model, name) for name in type(model).model_fields}
+        values = dict(model.__dict__)
         if self.context_param is not None:
             values[self.context_param] = context
         args = [values.pop(name) for name in self._positional if name in values]

@@ -296,21 +296,26 @@ def test_a_run_caught_mid_turn_keeps_its_turn_limit() -> None:
 
 def test_non_finite_numbers_from_the_model_never_reach_the_state() -> None:
     @tool
-    def scale(factor: float) -> str:
+    def scale(factor: float, payload: Any = None) -> str:
         return "scaled"
 
     class Reading(pydantic.BaseModel):
         value: float
 
     bad_args = ModelResponse(
-        tool_calls=(ModelToolCall(call_id="1", name="scale", arguments='{"factor": NaN}'),)
+        tool_calls=(
+            ModelToolCall(call_id="1", name="scale", arguments='{"factor": NaN}'),
+            ModelToolCall(
+                call_id="2", name="scale", arguments='{"factor": 1, "payload": Infinity}'
+            ),
+        )
     )
     model = ScriptedModel([bad_args, say('{"value": Infinity}'), say('{"value": 1.5}')])
     done = Runner().run_sync(Agent("a", "", model, tools=[scale], output_type=Reading), "go")
     assert done.status == "completed"
     assert done.final_output == Reading(value=1.5)
-    (result,) = results(done.state)
-    assert result.is_error
-    assert "factor" in result.output
+    for result in results(done.state):
+        assert result.is_error
+        assert "not valid JSON" in result.output
     assert any(isinstance(i, Feedback) for i in done.items)
     assert RunState.from_json(done.state.to_json()) == done.state

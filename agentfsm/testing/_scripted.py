@@ -67,6 +67,10 @@ class ScriptedModel:
     def __init__(self, turns: Sequence[Turn]) -> None:
         self.turns = tuple(turns)
         self.requests: list[ModelRequest] = []
+        self._ready = tuple(
+            None if callable(turn) else _response(turn, index)
+            for index, turn in enumerate(self.turns)
+        )
 
     def __len__(self) -> int:
         return len(self.turns)
@@ -77,10 +81,12 @@ class ScriptedModel:
             raise ScriptExhausted(
                 f"the script has {len(self.turns)} turns; the run asked for turn {request.turn + 1}"
             )
+        ready = self._ready[request.turn]
+        if ready is not None:
+            return ready
         turn = self.turns[request.turn]
-        if callable(turn):
-            turn = turn(request)
-        return _response(turn, request.turn)
+        assert callable(turn)
+        return _response(turn(request), request.turn)
 
 
 _USAGE = Usage(requests=1, input_tokens=10, output_tokens=5)
