@@ -72,7 +72,10 @@ def _sign(body: bytes, signing_key: bytes | str) -> str:
 def encode(state: RunState, *, signing_key: bytes | str | None = None) -> bytes:
     values = list(msgspec.structs.astuple(state))
     values[_ITEMS_INDEX] = state.items.to_tuple()
-    body = _encoder.encode(WireState(*values))
+    try:
+        body = _encoder.encode(WireState(*values))
+    except (UnicodeEncodeError, TypeError, ValueError) as exc:
+        raise StateFormatError(f"run state cannot be written as JSON: {exc}") from None
     if signing_key is None:
         return body
     signature = _sign(body, signing_key).encode()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from typing import Any
 
 import msgspec
 
 from ._errors import AgentFSMError, ContextError
 
-__all__ = ["check_json_data", "digest"]
+__all__ = ["check_json_data", "digest", "valid_text"]
 
 _encoder = msgspec.json.Encoder(order="sorted")
 
@@ -65,6 +66,14 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` with lone surrogates (which UTF-8 JSON cannot hold) replaced by U+FFFD."""
+    return text if text.isascii() or _encodable(text) else _SURROGATE.sub("\ufffd", text)
 
 
 def digest(arguments: Any) -> str:

@@ -201,6 +201,10 @@ class Runner:
                     event = await self._ask_model(agents, state)
                 case ToolCall(calls=calls):
                     event = ToolsFinished(results=await self._run_tools(agents, state, calls))
+                case Interruption(requests=requests) if _decided(state, requests):
+                    # Decisions recorded on the state while its tools ran (the caller's, or
+                    # another process's) apply now, without waiting for another resume.
+                    event = ApprovalsDecided()
                 case Interruption() | FinalOutput():
                     return _result(agents, state)
 
@@ -339,6 +343,11 @@ class Runner:
                 state,
             ) from cause
         return ToolOutput(call_id=call.call_id, output=message, is_error=True)
+
+
+def _decided(state: RunState, requests: Sequence[ApprovalRequest]) -> bool:
+    decided = {(d.call_id, d.digest) for d in state.decisions}
+    return any((r.call_id, r.digest) in decided for r in requests)
 
 
 _E = TypeVar("_E", bound=AgentFSMError)

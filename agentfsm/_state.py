@@ -94,7 +94,10 @@ class Transcript(Sequence[Item]):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"Transcript({list(self)!r})"
+        # Bounded: reprs end up in logs and asyncio debug output for runs of any length.
+        if self._length <= 6:
+            return f"Transcript({list(self)!r})"
+        return f"Transcript(<{self._length} items>, last={self._buffer[self._length - 1]!r})"
 
     def to_tuple(self) -> tuple[Item, ...]:
         return tuple(self._buffer[: self._length])

@@ -36,7 +36,7 @@ from ._items import (
     Usage,
     UserMessage,
 )
-from ._json import check_json_data, digest
+from ._json import check_json_data, digest, valid_text
 from ._machine import RunStatus, allowed, status_of
 from ._outcomes import (
     FinalOutput,
@@ -91,6 +91,8 @@ def new_run(
     Raises ContextError if ``context`` is not JSON data.
     """
     check_json_data(context)
+    items = (UserMessage(content=input),) if isinstance(input, str) else tuple(input)
+    check_json_data(msgspec.to_builtins(list(items)), "input")
     if type(max_turns) is not int or max_turns < 0:
         raise ValueError("max_turns must be a non-negative int")
     name = agent.name if isinstance(agent, Agent) else agent
@@ -104,7 +106,7 @@ def new_run(
         current_agent=name,
         turn=0,
         max_turns=max_turns,
-        input=(UserMessage(content=input),) if isinstance(input, str) else tuple(input),
+        input=items,
         items=Transcript(),
         ledger=(),
         pending_handoff=None,
@@ -144,6 +146,7 @@ def step(
     """
     legal = allowed(state.status, event)
     spec = agents if isinstance(agents, AgentSet) else AgentSet(agents)
+    event = _storable(event)
     match event:
         case Started():
             new, outcome = _started(state, event)
@@ -419,8 +422,17 @@ def _decide(
     if edited is None:
         return _replace(call, status="started")
     arguments = spec.require_tool(call.agent, call.tool).validate(edited)
+    new_digest = digest(arguments)
+    # Other arguments make another operation: services that dedupe on the key must not
+    # mistake it for the call that may already have run with the old ones.
+    key = hashlib.sha256(f"{call.idempotency_key}\x1f{new_digest}".encode()).hexdigest()[:32]
     return _replace(
-        call, status="started", arguments=arguments, digest=digest(arguments), edited=True
+        call,
+        status="started",
+        arguments=arguments,
+        digest=new_digest,
+        idempotency_key=key,
+        edited=True,
     )
 
 
@@ -435,6 +447,37 @@ def _injected(state: RunState, event: Injected) -> tuple[RunState, Outcome]:
 
 
 # -- shared moves ------------------------------------------------------------------------------
+
+
+def _all_valid(*texts: str) -> bool:
+    return all(text.isascii() or valid_text(text) is text for text in texts)
+
+
+def _storable(event: Event) -> Event:
+    """The event with text that cannot be stored as JSON (lone surrogates, from a model's
+    broken output or a tool's file names) made valid; input from a person is refused."""
+    match event:
+        case ModelResponded(response=response) if not _all_valid(
+            response.text or "",
+            *(f"{c.call_id}{c.name}{c.arguments}" for c in response.tool_calls),
+        ):
+            text = None if response.text is None else valid_text(response.text)
+            calls = tuple(
+                _replace(
+                    call,
+                    call_id=valid_text(call.call_id),
+                    name=valid_text(call.name),
+                    arguments=valid_text(call.arguments),
+                )
+                for call in response.tool_calls
+            )
+            return _replace(event, response=_replace(response, text=text, tool_calls=calls))
+        case ToolsFinished(results=results) if not _all_valid(*(r.output for r in results)):
+            outputs = tuple(_replace(r, output=valid_text(r.output)) for r in results)
+            return _replace(event, results=outputs)
+        case Injected(items=items):
+            check_json_data(msgspec.to_builtins(list(items)), "injected items", InvalidEvent)
+    return event
 
 
 def _advance(state: RunState) -> tuple[RunState, Outcome]:

@@ -294,3 +294,39 @@ def test_idempotency_keys_are_stable_per_call_and_distinct_between_calls() -> No
     Runner().run_sync(again.agent(*agent.model.turns), "go", run_id="run-1")
     assert set(again.runs) == set(tools.runs)
     assert keys
+
+
+def test_decisions_recorded_while_tools_ran_apply_without_another_resume() -> None:
+    runs: Counter[str] = Counter()
+
+    @tool(idempotent=True)
+    def fetch(ctx: ToolContext) -> str:
+        runs["fetch"] += 1
+        return "data"
+
+    @tool(needs_approval=True)
+    def publish(ctx: ToolContext) -> str:
+        runs["publish"] += 1
+        return "published"
+
+    model = ScriptedModel([[call("fetch"), call("publish")], say("done")])
+    agent = Agent("a", "", model, tools=[fetch, publish])
+    checkpoints: list[RunState] = []
+    Runner(on_step=checkpoints.append).run_sync(agent, "go")
+    running = next(s for s in checkpoints if s.status is RunStatus.TOOLS)
+    assert [r.tool for r in running.interruptions] == ["publish"]
+    decided = running.approve(running.interruptions[0].call_id)
+    done = Runner().run_sync(agent, decided)
+    assert done.status == "completed"
+    assert runs == {"fetch": 2, "publish": 1}
+
+
+def test_edited_arguments_get_their_own_idempotency_key() -> None:
+    tools = Tools()
+    agent = tools.agent(call("send", to="ada", body="hi"), say("done"))
+    paused = Runner().run_sync(agent, "go")
+    original = paused.state.ledger[0].idempotency_key
+    Runner().run_sync(agent, paused.state.approve("call_0_0"))
+    Runner().run_sync(agent, paused.state.approve("call_0_0", arguments={"to": "bo", "body": "x"}))
+    assert len(tools.runs) == 2
+    assert original in tools.runs
