@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+import msgspec
 
 from ._items import Item, ModelResponse
 from ._tools import ToolSpec
@@ -12,8 +13,7 @@ from ._tools import ToolSpec
 __all__ = ["Model", "ModelRequest"]
 
 
-@dataclass(frozen=True, slots=True)
-class ModelRequest:
+class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a model needs for one turn.
 
     ``turn`` is the number of model responses the run has recorded so far (across all

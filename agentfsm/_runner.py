@@ -216,10 +216,11 @@ class Runner:
             raise
 
     async def _checkpoint(self, state: RunState) -> None:
-        if self.on_step is not None:
-            done = self.on_step(state)
-            if inspect.isawaitable(done):
-                await done
+        if self.on_step is None:
+            return
+        done = self.on_step(state)
+        if inspect.isawaitable(done):
+            await done
 
     async def _recover_tools(self, agents: AgentSet, state: RunState) -> Event:
         """A state loaded while its tools were running: the process that ran them is gone.
