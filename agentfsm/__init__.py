@@ -47,7 +47,7 @@ from ._items import (
     UserMessage,
 )
 from ._machine import RunStatus
-from ._model import Model, ModelRequest
+from ._model import Model, ModelProvider, ModelRequest
 from ._outcomes import (
     ApprovalRequest,
     FinalOutput,
@@ -93,6 +93,7 @@ __all__ = [
     "Model",
     "ModelBehaviorError",
     "ModelError",
+    "ModelProvider",
     "ModelRequest",
     "ModelResponded",
     "ModelResponse",

@@ -10,7 +10,7 @@ import msgspec
 from ._items import Item, ModelResponse
 from ._tools import ToolSpec
 
-__all__ = ["Model", "ModelRequest"]
+__all__ = ["Model", "ModelProvider", "ModelRequest"]
 
 
 class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,3 +39,10 @@ class Model(Protocol):
     """A model: answers one request with one response."""
 
     async def respond(self, request: ModelRequest) -> ModelResponse: ...
+
+
+@runtime_checkable
+class ModelProvider(Protocol):
+    """Turns a model name (``Agent(model="gpt-4.1-mini")``) into a Model."""
+
+    def get_model(self, name: str) -> Model: ...

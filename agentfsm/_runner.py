@@ -39,7 +39,7 @@ from ._events import (
 )
 from ._items import Item, ModelResponse, Usage
 from ._machine import RunStatus
-from ._model import ModelRequest
+from ._model import ModelProvider, ModelRequest
 from ._outcomes import (
     ApprovalRequest,
     FinalOutput,
@@ -98,13 +98,23 @@ class Runner:
             out, does not exist or got malformed arguments, as the call's result; ``"raise"``
             raises ToolError / ModelBehaviorError instead.
         on_step: called with the new state after every step (sync or async), to persist it.
+        model_provider: resolves agents whose ``model`` is a name (default: the
+            OpenAI-compatible provider of ``agentfsm.models``, configured from the environment).
     """
 
-    def __init__(self, *, tool_errors: ToolErrors = "feed", on_step: Checkpoint | None = None):
+    def __init__(
+        self,
+        *,
+        tool_errors: ToolErrors = "feed",
+        on_step: Checkpoint | None = None,
+        model_provider: ModelProvider | None = None,
+    ):
         if tool_errors not in ("feed", "raise"):
             raise ConfigurationError("tool_errors must be 'feed' or 'raise'")
         self.tool_errors: ToolErrors = tool_errors
         self.on_step = on_step
+        self.model_provider = model_provider
+        self._models: dict[str, Any] = {}
 
     def run_sync(
         self,
@@ -237,6 +247,8 @@ class Runner:
     async def _ask_model(self, agents: AgentSet, state: RunState) -> ModelResponded:
         agent = agents.agent(state.current_agent)
         model = agent.model
+        if isinstance(model, str):
+            model = self._named_model(model, state)
         if not callable(getattr(model, "respond", None)):
             raise _carrying(
                 ConfigurationError(
@@ -277,6 +289,22 @@ class Runner:
             response=response,
             needs_approval=await self._approval_rules(agents, state, response),
         )
+
+    def _named_model(self, name: str, state: RunState) -> Any:
+        model = self._models.get(name)
+        if model is None:
+            provider = self.model_provider
+            if provider is None:
+                try:
+                    from .models import default_provider
+                except ImportError as exc:
+                    raise _carrying(
+                        ConfigurationError(f"no model provider for the model name {name!r}: {exc}"),
+                        state,
+                    ) from None
+                provider = self.model_provider = default_provider()
+            model = self._models[name] = provider.get_model(name)
+        return model
 
     async def _approval_rules(
         self, agents: AgentSet, state: RunState, response: ModelResponse
