@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -18,7 +18,17 @@ from ._errors import StateFormatError
 from ._items import Item
 from ._state import RunState, Transcript
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "WireState", "decode", "encode", "wire_type"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "WireState",
+    "decode",
+    "decode_parts",
+    "encode",
+    "encode_head",
+    "encode_items",
+    "wire_type",
+]
 
 #: The schema version this code writes. One line per version:
 #:   1: first release.
@@ -44,6 +54,16 @@ WireState: Any = msgspec.defstruct(
     forbid_unknown_fields=True,
     module=__name__,
 )
+
+
+HeadWire: Any = msgspec.defstruct(
+    "RunHead",
+    [(name, kind) for name, kind in _wire_fields() if name != "items"],
+    frozen=True,
+    forbid_unknown_fields=True,
+    module=__name__,
+)
+_HEAD_FIELDS = [name for name, _ in _wire_fields() if name != "items"]
 
 
 def wire_type() -> Any:
@@ -83,6 +103,26 @@ def encode(state: RunState, *, signing_key: bytes | str | None = None) -> bytes:
 
 
 _ITEMS_INDEX = RunState.__struct_fields__.index("items")
+
+
+def encode_head(state: RunState) -> bytes:
+    """The state without its transcript: the small row a store rewrites at every step."""
+    return _encoder.encode(HeadWire(*(getattr(state, name) for name in _HEAD_FIELDS)))
+
+
+def encode_items(items: Sequence[Item]) -> list[bytes]:
+    """Each item as its own JSON document: the rows a store appends."""
+    return [_encoder.encode(item) for item in items]
+
+
+def decode_parts(head: bytes, items: Sequence[bytes]) -> RunState:
+    """Rebuild a state from ``encode_head`` and the ``encode_items`` of its whole transcript.
+
+    The parts are spliced into one document and loaded like ``from_json``, so stored runs get
+    the same validation, errors and migrations."""
+    if not head.endswith(b"}"):
+        raise StateFormatError("stored run head is not a JSON object")
+    return decode(head[:-1] + b',"items":[' + b",".join(items) + b"]}")
 
 
 def decode(data: str | bytes, *, signing_key: bytes | str | None = None) -> RunState:

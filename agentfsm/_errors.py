@@ -18,7 +18,11 @@ bare. The tree::
     ├── ToolError              a tool raised or timed out (when configured to raise)
     ├── ModelError             the model failed, or answered something unusable
     │   └── ModelBehaviorError
-    └── ConfigurationError     agents or runner set up in a way that cannot work
+    ├── ConfigurationError     agents or runner set up in a way that cannot work
+    └── StoreError             a store could not do what was asked
+        ├── ConflictError      a write based on a stale version (nothing was written)
+        │   └── LeaseLost      a write by a worker whose lease on the run has passed
+        └── UnknownRunError    no run with that id
 
 Errors raised by the runner while a run is under way carry the run's last consistent state
 in ``state``, so nothing is lost: it can be saved and resumed.
@@ -34,18 +38,22 @@ if TYPE_CHECKING:
 __all__ = [
     "AgentFSMError",
     "ConfigurationError",
+    "ConflictError",
     "ContextError",
     "IllegalTransition",
     "InvalidEvent",
+    "LeaseLost",
     "ModelBehaviorError",
     "ModelError",
     "ResolutionError",
     "StateFormatError",
+    "StoreError",
     "ToolArgumentsError",
     "ToolDefinitionError",
     "ToolError",
     "UnknownAgentError",
     "UnknownCallError",
+    "UnknownRunError",
     "UnknownToolError",
 ]
 
@@ -124,3 +132,21 @@ class ModelBehaviorError(ModelError):
 
 class ConfigurationError(AgentFSMError):
     """Agents, tools or the runner are set up in a way that cannot work."""
+
+
+class StoreError(AgentFSMError):
+    """A store could not do what was asked (the database is unreachable, say)."""
+
+
+class ConflictError(StoreError):
+    """A write based on a stale version of the run: someone else wrote first. Nothing was
+    written; load the run again."""
+
+
+class LeaseLost(ConflictError):
+    """A worker wrote to a run whose lease it no longer holds (it expired, and another worker
+    may have claimed the run). Nothing was written."""
+
+
+class UnknownRunError(StoreError):
+    """No run with that id in the store."""

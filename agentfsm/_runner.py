@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
+import socket
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgspec
 import pydantic
 import pydantic_core
 
@@ -23,6 +26,7 @@ from ._agents import Agent, AgentSet
 from ._errors import (
     AgentFSMError,
     ConfigurationError,
+    ConflictError,
     ModelBehaviorError,
     ModelError,
     StateFormatError,
@@ -31,7 +35,9 @@ from ._errors import (
 )
 from ._events import (
     ApprovalsDecided,
+    Cancelled,
     Event,
+    Injected,
     ModelResponded,
     Started,
     ToolOutput,
@@ -53,6 +59,7 @@ from ._outcomes import (
 from ._state import RunState
 from ._step import ToolErrors, new_run, pending_outcome, step
 from ._tools import ToolContext
+from .stores._base import CancelMessage, DecisionMessage, InputMessage, Lease, Store
 
 __all__ = ["RunResult", "Runner"]
 
@@ -108,13 +115,27 @@ class Runner:
         tool_errors: ToolErrors = "feed",
         on_step: Checkpoint | None = None,
         model_provider: ModelProvider | None = None,
+        store: Store | None = None,
+        owner: str | None = None,
+        lease_seconds: float = 30.0,
     ):
         if tool_errors not in ("feed", "raise"):
             raise ConfigurationError("tool_errors must be 'feed' or 'raise'")
         self.tool_errors: ToolErrors = tool_errors
         self.on_step = on_step
         self.model_provider = model_provider
+        self.store = store
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lease_seconds = lease_seconds
         self._models: dict[str, Any] = {}
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Ask runs under way to stop after their current step (which is saved). For
+        SIGTERM handlers: the stopped runs stay runnable, and resume where they were."""
+        self._stopping = True
+
+    # -- entry points ----------------------------------------------------------------------
 
     def run_sync(
         self,
@@ -126,15 +147,11 @@ class Runner:
         run_id: str | None = None,
     ) -> RunResult:
         """``run`` for code without an event loop."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
-            raise ConfigurationError("run_sync cannot be called from a running event loop")
-        return asyncio.run(
-            self.run(agent, input, context=context, max_turns=max_turns, run_id=run_id)
-        )
+        return _sync(self.run(agent, input, context=context, max_turns=max_turns, run_id=run_id))
+
+    def resume_sync(self, agent: Agent, run_id: str, *, max_turns: int | None = None) -> RunResult:
+        """``resume`` for code without an event loop."""
+        return _sync(self.resume(agent, run_id, max_turns=max_turns))
 
     async def run(
         self,
@@ -151,11 +168,13 @@ class Runner:
         state are resolved against every agent reachable from it, and decisions recorded on
         the state (``approve`` / ``reject``) are applied. ``max_turns`` (default 10) limits
         the model turns; resuming a run that failed on its limit with a higher one goes on.
+        With a store, the run is stored and checkpointed after every step.
 
         Raises ContextError for a context that is not JSON data, ResolutionError when the
         state names an agent or tool that no longer exists, ModelError when the model fails,
-        ToolError (with ``tool_errors="raise"``). Errors raised mid-run carry the last state
-        in ``error.state``.
+        ToolError (with ``tool_errors="raise"``), ConflictError when the stored run is being
+        run elsewhere or changed since the state was loaded. Errors raised mid-run carry the
+        last state in ``error.state``.
         """
         agents = AgentSet(agent)
         if isinstance(input, RunState):
@@ -173,19 +192,129 @@ class Runner:
                 context=context,
                 max_turns=10 if max_turns is None else max_turns,
             )
-        return await self._drive(agents, state, max_turns)
+            if self.store is not None:
+                await self.store.create(state)
+        if self.store is None:
+            return await self._drive(agents, state, max_turns, None)
+        return await self._with_lease(agents, state, max_turns, None)
 
-    async def _drive(self, agents: AgentSet, state: RunState, max_turns: int | None) -> RunResult:
+    async def resume(self, agent: Agent, run_id: str, *, max_turns: int | None = None) -> RunResult:
+        """Continue the stored run ``run_id`` (decisions may have been recorded in the store
+        by another process). Raises UnknownRunError, ResolutionError, ConflictError (the run
+        is leased to another worker), and the errors of ``run``."""
+        store = self._require_store()
+        lease = await store.claim(self.owner, lease_seconds=self.lease_seconds, run_id=run_id)
+        if lease is None:
+            raise ConflictError(f"run {run_id} is being run by another worker (it holds a lease)")
+        try:
+            state = await store.load(run_id)
+            agents = AgentSet(agent)
+            agents.check(state)
+        except BaseException:
+            await store.release(lease)
+            raise
+        return await self._with_lease(agents, state, max_turns, lease)
+
+    async def work(
+        self,
+        agent: Agent,
+        *,
+        poll_interval: float = 0.5,
+        until_idle: bool = False,
+    ) -> int:
+        """Run the store's runnable runs of ``agent`` (new ones, resumed ones whose decisions
+        arrived, ones whose worker died) until ``stop()`` is called, or, with ``until_idle``,
+        until none is left. Returns how many runs it advanced. A run that raises is logged
+        and left for its lease to expire, so it is retried later."""
+        store = self._require_store()
+        agents = AgentSet(agent)
+        advanced = 0
+        while not self._stopping:
+            lease = await store.claim(
+                self.owner, lease_seconds=self.lease_seconds, starting_agent=agents.starting
+            )
+            if lease is None:
+                if until_idle:
+                    break
+                await asyncio.sleep(poll_interval)
+                continue
+            try:
+                state = await store.load(lease.run_id)
+                agents.check(state)
+                await self._with_lease(agents, state, None, lease)
+                advanced += 1
+            except AgentFSMError as exc:
+                log.error("run %s failed in worker %s: %s", lease.run_id, self.owner, exc)
+        return advanced
+
+    def _require_store(self) -> Store:
+        if self.store is None:
+            raise ConfigurationError("this needs a Runner with a store: Runner(store=...)")
+        return self.store
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _with_lease(
+        self, agents: AgentSet, state: RunState, max_turns: int | None, lease: Lease | None
+    ) -> RunResult:
+        store = self._require_store()
+        if lease is None:
+            lease = await store.claim(
+                self.owner, lease_seconds=self.lease_seconds, run_id=state.run_id
+            )
+            if lease is None:
+                raise ConflictError(
+                    f"run {state.run_id} is being run by another worker (it holds a lease)"
+                )
+            try:
+                state = await self._adopt(store, state)
+            except BaseException:
+                await store.release(lease)
+                raise
+        session = _Session(store, lease, self.lease_seconds)
+        renewing = asyncio.create_task(session.keep_renewed())
+        try:
+            return await self._drive(agents, state, max_turns, session)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+            await store.release(session.lease)
+
+    async def _adopt(self, store: Store, state: RunState) -> RunState:
+        """The stored run that ``state`` stands for. Decisions recorded on ``state`` since it
+        was loaded go to the run's inbox; any other difference is a ConflictError."""
+        stored = await store.load(state.run_id)
+        if stored == state:
+            return stored
+        undecided = msgspec.structs.replace(
+            state, decisions=stored.decisions, version=stored.version
+        )
+        if undecided != stored:
+            raise ConflictError(
+                f"run {state.run_id} changed in the store since this state was loaded; load "
+                "it again (or resume it by id)"
+            )
+        for decision in state.decisions:
+            if decision not in stored.decisions:
+                await store.post(state.run_id, DecisionMessage(decision=decision))
+        return stored
+
+    async def _drive(
+        self,
+        agents: AgentSet,
+        state: RunState,
+        max_turns: int | None,
+        session: _Session | None,
+    ) -> RunResult:
         outcome: Outcome
         event: Event | None = None
+        acknowledge: tuple[int, ...] = ()
+        mail = session is not None
         if (
             max_turns is not None
             and max_turns != state.max_turns
-            and state.status
-            in (
-                RunStatus.RUNNING,
-                RunStatus.TOOLS,
-            )
+            and state.status in (RunStatus.RUNNING, RunStatus.TOOLS)
         ):
             raise ConfigurationError(
                 f"a run in status {state.status.value!r} keeps its max_turns; change it when "
@@ -203,9 +332,17 @@ class Runner:
             case _:
                 outcome = pending_outcome(state)
         while True:
+            if event is None and mail and session is not None and state.status in _MAIL_STATUSES:
+                event, acknowledge = await session.take_mail(state)
+                mail = event is not None
             if event is not None:
+                previous = state
                 state, outcome = self._step(agents, state, event)
-                await self._checkpoint(state)
+                mail = await self._checkpoint(previous, state, session, acknowledge) or mail
+                event, acknowledge = None, ()
+                if self._stopping and not state.status.is_terminal:
+                    return _result(agents, state)
+                continue
             match outcome:
                 case RunAgain() | Handoff():
                     event = await self._ask_model(agents, state)
@@ -225,12 +362,31 @@ class Runner:
             exc.state = state
             raise
 
-    async def _checkpoint(self, state: RunState) -> None:
-        if self.on_step is None:
-            return
-        done = self.on_step(state)
-        if inspect.isawaitable(done):
-            await done
+    async def _checkpoint(
+        self,
+        previous: RunState,
+        state: RunState,
+        session: _Session | None,
+        acknowledge: Sequence[int],
+    ) -> bool:
+        """Persist the step; True if the run's inbox has messages waiting."""
+        waiting = 0
+        if session is not None:
+            try:
+                waiting = await session.store.save(
+                    state,
+                    expected_version=previous.version,
+                    lease=session.lease,
+                    acknowledge=acknowledge,
+                )
+            except AgentFSMError as exc:
+                exc.state = previous
+                raise
+        if self.on_step is not None:
+            done = self.on_step(state)
+            if inspect.isawaitable(done):
+                await done
+        return waiting > 0
 
     async def _recover_tools(self, agents: AgentSet, state: RunState) -> Event:
         """A state loaded while its tools were running: the process that ran them is gone.
@@ -372,6 +528,57 @@ class Runner:
                 state,
             ) from cause
         return ToolOutput(call_id=call.call_id, output=message, is_error=True)
+
+
+_MAIL_STATUSES = (RunStatus.RUNNING, RunStatus.INTERRUPTED)
+
+
+class _Session:
+    """A run being driven under a lease: the store, the lease, and its renewal."""
+
+    def __init__(self, store: Store, lease: Lease, lease_seconds: float) -> None:
+        self.store = store
+        self.lease = lease
+        self.lease_seconds = lease_seconds
+
+    async def keep_renewed(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                self.lease = await self.store.renew(self.lease, lease_seconds=self.lease_seconds)
+            except AgentFSMError as exc:
+                # The next save will fail with LeaseLost; nothing more to do here.
+                log.warning("lost the lease on run %s: %s", self.lease.run_id, exc)
+                return
+
+    async def take_mail(self, state: RunState) -> tuple[Event | None, tuple[int, ...]]:
+        """The next event from the run's inbox that fits its status, and the ids of the
+        messages it consumes."""
+        inbox = await self.store.inbox(state.run_id)
+        mail = list(zip(inbox.ids, inbox.messages, strict=True))
+        cancel = next((m for _, m in mail if isinstance(m, CancelMessage)), None)
+        if cancel is not None:
+            return Cancelled(reason=cancel.reason), inbox.ids
+        inputs = [(i, m) for i, m in mail if isinstance(m, InputMessage)]
+        if inputs:
+            items = tuple(item for _, m in inputs for item in m.items)
+            return Injected(items=items), tuple(i for i, _ in inputs)
+        decisions = [(i, m) for i, m in mail if isinstance(m, DecisionMessage)]
+        if decisions and state.status is RunStatus.INTERRUPTED:
+            return (
+                ApprovalsDecided(decisions=tuple(m.decision for _, m in decisions)),
+                tuple(i for i, _ in decisions),
+            )
+        return None, ()
+
+
+def _sync(coroutine: Coroutine[Any, Any, RunResult]) -> RunResult:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    coroutine.close()
+    raise ConfigurationError("the *_sync methods cannot be called from a running event loop")
 
 
 def _decided(state: RunState, requests: Sequence[ApprovalRequest]) -> bool:

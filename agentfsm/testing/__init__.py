@@ -5,12 +5,15 @@ generate items, model responses and run states for property tests of your own ag
 """
 
 from ._scripted import ScriptedCall, ScriptedModel, ScriptExhausted, Turn, call, handoff, say
+from ._store_suite import FakeClock, StoreConformance
 from ._strategies import items, json_values, model_responses, run_states
 
 __all__ = [
+    "FakeClock",
     "ScriptExhausted",
     "ScriptedCall",
     "ScriptedModel",
+    "StoreConformance",
     "Turn",
     "call",
     "handoff",

@@ -1,0 +1,56 @@
+"""Stores keep runs: ``MemoryStore`` for tests, ``SQLiteStore`` (the embedded default) and
+``PostgresStore`` for many workers on many machines. ``open_store(dsn)`` picks one from a
+string."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._errors import ConfigurationError
+from ._base import Inbox, Lease, RunSummary, Store
+from ._memory import MemoryStore
+from ._sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from ._postgres import PostgresStore
+
+__all__ = [
+    "Inbox",
+    "Lease",
+    "MemoryStore",
+    "PostgresStore",
+    "RunSummary",
+    "SQLiteStore",
+    "Store",
+    "open_store",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PostgresStore":
+        from ._postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(name)
+
+
+def open_store(dsn: str | Path) -> Store:
+    """A store from a string: ``postgresql://...`` (or ``postgres://``), ``sqlite:///path``,
+    ``memory:``, or a plain file path (SQLite)."""
+    text = str(dsn)
+    if text.startswith(("postgresql://", "postgres://")):
+        from ._postgres import PostgresStore
+
+        store: Store = PostgresStore(text)  # type: ignore[assignment]
+        return store
+    if text == "memory:":
+        return MemoryStore()
+    if text.startswith("sqlite://"):
+        text = text.removeprefix("sqlite://")
+        if not text.startswith("/"):
+            raise ConfigurationError("a sqlite DSN is sqlite:///relative/or//absolute/path")
+        text = text[1:]
+    if "://" in text:
+        raise ConfigurationError(f"unknown store {text!r}: use postgresql://, sqlite:/// or a path")
+    return SQLiteStore(text)

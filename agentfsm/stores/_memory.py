@@ -1,0 +1,182 @@
+"""MemoryStore: runs in a dict, for tests. Keeps the same encoded rows as the SQL stores, so
+it exercises the same codec path and hands out independent copies."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .._errors import ConflictError, LeaseLost, UnknownRunError
+from .._machine import RunStatus
+from .._state import RunState
+from ._base import (
+    Inbox,
+    InboxMessage,
+    Lease,
+    RunSummary,
+    Store,
+    decode_message,
+    encode_message,
+    is_runnable,
+    parts,
+    rebuild,
+    summary_of,
+)
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass
+class _Run:
+    head: bytes
+    items: list[bytes]
+    summary: RunSummary
+    runnable: bool
+    inbox: dict[int, bytes] = field(default_factory=dict)
+    lease_owner: str | None = None
+    lease_token: int = 0
+    lease_until: float = 0.0
+
+
+class MemoryStore(Store):
+    """Runs kept in memory, in this process only. ``clock`` (default ``time.time``) is what
+    leases are measured against."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._runs: dict[str, _Run] = {}
+        self._ids = itertools.count(1)
+        self._clock = clock
+
+    def _run(self, run_id: str) -> _Run:
+        try:
+            return self._runs[run_id]
+        except KeyError:
+            raise UnknownRunError(f"no run {run_id!r} in the store") from None
+
+    async def create(self, state: RunState) -> None:
+        if state.run_id in self._runs:
+            raise ConflictError(f"run {state.run_id} is already stored")
+        head, items = parts(state, 0)
+        self._runs[state.run_id] = _Run(
+            head=head,
+            items=items,
+            summary=summary_of(state, self._clock()),
+            runnable=is_runnable(state, 0),
+        )
+
+    async def load(self, run_id: str) -> RunState:
+        run = self._run(run_id)
+        return rebuild(run.head, run.items)
+
+    async def save(
+        self,
+        state: RunState,
+        *,
+        expected_version: int | None = None,
+        lease: Lease | None = None,
+        acknowledge: Sequence[int] = (),
+    ) -> int:
+        run = self._run(state.run_id)
+        expected = state.version - 1 if expected_version is None else expected_version
+        if lease is not None and not self._holds(run, lease):
+            raise LeaseLost(f"run {state.run_id}: the lease of {lease.owner!r} is no longer held")
+        if run.summary.version != expected:
+            raise ConflictError(
+                f"run {state.run_id} is at version {run.summary.version}, not {expected}: "
+                "it changed since this state was loaded"
+            )
+        head, items = parts(state, len(run.items))
+        for message_id in acknowledge:
+            run.inbox.pop(message_id, None)
+        run.head = head
+        run.items.extend(items)
+        run.summary = summary_of(state, self._clock())
+        run.runnable = is_runnable(state, len(run.inbox))
+        return len(run.inbox)
+
+    async def list(
+        self, *, status: RunStatus | str | None = None, limit: int | None = None
+    ) -> list[RunSummary]:
+        wanted = None if status is None else RunStatus(status).value
+        found = [
+            run.summary
+            for run in self._runs.values()
+            if wanted is None or run.summary.status == wanted
+        ]
+        found.sort(key=lambda s: s.updated_at, reverse=True)
+        return found if limit is None else found[:limit]
+
+    async def delete(self, run_id: str) -> None:
+        self._run(run_id)
+        del self._runs[run_id]
+
+    async def post(self, run_id: str, message: InboxMessage) -> None:
+        run = self._run(run_id)
+        _check_open(run_id, run.summary.status)
+        run.inbox[next(self._ids)] = encode_message(message)
+        run.runnable = run.runnable or run.summary.status == RunStatus.INTERRUPTED.value
+
+    async def inbox(self, run_id: str) -> Inbox:
+        run = self._run(run_id)
+        ids = tuple(sorted(run.inbox))
+        return Inbox(ids=ids, messages=tuple(decode_message(run.inbox[i]) for i in ids))
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        lease_seconds: float = 30.0,
+        run_id: str | None = None,
+        starting_agent: str | None = None,
+    ) -> Lease | None:
+        now = self._clock()
+        if run_id is not None:
+            candidates = [(run_id, self._run(run_id))]
+        else:
+            candidates = sorted(
+                (
+                    (rid, run)
+                    for rid, run in self._runs.items()
+                    if run.runnable
+                    and (starting_agent is None or run.summary.starting_agent == starting_agent)
+                ),
+                key=lambda pair: pair[1].summary.updated_at,
+            )
+        for rid, run in candidates:
+            if run.lease_until < now:
+                run.lease_owner = owner
+                run.lease_token += 1
+                run.lease_until = now + lease_seconds
+                return Lease(
+                    run_id=rid, owner=owner, token=run.lease_token, expires_at=run.lease_until
+                )
+        return None
+
+    async def renew(self, lease: Lease, *, lease_seconds: float = 30.0) -> Lease:
+        run = self._run(lease.run_id)
+        if not self._holds(run, lease):
+            raise LeaseLost(f"run {lease.run_id}: the lease of {lease.owner!r} is no longer held")
+        run.lease_until = self._clock() + lease_seconds
+        return Lease(
+            run_id=lease.run_id, owner=lease.owner, token=lease.token, expires_at=run.lease_until
+        )
+
+    async def release(self, lease: Lease) -> None:
+        run = self._runs.get(lease.run_id)
+        if run is not None and run.lease_token == lease.token:
+            run.lease_owner = None
+            run.lease_until = 0.0
+
+    def _holds(self, run: _Run, lease: Lease) -> bool:
+        return (
+            run.lease_token == lease.token
+            and run.lease_owner == lease.owner
+            and run.lease_until >= self._clock()
+        )
+
+
+def _check_open(run_id: str, status: str) -> None:
+    if RunStatus(status).is_terminal:
+        raise ConflictError(f"run {run_id} is {status}; it takes no more decisions or input")

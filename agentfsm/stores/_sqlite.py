@@ -1,0 +1,378 @@
+"""SQLiteStore: the embedded default. One file, WAL mode, created on first use.
+
+Calls run on the caller's thread: each is one short local transaction, cheaper than a hop to
+a worker thread. Several processes may share the file; SQLite serializes their writes, and
+``BEGIN IMMEDIATE`` makes each compare-and-swap atomic across them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from .._errors import ConflictError, LeaseLost, StoreError, UnknownRunError
+from .._machine import RunStatus
+from .._state import RunState
+from ._base import (
+    Inbox,
+    InboxMessage,
+    Lease,
+    RunSummary,
+    Store,
+    decode_message,
+    encode_message,
+    is_runnable,
+    parts,
+    rebuild,
+    summary_of,
+)
+
+__all__ = ["SQLiteStore"]
+
+#: This store's own table layout version (``agentfsm_schema``), migrated on open.
+LAYOUT_VERSION = 1
+
+_LAYOUT = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    starting_agent TEXT NOT NULL,
+    current_agent TEXT NOT NULL,
+    turn INTEGER NOT NULL,
+    waiting INTEGER NOT NULL,
+    head BLOB NOT NULL,
+    n_items INTEGER NOT NULL,
+    runnable INTEGER NOT NULL,
+    inbox INTEGER NOT NULL DEFAULT 0,
+    lease_owner TEXT,
+    lease_token INTEGER NOT NULL DEFAULT 0,
+    lease_until REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_runnable ON runs (runnable, updated_at);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, updated_at);
+CREATE TABLE IF NOT EXISTS run_items (
+    run_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    item BLOB NOT NULL,
+    PRIMARY KEY (run_id, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS run_inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    message BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS run_inbox_by_run ON run_inbox (run_id, id);
+"""
+
+_LIVE = ("new", "running", "tools")
+
+
+class SQLiteStore(Store):
+    """Runs in a SQLite file at ``path`` (created with its tables on first use).
+
+    ``synchronous`` is SQLite's durability setting: ``"NORMAL"`` (default) survives a crash
+    of the process; ``"FULL"`` also survives a power cut, at the cost of an fsync per step.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "NORMAL",
+        timeout: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError("synchronous must be OFF, NORMAL, FULL or EXTRA")
+        self.path = Path(path)
+        self._clock = clock
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            with self._write():
+                self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the SQLite store {str(self.path)!r}: {exc}") from None
+
+    def _migrate(self) -> None:
+        self._db.execute("CREATE TABLE IF NOT EXISTS agentfsm_schema (version INTEGER NOT NULL)")
+        row = self._db.execute("SELECT max(version) FROM agentfsm_schema").fetchone()
+        current = row[0] or 0
+        if current > LAYOUT_VERSION:
+            raise StoreError(
+                f"the store {str(self.path)!r} has layout version {current}, newer than this "
+                f"agentfsm understands ({LAYOUT_VERSION}); upgrade agentfsm"
+            )
+        if current < 1:
+            for statement in _LAYOUT.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute("INSERT INTO agentfsm_schema (version) VALUES (1)")
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (``BEGIN IMMEDIATE``)."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {str(self.path)!r}: {exc}") from None
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            db.execute("ROLLBACK")
+            raise StoreError(f"SQLite store {str(self.path)!r}: {exc}") from None
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            yield db
+        finally:
+            db.execute("COMMIT")
+
+    async def close(self) -> None:
+        self._db.close()
+
+    # -- runs ------------------------------------------------------------------------------
+
+    async def create(self, state: RunState) -> None:
+        head, items = parts(state, 0)
+        summary = summary_of(state, self._clock())
+        try:
+            with self._write() as db:
+                db.execute(
+                    "INSERT INTO runs (run_id, status, version, starting_agent, current_agent,"
+                    " turn, waiting, head, n_items, runnable, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        state.run_id,
+                        summary.status,
+                        summary.version,
+                        summary.starting_agent,
+                        summary.current_agent,
+                        summary.turn,
+                        summary.waiting,
+                        head,
+                        len(items),
+                        is_runnable(state, 0),
+                        summary.updated_at,
+                        summary.updated_at,
+                    ),
+                )
+                self._append(db, state.run_id, 0, items)
+        except sqlite3.IntegrityError:
+            raise ConflictError(f"run {state.run_id} is already stored") from None
+
+    async def load(self, run_id: str) -> RunState:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT head, n_items FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise UnknownRunError(f"no run {run_id!r} in the store")
+            items = [
+                item
+                for (item,) in db.execute(
+                    "SELECT item FROM run_items WHERE run_id = ? AND idx < ? ORDER BY idx",
+                    (run_id, row[1]),
+                )
+            ]
+        return rebuild(row[0], items)
+
+    async def save(
+        self,
+        state: RunState,
+        *,
+        expected_version: int | None = None,
+        lease: Lease | None = None,
+        acknowledge: Sequence[int] = (),
+    ) -> int:
+        expected = state.version - 1 if expected_version is None else expected_version
+        summary = summary_of(state, self._clock())
+        live = state.status.value in _LIVE
+        with self._write() as db:
+            row = db.execute(
+                "SELECT version, n_items, lease_owner, lease_token, lease_until, inbox FROM runs"
+                " WHERE run_id = ?",
+                (state.run_id,),
+            ).fetchone()
+            if row is None:
+                raise UnknownRunError(f"no run {state.run_id!r} in the store")
+            version, stored_items, owner, token, until, inbox = row
+            if lease is not None and not (
+                owner == lease.owner and token == lease.token and until >= self._clock()
+            ):
+                raise LeaseLost(
+                    f"run {state.run_id}: the lease of {lease.owner!r} is no longer held"
+                )
+            if version != expected:
+                raise ConflictError(
+                    f"run {state.run_id} is at version {version}, not {expected}: it changed "
+                    "since this state was loaded"
+                )
+            head, items = parts(state, stored_items)
+            acked = 0
+            if acknowledge:
+                marks = ",".join("?" * len(acknowledge))
+                acked = db.execute(
+                    f"DELETE FROM run_inbox WHERE run_id = ? AND id IN ({marks})",
+                    (state.run_id, *acknowledge),
+                ).rowcount
+            db.execute(
+                "UPDATE runs SET status = ?, version = ?, current_agent = ?, turn = ?,"
+                " waiting = ?, head = ?, n_items = ?, inbox = inbox - ?,"
+                " runnable = (? OR (? = 'interrupted' AND inbox - ? > 0)), updated_at = ?"
+                " WHERE run_id = ?",
+                (
+                    summary.status,
+                    summary.version,
+                    summary.current_agent,
+                    summary.turn,
+                    summary.waiting,
+                    head,
+                    stored_items + len(items),
+                    acked,
+                    live,
+                    summary.status,
+                    acked,
+                    summary.updated_at,
+                    state.run_id,
+                ),
+            )
+            self._append(db, state.run_id, stored_items, items)
+        return int(inbox) - acked
+
+    def _append(self, db: sqlite3.Connection, run_id: str, start: int, items: list[bytes]) -> None:
+        if items:
+            db.executemany(
+                "INSERT INTO run_items (run_id, idx, item) VALUES (?, ?, ?)",
+                [(run_id, start + offset, item) for offset, item in enumerate(items)],
+            )
+
+    async def list(
+        self, *, status: RunStatus | str | None = None, limit: int | None = None
+    ) -> list[RunSummary]:
+        query = (
+            "SELECT run_id, status, version, starting_agent, current_agent, turn, waiting,"
+            " updated_at FROM runs"
+        )
+        params: list[object] = []
+        if status is not None:
+            query += " WHERE status = ?"
+            params.append(RunStatus(status).value)
+        query += " ORDER BY updated_at DESC"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
+        with self._read() as db:
+            return [RunSummary(*row) for row in db.execute(query, params)]
+
+    async def delete(self, run_id: str) -> None:
+        with self._write() as db:
+            if not db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,)).rowcount:
+                raise UnknownRunError(f"no run {run_id!r} in the store")
+            db.execute("DELETE FROM run_items WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM run_inbox WHERE run_id = ?", (run_id,))
+
+    # -- the inbox -------------------------------------------------------------------------
+
+    async def post(self, run_id: str, message: InboxMessage) -> None:
+        with self._write() as db:
+            row = db.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise UnknownRunError(f"no run {run_id!r} in the store")
+            if RunStatus(row[0]).is_terminal:
+                raise ConflictError(
+                    f"run {run_id} is {row[0]}; it takes no more decisions or input"
+                )
+            db.execute(
+                "INSERT INTO run_inbox (run_id, message) VALUES (?, ?)",
+                (run_id, encode_message(message)),
+            )
+            db.execute(
+                "UPDATE runs SET inbox = inbox + 1,"
+                " runnable = (runnable OR status = 'interrupted') WHERE run_id = ?",
+                (run_id,),
+            )
+
+    async def inbox(self, run_id: str) -> Inbox:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT id, message FROM run_inbox WHERE run_id = ? ORDER BY id", (run_id,)
+            ).fetchall()
+        return Inbox(
+            ids=tuple(row[0] for row in rows),
+            messages=tuple(decode_message(row[1]) for row in rows),
+        )
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        lease_seconds: float = 30.0,
+        run_id: str | None = None,
+        starting_agent: str | None = None,
+    ) -> Lease | None:
+        now = self._clock()
+        with self._write() as db:
+            if run_id is None:
+                row = db.execute(
+                    "SELECT run_id FROM runs WHERE runnable AND lease_until < ?"
+                    " AND (? IS NULL OR starting_agent = ?) ORDER BY updated_at LIMIT 1",
+                    (now, starting_agent, starting_agent),
+                ).fetchone()
+            else:
+                exists = db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+                if exists is None:
+                    raise UnknownRunError(f"no run {run_id!r} in the store")
+                row = db.execute(
+                    "SELECT run_id FROM runs WHERE run_id = ? AND lease_until < ?", (run_id, now)
+                ).fetchone()
+            if row is None:
+                return None
+            until = now + lease_seconds
+            (token,) = db.execute(
+                "UPDATE runs SET lease_owner = ?, lease_token = lease_token + 1,"
+                " lease_until = ? WHERE run_id = ? RETURNING lease_token",
+                (owner, until, row[0]),
+            ).fetchone()
+        return Lease(run_id=row[0], owner=owner, token=token, expires_at=until)
+
+    async def renew(self, lease: Lease, *, lease_seconds: float = 30.0) -> Lease:
+        now = self._clock()
+        until = now + lease_seconds
+        with self._write() as db:
+            renewed = db.execute(
+                "UPDATE runs SET lease_until = ? WHERE run_id = ? AND lease_owner = ?"
+                " AND lease_token = ? AND lease_until >= ?",
+                (until, lease.run_id, lease.owner, lease.token, now),
+            ).rowcount
+        if not renewed:
+            raise LeaseLost(f"run {lease.run_id}: the lease of {lease.owner!r} is no longer held")
+        return Lease(run_id=lease.run_id, owner=lease.owner, token=lease.token, expires_at=until)
+
+    async def release(self, lease: Lease) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE runs SET lease_owner = NULL, lease_until = 0"
+                " WHERE run_id = ? AND lease_token = ?",
+                (lease.run_id, lease.token),
+            )

@@ -1,0 +1,319 @@
+"""The store conformance suite: the behaviour every store must have.
+
+Subclass ``StoreConformance`` in a test module, name the subclass ``Test...`` and override
+``make_store``; pytest then runs every check against your store::
+
+    class TestMyStore(StoreConformance):
+        async def make_store(self, clock):
+            return MyStore(..., clock=clock)
+
+``clock`` is a callable returning the time; the lease checks move it forward instead of
+sleeping, so a store must measure leases with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .._agents import Agent
+from .._errors import ConflictError, LeaseLost, UnknownCallError, UnknownRunError
+from .._runner import Runner
+from .._state import RunState
+from .._step import new_run
+from .._tools import tool
+from ..stores._base import CancelMessage, Store
+from ._scripted import ScriptedModel, call, say
+
+__all__ = ["FakeClock", "StoreConformance"]
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@tool(needs_approval=True)
+def _send(to: str) -> str:
+    return f"sent to {to}"
+
+
+@tool
+def _lookup(name: str) -> str:
+    return f"{name}@example.com"
+
+
+def _agent(name: str = "conformance") -> Agent:
+    script = ScriptedModel(
+        [
+            call("_lookup", name="ada"),
+            [call("_lookup", name="bob"), call("_send", to="ada")],
+            say("done"),
+        ]
+    )
+    return Agent(name, "", script, tools=[_lookup, _send])
+
+
+async def _states(run_id: str, agent_name: str = "conformance") -> list[RunState]:
+    """Every state of a real run up to its pause for approval, in order."""
+    states: list[RunState] = []
+    agent = _agent(agent_name)
+    first = new_run(agent, "go", run_id=run_id)
+    states.append(first)
+    await Runner(on_step=states.append).run(agent, first)
+    return states
+
+
+class StoreConformance:
+    """Checks every store must pass. Override ``make_store``."""
+
+    async def make_store(self, clock: Callable[[], float]) -> Store:
+        raise NotImplementedError("override make_store(clock) to return your store")
+
+    def _run(self, check: Callable[[Store, FakeClock], Awaitable[None]]) -> None:
+        async def main() -> None:
+            clock = FakeClock()
+            store = await self.make_store(clock)
+            try:
+                await check(store, clock)
+            finally:
+                await store.close()
+
+        asyncio.run(main())
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def test_a_created_run_loads_back_equal(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            states = await _states("r1")
+            await store.create(states[0])
+            assert await store.load("r1") == states[0]
+            try:
+                await store.create(states[0])
+            except ConflictError:
+                pass
+            else:
+                raise AssertionError("creating a stored run twice must raise ConflictError")
+
+        self._run(check)
+
+    def test_loading_an_unknown_run_raises(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            await _raises(UnknownRunError, store.load("nope"))
+            await _raises(UnknownRunError, store.delete("nope"))
+            states = await _states("ghost")
+            await _raises(UnknownRunError, store.save(states[1]))
+
+        self._run(check)
+
+    def test_every_step_saved_loads_back_exactly(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            states = await _states("r2")
+            await store.create(states[0])
+            for previous, state in itertools.pairwise(states):
+                await store.save(state, expected_version=previous.version)
+                loaded = await store.load("r2")
+                assert loaded == state, f"version {state.version} did not load back equal"
+                assert loaded.to_json() == state.to_json()
+
+        self._run(check)
+
+    def test_a_stale_write_conflicts_and_changes_nothing(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            states = await _states("r3")
+            await store.create(states[0])
+            await store.save(states[1])
+            await store.save(states[2])
+            await _raises(ConflictError, store.save(states[2]))
+            await _raises(ConflictError, store.save(states[1], expected_version=0))
+            await _raises(ConflictError, store.save(states[3], expected_version=1))
+            assert await store.load("r3") == states[2]
+
+        self._run(check)
+
+    def test_a_state_that_does_not_descend_from_the_stored_one_conflicts(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            states = await _states("r4")
+            await store.create(states[0])
+            for previous, state in itertools.pairwise(states):
+                await store.save(state, expected_version=previous.version)
+            shorter = states[1]
+            await _raises(ConflictError, store.save(shorter, expected_version=states[-1].version))
+            assert await store.load("r4") == states[-1]
+
+        self._run(check)
+
+    def test_list_filters_by_status_and_puts_the_latest_first(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            for run_id in ("a", "b", "c"):
+                states = await _states(run_id)
+                await store.create(states[0])
+                clock.advance(1)
+                if run_id != "b":
+                    for previous, state in itertools.pairwise(states):
+                        await store.save(state, expected_version=previous.version)
+                        clock.advance(1)
+            listed = await store.list()
+            assert [s.run_id for s in listed] == ["c", "b", "a"]
+            paused = await store.list(status="interrupted")
+            assert [s.run_id for s in paused] == ["c", "a"]
+            assert paused[0].waiting == 1
+            assert paused[0].status == "interrupted"
+            assert [s.run_id for s in await store.list(limit=1)] == ["c"]
+            assert [s.run_id for s in await store.list(status="new")] == ["b"]
+
+        self._run(check)
+
+    def test_a_deleted_run_is_gone(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            states = await _states("gone")
+            await store.create(states[0])
+            await store.save(states[1])
+            await store.post("gone", CancelMessage(reason="x"))
+            await store.delete("gone")
+            await _raises(UnknownRunError, store.load("gone"))
+            assert await store.list() == []
+            await store.create(states[0])
+            assert await store.load("gone") == states[0]
+            assert (await store.inbox("gone")).ids == ()
+
+        self._run(check)
+
+    # -- the inbox -------------------------------------------------------------------------
+
+    async def _paused(self, store: Store, run_id: str) -> RunState:
+        states = await _states(run_id)
+        await store.create(states[0])
+        for previous, state in itertools.pairwise(states):
+            await store.save(state, expected_version=previous.version)
+        return states[-1]
+
+    def test_decisions_go_to_the_inbox_bound_to_the_stored_arguments(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            paused = await self._paused(store, "p1")
+            (request,) = paused.interruptions
+            await store.approve("p1", request.call_id, always=True)
+            await store.reject("p1", request.call_id, message="no")
+            await _raises(UnknownCallError, store.approve("p1", "call_9_9"))
+            inbox = await store.inbox("p1")
+            assert len(inbox.ids) == 2
+            assert list(inbox.ids) == sorted(inbox.ids)
+            first, second = (getattr(m, "decision", None) for m in inbox.messages)
+            assert first is not None and second is not None
+            assert first.approved and first.always and first.digest == request.digest
+            assert not second.approved and second.message == "no"
+            assert await store.load("p1") == paused, "decisions do not change the run itself"
+
+        self._run(check)
+
+    def test_acknowledged_messages_leave_the_inbox_with_the_step_that_used_them(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            paused = await self._paused(store, "p2")
+            await store.add_input("p2", "one")
+            await store.add_input("p2", "two")
+            inbox = await store.inbox("p2")
+            left = await store.save(
+                paused.approve(paused.interruptions[0].call_id), acknowledge=inbox.ids[:1]
+            )
+            assert left == 1
+            assert (await store.inbox("p2")).ids == inbox.ids[1:]
+
+        self._run(check)
+
+    def test_a_finished_run_takes_no_messages(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            paused = await self._paused(store, "fin")
+            await store.approve("fin", paused.interruptions[0].call_id)
+            done = await Runner(store=store).resume(_agent(), "fin")
+            assert done.status == "completed"
+            await _raises(ConflictError, store.cancel("fin"))
+            await _raises(ConflictError, store.add_input("fin", "more"))
+            await _raises(UnknownRunError, store.cancel("nope"))
+
+        self._run(check)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def test_claims_take_runnable_runs_oldest_first_once_each(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            for run_id in ("old", "young"):
+                await store.create(new_run(_agent(), "go", run_id=run_id))
+                clock.advance(1)
+            await self._paused(store, "paused")
+            first = await store.claim("w1", lease_seconds=10)
+            second = await store.claim("w2", lease_seconds=10)
+            assert first is not None and second is not None
+            assert (first.run_id, second.run_id) == ("old", "young")
+            assert await store.claim("w3", lease_seconds=10) is None, "paused runs wait"
+            await store.add_input("paused", "hello")
+            third = await store.claim("w3", lease_seconds=10)
+            assert third is not None and third.run_id == "paused"
+
+        self._run(check)
+
+    def test_claims_can_be_limited_to_one_starting_agent(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            await store.create(new_run(_agent("alpha"), "go", run_id="a"))
+            clock.advance(1)
+            await store.create(new_run(_agent("beta"), "go", run_id="b"))
+            lease = await store.claim("w", lease_seconds=10, starting_agent="beta")
+            assert lease is not None and lease.run_id == "b"
+            assert await store.claim("w", lease_seconds=10, starting_agent="beta") is None
+
+        self._run(check)
+
+    def test_a_lease_fences_writes_until_it_expires(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            states = await _states("l1")
+            await store.create(states[0])
+            lease = await store.claim("w1", lease_seconds=10, run_id="l1")
+            assert lease is not None
+            assert await store.claim("w2", lease_seconds=10, run_id="l1") is None
+            await store.save(states[1], lease=lease)
+            lease = await store.renew(lease, lease_seconds=10)
+            clock.advance(11)
+            taken = await store.claim("w2", lease_seconds=10, run_id="l1")
+            assert taken is not None and taken.token > lease.token
+            await _raises(LeaseLost, store.save(states[2], lease=lease))
+            await _raises(LeaseLost, store.renew(lease))
+            assert await store.load("l1") == states[1]
+            await store.save(states[2], lease=taken)
+            await store.release(lease)  # a lost lease: releasing it changes nothing
+            assert await store.claim("w3", lease_seconds=10, run_id="l1") is None
+            await store.release(taken)
+            assert await store.claim("w3", lease_seconds=10, run_id="l1") is not None
+
+        self._run(check)
+
+    def test_a_runner_with_the_store_checkpoints_every_step_and_resumes_by_id(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            seen: list[RunState] = []
+            runner = Runner(store=store, on_step=seen.append)
+            paused = await runner.run(_agent(), "go", run_id="rr")
+            assert paused.status == "interrupted"
+            assert await store.load("rr") == seen[-1] == paused.state
+            await store.approve("rr", paused.interruptions[0].call_id)
+            done = await Runner(store=store).resume(_agent(), "rr")
+            assert done.status == "completed"
+            assert await store.load("rr") == done.state
+            assert (await store.inbox("rr")).ids == ()
+
+        self._run(check)
+
+
+async def _raises(kind: type[BaseException], awaitable: Awaitable[Any]) -> None:
+    try:
+        await awaitable
+    except kind:
+        return
+    raise AssertionError(f"expected {kind.__name__}")

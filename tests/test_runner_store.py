@@ -1,0 +1,134 @@
+"""The runner with a store: checkpoints, resume by id, decisions from other processes,
+conflicts and leases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from agentfsm import (
+    Agent,
+    ConflictError,
+    MemoryStore,
+    Runner,
+    RunState,
+    RunStatus,
+    SQLiteStore,
+    ToolContext,
+    ToolResultItem,
+    UnknownRunError,
+    UserMessage,
+    open_store,
+    tool,
+)
+from agentfsm.testing import ScriptedModel, call, say
+
+RUNS: Counter[str] = Counter()
+
+
+@tool(needs_approval=True)
+def send(to: str, ctx: ToolContext) -> str:
+    RUNS[ctx.idempotency_key] += 1
+    return f"sent to {to}"
+
+
+def agent() -> Agent:
+    return Agent("mailer", "", ScriptedModel([call("send", to="ada"), say("done")]), tools=[send])
+
+
+def test_a_run_is_stored_paused_and_resumed_by_id_in_another_runner(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    paused = Runner(store=store).run_sync(agent(), "mail ada", run_id="r1")
+    assert paused.status == "interrupted"
+    reopened = SQLiteStore(tmp_path / "runs.db")
+    asyncio.run(reopened.approve("r1", paused.interruptions[0].call_id))
+    done = Runner(store=reopened).resume_sync(agent(), "r1")
+    assert done.status == "completed"
+    assert done.final_output == "done"
+    assert asyncio.run(reopened.load("r1")) == done.state
+
+
+def test_decisions_on_the_loaded_state_reach_the_store() -> None:
+    store = MemoryStore()
+    paused = Runner(store=store).run_sync(agent(), "go", run_id="r2")
+    loaded = asyncio.run(store.load("r2"))
+    done = Runner(store=store).run_sync(agent(), loaded.approve(paused.interruptions[0].call_id))
+    assert done.status == "completed"
+    assert asyncio.run(store.load("r2")).status is RunStatus.COMPLETED
+
+
+def test_a_stale_state_cannot_fork_a_stored_run() -> None:
+    store = MemoryStore()
+    paused = Runner(store=store).run_sync(agent(), "go", run_id="r3")
+    call_id = paused.interruptions[0].call_id
+    Runner(store=store).run_sync(agent(), paused.state.approve(call_id))
+    with pytest.raises(ConflictError, match="changed in the store"):
+        Runner(store=store).run_sync(agent(), paused.state.reject(call_id))
+
+
+def test_cancel_and_input_from_another_process_apply_at_the_next_step() -> None:
+    store = MemoryStore()
+    paused = Runner(store=store).run_sync(agent(), "go", run_id="r4")
+    asyncio.run(store.add_input("r4", "also cc bob"))
+    again = Runner(store=store).resume_sync(agent(), "r4")
+    assert again.status == "interrupted"
+    assert again.state.staged == (UserMessage(content="also cc bob"),)
+    asyncio.run(store.cancel("r4", "changed my mind"))
+    cancelled = Runner(store=store).resume_sync(agent(), "r4")
+    assert cancelled.status == "cancelled"
+    assert cancelled.error == "changed my mind"
+    assert asyncio.run(store.inbox("r4")).ids == ()
+    assert not [i for i in cancelled.items if isinstance(i, ToolResultItem)]
+    assert paused.state.run_id == "r4"
+
+
+def test_only_one_of_two_runners_resuming_the_same_run_advances_it() -> None:
+    store = MemoryStore()
+    paused = Runner(store=store).run_sync(agent(), "go", run_id="r5")
+    asyncio.run(store.approve("r5", paused.interruptions[0].call_id))
+
+    async def both() -> list[object]:
+        return await asyncio.gather(
+            Runner(store=store).resume(agent(), "r5"),
+            Runner(store=store).resume(agent(), "r5"),
+            return_exceptions=True,
+        )
+
+    outcomes = asyncio.run(both())
+    finished = [o for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, ConflictError)]
+    assert len(finished) == 1
+    assert len(refused) == 1
+    state = asyncio.run(store.load("r5"))
+    key = next(c for c in paused.state.ledger).idempotency_key
+    assert RUNS[key] == 1
+    assert state.status is RunStatus.COMPLETED
+
+
+def test_a_worker_runs_every_runnable_run_of_its_agent() -> None:
+    store = MemoryStore()
+    other = Agent("other", "", ScriptedModel([say("x")]))
+    for n in range(3):
+        asyncio.run(store.create(_new(agent(), f"w{n}")))
+    asyncio.run(store.create(_new(other, "o1")))
+    advanced = asyncio.run(Runner(store=store).work(agent(), until_idle=True))
+    assert advanced == 3
+    statuses = {s.run_id: s.status for s in asyncio.run(store.list())}
+    assert statuses == {"w0": "interrupted", "w1": "interrupted", "w2": "interrupted", "o1": "new"}
+
+
+def test_resuming_an_unknown_run_and_open_store_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(UnknownRunError, match="nope"):
+        Runner(store=MemoryStore()).resume_sync(agent(), "nope")
+    assert isinstance(open_store(tmp_path / "x.db"), SQLiteStore)
+    assert isinstance(open_store(f"sqlite:///{tmp_path}/y.db"), SQLiteStore)
+    assert isinstance(open_store("memory:"), MemoryStore)
+
+
+def _new(a: Agent, run_id: str) -> RunState:
+    from agentfsm import new_run
+
+    return new_run(a, "go", run_id=run_id)
