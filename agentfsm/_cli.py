@@ -1,79 +1,324 @@
-"""The ``agentfsm`` command line."""
+"""The ``agentfsm`` command line.
+
+Every command that touches runs takes ``--store`` (default: $AGENTFSM_STORE, else the SQLite
+file ``agentfsm.db`` in the current directory). Errors print one line and exit non-zero.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
+import json
+import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
-from ._errors import AgentFSMError
+from ._errors import AgentFSMError, ConfigurationError, ToolArgumentsError
 
 __all__ = ["main"]
 
+DEFAULT_STORE = "agentfsm.db"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agentfsm", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.handler(args)
+        return result
+    except AgentFSMError as exc:
+        print(f"agentfsm: error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"agentfsm: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("agentfsm: interrupted", file=sys.stderr)
+        return 130
+    return 1
 
-    demo = commands.add_parser(
-        "demo", help="pause a run for approval, then approve and resume it in a second process"
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentfsm", description="Run, inspect and steer agentfsm runs."
     )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument(
+        "--store",
+        default=os.environ.get("AGENTFSM_STORE", DEFAULT_STORE),
+        help="postgresql://..., sqlite:///path, or a file path "
+        "(default: $AGENTFSM_STORE or ./agentfsm.db)",
+    )
+    app = argparse.ArgumentParser(add_help=False)
+    app.add_argument(
+        "--app", required=True, help="the starting agent, as module:attribute (or a factory)"
+    )
+
+    demo = commands.add_parser("demo", help="pause a run for approval, approve, resume")
     demo.add_argument("--reject", action="store_true", help="reject the call instead")
-    demo.add_argument(
-        "--state-file", type=Path, default=Path("demo-state.json"), help="where the state goes"
-    )
-    demo.add_argument("--resume", type=Path, metavar="STATE_FILE", help=argparse.SUPPRESS)
+    demo.add_argument("--store", default=DEFAULT_STORE, help="where the demo keeps its run")
+    demo.add_argument("--state-file", type=Path, default=Path("demo-state.json"))
+    demo.set_defaults(handler=_demo)
+
+    run = commands.add_parser("run", parents=[store, app], help="start a run")
+    run.add_argument("input", help="the user's message")
+    run.add_argument("--max-turns", type=int, default=None)
+    run.add_argument("--run-id", default=None)
+    run.add_argument("--context", default=None, help="the run's context, as JSON")
+    run.set_defaults(handler=_run)
+
+    runs = commands.add_parser("runs", help="list, show or export stored runs")
+    what = runs.add_subparsers(dest="what", required=True, metavar="ACTION")
+    listing = what.add_parser("list", parents=[store], help="list runs, latest first")
+    listing.add_argument("--status", default=None)
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(handler=_list)
+    show = what.add_parser("show", parents=[store], help="status, pending calls, transcript")
+    show.add_argument("run_id")
+    show.set_defaults(handler=_show)
+    export = what.add_parser("export", parents=[store], help="print the run's state JSON")
+    export.add_argument("run_id")
+    export.set_defaults(handler=_export)
+
+    approve = commands.add_parser("approve", parents=[store], help="approve waiting calls")
+    approve.add_argument("run_id")
+    approve.add_argument("call_id", nargs="?", help="default: every waiting call")
+    approve.add_argument("--always", action="store_true", help="also approve later calls")
+    approve.add_argument("--arguments", default=None, help="replacement arguments, as JSON")
+    approve.set_defaults(handler=_approve)
+
+    reject = commands.add_parser("reject", parents=[store], help="reject a waiting call")
+    reject.add_argument("run_id")
+    reject.add_argument("call_id")
+    reject.add_argument("--message", default=None, help="what the model is told")
+    reject.add_argument("--always", action="store_true", help="also reject later calls")
+    reject.set_defaults(handler=_reject)
+
+    cancel = commands.add_parser("cancel", parents=[store], help="cancel a run")
+    cancel.add_argument("run_id")
+    cancel.add_argument("--reason", default="cancelled")
+    cancel.set_defaults(handler=_cancel)
+
+    resume = commands.add_parser("resume", parents=[store, app], help="continue a stored run")
+    resume.add_argument("run_id")
+    resume.add_argument("--max-turns", type=int, default=None)
+    resume.set_defaults(handler=_resume)
+
+    worker = commands.add_parser("worker", parents=[store, app], help="run runnable runs")
+    worker.add_argument("--lease", type=float, default=30.0, help="lease length in seconds")
+    worker.add_argument("--poll", type=float, default=0.5, help="seconds between polls")
+    worker.add_argument("--until-idle", action="store_true", help="exit when nothing is left")
+    worker.set_defaults(handler=_worker)
 
     schema = commands.add_parser("schema", help="print or regenerate the JSON Schemas")
     mode = schema.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="regenerate schemas/ and the diagram")
     mode.add_argument("--check", action="store_true", help="fail if schemas/ or docs are stale")
     schema.add_argument("--root", type=Path, default=Path("."), help="repository root")
+    schema.set_defaults(handler=_schema)
 
-    commands.add_parser("graph", help="print the status machine as a mermaid diagram")
+    graph = commands.add_parser("graph", help="print the status machine as a mermaid diagram")
+    graph.set_defaults(handler=_graph)
+    return parser
 
-    args = parser.parse_args(argv)
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _with_store(args: argparse.Namespace, work: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
+    from .stores import open_store
+
+    async def main() -> int:
+        store = open_store(args.store)
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def load_app(spec: str) -> Any:
+    """The agent named by ``module:attribute`` (an Agent, or a function returning one)."""
+    from ._agents import Agent
+
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"--app must be module:attribute, not {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
-        return _dispatch(args)
-    except AgentFSMError as exc:
-        print(f"agentfsm: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"agentfsm: error: {exc}", file=sys.stderr)
-        return 1
+        target = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"cannot load the app {spec!r}: {exc}") from None
+    agent = target() if callable(target) and not isinstance(target, Agent) else target
+    if not isinstance(agent, Agent):
+        raise ConfigurationError(f"the app {spec!r} is not an Agent (got {type(agent).__name__})")
+    return agent
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "demo":
-        from ._demo import resume_demo, run_demo
+def _json_argument(text: str | None, what: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ToolArgumentsError(f"{what} is not valid JSON: {exc}") from None
 
-        if args.resume is not None:
-            return resume_demo(args.resume, reject=args.reject)
-        return run_demo(args.state_file, reject=args.reject)
-    if args.command == "schema":
-        from . import _schemas
 
-        if args.write:
-            for path in _schemas.write(args.root):
-                print(f"wrote {path}")
-            return 0
-        if args.check:
-            stale = _schemas.check(args.root)
-            for path in stale:
-                print(f"stale: {path} (run `make schemas`)", file=sys.stderr)
-            return 1 if stale else 0
-        from ._codec import wire_type
-        from ._schemas import _schema
+def _print_result(result: Any) -> None:
+    from ._render import render_run
 
-        sys.stdout.write(_schema(wire_type(), "RunState"))
+    print(render_run(result.state))
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ._runner import Runner
+
+    agent = load_app(args.app)
+    context = _json_argument(args.context, "--context")
+
+    async def work(store: Any) -> int:
+        result = await Runner(store=store).run(
+            agent, args.input, context=context, max_turns=args.max_turns, run_id=args.run_id
+        )
+        _print_result(result)
+        return 0 if result.status in ("completed", "interrupted") else 1
+
+    return _with_store(args, work)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from ._render import render_summaries
+
+    async def work(store: Any) -> int:
+        print(render_summaries(await store.list(status=args.status, limit=args.limit)))
         return 0
-    if args.command == "graph":
-        from ._machine import mermaid
 
-        print(mermaid())
+    return _with_store(args, work)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from ._render import render_run
+
+    async def work(store: Any) -> int:
+        print(render_run(await store.load(args.run_id)))
         return 0
-    raise AssertionError(args.command)
+
+    return _with_store(args, work)
+
+
+def _export(args: argparse.Namespace) -> int:
+    async def work(store: Any) -> int:
+        print((await store.load(args.run_id)).to_json())
+        return 0
+
+    return _with_store(args, work)
+
+
+def _approve(args: argparse.Namespace) -> int:
+    arguments = _json_argument(args.arguments, "--arguments")
+
+    async def work(store: Any) -> int:
+        if args.call_id is not None:
+            call_ids = [args.call_id]
+        else:
+            call_ids = [r.call_id for r in (await store.load(args.run_id)).interruptions]
+            if not call_ids:
+                raise ConfigurationError(f"run {args.run_id} has no call awaiting a decision")
+        if arguments is not None and len(call_ids) != 1:
+            raise ConfigurationError("--arguments needs a CALL_ID")
+        for call_id in call_ids:
+            await store.approve(args.run_id, call_id, always=args.always, arguments=arguments)
+            print(f"approved {call_id} of run {args.run_id}")
+        return 0
+
+    return _with_store(args, work)
+
+
+def _reject(args: argparse.Namespace) -> int:
+    async def work(store: Any) -> int:
+        await store.reject(args.run_id, args.call_id, message=args.message, always=args.always)
+        print(f"rejected {args.call_id} of run {args.run_id}")
+        return 0
+
+    return _with_store(args, work)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    async def work(store: Any) -> int:
+        await store.cancel(args.run_id, args.reason)
+        print(f"asked run {args.run_id} to cancel; it stops at its next step")
+        return 0
+
+    return _with_store(args, work)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from ._runner import Runner
+
+    agent = load_app(args.app)
+
+    async def work(store: Any) -> int:
+        result = await Runner(store=store).resume(agent, args.run_id, max_turns=args.max_turns)
+        _print_result(result)
+        return 0 if result.status in ("completed", "interrupted") else 1
+
+    return _with_store(args, work)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from ._runner import Runner
+
+    agent = load_app(args.app)
+
+    async def work(store: Any) -> int:
+        runner = Runner(store=store, lease_seconds=args.lease)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, runner.stop)
+        advanced = await runner.work(agent, poll_interval=args.poll, until_idle=args.until_idle)
+        print(f"worker {runner.owner} stopped after advancing {advanced} runs")
+        return 0
+
+    return _with_store(args, work)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(args.store, args.state_file, reject=args.reject)
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from . import _schemas
+
+    if args.write:
+        for path in _schemas.write(args.root):
+            print(f"wrote {path}")
+        return 0
+    if args.check:
+        stale = _schemas.check(args.root)
+        for path in stale:
+            print(f"stale: {path} (run `make schemas`)", file=sys.stderr)
+        return 1 if stale else 0
+    from ._codec import wire_type
+
+    sys.stdout.write(_schemas.schema_text(wire_type(), "RunState"))
+    return 0
+
+
+def _graph(args: argparse.Namespace) -> int:
+    from ._machine import mermaid
+
+    print(mermaid())
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from ._agents import Agent
-from ._items import AssistantMessage, HandoffItem, Item, ToolCallItem, ToolResultItem
+from ._items import ToolResultItem
 from ._model import ModelRequest
 from ._runner import Runner
-from ._state import RunState
 from ._tools import tool
+from .stores import SQLiteStore
 from .testing import ScriptedModel, call, say
 
-__all__ = ["build_agent", "render_transcript", "run_demo"]
+__all__ = ["build_agent", "run_demo"]
 
 
 @tool
@@ -66,64 +66,44 @@ def build_agent() -> Agent:
     )
 
 
-def render_transcript(state: RunState) -> str:
-    lines = []
-    for item in (*state.input, *state.items):
-        lines.append(_line(item))
-    return "\n".join(lines)
-
-
-def _line(item: Item) -> str:
-    match item:
-        case AssistantMessage(content=content, agent=agent):
-            return f"  {agent}: {content}"
-        case ToolCallItem(tool=name, arguments=arguments, call_id=call_id):
-            return f"  -> call {name}({arguments})  [{call_id}]"
-        case ToolResultItem(output=output, call_id=call_id, is_error=is_error):
-            return f"  <- {'error' if is_error else 'result'} [{call_id}]: {output}"
-        case HandoffItem(source=source, target=target):
-            return f"  == handoff {source} -> {target}"
-        case _:
-            return f"  {type(item).__name__}: {item.content}"
-
-
-def run_demo(state_file: Path, *, reject: bool) -> int:
-    """Part one: start the run, pause, write the state, hand over to a second process."""
-    print("== process 1: starting the run")
-    result = Runner().run_sync(
+def run_demo(store: str, state_file: Path, *, reject: bool) -> int:
+    """Process 1 starts the run, which pauses for approval; then each step is a separate
+    process of the CLI, as a person in the loop would use it."""
+    print(f"== process 1: start the run (store: {store})")
+    runner = Runner(store=SQLiteStore(store))
+    result = runner.run_sync(
         build_agent(), "My espresso machine arrived broken. Order A-1001. Refund please?"
     )
-    print(f"status: {result.status}")
-    for request in result.interruptions:
-        print(f"waiting for approval: {request.tool}({request.arguments})  [{request.call_id}]")
+    run_id = result.run_id
+    print(f"run {run_id}: {result.status}")
     state_file.write_text(result.state.to_json())
-    print(f"state written to {state_file} ({state_file.stat().st_size} bytes)\n")
-    command = [sys.executable, "-m", "agentfsm", "demo", "--resume", str(state_file)]
-    if reject:
-        command.append("--reject")
-    return subprocess.call(command)
+    print(f"its state is also written to {state_file} ({state_file.stat().st_size} bytes)")
+    cli = [sys.executable, "-m", "agentfsm"]
+    where = ["--store", store]
+
+    print(f"\n== process 2: agentfsm runs show {run_id}")
+    _call([*cli, "runs", "show", run_id, *where])
+
+    (request,) = result.interruptions
+    approve = not reject
+    if sys.stdin.isatty() and not reject:
+        answer = input(f"\napprove {request.tool}({request.arguments})? [y/N] ")
+        approve = answer.strip().lower() in ("y", "yes")
+    if approve:
+        print(f"\n== process 3: agentfsm approve {run_id} {request.call_id}")
+        _call([*cli, "approve", run_id, request.call_id, *where])
+    else:
+        print(f"\n== process 3: agentfsm reject {run_id} {request.call_id}")
+        message = "A reviewer declined this refund."
+        _call([*cli, "reject", run_id, request.call_id, "--message", message, *where])
+
+    print(f"\n== process 4: agentfsm resume {run_id} --app agentfsm._demo:build_agent")
+    return _call([*cli, "resume", run_id, "--app", "agentfsm._demo:build_agent", *where])
 
 
-def resume_demo(state_file: Path, *, reject: bool) -> int:
-    """Part two, in a new process: load, decide, resume, print."""
-    print("== process 2: loading the paused run")
-    state = RunState.from_json(state_file.read_text())
-    print(f"run {state.run_id}: status {state.status.value}")
-    for request in state.interruptions:
-        approve = not reject
-        if sys.stdin.isatty() and not reject:
-            answer = input(f"approve {request.tool}({request.arguments})? [y/N] ")
-            approve = answer.strip().lower() in ("y", "yes")
-        verb = "approved" if approve else "rejected"
-        print(f"{verb}: {request.tool}({request.arguments})")
-        state = (
-            state.approve(request.call_id)
-            if approve
-            else state.reject(request.call_id, message="A reviewer declined this refund.")
-        )
-    result = Runner().run_sync(build_agent(), state)
-    print(f"\nstatus: {result.status}")
-    print(f"final answer: {result.final_output}")
-    print("transcript:")
-    print(render_transcript(result.state))
-    return 0 if result.status == "completed" else 1
+def _call(command: list[str]) -> int:
+    sys.stdout.flush()
+    code = subprocess.call(command)
+    if code:
+        raise SystemExit(code)
+    return code

@@ -16,13 +16,13 @@ from ._items import Item
 from ._machine import mermaid
 from ._outcomes import Outcome
 
-__all__ = ["DIAGRAM_BEGIN", "DIAGRAM_END", "artifacts", "check", "write"]
+__all__ = ["DIAGRAM_BEGIN", "DIAGRAM_END", "artifacts", "check", "schema_text", "write"]
 
 DIAGRAM_BEGIN = "<!-- BEGIN GENERATED DIAGRAM (agentfsm schema --write) -->"
 DIAGRAM_END = "<!-- END GENERATED DIAGRAM -->"
 
 
-def _schema(kind: Any, title: str) -> str:
+def schema_text(kind: Any, title: str) -> str:
     schema: dict[str, Any] = msgspec.json.schema(kind)
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -36,10 +36,10 @@ def _schema(kind: Any, title: str) -> str:
 def artifacts(root: Path) -> dict[Path, str]:
     """Every generated file under ``root`` (the repository), with its expected content."""
     files = {
-        root / "schemas" / "run_state.schema.json": _schema(wire_type(), "RunState"),
-        root / "schemas" / "item.schema.json": _schema(Item, "Item"),
-        root / "schemas" / "event.schema.json": _schema(Event, "Event"),
-        root / "schemas" / "outcome.schema.json": _schema(Outcome, "Outcome"),
+        root / "schemas" / "run_state.schema.json": schema_text(wire_type(), "RunState"),
+        root / "schemas" / "item.schema.json": schema_text(Item, "Item"),
+        root / "schemas" / "event.schema.json": schema_text(Event, "Event"),
+        root / "schemas" / "outcome.schema.json": schema_text(Outcome, "Outcome"),
     }
     doc = root / "docs" / "state-machine.md"
     if doc.exists():

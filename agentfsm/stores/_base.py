@@ -17,7 +17,7 @@ from typing import Any, Literal
 import msgspec
 
 from .._codec import decode_parts, encode_head, encode_items
-from .._errors import ConflictError, UnknownCallError
+from .._errors import ConfigurationError, ConflictError, UnknownCallError
 from .._events import Decision
 from .._items import Item, UserMessage
 from .._json import check_json_data
@@ -94,6 +94,15 @@ def encode_message(message: InboxMessage) -> bytes:
 
 def decode_message(data: bytes) -> InboxMessage:
     return _message_decoder.decode(data)
+
+
+def status_value(status: RunStatus | str) -> str:
+    """``status`` as stored; ConfigurationError for a status that does not exist."""
+    try:
+        return RunStatus(status).value
+    except ValueError:
+        known = ", ".join(s.value for s in RunStatus)
+        raise ConfigurationError(f"unknown status {status!r} (known: {known})") from None
 
 
 def is_runnable(state: RunState, inbox: int) -> bool:

@@ -22,6 +22,7 @@ from ._base import (
     is_runnable,
     parts,
     rebuild,
+    status_value,
     summary_of,
 )
 
@@ -99,7 +100,7 @@ class MemoryStore(Store):
     async def list(
         self, *, status: RunStatus | str | None = None, limit: int | None = None
     ) -> list[RunSummary]:
-        wanted = None if status is None else RunStatus(status).value
+        wanted = None if status is None else status_value(status)
         found = [
             run.summary
             for run in self._runs.values()

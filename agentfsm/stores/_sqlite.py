@@ -27,6 +27,7 @@ from ._base import (
     is_runnable,
     parts,
     rebuild,
+    status_value,
     summary_of,
 )
 
@@ -275,7 +276,7 @@ class SQLiteStore(Store):
         params: list[object] = []
         if status is not None:
             query += " WHERE status = ?"
-            params.append(RunStatus(status).value)
+            params.append(status_value(status))
         query += " ORDER BY updated_at DESC"
         if limit is not None:
             query += " LIMIT ?"

@@ -1,0 +1,122 @@
+"""The CLI for people in the loop, run as real processes against a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agentfsm", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "AGENTFSM_STORE": str(tmp_path / "runs.db"), **(env or {})},
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+
+
+APP = ["--app", "tests.apps.mailer:agent"]
+
+
+def test_the_whole_loop_from_the_command_line(tmp_path: Path) -> None:
+    started = cli(tmp_path, "run", *APP, "mail ada", "--run-id", "r1")
+    assert started.returncode == 0, started.stderr
+    assert "status:  interrupted" in started.stdout
+
+    listed = cli(tmp_path, "runs", "list", "--status", "interrupted")
+    assert "r1" in listed.stdout
+    assert "interrupted" in listed.stdout
+
+    shown = cli(tmp_path, "runs", "show", "r1")
+    assert 'call_1_0  send({"body": "hi", "to": "ada@example.com"})' in shown.stdout
+
+    exported = cli(tmp_path, "runs", "export", "r1")
+    assert json.loads(exported.stdout)["status"] == "interrupted"
+
+    edited = json.dumps({"to": "ada@example.com", "body": "hello!"})
+    approved = cli(tmp_path, "approve", "r1", "call_1_0", "--arguments", edited)
+    assert approved.returncode == 0, approved.stderr
+
+    resumed = cli(tmp_path, "resume", "r1", *APP)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "status:  completed" in resumed.stdout
+    assert '"sent"' in resumed.stdout
+    assert "sent to ada@example.com" in resumed.stdout
+
+
+def test_reject_and_approve_all_pending(tmp_path: Path) -> None:
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r2").returncode == 0
+    rejected = cli(tmp_path, "reject", "r2", "call_1_0", "--message", "not today")
+    assert rejected.returncode == 0, rejected.stderr
+    done = cli(tmp_path, "resume", "r2", *APP)
+    assert "not today" in done.stdout
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r3").returncode == 0
+    everything = cli(tmp_path, "approve", "r3")
+    assert "approved call_1_0 of run r3" in everything.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["runs", "show", "nope"], "no run 'nope'"),
+        (["approve", "nope", "c1"], "no run 'nope'"),
+        (["resume", "nope", *APP], "no run 'nope'"),
+        (["resume", "x", "--app", "no.such.module:agent"], "cannot load the app"),
+        (["resume", "x", "--app", "tests.apps.mailer"], "module:attribute"),
+        (["runs", "list", "--store", "redis://x"], "unknown store"),
+        (["runs", "list", "--status", "sleeping"], "sleeping"),
+    ],
+)
+def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    done = cli(tmp_path, *args)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert message in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_decisions_on_calls_that_are_not_waiting_and_bad_json_are_refused(tmp_path: Path) -> None:
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r4").returncode == 0
+    for args, message in (
+        (["approve", "r4", "call_7_7"], "no call 'call_7_7' awaiting"),
+        (["approve", "r4", "call_1_0", "--arguments", "{nope"], "not valid JSON"),
+    ):
+        done = cli(tmp_path, *args)
+        assert done.returncode == 1
+        assert message in done.stderr
+        assert "Traceback" not in done.stderr
+    assert cli(tmp_path, "approve", "r4").returncode == 0
+    assert cli(tmp_path, "resume", "r4", *APP).returncode == 0
+    late = cli(tmp_path, "cancel", "r4")
+    assert late.returncode == 1
+    assert "completed" in late.stderr
+
+
+def test_a_worker_runs_everything_runnable_then_exits_when_idle(tmp_path: Path) -> None:
+    effects = tmp_path / "effects.txt"
+    env = {"MAILER_EFFECTS": str(effects)}
+    for n in range(3):
+        assert cli(tmp_path, "run", *APP, "go", "--run-id", f"w{n}").returncode == 0
+    for n in range(3):
+        assert cli(tmp_path, "approve", f"w{n}").returncode == 0
+    worked = cli(tmp_path, "worker", *APP, "--until-idle", env=env)
+    assert worked.returncode == 0, worked.stderr
+    assert "after advancing 3 runs" in worked.stdout
+    listed = cli(tmp_path, "runs", "list", "--status", "completed")
+    assert all(f"w{n}" in listed.stdout for n in range(3))
+    assert len(effects.read_text().split()) == 3
