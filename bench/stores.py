@@ -196,33 +196,27 @@ async def main() -> int:
 
 async def bench_postgres() -> None:
     try:
+        import psycopg
+
         from agentfsm import PostgresStore
 
-        probe = PostgresStore(PG_DSN, schema=f"bench_probe_{uuid.uuid4().hex[:8]}")
-        await probe.list()
+        with psycopg.connect(PG_DSN, connect_timeout=2):
+            pass
     except Exception as exc:
         print(f"\nPostgresStore: skipped ({exc})")
         return
-    await _drop(probe)
-    schemas: list[Any] = []
+    schemas: list[str] = []
 
     async def postgres() -> Store:
-        store = PostgresStore(PG_DSN, schema=f"bench_{uuid.uuid4().hex[:8]}")
-        schemas.append(store)
-        return store
+        schemas.append(f"bench_{uuid.uuid4().hex[:8]}")
+        return PostgresStore(PG_DSN, schema=schemas[-1])
 
     try:
-        await bench_store("PostgresStore (127.0.0.1)", postgres)
+        await bench_store("PostgresStore (127.0.0.1, psycopg 3)", postgres)
     finally:
-        for store in schemas:
-            await _drop(PostgresStore(PG_DSN, schema=store.schema))
-
-
-async def _drop(store: Any) -> None:
-    try:
-        await store.drop_schema()
-    finally:
-        await store.close()
+        with psycopg.connect(PG_DSN, autocommit=True) as db:
+            for schema in schemas:
+                db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 if __name__ == "__main__":

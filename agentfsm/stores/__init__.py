@@ -42,8 +42,7 @@ def open_store(dsn: str | Path) -> Store:
     if text.startswith(("postgresql://", "postgres://")):
         from ._postgres import PostgresStore
 
-        store: Store = PostgresStore(text)  # type: ignore[assignment]
-        return store
+        return PostgresStore(text)
     if text == "memory:":
         return MemoryStore()
     if text.startswith("sqlite://"):

@@ -1,14 +1,718 @@
-"""PostgresStore (being written)."""
+"""PostgresStore: many workers on many machines, one PostgreSQL database.
+
+The layout is SQLiteStore's: a small head row per run, rewritten under compare-and-swap at
+every step, the transcript as append-only rows, and an inbox table. Its tables live in their
+own PostgreSQL schema (``agentfsm`` unless told otherwise), created on first use together
+with a version table for the store's own migrations.
+
+Workers claim runs with ``SELECT ... FOR UPDATE SKIP LOCKED``, so two claims never wait on
+each other nor hand out the same run. Time is the database's (``statement_timestamp()``,
+as seconds since the epoch), so workers on machines whose clocks disagree still agree on
+when a lease ends; a ``clock`` callable replaces it everywhere, for tests of expiry.
+
+psycopg 3 is imported when a store is built, so this module imports without it.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+import hashlib
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, ConflictError, LeaseLost, StoreError, UnknownRunError
+from .._machine import RunStatus
+from .._state import RunState
+from ._base import (
+    Inbox,
+    InboxMessage,
+    Lease,
+    RunSummary,
+    Store,
+    decode_message,
+    encode_message,
+    is_runnable,
+    parts,
+    rebuild,
+    status_value,
+    summary_of,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+    from psycopg.rows import TupleRow
+
+    Connection = psycopg.AsyncConnection[TupleRow]
 
 __all__ = ["PostgresStore"]
 
+#: This store's own table layout version (``agentfsm_schema``), migrated on first use.
+LAYOUT_VERSION = 1
 
-class PostgresStore:
-    def __init__(self, dsn: str, **options: Any) -> None:
-        raise ConfigurationError("PostgresStore is not available yet")
+# Statements are templates: ``{s}`` is the quoted schema, ``{now}`` the store's clock.
+_LAYOUT = """
+CREATE TABLE {s}.runs (
+    run_id text PRIMARY KEY,
+    seq bigint GENERATED ALWAYS AS IDENTITY,
+    status text NOT NULL,
+    version bigint NOT NULL,
+    starting_agent text NOT NULL,
+    current_agent text NOT NULL,
+    turn bigint NOT NULL,
+    waiting integer NOT NULL,
+    head bytea NOT NULL,
+    n_items bigint NOT NULL,
+    runnable boolean NOT NULL,
+    inbox integer NOT NULL DEFAULT 0,
+    lease_owner text,
+    lease_token bigint NOT NULL DEFAULT 0,
+    lease_until double precision NOT NULL DEFAULT 0,
+    created_at double precision NOT NULL,
+    updated_at double precision NOT NULL
+);
+CREATE INDEX runs_by_updated ON {s}.runs (updated_at DESC, seq);
+CREATE INDEX runs_by_status ON {s}.runs (status, updated_at DESC, seq);
+CREATE INDEX runs_runnable ON {s}.runs (updated_at, seq) WHERE runnable;
+CREATE INDEX runs_runnable_by_agent ON {s}.runs (starting_agent, updated_at, seq)
+    WHERE runnable;
+CREATE TABLE {s}.run_items (
+    run_id text NOT NULL REFERENCES {s}.runs (run_id) ON DELETE CASCADE,
+    idx bigint NOT NULL,
+    item bytea NOT NULL,
+    PRIMARY KEY (run_id, idx)
+);
+CREATE TABLE {s}.run_inbox (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id text NOT NULL REFERENCES {s}.runs (run_id) ON DELETE CASCADE,
+    message bytea NOT NULL
+);
+CREATE INDEX run_inbox_by_run ON {s}.run_inbox (run_id, id);
+"""
+
+_APPEND = """
+INSERT INTO {s}.run_items (run_id, idx, item)
+SELECT %(run_id)s, %(start)s::bigint + t.n - 1, t.item
+FROM unnest(%(items)s::bytea[]) WITH ORDINALITY AS t(item, n)
+"""
+
+_CREATE = (
+    """
+WITH run AS (
+    INSERT INTO {s}.runs (run_id, status, version, starting_agent, current_agent, turn,
+                          waiting, head, n_items, runnable, created_at, updated_at)
+    VALUES (%(run_id)s, %(status)s, %(version)s, %(starting_agent)s, %(current_agent)s,
+            %(turn)s, %(waiting)s, %(head)s, %(n_items)s, %(runnable)s, {now}, {now})
+    RETURNING run_id
+), added AS ("""
+    + _APPEND
+    + """)
+SELECT 1 FROM run
+"""
+)
+
+_LOAD = """
+SELECT r.head, ARRAY(
+    SELECT i.item FROM {s}.run_items AS i
+    WHERE i.run_id = r.run_id AND i.idx < r.n_items ORDER BY i.idx
+)
+FROM {s}.runs AS r WHERE r.run_id = %(run_id)s
+"""
+
+_LOCK_FOR_SAVE = """
+SELECT version, n_items, lease_owner, lease_token, lease_until, inbox, {now}
+FROM {s}.runs WHERE run_id = %(run_id)s FOR UPDATE
+"""
+
+_SAVE = (
+    """
+WITH acked AS (
+    DELETE FROM {s}.run_inbox
+    WHERE run_id = %(run_id)s AND id = ANY(%(acknowledge)s::bigint[])
+    RETURNING 1
+), added AS ("""
+    + _APPEND
+    + """)
+UPDATE {s}.runs AS r SET
+    status = %(status)s, version = %(version)s, current_agent = %(current_agent)s,
+    turn = %(turn)s, waiting = %(waiting)s, head = %(head)s, n_items = %(n_items)s,
+    inbox = r.inbox - a.n,
+    runnable = (%(live)s OR (%(interrupted)s AND r.inbox - a.n > 0)),
+    updated_at = %(now)s::float8
+FROM (SELECT count(*)::integer AS n FROM acked) AS a
+WHERE r.run_id = %(run_id)s
+RETURNING r.inbox
+"""
+)
+
+_SUMMARY = (
+    "SELECT run_id, status, version, starting_agent, current_agent, turn, waiting, updated_at"
+    " FROM {s}.runs"
+)
+
+_DELETE = "DELETE FROM {s}.runs WHERE run_id = %(run_id)s RETURNING 1"
+
+_LOCK_FOR_POST = "SELECT status FROM {s}.runs WHERE run_id = %(run_id)s FOR UPDATE"
+
+_POST = """
+WITH added AS (
+    INSERT INTO {s}.run_inbox (run_id, message) VALUES (%(run_id)s, %(message)s)
+)
+UPDATE {s}.runs SET inbox = inbox + 1, runnable = (runnable OR status = 'interrupted')
+WHERE run_id = %(run_id)s
+"""
+
+# One row per message, or one row of NULLs for a run with an empty inbox; none for no run.
+_INBOX = """
+SELECT i.id, i.message FROM {s}.runs AS r
+LEFT JOIN {s}.run_inbox AS i ON i.run_id = r.run_id
+WHERE r.run_id = %(run_id)s ORDER BY i.id
+"""
+
+_CLAIM_NEXT = """
+UPDATE {s}.runs AS r SET
+    lease_owner = %(owner)s, lease_token = r.lease_token + 1,
+    lease_until = {now} + %(seconds)s::float8
+WHERE r.run_id = (
+    SELECT run_id FROM {s}.runs
+    WHERE runnable AND lease_until < {now} {agent}
+    ORDER BY updated_at, seq
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING r.run_id, r.lease_token, r.lease_until
+"""
+
+_LOCK_FOR_CLAIM = """
+SELECT lease_until < {now}, {now} FROM {s}.runs WHERE run_id = %(run_id)s FOR UPDATE
+"""
+
+_CLAIM = """
+UPDATE {s}.runs SET
+    lease_owner = %(owner)s, lease_token = lease_token + 1,
+    lease_until = %(now)s::float8 + %(seconds)s::float8
+WHERE run_id = %(run_id)s
+RETURNING lease_token, lease_until
+"""
+
+_RENEW = """
+UPDATE {s}.runs SET lease_until = {now} + %(seconds)s::float8
+WHERE run_id = %(run_id)s AND lease_owner = %(owner)s AND lease_token = %(token)s
+    AND lease_until >= {now}
+RETURNING lease_until
+"""
+
+_RELEASE = """
+UPDATE {s}.runs SET lease_owner = NULL, lease_until = 0
+WHERE run_id = %(run_id)s AND lease_token = %(token)s
+"""
+
+_DATABASE_NOW = "extract(epoch from statement_timestamp())::float8"
+_TERMINAL = frozenset(status.value for status in RunStatus if status.is_terminal)
+_LIVE = ("new", "running", "tools")
+
+
+class PostgresStore(Store):
+    """Runs in a PostgreSQL database, for many workers on many machines.
+
+    ``dsn`` is a libpq connection string or URL (``postgresql://user@host/db``). The tables
+    go in the PostgreSQL schema ``schema``, created with them on first use (the role needs
+    the right to create it, once). Up to ``max_size`` connections are opened as calls need
+    them and kept for the next ones; several tasks may use one store at once.
+
+    Leases are measured against the database's clock, unless ``clock`` (seconds since the
+    epoch, like ``time.time``) is given: then it is used for every timestamp instead. All
+    the stores and processes sharing a schema should use the same kind of clock.
+
+    Needs psycopg 3: ``pip install 'agentfsm[postgres]'``. Every database error is raised
+    as a StoreError.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "agentfsm",
+        max_size: int = 4,
+        connect_timeout: float = 10.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        try:
+            import psycopg
+            from psycopg import conninfo
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"PostgresStore needs psycopg 3, which cannot be imported ({exc}); install "
+                "it with: pip install 'agentfsm[postgres]'"
+            ) from None
+        if not isinstance(schema, str) or not schema or "\x00" in schema:
+            raise ValueError("schema must be a non-empty name without NUL characters")
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        if connect_timeout <= 0:
+            raise ValueError("connect_timeout must be positive")
+        self._dsn = dsn
+        self.schema = schema
+        self._where = redact(dsn)
+        try:
+            options = conninfo.conninfo_to_dict(dsn)
+        except psycopg.Error as exc:
+            raise ConfigurationError(
+                f"invalid PostgreSQL DSN {self._where!r}: {_redact_text(str(exc))}"
+            ) from None
+        self._connect_options: dict[str, Any] = {"autocommit": True}
+        if "connect_timeout" not in options:
+            # libpq counts whole seconds, and at least 2.
+            self._connect_options["connect_timeout"] = max(2, round(connect_timeout))
+        self._clock = clock
+        self._max_size = max_size
+        self._lock_key = int.from_bytes(
+            hashlib.blake2b(f"agentfsm:{schema}".encode(), digest_size=8).digest(),
+            "big",
+            signed=True,
+        )
+
+        quoted = '"' + schema.replace('"', '""') + '"'  # PostgreSQL's quoting of a name
+        now = "%(now)s::float8" if clock is not None else _DATABASE_NOW
+
+        def query(template: str, **extra: str) -> bytes:
+            return template.format(s=quoted, now=now, **extra).encode()
+
+        self._q_layout = [query(s) for s in _LAYOUT.split(";") if s.strip()]
+        self._q_create_schema = f"CREATE SCHEMA IF NOT EXISTS {quoted}".encode()
+        self._q_create_versions = (
+            f"CREATE TABLE IF NOT EXISTS {quoted}.agentfsm_schema (version integer NOT NULL)"
+        ).encode()
+        self._q_versions = f"SELECT max(version) FROM {quoted}.agentfsm_schema".encode()
+        self._q_add_version = f"INSERT INTO {quoted}.agentfsm_schema (version) VALUES (%s)".encode()
+        self._q_create = query(_CREATE)
+        self._q_load = query(_LOAD)
+        self._q_lock_for_save = query(_LOCK_FOR_SAVE)
+        self._q_save = query(_SAVE)
+        self._q_delete = query(_DELETE)
+        self._q_lock_for_post = query(_LOCK_FOR_POST)
+        self._q_post = query(_POST)
+        self._q_inbox = query(_INBOX)
+        self._q_claim_next = query(_CLAIM_NEXT, agent="")
+        self._q_claim_next_of = query(_CLAIM_NEXT, agent="AND starting_agent = %(agent)s")
+        self._q_lock_for_claim = query(_LOCK_FOR_CLAIM)
+        self._q_claim = query(_CLAIM)
+        self._q_renew = query(_RENEW)
+        self._q_release = query(_RELEASE)
+        self._q_list = {
+            (by_status, limited): query(
+                _SUMMARY
+                + (" WHERE status = %(status)s" if by_status else "")
+                + " ORDER BY updated_at DESC, seq"
+                + (" LIMIT %(limit)s" if limited else "")
+            )
+            for by_status in (False, True)
+            for limited in (False, True)
+        }
+
+        # The pool: idle connections, and a semaphore bounding how many are open. Both belong
+        # to one event loop; a store used from a new loop (``asyncio.run`` again) starts over.
+        self._idle: list[Connection] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._migrating: asyncio.Lock | None = None
+        self._ready = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._where!r}, schema={self.schema!r})"
+
+    # -- connections -------------------------------------------------------------------------
+
+    def _now(self) -> float | None:
+        """The store's clock, or None when the database's clock is used."""
+        return None if self._clock is None else self._clock()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A connection of the pool, for one call; psycopg's errors become StoreErrors."""
+        import psycopg
+
+        if self._closed:
+            raise StoreError(f"{self!r} is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            await self._discard_idle()
+            self._loop = loop
+            self._slots = asyncio.Semaphore(self._max_size)
+            self._migrating = asyncio.Lock()
+        assert self._slots is not None
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else await self._connect()
+            try:
+                if not self._ready:
+                    await self._migrate(conn)
+                yield conn
+            except psycopg.Error as exc:
+                self._fail(exc)
+            finally:
+                await self._check_in(conn)
+
+    async def _connect(self) -> Connection:
+        import psycopg
+
+        try:
+            return await psycopg.AsyncConnection.connect(self._dsn, **self._connect_options)
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"cannot connect to the PostgreSQL store {self._where!r}: "
+                f"{_redact_text(str(exc).strip())}"
+            ) from None
+
+    async def _check_in(self, conn: Connection) -> None:
+        """Keep a connection for the next call if it is healthy and idle; else close it."""
+        from psycopg.pq import TransactionStatus
+
+        reusable = (
+            not self._closed
+            and not conn.closed
+            and not conn.broken
+            and conn.info.transaction_status == TransactionStatus.IDLE
+            and len(self._idle) < self._max_size
+        )
+        if reusable:
+            self._idle.append(conn)
+        else:
+            await _close_quietly(conn)
+
+    async def _discard_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await _close_quietly(conn)
+
+    def _fail(self, exc: Exception) -> NoReturn:
+        message = str(exc).strip() or type(exc).__name__
+        raise StoreError(f"PostgreSQL store {self._where!r}: {message}") from None
+
+    async def _migrate(self, conn: Connection) -> None:
+        """Create or upgrade the tables, once per store (and once per schema, whatever the
+        number of stores and processes starting at once: they take turns on a lock)."""
+        assert self._migrating is not None
+        async with self._migrating:
+            if self._ready:
+                return
+            if await self._layout_version(conn) != LAYOUT_VERSION:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
+                    await conn.execute(self._q_create_schema)
+                    await conn.execute(self._q_create_versions)
+                    current = await self._layout_version(conn) or 0
+                    if current < 1:
+                        for statement in self._q_layout:
+                            await conn.execute(statement)
+                        await conn.execute(self._q_add_version, (1,))
+            self._ready = True
+
+    async def _layout_version(self, conn: Connection) -> int | None:
+        cursor = await conn.execute(
+            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %s"
+            " AND tablename = 'agentfsm_schema'",
+            (self.schema,),
+        )
+        if await cursor.fetchone() is None:
+            return None
+        cursor = await conn.execute(self._q_versions)
+        row = await cursor.fetchone()
+        current = None if row is None or row[0] is None else int(row[0])
+        if current is not None and current > LAYOUT_VERSION:
+            raise StoreError(
+                f"the PostgreSQL store {self._where!r} (schema {self.schema!r}) has layout "
+                f"version {current}, newer than this agentfsm understands ({LAYOUT_VERSION}); "
+                "upgrade agentfsm"
+            )
+        return current
+
+    async def close(self) -> None:
+        """Close the store's connections. A closed store cannot be used again."""
+        self._closed = True
+        await self._discard_idle()
+
+    # -- runs ------------------------------------------------------------------------------
+
+    async def create(self, state: RunState) -> None:
+        from psycopg import errors
+
+        head, items = parts(state, 0)
+        summary = summary_of(state, 0.0)
+        params = {
+            "run_id": _text(state.run_id),
+            "status": summary.status,
+            "version": summary.version,
+            "starting_agent": _text(summary.starting_agent),
+            "current_agent": _text(summary.current_agent),
+            "turn": summary.turn,
+            "waiting": summary.waiting,
+            "head": head,
+            "n_items": len(items),
+            "runnable": is_runnable(state, 0),
+            "now": self._now(),
+            "start": 0,
+            "items": items,
+        }
+        async with self._connection() as conn:
+            try:
+                await conn.execute(self._q_create, params)
+            except errors.UniqueViolation:
+                raise ConflictError(f"run {state.run_id} is already stored") from None
+
+    async def load(self, run_id: str) -> RunState:
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._q_load, {"run_id": _text(run_id)}, binary=True)
+            row = await cursor.fetchone()
+        if row is None:
+            raise UnknownRunError(f"no run {run_id!r} in the store")
+        return rebuild(row[0], row[1])
+
+    async def save(
+        self,
+        state: RunState,
+        *,
+        expected_version: int | None = None,
+        lease: Lease | None = None,
+        acknowledge: Sequence[int] = (),
+    ) -> int:
+        expected = state.version - 1 if expected_version is None else expected_version
+        summary = summary_of(state, 0.0)
+        run_id = _text(state.run_id)
+        async with self._connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                self._q_lock_for_save, {"run_id": run_id, "now": self._now()}
+            )
+            row = await cursor.fetchone()
+            if row is None:
+                raise UnknownRunError(f"no run {state.run_id!r} in the store")
+            version, stored_items, owner, token, until, _, now = row
+            if lease is not None and not (
+                owner == _text(lease.owner) and token == lease.token and until >= now
+            ):
+                raise LeaseLost(
+                    f"run {state.run_id}: the lease of {lease.owner!r} is no longer held"
+                )
+            if version != expected:
+                raise ConflictError(
+                    f"run {state.run_id} is at version {version}, not {expected}: it changed "
+                    "since this state was loaded"
+                )
+            head, items = parts(state, stored_items)
+            cursor = await conn.execute(
+                self._q_save,
+                {
+                    "run_id": run_id,
+                    "acknowledge": list(acknowledge),
+                    "start": stored_items,
+                    "items": items,
+                    "status": summary.status,
+                    "version": summary.version,
+                    "current_agent": _text(summary.current_agent),
+                    "turn": summary.turn,
+                    "waiting": summary.waiting,
+                    "head": head,
+                    "n_items": stored_items + len(items),
+                    "live": summary.status in _LIVE,
+                    "interrupted": summary.status == RunStatus.INTERRUPTED.value,
+                    "now": now,
+                },
+            )
+            (left,) = await _one(cursor)
+        return int(left)
+
+    async def list(
+        self, *, status: RunStatus | str | None = None, limit: int | None = None
+    ) -> list[RunSummary]:
+        params: dict[str, object] = {}
+        if status is not None:
+            params["status"] = status_value(status)
+        if limit is not None:
+            params["limit"] = limit
+        query = self._q_list[status is not None, limit is not None]
+        async with self._connection() as conn:
+            cursor = await conn.execute(query, params)
+            rows = await cursor.fetchall()
+        return [
+            RunSummary(
+                run_id=_untext(run_id),
+                status=status_,
+                version=version,
+                starting_agent=_untext(starting_agent),
+                current_agent=_untext(current_agent),
+                turn=turn,
+                waiting=waiting,
+                updated_at=updated_at,
+            )
+            for (
+                run_id,
+                status_,
+                version,
+                starting_agent,
+                current_agent,
+                turn,
+                waiting,
+                updated_at,
+            ) in rows
+        ]
+
+    async def delete(self, run_id: str) -> None:
+        # The run's transcript and inbox go with it (ON DELETE CASCADE).
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._q_delete, {"run_id": _text(run_id)})
+            found = await cursor.fetchone()
+        if found is None:
+            raise UnknownRunError(f"no run {run_id!r} in the store")
+
+    # -- the inbox -------------------------------------------------------------------------
+
+    async def post(self, run_id: str, message: InboxMessage) -> None:
+        params = {"run_id": _text(run_id), "message": encode_message(message)}
+        async with self._connection() as conn, conn.transaction():
+            cursor = await conn.execute(self._q_lock_for_post, params)
+            row = await cursor.fetchone()
+            if row is None:
+                raise UnknownRunError(f"no run {run_id!r} in the store")
+            if row[0] in _TERMINAL:
+                raise ConflictError(
+                    f"run {run_id} is {row[0]}; it takes no more decisions or input"
+                )
+            await conn.execute(self._q_post, params)
+
+    async def inbox(self, run_id: str) -> Inbox:
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._q_inbox, {"run_id": _text(run_id)}, binary=True)
+            rows = await cursor.fetchall()
+        if not rows:
+            raise UnknownRunError(f"no run {run_id!r} in the store")
+        rows = [row for row in rows if row[0] is not None]
+        return Inbox(
+            ids=tuple(row[0] for row in rows),
+            messages=tuple(decode_message(row[1]) for row in rows),
+        )
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        lease_seconds: float = 30.0,
+        run_id: str | None = None,
+        starting_agent: str | None = None,
+    ) -> Lease | None:
+        params: dict[str, object] = {
+            "owner": _text(owner),
+            "seconds": float(lease_seconds),
+            "now": self._now(),
+        }
+        if run_id is None:
+            if starting_agent is None:
+                query = self._q_claim_next
+            else:
+                query = self._q_claim_next_of
+                params["agent"] = _text(starting_agent)
+            async with self._connection() as conn:
+                cursor = await conn.execute(query, params)
+                row = await cursor.fetchone()
+            if row is None:
+                return None
+            return Lease(run_id=_untext(row[0]), owner=owner, token=row[1], expires_at=row[2])
+        params["run_id"] = _text(run_id)
+        async with self._connection() as conn, conn.transaction():
+            cursor = await conn.execute(self._q_lock_for_claim, params)
+            row = await cursor.fetchone()
+            if row is None:
+                raise UnknownRunError(f"no run {run_id!r} in the store")
+            free, params["now"] = row
+            if not free:
+                return None
+            cursor = await conn.execute(self._q_claim, params)
+            token, until = await _one(cursor)
+        return Lease(run_id=run_id, owner=owner, token=token, expires_at=until)
+
+    async def renew(self, lease: Lease, *, lease_seconds: float = 30.0) -> Lease:
+        params = {
+            "run_id": _text(lease.run_id),
+            "owner": _text(lease.owner),
+            "token": lease.token,
+            "seconds": float(lease_seconds),
+            "now": self._now(),
+        }
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._q_renew, params)
+            row = await cursor.fetchone()
+        if row is None:
+            raise LeaseLost(f"run {lease.run_id}: the lease of {lease.owner!r} is no longer held")
+        return Lease(run_id=lease.run_id, owner=lease.owner, token=lease.token, expires_at=row[0])
+
+    async def release(self, lease: Lease) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                self._q_release, {"run_id": _text(lease.run_id), "token": lease.token}
+            )
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+async def _one(cursor: psycopg.AsyncCursor[TupleRow]) -> TupleRow:
+    row = await cursor.fetchone()
+    if row is None:  # pragma: no cover (the row is locked by this transaction)
+        raise StoreError("the run vanished during a write")
+    return row
+
+
+async def _close_quietly(conn: Connection) -> None:
+    with contextlib.suppress(Exception):
+        await conn.close()
+
+
+def _text(value: str) -> str:
+    """``value`` as PostgreSQL text, which cannot hold NUL: NUL becomes ``\\x01\\x02`` and
+    ``\\x01`` is doubled, so every string keeps a distinct, reversible spelling (and names
+    without these two control characters, that is all real ones, are stored as they are)."""
+    if "\x00" in value or "\x01" in value:
+        return value.replace("\x01", "\x01\x01").replace("\x00", "\x01\x02")
+    return value
+
+
+_ESCAPED = re.compile("\x01(.)", re.DOTALL)
+
+
+def _untext(value: str) -> str:
+    if "\x01" in value:
+        return _ESCAPED.sub(lambda m: "\x01" if m[1] == "\x01" else "\x00", value)
+    return value
+
+
+_PASSWORD_IN_TEXT = re.compile(r"""(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)""", re.I)
+
+
+def _redact_text(text: str) -> str:
+    return _PASSWORD_IN_TEXT.sub(r"\1***", text)
+
+
+def redact(dsn: str) -> str:
+    """``dsn`` with its password, if any, replaced by ``***``."""
+    if "://" not in dsn:
+        return _redact_text(dsn)
+    try:
+        parts = urlsplit(dsn)
+        netloc = parts.netloc
+        if "@" in netloc:
+            users, hosts = netloc.rsplit("@", 1)
+            if ":" in users:
+                users = users.split(":", 1)[0] + ":***"
+            netloc = f"{users}@{hosts}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode(
+                [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*"
+            )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "<unparsable DSN>"

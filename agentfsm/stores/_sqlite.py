@@ -315,8 +315,14 @@ class SQLiteStore(Store):
     async def inbox(self, run_id: str) -> Inbox:
         with self._read() as db:
             rows = db.execute(
-                "SELECT id, message FROM run_inbox WHERE run_id = ? ORDER BY id", (run_id,)
+                "SELECT i.id, i.message FROM runs AS r"
+                " LEFT JOIN run_inbox AS i ON i.run_id = r.run_id"
+                " WHERE r.run_id = ? ORDER BY i.id",
+                (run_id,),
             ).fetchall()
+        if not rows:
+            raise UnknownRunError(f"no run {run_id!r} in the store")
+        rows = [row for row in rows if row[0] is not None]
         return Inbox(
             ids=tuple(row[0] for row in rows),
             messages=tuple(decode_message(row[1]) for row in rows),

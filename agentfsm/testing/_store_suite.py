@@ -110,6 +110,7 @@ class StoreConformance:
     def test_loading_an_unknown_run_raises(self) -> None:
         async def check(store: Store, clock: FakeClock) -> None:
             await _raises(UnknownRunError, store.load("nope"))
+            await _raises(UnknownRunError, store.inbox("nope"))
             await _raises(UnknownRunError, store.delete("nope"))
             states = await _states("ghost")
             await _raises(UnknownRunError, store.save(states[1]))
@@ -183,6 +184,7 @@ class StoreConformance:
             await store.delete("gone")
             await _raises(UnknownRunError, store.load("gone"))
             assert await store.list() == []
+            await _raises(UnknownRunError, store.inbox("gone"))
             await store.create(states[0])
             assert await store.load("gone") == states[0]
             assert (await store.inbox("gone")).ids == ()

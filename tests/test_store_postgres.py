@@ -1,0 +1,388 @@
+"""PostgresStore: the shipped conformance suite, plus what only a shared database has to
+get right (concurrent claims, schema creation by many processes at once, errors that must
+not leak psycopg).
+
+Needs a PostgreSQL server: ``AGENTFSM_TEST_POSTGRES`` (default
+``postgresql://postgres@127.0.0.1:5432/test``). Each test gets a fresh schema, dropped
+after it; the tests skip when the server does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from agentfsm import (
+    ConfigurationError,
+    ConflictError,
+    LeaseLost,
+    RunState,
+    StoreError,
+    open_store,
+)
+from agentfsm._step import new_run
+from agentfsm.stores import PostgresStore, Store
+from agentfsm.stores._base import CancelMessage
+from agentfsm.stores._postgres import LAYOUT_VERSION, redact
+from agentfsm.testing import FakeClock, StoreConformance
+
+DSN = os.environ.get("AGENTFSM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_down() -> str | None:
+    """Why PostgreSQL cannot be used (None if it can), found out once per session."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        return f"psycopg is not installed ({exc})"
+    try:
+        with psycopg.connect(DSN, connect_timeout=2):
+            return None
+    except psycopg.Error as exc:
+        detail = " ".join(str(exc).split())
+        return f"PostgreSQL is not answering at {redact(DSN)}: {detail}"
+
+
+@pytest.fixture
+def schema(postgres_down: str | None) -> Iterator[str]:
+    """A fresh schema name for one test; the schema is dropped after it."""
+    if postgres_down is not None:
+        pytest.skip(postgres_down)
+    import psycopg
+
+    name = f"agentfsm_test_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+class TestPostgresStore(StoreConformance):
+    @pytest.fixture(autouse=True)
+    def _schema(self, schema: str) -> None:
+        self.schema = schema
+
+    async def make_store(self, clock: Callable[[], float]) -> Store:
+        return PostgresStore(DSN, schema=self.schema, clock=clock)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def run(
+    schema: str,
+    check: Callable[[PostgresStore], Awaitable[object]],
+    **options: Any,
+) -> None:
+    async def main() -> None:
+        async with PostgresStore(DSN, schema=schema, **options) as store:
+            await check(store)
+
+    asyncio.run(main())
+
+
+def fresh(run_id: str, agent: str = "agent") -> RunState:
+    return new_run(agent, "go", run_id=run_id)
+
+
+def sql(statement: str) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        cursor = conn.execute(statement)
+        return cursor.fetchall() if cursor.description else []
+
+
+# -- leases and claims across connections ----------------------------------------------------
+
+
+def test_eight_stores_claiming_at_once_hand_out_each_runnable_run_once(schema: str) -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        stores = [PostgresStore(DSN, schema=schema, clock=clock) for _ in range(8)]
+        try:
+            for run_id in ("r1", "r2", "r3"):
+                await stores[0].create(fresh(run_id))
+                clock.advance(1)
+            await stores[0].create(fresh("done"))
+            await stores[0].claim("x", run_id="done")  # leased already: not claimable
+            # Every store has its connection open before the race starts.
+            await asyncio.gather(*(store.list(limit=1) for store in stores))
+            leases = await asyncio.gather(
+                *(store.claim(f"w{i}", lease_seconds=60) for i, store in enumerate(stores))
+            )
+        finally:
+            for store in stores:
+                await store.close()
+        claimed = sorted(lease.run_id for lease in leases if lease is not None)
+        assert claimed == ["r1", "r2", "r3"]
+        assert sum(lease is None for lease in leases) == 5
+
+    for _ in range(3):
+        sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        asyncio.run(main())
+
+
+def test_workers_draining_a_queue_together_never_share_a_run(schema: str) -> None:
+    async def main() -> list[str]:
+        stores = [PostgresStore(DSN, schema=schema, max_size=2) for _ in range(4)]
+        try:
+            for n in range(40):
+                await stores[0].create(fresh(f"run{n:02}"))
+
+            async def worker(store: PostgresStore, name: str) -> list[str]:
+                taken: list[str] = []
+                while (lease := await store.claim(name, lease_seconds=60)) is not None:
+                    taken.append(lease.run_id)
+                return taken
+
+            found = await asyncio.gather(
+                *(
+                    worker(store, f"{s}-{k}")
+                    for s, store in enumerate(stores)
+                    for k in range(3)  # three tasks share each store's two connections
+                )
+            )
+        finally:
+            for store in stores:
+                await store.close()
+        return [run_id for taken in found for run_id in taken]
+
+    claimed = asyncio.run(main())
+    assert sorted(claimed) == [f"run{n:02}" for n in range(40)]
+
+
+def test_a_claim_skips_a_run_another_transaction_has_locked_instead_of_waiting(
+    schema: str,
+) -> None:
+    import psycopg
+
+    async def check(store: PostgresStore) -> None:
+        await store.create(fresh("old"))
+        await store.create(fresh("young"))
+        async with await psycopg.AsyncConnection.connect(DSN) as other:
+            await other.execute(f"SELECT 1 FROM \"{schema}\".runs WHERE run_id = 'old' FOR UPDATE")
+            lease = await asyncio.wait_for(store.claim("w"), timeout=5)
+            assert lease is not None and lease.run_id == "young"
+            assert await asyncio.wait_for(store.claim("w"), timeout=5) is None
+            await other.rollback()
+        lease = await store.claim("w")
+        assert lease is not None and lease.run_id == "old"
+
+    run(schema, check)
+
+
+def test_leases_follow_the_database_clock_when_no_clock_is_given(schema: str) -> None:
+    async def check(store: PostgresStore) -> None:
+        await store.create(fresh("r"))
+        before = time.time()
+        lease = await store.claim("w1", lease_seconds=0.3)
+        assert lease is not None
+        # The server runs on this machine in the tests: its clock agrees with ours.
+        assert before - 5 < lease.expires_at - 0.3 < time.time() + 5
+        assert await store.claim("w2", lease_seconds=0.3, run_id="r") is None
+        await asyncio.sleep(0.5)
+        taken = await store.claim("w2", lease_seconds=30)
+        assert taken is not None and taken.token == lease.token + 1
+        await _raises(LeaseLost, store.renew(lease))
+        await _raises(LeaseLost, store.save(fresh("r"), expected_version=0, lease=lease))
+        renewed = await store.renew(taken, lease_seconds=60)
+        assert renewed.expires_at > taken.expires_at
+
+    run(schema, check)
+
+
+def test_a_save_waits_for_a_concurrent_save_and_then_conflicts(schema: str) -> None:
+    import msgspec
+
+    async def check(store: PostgresStore) -> None:
+        base = fresh("r")
+        await store.create(base)
+        one = msgspec.structs.replace(base, version=1, current_agent="one")
+        two = msgspec.structs.replace(base, version=1, current_agent="two")
+        results = await asyncio.gather(store.save(one), store.save(two), return_exceptions=True)
+        assert sorted(type(r).__name__ for r in results) == ["ConflictError", "int"]
+        assert (await store.load("r")).current_agent in ("one", "two")
+
+    run(schema, check, max_size=2)
+
+
+# -- what PostgreSQL stores differently ------------------------------------------------------
+
+
+def test_names_with_nul_and_control_characters_round_trip(schema: str) -> None:
+    async def check(store: PostgresStore) -> None:
+        names = ["a\x00b", "a\x01b", "a\x01\x02b", "\x01", "\x00", "plain"]
+        for n, name in enumerate(names):
+            await store.create(fresh(name, agent=f"agent{name}"))
+            assert (await store.load(name)).run_id == name
+            lease = await store.claim(name, run_id=name, lease_seconds=60)
+            assert lease is not None and lease.run_id == name
+            await store.save(fresh(name, agent=f"agent{name}"), expected_version=0, lease=lease)
+            assert n + 1 == len(await store.list())
+        listed = await store.list()
+        assert sorted(s.run_id for s in listed) == sorted(names)
+        assert {s.starting_agent for s in listed} == {f"agent{name}" for name in names}
+        await store.delete("a\x00b")
+        assert len(await store.list()) == len(names) - 1
+
+    run(schema, check)
+
+
+def test_the_schema_is_created_once_by_many_stores_starting_together(schema: str) -> None:
+    async def main() -> None:
+        stores = [PostgresStore(DSN, schema=schema) for _ in range(8)]
+        try:
+            await asyncio.gather(*(s.create(fresh(f"r{i}")) for i, s in enumerate(stores)))
+        finally:
+            for store in stores:
+                await store.close()
+
+    asyncio.run(main())
+    assert sql(f'SELECT version FROM "{schema}".agentfsm_schema') == [(LAYOUT_VERSION,)]
+    assert sql(f'SELECT count(*) FROM "{schema}".runs') == [(8,)]
+
+
+def test_a_schema_from_a_newer_agentfsm_is_refused(schema: str) -> None:
+    run(schema, lambda store: store.list())
+    sql(f'INSERT INTO "{schema}".agentfsm_schema (version) VALUES ({LAYOUT_VERSION + 1})')
+
+    async def check(store: PostgresStore) -> None:
+        with pytest.raises(StoreError, match="newer than this agentfsm"):
+            await store.list()
+
+    run(schema, check)
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_database_errors_are_store_errors_and_the_store_recovers(schema: str) -> None:
+    import psycopg
+
+    async def check(store: PostgresStore) -> None:
+        await store.create(fresh("r"))
+        sql(f'ALTER TABLE "{schema}".runs RENAME TO runs_away')
+        with pytest.raises(StoreError) as caught:
+            await store.load("r")
+        assert not isinstance(caught.value, psycopg.Error)
+        assert "runs" in str(caught.value)
+        sql(f'ALTER TABLE "{schema}".runs_away RENAME TO runs')
+        assert (await store.load("r")).run_id == "r"
+        with pytest.raises(ConflictError):
+            await store.create(fresh("r"))
+        with pytest.raises(ConfigurationError, match="unknown status"):
+            await store.list(status="sleeping")
+
+    run(schema, check, max_size=1)
+
+
+def test_an_unreachable_server_is_a_store_error_naming_the_dsn_without_its_password() -> None:
+    pytest.importorskip("psycopg")
+
+    async def main() -> None:
+        store = PostgresStore("postgresql://ada:s3cret@127.0.0.1:1/db", connect_timeout=2)
+        try:
+            with pytest.raises(StoreError) as caught:
+                await store.list()
+        finally:
+            await store.close()
+        message = str(caught.value)
+        assert "postgresql://ada:***@127.0.0.1:1/db" in message
+        assert "s3cret" not in message
+
+    asyncio.run(main())
+
+
+def test_a_bad_dsn_is_a_configuration_error() -> None:
+    pytest.importorskip("psycopg")
+    with pytest.raises(ConfigurationError, match="invalid PostgreSQL DSN"):
+        PostgresStore("host=x password=hunter2 nonsense")
+
+
+def test_passwords_are_redacted_from_every_spelling_of_a_dsn() -> None:
+    assert redact("postgresql://u:pw@h:5/d?sslmode=require") == (
+        "postgresql://u:***@h:5/d?sslmode=require"
+    )
+    assert redact("postgresql://u@h/d?password=pw&sslmode=require") == (
+        "postgresql://u@h/d?password=***&sslmode=require"
+    )
+    assert redact("host=h password=pw user=u") == "host=h password=*** user=u"
+    assert redact("host=h password = 'p w\\'x' user=u") == "host=h password = *** user=u"
+    assert redact("postgresql://h/d") == "postgresql://h/d"
+
+
+def test_without_psycopg_the_store_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(ConfigurationError, match=r"agentfsm\[postgres\]"):
+        PostgresStore(DSN)
+    with pytest.raises(ConfigurationError, match=r"agentfsm\[postgres\]"):
+        open_store(DSN)
+
+
+# -- the connections -------------------------------------------------------------------------
+
+
+def test_one_store_serves_many_tasks_with_few_connections(schema: str) -> None:
+    async def check(store: PostgresStore) -> None:
+        await asyncio.gather(*(store.create(fresh(f"r{n}")) for n in range(20)))
+        await asyncio.gather(*(store.load(f"r{n}") for n in range(20)))
+        assert 1 <= len(store._idle) <= 2
+
+    run(schema, check, max_size=2)
+
+
+def test_a_store_outlives_its_event_loop_and_refuses_use_once_closed(schema: str) -> None:
+    store = PostgresStore(DSN, schema=schema)
+    asyncio.run(store.create(fresh("r")))
+    assert asyncio.run(store.load("r")).run_id == "r"  # a second asyncio.run: a new loop
+    asyncio.run(store.close())
+    with pytest.raises(StoreError, match="closed"):
+        asyncio.run(store.load("r"))
+
+
+def test_a_dropped_connection_fails_one_call_and_the_next_reconnects(schema: str) -> None:
+    name = f"agentfsm_{uuid.uuid4().hex[:8]}"
+    dsn = f"{DSN}{'&' if '?' in DSN else '?'}application_name={name}"
+
+    async def main() -> None:
+        async with PostgresStore(dsn, schema=schema, max_size=1) as store:
+            await store.create(fresh("r"))
+            sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                f" WHERE application_name = '{name}'"
+            )
+            with pytest.raises(StoreError, match="PostgreSQL store"):
+                await store.load("r")
+            assert (await store.load("r")).run_id == "r"
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_call_leaves_nothing_behind(schema: str) -> None:
+    import psycopg
+
+    async def check(store: PostgresStore) -> None:
+        await store.create(fresh("r"))
+        async with await psycopg.AsyncConnection.connect(DSN) as other:
+            await other.execute(f'SELECT 1 FROM "{schema}".runs FOR UPDATE')
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(store.post("r", CancelMessage(reason="x")), 0.2)
+            await other.rollback()
+        assert (await store.inbox("r")).ids == ()
+        await store.post("r", CancelMessage(reason="y"))
+        assert len((await store.inbox("r")).ids) == 1
+
+    run(schema, check, max_size=1)
+
+
+async def _raises(kind: type[BaseException], awaitable: Awaitable[Any]) -> None:
+    with pytest.raises(kind):
+        await awaitable
