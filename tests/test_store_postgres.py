@@ -10,14 +10,14 @@ after it; the tests skip when the server does not answer.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from conftest import DSN
 
 from agentfsm import (
     ConfigurationError,
@@ -32,36 +32,6 @@ from agentfsm.stores import PostgresStore, Store
 from agentfsm.stores._base import CancelMessage
 from agentfsm.stores._postgres import LAYOUT_VERSION, redact
 from agentfsm.testing import FakeClock, StoreConformance
-
-DSN = os.environ.get("AGENTFSM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@pytest.fixture(scope="session")
-def postgres_down() -> str | None:
-    """Why PostgreSQL cannot be used (None if it can), found out once per session."""
-    try:
-        import psycopg
-    except ImportError as exc:
-        return f"psycopg is not installed ({exc})"
-    try:
-        with psycopg.connect(DSN, connect_timeout=2):
-            return None
-    except psycopg.Error as exc:
-        detail = " ".join(str(exc).split())
-        return f"PostgreSQL is not answering at {redact(DSN)}: {detail}"
-
-
-@pytest.fixture
-def schema(postgres_down: str | None) -> Iterator[str]:
-    """A fresh schema name for one test; the schema is dropped after it."""
-    if postgres_down is not None:
-        pytest.skip(postgres_down)
-    import psycopg
-
-    name = f"agentfsm_test_{uuid.uuid4().hex[:12]}"
-    yield name
-    with psycopg.connect(DSN, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
 class TestPostgresStore(StoreConformance):

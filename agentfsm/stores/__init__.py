@@ -5,6 +5,7 @@ string."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigurationError
@@ -36,13 +37,19 @@ def __getattr__(name: str) -> Any:
 
 
 def open_store(dsn: str | Path) -> Store:
-    """A store from a string: ``postgresql://...`` (or ``postgres://``), ``sqlite:///path``,
-    ``memory:``, or a plain file path (SQLite)."""
+    """A store from a string: ``postgresql://...`` (or ``postgres://``; an extra query
+    parameter ``agentfsm_schema=NAME`` picks the schema), ``sqlite:///path``, ``memory:``, or
+    a plain file path (SQLite)."""
     text = str(dsn)
     if text.startswith(("postgresql://", "postgres://")):
         from ._postgres import PostgresStore
 
-        return PostgresStore(text)
+        url = urlsplit(text)
+        query = parse_qsl(url.query, keep_blank_values=True)
+        schema = [value for key, value in query if key == "agentfsm_schema"]
+        rest = urlencode([(key, value) for key, value in query if key != "agentfsm_schema"])
+        text = urlunsplit(url._replace(query=rest))
+        return PostgresStore(text, schema=schema[-1]) if schema else PostgresStore(text)
     if text == "memory:":
         return MemoryStore()
     if text.startswith("sqlite://"):

@@ -1,0 +1,169 @@
+"""Many workers on one PostgreSQL store, as separate processes: every run completes exactly
+once, no tool runs twice, a dead worker's runs are taken over, and racing resumers do not
+fork a run. Skipped when PostgreSQL does not answer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DSN
+
+from agentfsm import PostgresStore, Runner, RunState, SQLiteStore, Store, new_run
+from tests.apps.mailer import agent
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ["--app", "tests.apps.mailer:agent"]
+
+
+def store_dsn(schema: str) -> str:
+    return f"{DSN}?agentfsm_schema={schema}"
+
+
+def spawn(args: list[str], effects: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agentfsm", *args],
+        cwd=ROOT,
+        env={**os.environ, "MAILER_EFFECTS": str(effects)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def effects_of(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+async def decide_waiting(store: Store, effects: Path) -> None:
+    """The human: approve what waits; for a call in doubt, approve only if it never ran."""
+    done = set(effects_of(effects))
+    for summary in await store.list(status="interrupted"):
+        state = await store.load(summary.run_id)
+        if (await store.inbox(state.run_id)).ids:
+            continue
+        for request in state.interruptions:
+            key = next(c.idempotency_key for c in state.ledger if c.call_id == request.call_id)
+            if request.reason == "in_doubt" and key in done:
+                await store.reject(state.run_id, request.call_id, message="It already went out.")
+            else:
+                await store.approve(state.run_id, request.call_id)
+
+
+def test_four_workers_finish_200_runs_exactly_once_though_one_is_killed(
+    schema: str, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects.txt"
+    dsn = store_dsn(schema)
+
+    async def create() -> None:
+        async with PostgresStore(DSN, schema=schema) as store:
+            for n in range(200):
+                await store.create(new_run(agent(), "mail ada", run_id=f"run-{n:03}"))
+
+    asyncio.run(create())
+    worker_args = ["worker", *APP, "--store", dsn, "--lease", "2", "--poll", "0.05"]
+    workers = [spawn(worker_args, effects) for _ in range(4)]
+    killed = False
+    try:
+
+        async def steer() -> list[str]:
+            nonlocal killed
+            async with PostgresStore(DSN, schema=schema) as store:
+                deadline = time.monotonic() + 150
+                while time.monotonic() < deadline:
+                    await decide_waiting(store, effects)
+                    statuses = [s.status for s in await store.list()]
+                    if not killed and statuses.count("completed") >= 60:
+                        workers[0].send_signal(signal.SIGKILL)
+                        killed = True
+                    if statuses.count("completed") == 200:
+                        return statuses
+                    await asyncio.sleep(0.1)
+                return statuses
+
+        statuses = asyncio.run(steer())
+    finally:
+        for worker in workers[1:]:
+            worker.send_signal(signal.SIGTERM)
+        outputs = [worker.communicate(timeout=30) for worker in workers]
+    assert killed
+    assert statuses.count("completed") == 200, statuses
+    assert workers[0].returncode == -signal.SIGKILL
+    for worker, (out, err) in zip(workers[1:], outputs[1:], strict=True):
+        assert worker.returncode == 0, err
+        assert "stopped after advancing" in out
+    sent = effects_of(effects)
+    assert len(sent) == len(set(sent)) == 200, "every send ran exactly once"
+
+    async def check() -> None:
+        async with PostgresStore(DSN, schema=schema) as store:
+            for n in range(200):
+                state = await store.load(f"run-{n:03}")
+                _one_result_per_call(state)
+
+    asyncio.run(check())
+
+
+def _one_result_per_call(state: RunState) -> None:
+    from agentfsm import ToolCallItem, ToolResultItem
+
+    calls = [i.call_id for i in state.items if isinstance(i, ToolCallItem)]
+    results = [i.call_id for i in state.items if isinstance(i, ToolResultItem)]
+    assert sorted(calls) == sorted(results), state.run_id
+    assert len(set(results)) == len(results), state.run_id
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_eight_processes_racing_to_resume_one_run_advance_it_once(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects.txt"
+    if kind == "postgres":
+        schema = request.getfixturevalue("schema")
+        dsn = store_dsn(schema)
+
+        def open_store() -> Store:
+            return PostgresStore(DSN, schema=schema)
+    else:
+        dsn = str(tmp_path / "runs.db")
+
+        def open_store() -> Store:
+            return SQLiteStore(dsn)
+
+    async def prepare() -> int:
+        async with open_store() as store:
+            paused = await Runner(store=store).run(agent(), "mail ada", run_id="race")
+            await store.approve("race", paused.interruptions[0].call_id)
+            return paused.state.version
+
+    paused_version = asyncio.run(prepare())
+    racers = [spawn(["resume", "race", *APP, "--store", dsn], effects) for _ in range(8)]
+    outputs = [racer.communicate(timeout=60) for racer in racers]
+    results = [
+        (racer.returncode, out, err) for racer, (out, err) in zip(racers, outputs, strict=True)
+    ]
+    for code, _, err in results:
+        assert "Traceback" not in err
+        assert code == 0 or "being run by another worker" in err, err
+    assert any(code == 0 for code, _, _ in results)
+    assert len(effects_of(effects)) == 1, "the approved call ran once"
+
+    async def final() -> RunState:
+        async with open_store() as store:
+            return await store.load("race")
+
+    state = asyncio.run(final())
+    assert state.status.value == "completed"
+    _one_result_per_call(state)
+    # One advance from the pause: approvals, the tool, the model's answer; nothing twice.
+    solo = Runner().run_sync(agent(), "mail ada", run_id="race")
+    alone = Runner().run_sync(agent(), solo.state.approve(solo.interruptions[0].call_id))
+    assert state.version - paused_version == alone.state.version - solo.state.version
