@@ -213,11 +213,66 @@ async def bench_postgres() -> None:
 
     try:
         await bench_store("PostgresStore (127.0.0.1, psycopg 3)", postgres)
+        print(f"\n  run-steps per second with N worker processes ({WORKER_RUNS} runs of 12 steps)")
+        for workers in (1, 2, 4):
+            schemas.append(f"bench_{uuid.uuid4().hex[:8]}")
+            rate = await worker_throughput(schemas[-1], workers)
+            print(f"  {workers} worker(s){'':<38} {rate:>10.0f} steps/s")
     finally:
         with psycopg.connect(PG_DSN, autocommit=True) as db:
             for schema in schemas:
                 db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
+
+WORKER_RUNS = 100 if QUICK else 400
+
+
+async def worker_throughput(schema: str, workers: int) -> float:
+    """Steps per second for ``workers`` processes draining ``WORKER_RUNS`` runs together."""
+    from agentfsm import PostgresStore
+
+    sys.path.insert(0, str(HERE))
+    from workload import agent
+
+    async with PostgresStore(PG_DSN, schema=schema) as store:
+        for n in range(WORKER_RUNS):
+            await store.create(new_run(agent(), "go", run_id=f"w{n}"))
+    dsn = f"{PG_DSN}?agentfsm_schema={schema}"
+    command = [sys.executable, "-m", "agentfsm", "worker", "--app", "workload:agent"]
+    command += ["--store", dsn, "--until-idle", "--poll", "0.01"]
+    # Start the processes first (imports take a while), then count from the first claim.
+    started = time.perf_counter()
+    procs = [
+        await asyncio.create_subprocess_exec(
+            *command, cwd=HERE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(workers)
+    ]
+    first_step = await _first_step(schema, started)
+    for proc in procs:
+        _, err = await proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(err.decode())
+    elapsed = time.perf_counter() - first_step
+    async with PostgresStore(PG_DSN, schema=schema) as store:
+        summaries = await store.list()
+    assert all(s.status == "completed" for s in summaries), "every run completes"
+    steps = sum(s.version for s in summaries)
+    return steps / elapsed
+
+
+async def _first_step(schema: str, fallback: float) -> float:
+    from agentfsm import PostgresStore
+
+    async with PostgresStore(PG_DSN, schema=schema) as store:
+        for _ in range(2000):
+            if any(s.version for s in await store.list(limit=5)):
+                return time.perf_counter()
+            await asyncio.sleep(0.005)
+    return fallback
+
+
+HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
     raise SystemExit(asyncio.run(main()))
