@@ -241,7 +241,7 @@ class Runner:
             try:
                 state = await store.load(lease.run_id)
                 agents.check(state)
-                await self._with_lease(agents, state, None, lease)
+                await self._with_lease(agents, state, None, lease, keep_lease_on_error=True)
                 advanced += 1
             except AgentFSMError as exc:
                 log.error("run %s failed in worker %s: %s", lease.run_id, self.owner, exc)
@@ -255,7 +255,13 @@ class Runner:
     # -- the loop --------------------------------------------------------------------------
 
     async def _with_lease(
-        self, agents: AgentSet, state: RunState, max_turns: int | None, lease: Lease | None
+        self,
+        agents: AgentSet,
+        state: RunState,
+        max_turns: int | None,
+        lease: Lease | None,
+        *,
+        keep_lease_on_error: bool = False,
     ) -> RunResult:
         store = self._require_store()
         if lease is None:
@@ -273,13 +279,17 @@ class Runner:
                 raise
         session = _Session(store, lease, self.lease_seconds)
         renewing = asyncio.create_task(session.keep_renewed())
+        failed = True
         try:
-            return await self._drive(agents, state, max_turns, session)
+            result = await self._drive(agents, state, max_turns, session)
+            failed = False
+            return result
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
-            await store.release(session.lease)
+            if not (failed and keep_lease_on_error):
+                await store.release(session.lease)
 
     async def _adopt(self, store: Store, state: RunState) -> RunState:
         """The stored run that ``state`` stands for. Decisions recorded on ``state`` since it

@@ -132,3 +132,19 @@ def _new(a: Agent, run_id: str) -> RunState:
     from agentfsm import new_run
 
     return new_run(a, "go", run_id=run_id)
+
+
+def test_a_worker_leaves_a_failing_run_leased_so_it_is_retried_later_not_at_once() -> None:
+    from agentfsm.testing import FakeClock
+
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    broken = Agent("mailer", "", ScriptedModel([]), tools=[send])
+    asyncio.run(store.create(_new(broken, "w0")))
+    runner = Runner(store=store, lease_seconds=30)
+    assert asyncio.run(runner.work(broken, until_idle=True)) == 0
+    assert asyncio.run(store.claim("other", lease_seconds=30)) is None, "still leased"
+    clock.advance(31)
+    lease = asyncio.run(store.claim("other", lease_seconds=30))
+    assert lease is not None
+    assert lease.run_id == "w0"
