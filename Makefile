@@ -37,6 +37,7 @@ check: lint types schemas-check test
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/stores.py
+	$(BIN)/python bench/models.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -51,7 +51,18 @@ from ._items import (
     UserMessage,
 )
 from ._machine import RunStatus
-from ._model import Model, ModelProvider, ModelRequest
+from ._model import (
+    Model,
+    ModelProvider,
+    ModelRequest,
+    ResponseDone,
+    StreamEvent,
+    StreamingModel,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStarted,
+    stream_events,
+)
 from ._outcomes import (
     ApprovalRequest,
     FinalOutput,
@@ -111,6 +122,7 @@ __all__ = [
     "Policy",
     "PostgresStore",
     "ResolutionError",
+    "ResponseDone",
     "RunAgain",
     "RunError",
     "RunResult",
@@ -124,10 +136,15 @@ __all__ = [
     "Step",
     "Store",
     "StoreError",
+    "StreamEvent",
+    "StreamingModel",
+    "TextDelta",
     "Tool",
     "ToolArgumentsError",
     "ToolCall",
+    "ToolCallDelta",
     "ToolCallItem",
+    "ToolCallStarted",
     "ToolContext",
     "ToolDefinitionError",
     "ToolError",
@@ -148,5 +165,6 @@ __all__ = [
     "open_store",
     "pending_outcome",
     "step",
+    "stream_events",
     "tool",
 ]

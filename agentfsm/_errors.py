@@ -17,7 +17,12 @@ bare. The tree::
     ├── ToolArgumentsError     tool arguments that fail the tool's schema
     ├── ToolError              a tool raised or timed out (when configured to raise)
     ├── ModelError             the model failed, or answered something unusable
-    │   └── ModelBehaviorError
+    │   ├── ModelBehaviorError
+    │   │   └── ModelOutputError        (agentfsm.models) an answer the API does not define
+    │   ├── ModelConnectionError        (agentfsm.models) unreachable, or the connection broke
+    │   │   └── ModelTimeoutError
+    │   └── ModelStatusError            (agentfsm.models) AuthenticationError, RateLimitError,
+    │                                    BadRequestError, ServerError
     ├── ConfigurationError     agents or runner set up in a way that cannot work
     └── StoreError             a store could not do what was asked
         ├── ConflictError      a write based on a stale version (nothing was written)

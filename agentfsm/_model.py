@@ -1,8 +1,8 @@
-"""The model protocol the driver talks to."""
+"""The model protocol the driver talks to, and the events a streaming model yields."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -10,7 +10,18 @@ import msgspec
 from ._items import Item, ModelResponse
 from ._tools import ToolSpec
 
-__all__ = ["Model", "ModelProvider", "ModelRequest"]
+__all__ = [
+    "Model",
+    "ModelProvider",
+    "ModelRequest",
+    "ResponseDone",
+    "StreamEvent",
+    "StreamingModel",
+    "TextDelta",
+    "ToolCallDelta",
+    "ToolCallStarted",
+    "stream_events",
+]
 
 
 class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,11 +45,75 @@ class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
         yield from self.items
 
 
+# -- streaming ---------------------------------------------------------------------------------
+
+
+class TextDelta(msgspec.Struct, frozen=True, tag="text_delta"):
+    """The next piece of the model's text."""
+
+    text: str
+
+
+class ToolCallStarted(msgspec.Struct, frozen=True, tag="tool_call_started"):
+    """The model began a tool call. ``index`` is its position among the response's calls;
+    ``call_id`` is the id the call has in the final response."""
+
+    index: int
+    call_id: str
+    name: str
+
+
+class ToolCallDelta(msgspec.Struct, frozen=True, tag="tool_call_delta"):
+    """The next piece of a tool call's raw JSON arguments."""
+
+    index: int
+    call_id: str
+    arguments: str
+
+
+class ResponseDone(msgspec.Struct, frozen=True, tag="response_done"):
+    """The last event of a stream: the whole response, exactly what ``respond`` returns."""
+
+    response: ModelResponse
+
+
+#: What ``StreamingModel.stream`` yields: deltas, then one ``ResponseDone``.
+StreamEvent = TextDelta | ToolCallStarted | ToolCallDelta | ResponseDone
+
+
 @runtime_checkable
 class Model(Protocol):
     """A model: answers one request with one response."""
 
     async def respond(self, request: ModelRequest) -> ModelResponse: ...
+
+
+@runtime_checkable
+class StreamingModel(Model, Protocol):
+    """A model that can also answer incrementally.
+
+    ``stream`` yields TextDelta, ToolCallStarted and ToolCallDelta events as they arrive and
+    ends with one ResponseDone whose response equals what ``respond`` would return. Close the
+    iterator when you stop early (``contextlib.aclosing``): that closes the connection.
+    """
+
+    def stream(self, request: ModelRequest) -> AsyncIterator[StreamEvent]: ...
+
+
+async def stream_events(model: Model, request: ModelRequest) -> AsyncIterator[StreamEvent]:
+    """The events of ``model``'s answer: its stream if it has one, else one ResponseDone."""
+    stream = getattr(model, "stream", None)
+    if stream is None:
+        yield ResponseDone(await model.respond(request))
+        return
+    events: AsyncIterator[StreamEvent] = stream(request)
+    try:
+        async for event in events:
+            yield event
+    finally:
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()
 
 
 @runtime_checkable
