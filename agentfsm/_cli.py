@@ -88,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     approve.add_argument("call_id", nargs="?", help="default: every waiting call")
     approve.add_argument("--always", action="store_true", help="also approve later calls")
     approve.add_argument("--arguments", default=None, help="replacement arguments, as JSON")
+    approve.add_argument(
+        "--in-doubt",
+        action="store_true",
+        help="without CALL_ID, also approve calls in doubt (they may run a second time)",
+    )
     approve.set_defaults(handler=_approve)
 
     reject = commands.add_parser("reject", parents=[store], help="reject a waiting call")
@@ -229,9 +234,16 @@ def _approve(args: argparse.Namespace) -> int:
         if args.call_id is not None:
             call_ids = [args.call_id]
         else:
-            call_ids = [r.call_id for r in (await store.load(args.run_id)).interruptions]
+            waiting = (await store.load(args.run_id)).interruptions
+            call_ids = [r.call_id for r in waiting if args.in_doubt or r.reason != "in_doubt"]
+            for request in waiting:
+                if request.call_id not in call_ids:
+                    print(
+                        f"left {request.call_id} ({request.tool}) waiting: it is in doubt; "
+                        "check whether it ran, then approve it by id or pass --in-doubt"
+                    )
             if not call_ids:
-                raise ConfigurationError(f"run {args.run_id} has no call awaiting a decision")
+                raise ConfigurationError(f"run {args.run_id} has no call to approve")
         if arguments is not None and len(call_ids) != 1:
             raise ConfigurationError("--arguments needs a CALL_ID")
         for call_id in call_ids:

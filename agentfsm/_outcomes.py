@@ -51,6 +51,8 @@ class ApprovalRequest(Record, frozen=True):
     arguments: dict[str, Any]
     digest: str
     reason: Literal["approval", "in_doubt"] = "approval"
+    #: The call's idempotency key: what to look for in the outside world when it is in doubt.
+    idempotency_key: str = ""
 
 
 class _Outcome(Record, frozen=True, tag_field="type"):

@@ -46,7 +46,9 @@ def render_run(state: RunState) -> str:
     if requests:
         lines.append("waiting for a decision:")
         for request in requests:
-            why = " (in doubt: it may have run already)" if request.reason == "in_doubt" else ""
+            why = ""
+            if request.reason == "in_doubt":
+                why = f" (in doubt: it may have run already; key {request.idempotency_key})"
             arguments = json.dumps(request.arguments, sort_keys=True)
             lines.append(f"  {request.call_id}  {request.tool}({arguments}){why}")
     lines.append("transcript:")

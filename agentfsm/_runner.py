@@ -333,7 +333,9 @@ class Runner:
         match state.status:
             case RunStatus.NEW:
                 event = Started(max_turns=max_turns)
-            case RunStatus.INTERRUPTED:
+            case RunStatus.INTERRUPTED if state.decisions or (
+                max_turns is not None and max_turns != state.max_turns
+            ):
                 event = ApprovalsDecided(max_turns=max_turns)
             case RunStatus.FAILED if max_turns is not None and max_turns > state.turn:
                 event = Started(max_turns=max_turns)

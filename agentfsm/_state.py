@@ -139,6 +139,7 @@ class CallRecord(Record, frozen=True):
             arguments=self.arguments,
             digest=self.digest,
             reason=self.reason,
+            idempotency_key=self.idempotency_key,
         )
 
 

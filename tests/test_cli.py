@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -120,3 +121,38 @@ def test_a_worker_runs_everything_runnable_then_exits_when_idle(tmp_path: Path) 
     listed = cli(tmp_path, "runs", "list", "--status", "completed")
     assert all(f"w{n}" in listed.stdout for n in range(3))
     assert len(effects.read_text().split()) == 3
+
+
+def test_approve_without_a_call_id_leaves_calls_in_doubt_waiting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from agentfsm import Runner, RunStatus, SQLiteStore
+    from agentfsm._cli import main
+    from tests.apps.mailer import agent
+
+    saved = []
+    paused = Runner(on_step=saved.append).run_sync(agent(), "go", run_id="d1")
+    Runner(on_step=saved.append).run_sync(agent(), paused.state.approve("call_1_0"))
+    crashed = next(s for s in saved if s.status is RunStatus.TOOLS and s.turn == 2)
+    store = SQLiteStore(tmp_path / "runs.db")
+
+    async def crash() -> None:
+        states = [s for s in saved if s.version <= crashed.version]
+        await store.create(states[0])
+        for previous, state in itertools.pairwise(states):
+            await store.save(state, expected_version=previous.version)
+
+    asyncio.run(crash())
+    where = ["--store", str(tmp_path / "runs.db")]
+    assert main(["resume", "d1", *APP, *where]) == 0
+    capsys.readouterr()
+    assert main(["runs", "show", "d1", *where]) == 0
+    assert f"in doubt: it may have run already; key {crashed.ledger[0].idempotency_key}" in (
+        capsys.readouterr().out
+    )
+    assert main(["approve", "d1", *where]) == 1
+    assert "left call_1_0 (send) waiting: it is in doubt" in capsys.readouterr().out
+    assert main(["approve", "d1", "--in-doubt", *where]) == 0
+    assert "approved call_1_0" in capsys.readouterr().out
