@@ -178,5 +178,6 @@ def test_eight_processes_racing_to_resume_one_run_advance_it_once(
     _one_result_per_call(state)
     # One advance from the pause: approvals, the tool, the model's answer; nothing twice.
     solo = Runner().run_sync(agent(), "mail ada", run_id="race")
-    alone = Runner().run_sync(agent(), solo.state.approve(solo.interruptions[0].call_id))
-    assert state.version - paused_version == alone.state.version - solo.state.version
+    approved = solo.state.approve(solo.interruptions[0].call_id)
+    alone = Runner().run_sync(agent(), approved)
+    assert state.version - paused_version == alone.state.version - approved.version
