@@ -459,7 +459,7 @@ def _storable(event: Event) -> Event:
     match event:
         case ModelResponded(response=response) if not _all_valid(
             response.text or "",
-            *(f"{c.call_id}{c.name}{c.arguments}" for c in response.tool_calls),
+            *(text for c in response.tool_calls for text in (c.call_id, c.name, c.arguments)),
         ):
             text = None if response.text is None else valid_text(response.text)
             calls = tuple(
