@@ -31,6 +31,7 @@ from ._items import (
     Feedback,
     HandoffItem,
     Item,
+    ModelToolCall,
     ToolCallItem,
     ToolResultItem,
     Usage,
@@ -246,28 +247,14 @@ def _model_responded(
                 call_id=call.call_id, tool=call.name, arguments=call.arguments, agent=agent
             )
         )
-
-        def fail(message: str, call: Any = call) -> None:
-            results.append(
-                ToolResultItem(
-                    call_id=call.call_id, tool=call.name, output=message, is_error=True, agent=agent
-                )
-            )
-
         target = spec.handoff_target(agent, call.name)
         if target is not None:
             if handoff is not None:
-                fail("Only one handoff per turn is allowed; this one was ignored.")
+                message = "Only one handoff per turn is allowed; this one was ignored."
+                results.append(_answer(call, agent, message, is_error=True))
                 continue
             handoff = target
-            results.append(
-                ToolResultItem(
-                    call_id=call.call_id,
-                    tool=call.name,
-                    output=f"Transferred to {target}.",
-                    agent=agent,
-                )
-            )
+            results.append(_answer(call, agent, f"Transferred to {target}."))
             results.append(HandoffItem(call_id=call.call_id, source=agent, target=target))
             continue
         tool = spec.tool(agent, call.name)
@@ -278,14 +265,14 @@ def _model_responded(
             )
             if tool_errors == "raise":
                 raise ModelBehaviorError(message)
-            fail(message)
+            results.append(_answer(call, agent, message, is_error=True))
             continue
         try:
             arguments = tool.validate_json(call.arguments)
         except ToolArgumentsError as exc:
             if tool_errors == "raise":
                 raise ModelBehaviorError(str(exc)) from None
-            fail(f"Error: {exc}")
+            results.append(_answer(call, agent, f"Error: {exc}", is_error=True))
             continue
         needs = (
             tool.needs_approval
@@ -524,6 +511,13 @@ def _requests(ledger: Sequence[CallRecord]) -> tuple[Any, ...]:
 
 def _policy(policies: Sequence[Policy], tool: str) -> Policy | None:
     return next((p for p in policies if p.tool == tool), None)
+
+
+def _answer(call: ModelToolCall, agent: str, output: str, *, is_error: bool = False) -> Item:
+    """The result of a call the engine settles itself, without running a tool."""
+    return ToolResultItem(
+        call_id=call.call_id, tool=call.name, output=output, is_error=is_error, agent=agent
+    )
 
 
 def _rejection(call_id: str, tool: str, agent: str, message: str | None) -> ToolResultItem:

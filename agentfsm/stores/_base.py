@@ -10,14 +10,13 @@ is advancing the run; the driver takes them in at its next step.
 from __future__ import annotations
 
 import abc
-import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 from .._codec import decode_parts, encode_head, encode_items
-from .._errors import ConfigurationError, ConflictError, UnknownCallError
+from .._errors import ConfigurationError, ConflictError, UnknownCallError, UnknownRunError
 from .._events import Decision
 from .._items import Item, UserMessage
 from .._json import check_json_data
@@ -276,8 +275,13 @@ def rebuild(head: bytes, items: Sequence[bytes]) -> RunState:
     return decode_parts(head, items)
 
 
-def now() -> float:
-    return time.time()
-
-
-Runnable = Literal[True, False]
+def inbox_of(run_id: str, rows: Sequence[Sequence[Any]]) -> Inbox:
+    """The Inbox from rows of (id, message) of a LEFT JOIN from the run to its messages: no
+    row means no run; one row of NULLs means an empty inbox."""
+    if not rows:
+        raise UnknownRunError(f"no run {run_id!r} in the store")
+    found = [row for row in rows if row[0] is not None]
+    return Inbox(
+        ids=tuple(row[0] for row in found),
+        messages=tuple(decode_message(row[1]) for row in found),
+    )

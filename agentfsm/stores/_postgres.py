@@ -32,8 +32,8 @@ from ._base import (
     Lease,
     RunSummary,
     Store,
-    decode_message,
     encode_message,
+    inbox_of,
     is_runnable,
     parts,
     rebuild,
@@ -585,13 +585,7 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             cursor = await conn.execute(self._q_inbox, {"run_id": _text(run_id)}, binary=True)
             rows = await cursor.fetchall()
-        if not rows:
-            raise UnknownRunError(f"no run {run_id!r} in the store")
-        rows = [row for row in rows if row[0] is not None]
-        return Inbox(
-            ids=tuple(row[0] for row in rows),
-            messages=tuple(decode_message(row[1]) for row in rows),
-        )
+        return inbox_of(run_id, rows)
 
     # -- leases ----------------------------------------------------------------------------
 

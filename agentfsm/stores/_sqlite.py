@@ -22,8 +22,8 @@ from ._base import (
     Lease,
     RunSummary,
     Store,
-    decode_message,
     encode_message,
+    inbox_of,
     is_runnable,
     parts,
     rebuild,
@@ -320,13 +320,7 @@ class SQLiteStore(Store):
                 " WHERE r.run_id = ? ORDER BY i.id",
                 (run_id,),
             ).fetchall()
-        if not rows:
-            raise UnknownRunError(f"no run {run_id!r} in the store")
-        rows = [row for row in rows if row[0] is not None]
-        return Inbox(
-            ids=tuple(row[0] for row in rows),
-            messages=tuple(decode_message(row[1]) for row in rows),
-        )
+        return inbox_of(run_id, rows)
 
     # -- leases ----------------------------------------------------------------------------
 
