@@ -107,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("--reason", default="cancelled")
     cancel.set_defaults(handler=_cancel)
 
+    staged = commands.add_parser("input", parents=[store], help="add a user message to a run")
+    staged.add_argument("run_id")
+    staged.add_argument("text")
+    staged.set_defaults(handler=_input)
+
     resume = commands.add_parser("resume", parents=[store, app], help="continue a stored run")
     resume.add_argument("run_id")
     resume.add_argument("--max-turns", type=int, default=None)
@@ -267,6 +272,15 @@ def _cancel(args: argparse.Namespace) -> int:
     async def work(store: Any) -> int:
         await store.cancel(args.run_id, args.reason)
         print(f"asked run {args.run_id} to cancel; it stops at its next step")
+        return 0
+
+    return _with_store(args, work)
+
+
+def _input(args: argparse.Namespace) -> int:
+    async def work(store: Any) -> int:
+        await store.add_input(args.run_id, args.text)
+        print(f"added input to run {args.run_id}; the model sees it at its next turn")
         return 0
 
     return _with_store(args, work)

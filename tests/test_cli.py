@@ -62,8 +62,11 @@ def test_reject_and_approve_all_pending(tmp_path: Path) -> None:
     assert cli(tmp_path, "run", *APP, "go", "--run-id", "r2").returncode == 0
     rejected = cli(tmp_path, "reject", "r2", "call_1_0", "--message", "not today")
     assert rejected.returncode == 0, rejected.stderr
+    added = cli(tmp_path, "input", "r2", "and say hi from me")
+    assert added.returncode == 0, added.stderr
     done = cli(tmp_path, "resume", "r2", *APP)
     assert "not today" in done.stdout
+    assert "user: and say hi from me" in done.stdout
     assert cli(tmp_path, "run", *APP, "go", "--run-id", "r3").returncode == 0
     everything = cli(tmp_path, "approve", "r3")
     assert "approved call_1_0 of run r3" in everything.stdout

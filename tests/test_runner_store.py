@@ -148,3 +148,26 @@ def test_a_worker_leaves_a_failing_run_leased_so_it_is_retried_later_not_at_once
     lease = asyncio.run(store.claim("other", lease_seconds=30))
     assert lease is not None
     assert lease.run_id == "w0"
+
+
+def test_the_lease_is_renewed_while_a_long_tool_runs(tmp_path: Path) -> None:
+    @tool
+    async def slow() -> str:
+        """Take longer than a lease."""
+        await asyncio.sleep(0.5)
+        return "done slowly"
+
+    slow_agent = Agent("slow", "", ScriptedModel([call("slow"), say("ok")]), tools=[slow])
+    store = SQLiteStore(tmp_path / "runs.db")
+
+    async def main() -> tuple[str, object]:
+        runner = Runner(store=store, lease_seconds=0.15)
+        running = asyncio.create_task(runner.run(slow_agent, "go", run_id="long"))
+        await asyncio.sleep(0.3)  # two leases' worth: only renewal keeps it
+        intruder = await store.claim("intruder", lease_seconds=10, run_id="long")
+        result = await running
+        return result.status, intruder
+
+    status, intruder = asyncio.run(main())
+    assert intruder is None, "the running worker's lease was renewed"
+    assert status == "completed"
