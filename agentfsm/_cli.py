@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--reject", action="store_true", help="reject the call instead")
     demo.add_argument("--store", default=DEFAULT_STORE, help="where the demo keeps its run")
     demo.add_argument("--state-file", type=Path, default=Path("demo-state.json"))
+    demo.add_argument(
+        "--json", action="store_true", help="no store: hand the state over in the JSON file"
+    )
+    demo.add_argument("--resume-file", type=Path, help=argparse.SUPPRESS)
     demo.set_defaults(handler=_demo)
 
     run = commands.add_parser("run", parents=[store, app], help="start a run")
@@ -317,8 +321,12 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
+    from ._demo import resume_from_file, run_demo, run_demo_with_file
 
+    if args.resume_file is not None:
+        return resume_from_file(args.resume_file, reject=args.reject)
+    if args.json:
+        return run_demo_with_file(args.state_file, reject=args.reject)
     return run_demo(args.store, args.state_file, reject=args.reject)
 
 

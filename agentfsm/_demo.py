@@ -11,12 +11,14 @@ from typing import Any
 from ._agents import Agent
 from ._items import ToolResultItem
 from ._model import ModelRequest
+from ._render import render_run
 from ._runner import Runner
+from ._state import RunState
 from ._tools import tool
 from .stores import SQLiteStore
 from .testing import ScriptedModel, call, say
 
-__all__ = ["build_agent", "run_demo"]
+__all__ = ["build_agent", "resume_from_file", "run_demo", "run_demo_with_file"]
 
 
 @tool
@@ -107,3 +109,36 @@ def _call(command: list[str]) -> int:
     if code:
         raise SystemExit(code)
     return code
+
+
+def run_demo_with_file(state_file: Path, *, reject: bool) -> int:
+    """Without a store: process 1 pauses the run and writes its state JSON to a file; a
+    second process loads the file, decides, resumes and prints the result."""
+    print("== process 1: start the run")
+    result = Runner().run_sync(
+        build_agent(), "My espresso machine arrived broken. Order A-1001. Refund please?"
+    )
+    print(f"run {result.run_id}: {result.status}")
+    state_file.write_text(result.state.to_json())
+    print(f"state written to {state_file} ({state_file.stat().st_size} bytes)")
+    command = [sys.executable, "-m", "agentfsm", "demo", "--resume-file", str(state_file)]
+    return _call([*command, "--reject"] if reject else command)
+
+
+def resume_from_file(state_file: Path, *, reject: bool) -> int:
+    print(f"\n== process 2: load {state_file}, decide, resume")
+    state = RunState.from_json(state_file.read_text())
+    for request in state.interruptions:
+        approve = not reject
+        if sys.stdin.isatty() and not reject:
+            answer = input(f"approve {request.tool}({request.arguments})? [y/N] ")
+            approve = answer.strip().lower() in ("y", "yes")
+        print(f"{'approved' if approve else 'rejected'}: {request.tool}  [{request.call_id}]")
+        state = (
+            state.approve(request.call_id)
+            if approve
+            else state.reject(request.call_id, message="A reviewer declined this refund.")
+        )
+    result = Runner().run_sync(build_agent(), state)
+    print(render_run(result.state))
+    return 0 if result.status == "completed" else 1

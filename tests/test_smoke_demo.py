@@ -50,3 +50,16 @@ def test_demo_with_reject_tells_the_model_and_never_runs_the_refund(tmp_path: Pa
     assert "refunded 249.00" not in done.stdout
     assert "A reviewer declined this refund." in done.stdout
     assert "status:  completed" in done.stdout
+
+
+def test_demo_without_a_store_hands_the_state_over_in_a_json_file(tmp_path: Path) -> None:
+    done = _demo(tmp_path, "--json")
+    assert done.returncode == 0, done.stderr
+    assert "== process 2: load" in done.stdout
+    assert "approved: issue_refund" in done.stdout
+    assert "refunded 249.00 EUR on order A-1001" in done.stdout
+    assert "status:  completed" in done.stdout
+    assert not (tmp_path / "runs.db").exists()
+    rejected = _demo(tmp_path, "--json", "--reject")
+    assert "rejected: issue_refund" in rejected.stdout
+    assert "refunded 249.00" not in rejected.stdout
