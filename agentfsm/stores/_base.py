@@ -261,14 +261,20 @@ class Store(abc.ABC):
         )
 
 
-def parts(state: RunState, stored_items: int) -> tuple[bytes, list[bytes]]:
-    """The head of ``state`` and its items beyond the ``stored_items`` already stored."""
+def parts(state: RunState, stored_items: int, stored_schema: int) -> tuple[bytes, list[bytes], int]:
+    """The head of ``state``, the item rows to write, and the index the first one goes to.
+
+    Normally that is the items beyond the ``stored_items`` already stored. When the stored
+    rows were written by another schema version (the run was migrated on load), every row is
+    written again: a run's rows are always all of one version."""
     if len(state.items) < stored_items:
         raise ConflictError(
             f"run {state.run_id}: the state has fewer items than the stored run; it does not "
             "descend from it"
         )
-    return encode_head(state), encode_items(state.items[stored_items:])
+    if stored_schema != state.schema_version:
+        return encode_head(state), encode_items(state.items), 0
+    return encode_head(state), encode_items(state.items[stored_items:]), stored_items
 
 
 def rebuild(head: bytes, items: Sequence[bytes]) -> RunState:

@@ -35,6 +35,7 @@ class _Run:
     items: list[bytes]
     summary: RunSummary
     runnable: bool
+    schema_version: int
     inbox: dict[int, bytes] = field(default_factory=dict)
     lease_owner: str | None = None
     lease_token: int = 0
@@ -59,12 +60,13 @@ class MemoryStore(Store):
     async def create(self, state: RunState) -> None:
         if state.run_id in self._runs:
             raise ConflictError(f"run {state.run_id} is already stored")
-        head, items = parts(state, 0)
+        head, items, _ = parts(state, 0, state.schema_version)
         self._runs[state.run_id] = _Run(
             head=head,
             items=items,
             summary=summary_of(state, self._clock()),
             runnable=is_runnable(state, 0),
+            schema_version=state.schema_version,
         )
 
     async def load(self, run_id: str) -> RunState:
@@ -88,11 +90,12 @@ class MemoryStore(Store):
                 f"run {state.run_id} is at version {run.summary.version}, not {expected}: "
                 "it changed since this state was loaded"
             )
-        head, items = parts(state, len(run.items))
+        head, items, start = parts(state, len(run.items), run.schema_version)
         for message_id in acknowledge:
             run.inbox.pop(message_id, None)
         run.head = head
-        run.items.extend(items)
+        run.items[start:] = items
+        run.schema_version = state.schema_version
         run.summary = summary_of(state, self._clock())
         run.runnable = is_runnable(state, len(run.inbox))
         return len(run.inbox)

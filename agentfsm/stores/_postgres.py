@@ -65,6 +65,7 @@ CREATE TABLE {s}.runs (
     waiting integer NOT NULL,
     head bytea NOT NULL,
     n_items bigint NOT NULL,
+    schema_version integer NOT NULL,
     runnable boolean NOT NULL,
     inbox integer NOT NULL DEFAULT 0,
     lease_owner text,
@@ -102,9 +103,11 @@ _CREATE = (
     """
 WITH run AS (
     INSERT INTO {s}.runs (run_id, status, version, starting_agent, current_agent, turn,
-                          waiting, head, n_items, runnable, created_at, updated_at)
+                          waiting, head, n_items, schema_version, runnable, created_at,
+                          updated_at)
     VALUES (%(run_id)s, %(status)s, %(version)s, %(starting_agent)s, %(current_agent)s,
-            %(turn)s, %(waiting)s, %(head)s, %(n_items)s, %(runnable)s, {now}, {now})
+            %(turn)s, %(waiting)s, %(head)s, %(n_items)s, %(schema_version)s, %(runnable)s,
+            {now}, {now})
     RETURNING run_id
 ), added AS ("""
     + _APPEND
@@ -122,7 +125,7 @@ FROM {s}.runs AS r WHERE r.run_id = %(run_id)s
 """
 
 _LOCK_FOR_SAVE = """
-SELECT version, n_items, lease_owner, lease_token, lease_until, inbox, {now}
+SELECT version, n_items, lease_owner, lease_token, lease_until, inbox, {now}, schema_version
 FROM {s}.runs WHERE run_id = %(run_id)s FOR UPDATE
 """
 
@@ -138,7 +141,7 @@ WITH acked AS (
 UPDATE {s}.runs AS r SET
     status = %(status)s, version = %(version)s, current_agent = %(current_agent)s,
     turn = %(turn)s, waiting = %(waiting)s, head = %(head)s, n_items = %(n_items)s,
-    inbox = r.inbox - a.n,
+    schema_version = %(schema_version)s, inbox = r.inbox - a.n,
     runnable = (%(live)s OR (%(interrupted)s AND r.inbox - a.n > 0)),
     updated_at = %(now)s::float8
 FROM (SELECT count(*)::integer AS n FROM acked) AS a
@@ -153,6 +156,8 @@ _SUMMARY = (
 )
 
 _DELETE = "DELETE FROM {s}.runs WHERE run_id = %(run_id)s RETURNING 1"
+
+_CLEAR_ITEMS = "DELETE FROM {s}.run_items WHERE run_id = %(run_id)s"
 
 _LOCK_FOR_POST = "SELECT status FROM {s}.runs WHERE run_id = %(run_id)s FOR UPDATE"
 
@@ -295,6 +300,7 @@ class PostgresStore(Store):
         self._q_lock_for_post = query(_LOCK_FOR_POST)
         self._q_post = query(_POST)
         self._q_inbox = query(_INBOX)
+        self._q_clear_items = query(_CLEAR_ITEMS)
         self._q_claim_next = query(_CLAIM_NEXT, agent="")
         self._q_claim_next_of = query(_CLAIM_NEXT, agent="AND starting_agent = %(agent)s")
         self._q_lock_for_claim = query(_LOCK_FOR_CLAIM)
@@ -439,7 +445,7 @@ class PostgresStore(Store):
     async def create(self, state: RunState) -> None:
         from psycopg import errors
 
-        head, items = parts(state, 0)
+        head, items, _ = parts(state, 0, state.schema_version)
         summary = summary_of(state, 0.0)
         params = {
             "run_id": _text(state.run_id),
@@ -451,6 +457,7 @@ class PostgresStore(Store):
             "waiting": summary.waiting,
             "head": head,
             "n_items": len(items),
+            "schema_version": state.schema_version,
             "runnable": is_runnable(state, 0),
             "now": self._now(),
             "start": 0,
@@ -488,7 +495,7 @@ class PostgresStore(Store):
             row = await cursor.fetchone()
             if row is None:
                 raise UnknownRunError(f"no run {state.run_id!r} in the store")
-            version, stored_items, owner, token, until, _, now = row
+            version, stored_items, owner, token, until, _, now, stored_schema = row
             if lease is not None and not (
                 owner == _text(lease.owner) and token == lease.token and until >= now
             ):
@@ -500,13 +507,15 @@ class PostgresStore(Store):
                     f"run {state.run_id} is at version {version}, not {expected}: it changed "
                     "since this state was loaded"
                 )
-            head, items = parts(state, stored_items)
+            head, items, start = parts(state, stored_items, stored_schema)
+            if start < stored_items:
+                await conn.execute(self._q_clear_items, {"run_id": run_id})
             cursor = await conn.execute(
                 self._q_save,
                 {
                     "run_id": run_id,
                     "acknowledge": list(acknowledge),
-                    "start": stored_items,
+                    "start": start,
                     "items": items,
                     "status": summary.status,
                     "version": summary.version,
@@ -514,7 +523,8 @@ class PostgresStore(Store):
                     "turn": summary.turn,
                     "waiting": summary.waiting,
                     "head": head,
-                    "n_items": stored_items + len(items),
+                    "n_items": start + len(items),
+                    "schema_version": state.schema_version,
                     "live": summary.status in _LIVE,
                     "interrupted": summary.status == RunStatus.INTERRUPTED.value,
                     "now": now,

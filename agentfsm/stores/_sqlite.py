@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS runs (
     waiting INTEGER NOT NULL,
     head BLOB NOT NULL,
     n_items INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL,
     runnable INTEGER NOT NULL,
     inbox INTEGER NOT NULL DEFAULT 0,
     lease_owner TEXT,
@@ -153,14 +154,14 @@ class SQLiteStore(Store):
     # -- runs ------------------------------------------------------------------------------
 
     async def create(self, state: RunState) -> None:
-        head, items = parts(state, 0)
+        head, items, _ = parts(state, 0, state.schema_version)
         summary = summary_of(state, self._clock())
         try:
             with self._write() as db:
                 db.execute(
                     "INSERT INTO runs (run_id, status, version, starting_agent, current_agent,"
-                    " turn, waiting, head, n_items, runnable, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " turn, waiting, head, n_items, schema_version, runnable, created_at,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         state.run_id,
                         summary.status,
@@ -171,6 +172,7 @@ class SQLiteStore(Store):
                         summary.waiting,
                         head,
                         len(items),
+                        state.schema_version,
                         is_runnable(state, 0),
                         summary.updated_at,
                         summary.updated_at,
@@ -209,13 +211,14 @@ class SQLiteStore(Store):
         live = state.status.value in _LIVE
         with self._write() as db:
             row = db.execute(
-                "SELECT version, n_items, lease_owner, lease_token, lease_until, inbox FROM runs"
+                "SELECT version, n_items, lease_owner, lease_token, lease_until, inbox,"
+                " schema_version FROM runs"
                 " WHERE run_id = ?",
                 (state.run_id,),
             ).fetchone()
             if row is None:
                 raise UnknownRunError(f"no run {state.run_id!r} in the store")
-            version, stored_items, owner, token, until, inbox = row
+            version, stored_items, owner, token, until, inbox, stored_schema = row
             if lease is not None and not (
                 owner == lease.owner and token == lease.token and until >= self._clock()
             ):
@@ -227,7 +230,9 @@ class SQLiteStore(Store):
                     f"run {state.run_id} is at version {version}, not {expected}: it changed "
                     "since this state was loaded"
                 )
-            head, items = parts(state, stored_items)
+            head, items, start = parts(state, stored_items, stored_schema)
+            if start < stored_items:
+                db.execute("DELETE FROM run_items WHERE run_id = ?", (state.run_id,))
             acked = 0
             if acknowledge:
                 marks = ",".join("?" * len(acknowledge))
@@ -237,7 +242,7 @@ class SQLiteStore(Store):
                 ).rowcount
             db.execute(
                 "UPDATE runs SET status = ?, version = ?, current_agent = ?, turn = ?,"
-                " waiting = ?, head = ?, n_items = ?, inbox = inbox - ?,"
+                " waiting = ?, head = ?, n_items = ?, schema_version = ?, inbox = inbox - ?,"
                 " runnable = (? OR (? = 'interrupted' AND inbox - ? > 0)), updated_at = ?"
                 " WHERE run_id = ?",
                 (
@@ -247,7 +252,8 @@ class SQLiteStore(Store):
                     summary.turn,
                     summary.waiting,
                     head,
-                    stored_items + len(items),
+                    start + len(items),
+                    state.schema_version,
                     acked,
                     live,
                     summary.status,
@@ -256,7 +262,7 @@ class SQLiteStore(Store):
                     state.run_id,
                 ),
             )
-            self._append(db, state.run_id, stored_items, items)
+            self._append(db, state.run_id, start, items)
         return int(inbox) - acked
 
     def _append(self, db: sqlite3.Connection, run_id: str, start: int, items: list[bytes]) -> None:

@@ -14,12 +14,15 @@ sleeping, so a store must measure leases with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from .. import _codec
 from .._agents import Agent
 from .._errors import ConflictError, LeaseLost, UnknownCallError, UnknownRunError
+from .._items import UserMessage
 from .._runner import Runner
 from .._state import RunState
 from .._step import new_run
@@ -244,6 +247,22 @@ class StoreConformance:
 
         self._run(check)
 
+    def test_a_run_migrated_on_load_is_stored_whole_in_the_new_version(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            paused = await self._paused(store, "old")
+            assert paused.input[0] == UserMessage(content="go")
+            with _next_schema_version(_shout):
+                migrated = await store.load("old")
+                assert migrated.schema_version == paused.schema_version + 1
+                assert migrated.input[0] == UserMessage(content="GO")
+                assert "ADA@EXAMPLE.COM" in migrated.to_json()
+                await store.approve("old", paused.interruptions[0].call_id)
+                done = await Runner(store=store).resume(_agent(), "old")
+                assert await store.load("old") == done.state, "no rows of the old version left"
+                assert done.state.input[0] == UserMessage(content="GO")
+
+        self._run(check)
+
     # -- leases ----------------------------------------------------------------------------
 
     def test_claims_take_runnable_runs_oldest_first_once_each(self) -> None:
@@ -311,6 +330,32 @@ class StoreConformance:
             assert (await store.inbox("rr")).ids == ()
 
         self._run(check)
+
+
+def _shout(document: dict[str, Any]) -> dict[str, Any]:
+    """A stand-in migration that changes stored content, in the head (the input) and in
+    the item rows (tool results): both in capitals."""
+    for item in document["input"]:
+        item["content"] = item["content"].upper()
+    for item in document["items"]:
+        if item.get("type") == "tool_result":
+            item["output"] = item["output"].upper()
+    return document
+
+
+@contextlib.contextmanager
+def _next_schema_version(
+    migration: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Iterator[None]:
+    """Pretend the code moved on one schema version, with ``migration`` to reach it."""
+    version = _codec.SCHEMA_VERSION
+    _codec.MIGRATIONS[version] = migration
+    _codec.SCHEMA_VERSION = version + 1
+    try:
+        yield
+    finally:
+        _codec.SCHEMA_VERSION = version
+        del _codec.MIGRATIONS[version]
 
 
 async def _raises(kind: type[BaseException], awaitable: Awaitable[Any]) -> None:
