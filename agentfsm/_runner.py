@@ -525,6 +525,8 @@ class Runner:
             async with deadline or contextlib.nullcontext():
                 if tool.is_async:
                     value = await tool.fn(*args, **kwargs)
+                elif tool.inline:
+                    value = tool.fn(*args, **kwargs)
                 else:
                     value = await asyncio.to_thread(tool.fn, *args, **kwargs)
             return ToolOutput(call_id=call.call_id, output=_as_text(value))

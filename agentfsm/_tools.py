@@ -58,6 +58,7 @@ class Tool:
         needs_approval: ApprovalRule = False,
         timeout: float | None = None,
         idempotent: bool = False,
+        inline: bool = False,
     ) -> None:
         if not callable(fn):
             raise ToolDefinitionError(f"a tool needs a function, got {fn!r}")
@@ -75,6 +76,17 @@ class Tool:
         self.timeout = timeout
         self.idempotent = idempotent
         self.is_async = inspect.iscoroutinefunction(fn)
+        if inline and self.is_async:
+            raise ToolDefinitionError(
+                f"tool {self.name!r}: inline is for sync functions; async ones already run on "
+                "the event loop"
+            )
+        if inline and timeout is not None:
+            raise ToolDefinitionError(
+                f"tool {self.name!r}: an inline tool cannot have a timeout (nothing can stop "
+                "it while it blocks the event loop)"
+            )
+        self.inline = inline
         summary, params_doc = _parse_docstring(inspect.getdoc(fn) or "")
         self.description = description if description is not None else summary
         self._positional, self.context_param, self.arguments_model = _arguments_model(
@@ -154,6 +166,7 @@ def tool(
     needs_approval: ApprovalRule = False,
     timeout: float | None = None,
     idempotent: bool = False,
+    inline: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -164,6 +177,7 @@ def tool(
     needs_approval: ApprovalRule = False,
     timeout: float | None = None,
     idempotent: bool = False,
+    inline: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a sync or async function into a Tool.
 
@@ -179,6 +193,9 @@ def tool(
         timeout: seconds a call may take before it counts as failed.
         idempotent: True if running a call twice has the same effect as once; a call in doubt
             after a crash is then re-run instead of asking a human.
+        inline: for a quick sync function (arithmetic, formatting): call it on the event
+            loop instead of in a worker thread, which saves the thread hop (about 0.1-0.3 ms
+            a call) but blocks the loop while it runs. Not with ``timeout``.
     """
 
     def wrap(function: Callable[..., Any]) -> Tool:
@@ -189,6 +206,7 @@ def tool(
             needs_approval=needs_approval,
             timeout=timeout,
             idempotent=idempotent,
+            inline=inline,
         )
 
     return wrap(fn) if fn is not None else wrap

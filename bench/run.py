@@ -94,6 +94,16 @@ def noop_sync(x: int) -> str:
     return "ok"
 
 
+@tool(name="noop", inline=True)
+def noop_inline(x: int) -> str:
+    """Do nothing, on the event loop.
+
+    Args:
+        x: ignored.
+    """
+    return "ok"
+
+
 @tool(name="send", needs_approval=True)
 async def send(to: str) -> str:
     """Send something; a human approves every call.
@@ -318,6 +328,7 @@ def engine(report: Report) -> None:
     paths: list[tuple[str, Callable[[], dict[int, Timing]]]] = [
         ("Runner, async tool", lambda: runner_per_turn(noop_async)),
         ("Runner, sync tool (to_thread)", lambda: runner_per_turn(noop_sync)),
+        ("Runner, sync tool (inline=True)", lambda: runner_per_turn(noop_inline)),
         ("step only (pure core)", step_per_turn),
     ]
     for name, measure in paths:

@@ -126,3 +126,38 @@ def test_agents_accept_plain_functions_as_tools() -> None:
     agent = Agent("a", tools=[shout])
     assert isinstance(agent.tools[0], Tool)
     assert agent.tools[0].description == "Shout it."
+
+
+def test_sync_tools_run_in_a_worker_thread_unless_inline() -> None:
+    import threading
+
+    from agentfsm import Runner
+    from agentfsm.testing import ScriptedModel, call, say
+
+    seen: dict[str, int] = {}
+
+    @tool
+    def threaded() -> str:
+        seen["threaded"] = threading.get_ident()
+        return "ok"
+
+    @tool(inline=True)
+    def quick() -> str:
+        seen["quick"] = threading.get_ident()
+        return "ok"
+
+    model = ScriptedModel([[call("threaded"), call("quick")], say("done")])
+    Runner().run_sync(Agent("a", tools=[threaded, quick], model=model), "go")
+    assert seen["quick"] == threading.get_ident(), "inline runs on the event loop's thread"
+    assert seen["threaded"] != threading.get_ident()
+
+
+def test_inline_is_for_sync_tools_without_a_timeout() -> None:
+    async def coroutine() -> None: ...
+
+    def function() -> None: ...
+
+    with pytest.raises(ToolDefinitionError, match="already run on the event loop"):
+        tool(inline=True)(coroutine)
+    with pytest.raises(ToolDefinitionError, match="cannot have a timeout"):
+        tool(inline=True, timeout=1)(function)
