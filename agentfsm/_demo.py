@@ -11,6 +11,7 @@ from typing import Any
 from ._agents import Agent
 from ._items import ToolResultItem
 from ._model import ModelRequest
+from ._outcomes import ApprovalRequest
 from ._render import render_run
 from ._runner import Runner
 from ._state import RunState
@@ -87,20 +88,28 @@ def run_demo(store: str, state_file: Path, *, reject: bool) -> int:
     _call([*cli, "runs", "show", run_id, *where])
 
     (request,) = result.interruptions
-    approve = not reject
-    if sys.stdin.isatty() and not reject:
-        answer = input(f"\napprove {request.tool}({request.arguments})? [y/N] ")
-        approve = answer.strip().lower() in ("y", "yes")
-    if approve:
+    if _approves(request, reject=reject):
         print(f"\n== process 3: agentfsm approve {run_id} {request.call_id}")
         _call([*cli, "approve", run_id, request.call_id, *where])
     else:
         print(f"\n== process 3: agentfsm reject {run_id} {request.call_id}")
-        message = "A reviewer declined this refund."
-        _call([*cli, "reject", run_id, request.call_id, "--message", message, *where])
+        _call([*cli, "reject", run_id, request.call_id, "--message", REJECTION, *where])
 
     print(f"\n== process 4: agentfsm resume {run_id} --app agentfsm._demo:build_agent")
     return _call([*cli, "resume", run_id, "--app", "agentfsm._demo:build_agent", *where])
+
+
+REJECTION = "A reviewer declined this refund."
+
+
+def _approves(request: ApprovalRequest, *, reject: bool) -> bool:
+    """The decision: --reject says no; on a terminal the person says; otherwise yes."""
+    if reject:
+        return False
+    if not sys.stdin.isatty():
+        return True
+    answer = input(f"\napprove {request.tool}({request.arguments})? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _call(command: list[str]) -> int:
@@ -129,15 +138,12 @@ def resume_from_file(state_file: Path, *, reject: bool) -> int:
     print(f"\n== process 2: load {state_file}, decide, resume")
     state = RunState.from_json(state_file.read_text())
     for request in state.interruptions:
-        approve = not reject
-        if sys.stdin.isatty() and not reject:
-            answer = input(f"approve {request.tool}({request.arguments})? [y/N] ")
-            approve = answer.strip().lower() in ("y", "yes")
+        approve = _approves(request, reject=reject)
         print(f"{'approved' if approve else 'rejected'}: {request.tool}  [{request.call_id}]")
         state = (
             state.approve(request.call_id)
             if approve
-            else state.reject(request.call_id, message="A reviewer declined this refund.")
+            else state.reject(request.call_id, message=REJECTION)
         )
     result = Runner().run_sync(build_agent(), state)
     print(render_run(result.state))

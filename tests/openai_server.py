@@ -173,6 +173,13 @@ class OpenAIServer:
         self._thread.start()
         return self
 
+    def first_disconnect(self, timeout: float = 2.0) -> float | None:
+        """When the first client went away (``time.monotonic``), waiting up to ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not self.disconnects and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.disconnects[0] if self.disconnects else None
+
     def stop(self) -> None:
         if self._httpd is not None:
             self._httpd.shutdown()
