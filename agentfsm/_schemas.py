@@ -1,10 +1,17 @@
 """Generated artifacts: the JSON Schema of every persisted type (schemas/) and the status
 diagram (docs/state-machine.md). ``agentfsm schema --write`` regenerates them; ``--check``
-fails when the files in the repository are stale."""
+fails when the files in the repository are stale.
+
+The files must come out byte-identical whichever supported version of msgspec generated
+them, so what varies between releases without changing meaning is normalised: descriptions
+(taken from docstrings, which releases indent, dedent or strip differently) are reflowed to one
+line per paragraph, and unordered lists (``anyOf``, ``oneOf``, ``required``) are sorted.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +23,56 @@ from ._items import Item
 from ._machine import mermaid
 from ._outcomes import Outcome
 
-__all__ = ["DIAGRAM_BEGIN", "DIAGRAM_END", "artifacts", "check", "schema_text", "write"]
+__all__ = [
+    "DIAGRAM_BEGIN",
+    "DIAGRAM_END",
+    "artifacts",
+    "check",
+    "normalized",
+    "reflow",
+    "schema_text",
+    "write",
+]
 
 DIAGRAM_BEGIN = "<!-- BEGIN GENERATED DIAGRAM (agentfsm schema --write) -->"
 DIAGRAM_END = "<!-- END GENERATED DIAGRAM -->"
 
 
 def schema_text(kind: Any, title: str) -> str:
-    schema: dict[str, Any] = msgspec.json.schema(kind)
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": title,
         "x-agentfsm-schema-version": SCHEMA_VERSION,
-        **schema,
+        **normalized(msgspec.json.schema(kind)),
     }
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+_UNORDERED = frozenset({"anyOf", "oneOf", "required"})
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+
+
+def normalized(schema: Any) -> Any:
+    """``schema`` with docstring-derived text reflowed and unordered lists sorted."""
+    if isinstance(schema, list):
+        return [normalized(value) for value in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "description" and isinstance(value, str):
+            result[key] = reflow(value)
+        elif key in _UNORDERED and isinstance(value, list):
+            result[key] = sorted(normalized(value), key=lambda v: json.dumps(v, sort_keys=True))
+        else:
+            result[key] = normalized(value)
+    return result
+
+
+def reflow(text: str) -> str:
+    """Docstring text as paragraphs of single-spaced words, separated by one blank line."""
+    paragraphs = (" ".join(p.split()) for p in _PARAGRAPH_BREAK.split(text))
+    return "\n\n".join(p for p in paragraphs if p)
 
 
 def artifacts(root: Path) -> dict[Path, str]:
@@ -51,7 +93,8 @@ def _with_diagram(text: str) -> str:
     begin, end = text.find(DIAGRAM_BEGIN), text.find(DIAGRAM_END)
     if begin < 0 or end < begin:
         return text
-    block = f"{DIAGRAM_BEGIN}\n```mermaid\n{mermaid().rstrip()}\n```\n"
+    diagram = "\n".join(line.rstrip() for line in mermaid().strip().splitlines())
+    block = f"{DIAGRAM_BEGIN}\n```mermaid\n{diagram}\n```\n"
     return text[:begin] + block + text[end:]
 
 

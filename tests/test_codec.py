@@ -36,7 +36,7 @@ from agentfsm import (
     ToolResultItem,
     UserMessage,
 )
-from agentfsm._schemas import artifacts, check
+from agentfsm._schemas import artifacts, check, normalized
 from agentfsm.testing import ScriptedModel, call, handoff, json_values, run_states, say
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -653,6 +653,25 @@ def test_a_migration_that_fails_on_a_damaged_document_gives_state_format_error(
 def test_the_generated_schemas_are_up_to_date() -> None:
     stale = check(ROOT)
     assert stale == [], f"generated files are stale: {stale}; run `make schemas`"
+
+
+def test_schemas_do_not_depend_on_how_a_msgspec_release_formats_docstrings() -> None:
+    # msgspec 0.22 kept a docstring's indentation; 0.23 dedents it; 0.18 orders anyOf
+    # differently. The same meaning must give the same bytes.
+    indented = {
+        "description": "First line of a\n    docstring.\n\n    Second paragraph,\n    wrapped.  ",
+        "anyOf": [{"type": "null"}, {"$ref": "#/$defs/RunError"}],
+        "required": ["b", "a"],
+    }
+    dedented = {
+        "description": "First line of a\ndocstring.\n\nSecond paragraph,\nwrapped.",
+        "anyOf": [{"$ref": "#/$defs/RunError"}, {"type": "null"}],
+        "required": ["a", "b"],
+    }
+    assert normalized(indented) == normalized(dedented)
+    assert normalized(dedented)["description"] == (
+        "First line of a docstring.\n\nSecond paragraph, wrapped."
+    )
 
 
 def test_every_schema_file_is_generated_and_carries_the_schema_version() -> None:
