@@ -78,9 +78,8 @@ from ._runner import Runner, RunResult
 from ._state import CallRecord, Policy, RunState, Transcript
 from ._step import Step, idempotency_key, new_run, pending_outcome, step
 from ._tools import Tool, ToolContext, ToolSpec, tool
+from ._version import __version__ as __version__
 from .stores import Lease, MemoryStore, PostgresStore, RunSummary, SQLiteStore, Store, open_store
-
-__version__ = "0.1.0"
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import httpx
 
 from .._errors import ConfigurationError
+from .._version import __version__
 from ._chat import OpenAIChatModel
 from ._common import ModelSettings, OpenAIModel
 from ._http import Connection, RetryPolicy
@@ -22,7 +23,6 @@ from ._responses import OpenAIResponsesModel
 __all__ = ["OpenAIProvider", "default_provider"]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
-_VERSION = "0.1.0"
 
 
 class OpenAIProvider:
@@ -98,7 +98,7 @@ class OpenAIProvider:
         self._needs_key = self.base_url == OPENAI_BASE_URL
         self._own_client = http_client is None
         request_headers = {
-            "user-agent": f"agentfsm/{_VERSION}",
+            "user-agent": f"agentfsm/{__version__}",
             "content-type": "application/json",
             "accept": "application/json",
         }
