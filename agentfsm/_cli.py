@@ -142,11 +142,18 @@ def _parser() -> argparse.ArgumentParser:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _with_store(args: argparse.Namespace, work: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
+def _with_store(
+    args: argparse.Namespace,
+    work: Callable[[Any], Coroutine[Any, Any, int]],
+    *,
+    create: bool = True,
+) -> int:
+    """Run ``work`` on the store named by ``--store``; ``create=False`` for commands that only
+    read, so that a mistyped store is an error rather than a new empty database."""
     from .stores import open_store
 
     async def main() -> int:
-        store = open_store(args.store)
+        store = open_store(args.store, create=create)
         try:
             return await work(store)
         finally:
@@ -215,7 +222,7 @@ def _list(args: argparse.Namespace) -> int:
         print(render_summaries(await store.list(status=args.status, limit=args.limit)))
         return 0
 
-    return _with_store(args, work)
+    return _with_store(args, work, create=False)
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -225,7 +232,7 @@ def _show(args: argparse.Namespace) -> int:
         print(render_run(await store.load(args.run_id)))
         return 0
 
-    return _with_store(args, work)
+    return _with_store(args, work, create=False)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -233,7 +240,7 @@ def _export(args: argparse.Namespace) -> int:
         print((await store.load(args.run_id)).to_json())
         return 0
 
-    return _with_store(args, work)
+    return _with_store(args, work, create=False)
 
 
 def _approve(args: argparse.Namespace) -> int:

@@ -32,6 +32,15 @@ def cli(
 APP = ["--app", "tests.apps.mailer:agent"]
 
 
+def empty_store(tmp_path: Path) -> None:
+    """Create the store ``cli`` uses, with no runs in it."""
+    import asyncio
+
+    from agentfsm import SQLiteStore
+
+    asyncio.run(SQLiteStore(tmp_path / "runs.db").close())
+
+
 def test_the_whole_loop_from_the_command_line(tmp_path: Path) -> None:
     started = cli(tmp_path, "run", *APP, "mail ada", "--run-id", "r1")
     assert started.returncode == 0, started.stderr
@@ -87,11 +96,24 @@ def test_reject_and_approve_all_pending(tmp_path: Path) -> None:
 def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
+    empty_store(tmp_path)
     done = cli(tmp_path, *args)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert message in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "args", [["runs", "list"], ["runs", "show", "r1"], ["runs", "export", "r1"]]
+)
+def test_commands_that_only_read_never_create_a_store(tmp_path: Path, args: list[str]) -> None:
+    missing = tmp_path / "missing.db"
+    done = cli(tmp_path, *args, "--store", str(missing))
+    assert done.returncode == 1
+    assert done.stderr == f"agentfsm: error: the SQLite store {str(missing)!r} does not exist\n"
+    assert done.stdout == ""
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_decisions_on_calls_that_are_not_waiting_and_bad_json_are_refused(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from agentfsm import (
     RunState,
     RunStatus,
     SQLiteStore,
+    StoreError,
     ToolContext,
     ToolResultItem,
     UnknownRunError,
@@ -126,6 +127,30 @@ def test_resuming_an_unknown_run_and_open_store_errors_are_clear(tmp_path: Path)
     assert isinstance(open_store(tmp_path / "x.db"), SQLiteStore)
     assert isinstance(open_store(f"sqlite:///{tmp_path}/y.db"), SQLiteStore)
     assert isinstance(open_store("memory:"), MemoryStore)
+
+
+def test_a_store_opened_without_create_must_exist_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    for dsn in (missing, f"sqlite:///{missing}"):
+        with pytest.raises(StoreError, match="does not exist"):
+            open_store(dsn, create=False)
+    (tmp_path / "empty.db").touch()
+    with pytest.raises(StoreError, match="not an agentfsm store"):
+        open_store(tmp_path / "empty.db", create=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+    assert (tmp_path / "empty.db").stat().st_size == 0
+
+    async def reopen() -> list[str]:
+        writer = SQLiteStore(tmp_path / "runs.db")
+        await writer.create(_new(agent(), "r"))
+        await writer.close()
+        reader = open_store(tmp_path / "runs.db", create=False)
+        try:
+            return [s.run_id for s in await reader.list()]
+        finally:
+            await reader.close()
+
+    assert asyncio.run(reopen()) == ["r"]
 
 
 def _new(a: Agent, run_id: str) -> RunState:

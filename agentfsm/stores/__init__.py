@@ -36,10 +36,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def open_store(dsn: str | Path) -> Store:
+def open_store(dsn: str | Path, *, create: bool = True) -> Store:
     """A store from a string: ``postgresql://...`` (or ``postgres://``; an extra query
     parameter ``agentfsm_schema=NAME`` picks the schema), ``sqlite:///path``, ``memory:``, or
-    a plain file path (SQLite)."""
+    a plain file path (SQLite).
+
+    ``create=False`` opens only a store that exists (a SQLite file, a PostgreSQL schema with
+    agentfsm's tables) and creates nothing; a missing one raises StoreError.
+    """
     text = str(dsn)
     if text.startswith(("postgresql://", "postgres://")):
         from ._postgres import PostgresStore
@@ -49,7 +53,9 @@ def open_store(dsn: str | Path) -> Store:
         schema = [value for key, value in query if key == "agentfsm_schema"]
         rest = urlencode([(key, value) for key, value in query if key != "agentfsm_schema"])
         text = urlunsplit(url._replace(query=rest))
-        return PostgresStore(text, schema=schema[-1]) if schema else PostgresStore(text)
+        if schema:
+            return PostgresStore(text, schema=schema[-1], create=create)
+        return PostgresStore(text, create=create)
     if text == "memory:":
         return MemoryStore()
     if text.startswith("sqlite://"):
@@ -59,4 +65,4 @@ def open_store(dsn: str | Path) -> Store:
         text = text[1:]
     if "://" in text:
         raise ConfigurationError(f"unknown store {text!r}: use postgresql://, sqlite:/// or a path")
-    return SQLiteStore(text)
+    return SQLiteStore(text, create=create)
