@@ -90,6 +90,9 @@ def test_reject_and_approve_all_pending(tmp_path: Path) -> None:
         (["resume", "x", "--app", "no.such.module:agent"], "cannot load the app"),
         (["resume", "x", "--app", "tests.apps.mailer"], "module:attribute"),
         (["runs", "list", "--store", "redis://x"], "unknown store"),
+        (["runs", "list", "--store", "sqlite:runs.db"], "malformed store 'sqlite:runs.db'"),
+        (["run", *APP, "hi", "--store", "sqlite:runs.db"], "malformed store"),
+        (["worker", *APP, "--store", "postgresql:test"], "malformed store"),
         (["runs", "list", "--status", "sleeping"], "sleeping"),
     ],
 )
@@ -102,6 +105,9 @@ def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(
     assert "Traceback" not in done.stderr
     assert message in done.stderr
     assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith("agentfsm: error: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.db"]
+    assert not (ROOT / "sqlite:runs.db").exists()
 
 
 @pytest.mark.parametrize(

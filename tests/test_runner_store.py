@@ -11,6 +11,7 @@ import pytest
 
 from agentfsm import (
     Agent,
+    ConfigurationError,
     ConflictError,
     MemoryStore,
     Runner,
@@ -127,6 +128,19 @@ def test_resuming_an_unknown_run_and_open_store_errors_are_clear(tmp_path: Path)
     assert isinstance(open_store(tmp_path / "x.db"), SQLiteStore)
     assert isinstance(open_store(f"sqlite:///{tmp_path}/y.db"), SQLiteStore)
     assert isinstance(open_store("memory:"), MemoryStore)
+
+
+@pytest.mark.parametrize("dsn", ["sqlite:runs.db", "postgresql:db", "memory:x", "file:runs.db"])
+def test_a_scheme_without_slashes_is_refused_not_taken_for_a_file_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dsn: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match="malformed store"):
+        open_store(dsn)
+    assert list(tmp_path.iterdir()) == []
+    store = open_store(f"./{dsn}")
+    assert isinstance(store, SQLiteStore)
+    asyncio.run(store.close())
 
 
 def test_a_store_opened_without_create_must_exist_and_creates_nothing(tmp_path: Path) -> None:
