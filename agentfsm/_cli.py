@@ -1,13 +1,15 @@
 """The ``agentfsm`` command line.
 
 Every command that touches runs takes ``--store`` (default: $AGENTFSM_STORE, else the SQLite
-file ``agentfsm.db`` in the current directory). Errors print one line and exit non-zero.
+file ``agentfsm.db`` in the current directory). Errors print one line and exit non-zero;
+``ExitCode`` lists the exit statuses scripts can branch on (docs/cli.md documents them).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
 import importlib
 import json
 import os
@@ -19,9 +21,43 @@ from typing import Any
 
 from ._errors import AgentFSMError, ConfigurationError, ToolArgumentsError
 
-__all__ = ["main"]
+__all__ = ["ExitCode", "exit_code", "main"]
 
 DEFAULT_STORE = "agentfsm.db"
+
+
+class ExitCode(enum.IntEnum):
+    """The CLI's exit statuses. ``run`` and ``resume`` say where the run stopped; every other
+    command exits ``OK`` when it did what was asked (``runs show`` whatever the run's status),
+    and ``ERROR`` when it could not."""
+
+    #: Done; for ``run`` and ``resume``, the run completed.
+    OK = 0
+    #: Bad input, an unknown run, a refused decision, a store or model error.
+    ERROR = 1
+    #: The command line itself is wrong (argparse's own status).
+    USAGE = 2
+    #: The run waits for a human's decision.
+    INTERRUPTED = 3
+    #: The run failed (for example it ran out of turns).
+    FAILED = 4
+    #: The run was cancelled.
+    CANCELLED = 5
+    #: Stopped by Ctrl-C (128 + SIGINT, as shells report it).
+    KEYBOARD_INTERRUPT = 130
+
+
+_BY_STATUS = {
+    "completed": ExitCode.OK,
+    "interrupted": ExitCode.INTERRUPTED,
+    "failed": ExitCode.FAILED,
+    "cancelled": ExitCode.CANCELLED,
+}
+
+
+def exit_code(status: str) -> ExitCode:
+    """The exit status of ``run`` and ``resume`` for a run that stopped in ``status``."""
+    return _BY_STATUS.get(status, ExitCode.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agentfsm: error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("agentfsm: interrupted", file=sys.stderr)
-        return 130
-    return 1
+        return ExitCode.KEYBOARD_INTERRUPT
+    return ExitCode.ERROR
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -210,7 +246,7 @@ def _run(args: argparse.Namespace) -> int:
             agent, args.input, context=context, max_turns=args.max_turns, run_id=args.run_id
         )
         _print_result(result)
-        return 0 if result.status in ("completed", "interrupted") else 1
+        return exit_code(result.status)
 
     return _with_store(args, work)
 
@@ -305,7 +341,7 @@ def _resume(args: argparse.Namespace) -> int:
     async def work(store: Any) -> int:
         result = await Runner(store=store).resume(agent, args.run_id, max_turns=args.max_turns)
         _print_result(result)
-        return 0 if result.status in ("completed", "interrupted") else 1
+        return exit_code(result.status)
 
     return _with_store(args, work)
 
@@ -348,7 +384,7 @@ def _schema(args: argparse.Namespace) -> int:
         stale = _schemas.check(args.root)
         for path in stale:
             print(f"stale: {path} (run `make schemas`)", file=sys.stderr)
-        return 1 if stale else 0
+        return ExitCode.ERROR if stale else ExitCode.OK
     from ._codec import wire_type
 
     sys.stdout.write(_schemas.schema_text(wire_type(), "RunState"))

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from agentfsm._cli import ExitCode
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -43,7 +45,7 @@ def empty_store(tmp_path: Path) -> None:
 
 def test_the_whole_loop_from_the_command_line(tmp_path: Path) -> None:
     started = cli(tmp_path, "run", *APP, "mail ada", "--run-id", "r1")
-    assert started.returncode == 0, started.stderr
+    assert started.returncode == ExitCode.INTERRUPTED, started.stderr
     assert "status:  interrupted" in started.stdout
 
     listed = cli(tmp_path, "runs", "list", "--status", "interrupted")
@@ -68,7 +70,7 @@ def test_the_whole_loop_from_the_command_line(tmp_path: Path) -> None:
 
 
 def test_reject_and_approve_all_pending(tmp_path: Path) -> None:
-    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r2").returncode == 0
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r2").returncode == ExitCode.INTERRUPTED
     rejected = cli(tmp_path, "reject", "r2", "call_1_0", "--message", "not today")
     assert rejected.returncode == 0, rejected.stderr
     added = cli(tmp_path, "input", "r2", "and say hi from me")
@@ -76,9 +78,28 @@ def test_reject_and_approve_all_pending(tmp_path: Path) -> None:
     done = cli(tmp_path, "resume", "r2", *APP)
     assert "not today" in done.stdout
     assert "user: and say hi from me" in done.stdout
-    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r3").returncode == 0
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r3").returncode == ExitCode.INTERRUPTED
     everything = cli(tmp_path, "approve", "r3")
     assert "approved call_1_0 of run r3" in everything.stdout
+
+
+def test_run_and_resume_exit_with_where_the_run_stopped_and_show_exits_0(tmp_path: Path) -> None:
+    failed = cli(tmp_path, "run", *APP, "go", "--run-id", "f1", "--max-turns", "1")
+    assert failed.returncode == ExitCode.FAILED == 4, failed.stderr
+    assert "status:  failed" in failed.stdout
+    assert cli(tmp_path, "runs", "show", "f1").returncode == ExitCode.OK
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "c1").returncode == 3
+    assert cli(tmp_path, "cancel", "c1").returncode == 0
+    cancelled = cli(tmp_path, "resume", "c1", *APP)
+    assert cancelled.returncode == ExitCode.CANCELLED == 5, cancelled.stderr
+    assert cli(tmp_path, "runs", "show", "c1").returncode == ExitCode.OK
+    assert cli(tmp_path, "run", "--no-such-option").returncode == ExitCode.USAGE == 2
+
+
+def test_the_exit_statuses_are_documented_as_defined() -> None:
+    text = (ROOT / "docs" / "cli.md").read_text()
+    for code in ExitCode:
+        assert f"| {code.value} | `{code.name}` |" in text, code
 
 
 @pytest.mark.parametrize(
@@ -123,7 +144,7 @@ def test_commands_that_only_read_never_create_a_store(tmp_path: Path, args: list
 
 
 def test_decisions_on_calls_that_are_not_waiting_and_bad_json_are_refused(tmp_path: Path) -> None:
-    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r4").returncode == 0
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r4").returncode == ExitCode.INTERRUPTED
     for args, message in (
         (["approve", "r4", "call_7_7"], "no call 'call_7_7' awaiting"),
         (["approve", "r4", "call_1_0", "--arguments", "{nope"], "not valid JSON"),
@@ -143,7 +164,9 @@ def test_a_worker_runs_everything_runnable_then_exits_when_idle(tmp_path: Path) 
     effects = tmp_path / "effects.txt"
     env = {"MAILER_EFFECTS": str(effects)}
     for n in range(3):
-        assert cli(tmp_path, "run", *APP, "go", "--run-id", f"w{n}").returncode == 0
+        assert (
+            cli(tmp_path, "run", *APP, "go", "--run-id", f"w{n}").returncode == ExitCode.INTERRUPTED
+        )
     for n in range(3):
         assert cli(tmp_path, "approve", f"w{n}").returncode == 0
     worked = cli(tmp_path, "worker", *APP, "--until-idle", env=env)
@@ -177,7 +200,7 @@ def test_approve_without_a_call_id_leaves_calls_in_doubt_waiting(
 
     asyncio.run(crash())
     where = ["--store", str(tmp_path / "runs.db")]
-    assert main(["resume", "d1", *APP, *where]) == 0
+    assert main(["resume", "d1", *APP, *where]) == ExitCode.INTERRUPTED
     capsys.readouterr()
     assert main(["runs", "show", "d1", *where]) == 0
     assert f"in doubt: it may have run already; key {crashed.ledger[0].idempotency_key}" in (
