@@ -108,6 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-turns", type=int, default=None)
     run.add_argument("--run-id", default=None)
     run.add_argument("--context", default=None, help="the run's context, as JSON")
+    run.add_argument("--json", action="store_true", help=_JSON_RUN)
     run.set_defaults(handler=_run)
 
     runs = commands.add_parser("runs", help="list, show or export stored runs")
@@ -115,9 +116,15 @@ def _parser() -> argparse.ArgumentParser:
     listing = what.add_parser("list", parents=[store], help="list runs, latest first")
     listing.add_argument("--status", default=None)
     listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document (schemas/cli_run_list.schema.json)",
+    )
     listing.set_defaults(handler=_list)
     show = what.add_parser("show", parents=[store], help="status, pending calls, transcript")
     show.add_argument("run_id")
+    show.add_argument("--json", action="store_true", help=_JSON_RUN)
     show.set_defaults(handler=_show)
     export = what.add_parser("export", parents=[store], help="print the run's state JSON")
     export.add_argument("run_id")
@@ -155,6 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", parents=[store, app], help="continue a stored run")
     resume.add_argument("run_id")
     resume.add_argument("--max-turns", type=int, default=None)
+    resume.add_argument("--json", action="store_true", help=_JSON_RUN)
     resume.set_defaults(handler=_resume)
 
     worker = commands.add_parser("worker", parents=[store, app], help="run runnable runs")
@@ -176,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+_JSON_RUN = "print the run as one JSON document (schemas/cli_run.schema.json)"
 
 
 def _with_store(
@@ -226,10 +237,15 @@ def _json_argument(text: str | None, what: str) -> Any:
         raise ToolArgumentsError(f"{what} is not valid JSON: {exc}") from None
 
 
-def _print_result(result: Any) -> None:
-    from ._render import render_run
+def _print_run(state: Any, as_json: bool) -> None:
+    if as_json:
+        from ._cli_json import encode, run_document
 
-    print(render_run(result.state))
+        print(encode(run_document(state)))
+    else:
+        from ._render import render_run
+
+        print(render_run(state))
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -245,27 +261,30 @@ def _run(args: argparse.Namespace) -> int:
         result = await Runner(store=store).run(
             agent, args.input, context=context, max_turns=args.max_turns, run_id=args.run_id
         )
-        _print_result(result)
+        _print_run(result.state, args.json)
         return exit_code(result.status)
 
     return _with_store(args, work)
 
 
 def _list(args: argparse.Namespace) -> int:
+    from ._cli_json import RunListDocument, encode
     from ._render import render_summaries
 
     async def work(store: Any) -> int:
-        print(render_summaries(await store.list(status=args.status, limit=args.limit)))
+        summaries = await store.list(status=args.status, limit=args.limit)
+        if args.json:
+            print(encode(RunListDocument(runs=tuple(summaries))))
+        else:
+            print(render_summaries(summaries))
         return 0
 
     return _with_store(args, work, create=False)
 
 
 def _show(args: argparse.Namespace) -> int:
-    from ._render import render_run
-
     async def work(store: Any) -> int:
-        print(render_run(await store.load(args.run_id)))
+        _print_run(await store.load(args.run_id), args.json)
         return 0
 
     return _with_store(args, work, create=False)
@@ -340,7 +359,7 @@ def _resume(args: argparse.Namespace) -> int:
 
     async def work(store: Any) -> int:
         result = await Runner(store=store).resume(agent, args.run_id, max_turns=args.max_turns)
-        _print_result(result)
+        _print_run(result.state, args.json)
         return exit_code(result.status)
 
     return _with_store(args, work)

@@ -8,10 +8,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TypeVar
 
+import msgspec
 import pytest
 
+from agentfsm import idempotency_key
 from agentfsm._cli import ExitCode
+from agentfsm._cli_json import RunDocument, RunListDocument
+from agentfsm._json import digest
+from agentfsm._schemas import schema_text
+from agentfsm.stores import RunSummary
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,6 +109,87 @@ def test_the_exit_statuses_are_documented_as_defined() -> None:
     text = (ROOT / "docs" / "cli.md").read_text()
     for code in ExitCode:
         assert f"| {code.value} | `{code.name}` |" in text, code
+
+
+def one_document(done: subprocess.CompletedProcess[str], kind: type[T]) -> T:
+    """The one JSON document ``done`` printed, decoded strictly as ``kind``."""
+    assert done.stdout.endswith("\n")
+    assert done.stdout.count("\n") == 1, done.stdout
+    assert done.stderr == ""
+    return msgspec.json.decode(done.stdout, type=kind, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [(RunDocument, "cli_run.schema.json"), (RunListDocument, "cli_run_list.schema.json")],
+)
+def test_the_json_documents_schemas_are_the_ones_in_schemas(kind: type, name: str) -> None:
+    assert (ROOT / "schemas" / name).read_text() == schema_text(kind, kind.__name__)
+
+
+def test_json_output_is_one_document_a_script_can_follow_a_run_with(tmp_path: Path) -> None:
+    started = cli(tmp_path, "run", *APP, "mail ada", "--run-id", "j1", "--json")
+    assert started.returncode == ExitCode.INTERRUPTED
+    run = one_document(started, RunDocument)
+    assert (run.run_id, run.status, run.turn, run.max_turns) == ("j1", "interrupted", 2, 10)
+    assert (run.final_output, run.error) == (None, None)
+    (call,) = run.waiting
+    assert (call.call_id, call.tool, call.reason) == ("call_1_0", "send", "approval")
+    assert call.arguments == {"to": "ada@example.com", "body": "hi"}
+    assert call.digest == digest(call.arguments)
+    assert call.idempotency_key == idempotency_key("j1", run.turn, "call_1_0")
+    assert [type(item).__name__ for item in run.input] == ["UserMessage"]
+    assert [type(item).__name__ for item in run.items] == [
+        "ToolCallItem",
+        "ToolResultItem",
+        "ToolCallItem",
+    ]
+    assert json.loads(started.stdout)["items"][0]["type"] == "tool_call"
+
+    shown = cli(tmp_path, "runs", "show", "j1", "--json")
+    assert shown.returncode == ExitCode.OK
+    assert one_document(shown, RunDocument) == run
+
+    listed = cli(tmp_path, "runs", "list", "--json")
+    assert listed.returncode == ExitCode.OK
+    (summary,) = one_document(listed, RunListDocument).runs
+    assert (summary.run_id, summary.status, summary.waiting) == ("j1", "interrupted", 1)
+    assert set(json.loads(listed.stdout)["runs"][0]) == set(RunSummary.__struct_fields__)
+
+    assert cli(tmp_path, "approve", "j1").returncode == ExitCode.OK
+    resumed = cli(tmp_path, "resume", "j1", *APP, "--json")
+    assert resumed.returncode == ExitCode.OK
+    done = one_document(resumed, RunDocument)
+    assert (done.status, done.final_output, done.waiting) == ("completed", "sent", ())
+    assert done.usage.requests == 3
+
+
+def test_json_documents_of_failed_and_cancelled_runs_say_why(tmp_path: Path) -> None:
+    failed = cli(tmp_path, "run", *APP, "go", "--run-id", "f1", "--max-turns", "1", "--json")
+    assert failed.returncode == ExitCode.FAILED
+    error = one_document(failed, RunDocument).error
+    assert error is not None
+    assert error.kind == "max_turns_exceeded"
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "c1", "--json").returncode == 3
+    assert cli(tmp_path, "cancel", "c1", "--reason", "not needed").returncode == 0
+    cancelled = cli(tmp_path, "resume", "c1", *APP, "--json")
+    assert cancelled.returncode == ExitCode.CANCELLED
+    run = one_document(cancelled, RunDocument)
+    assert run.status == "cancelled"
+    assert run.error is not None
+    assert (run.error.kind, run.error.message) == ("cancelled", "not needed")
+
+
+def test_with_json_an_error_is_still_one_line_on_stderr_and_nothing_on_stdout(
+    tmp_path: Path,
+) -> None:
+    empty_store(tmp_path)
+    done = cli(tmp_path, "runs", "show", "nope", "--json")
+    assert done.returncode == ExitCode.ERROR
+    assert done.stdout == ""
+    assert done.stderr == "agentfsm: error: no run 'nope' in the store\n"
+    listed = cli(tmp_path, "runs", "list", "--json")
+    assert one_document(listed, RunListDocument).runs == ()
 
 
 @pytest.mark.parametrize(
