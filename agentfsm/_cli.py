@@ -45,6 +45,9 @@ class ExitCode(enum.IntEnum):
     CANCELLED = 5
     #: Stopped by Ctrl-C (128 + SIGINT, as shells report it).
     KEYBOARD_INTERRUPT = 130
+    #: Whatever read stdout closed it early, as ``| head`` does (128 + SIGPIPE, what a shell
+    #: reports for a tool that SIGPIPE stops).
+    BROKEN_PIPE = 141
 
 
 _BY_STATUS = {
@@ -65,7 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result: int = args.handler(args)
+        # Flushed here, not at exit, so that a reader that went away is seen below.
+        sys.stdout.flush()
         return result
+    except BrokenPipeError:
+        _discard_stdout()
+        return ExitCode.BROKEN_PIPE
     except AgentFSMError as exc:
         print(f"agentfsm: error: {exc}", file=sys.stderr)
     except OSError as exc:
@@ -74,6 +82,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("agentfsm: interrupted", file=sys.stderr)
         return ExitCode.KEYBOARD_INTERRUPT
     return ExitCode.ERROR
+
+
+def _discard_stdout() -> None:
+    """Point stdout at the null device, so that the interpreter's last flush of what is
+    still buffered does not fail again and print a traceback at exit."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError):  # no file descriptor behind sys.stdout
+        pass
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -105,6 +105,44 @@ def test_run_and_resume_exit_with_where_the_run_stopped_and_show_exits_0(tmp_pat
     assert cli(tmp_path, "run", "--no-such-option").returncode == ExitCode.USAGE == 2
 
 
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    import asyncio
+
+    from agentfsm import Runner, SQLiteStore, UserMessage, new_run
+    from tests.apps.mailer import agent
+
+    # Far more output than a pipe holds, so the command is still writing when it closes.
+    async def fill() -> None:
+        store = SQLiteStore(tmp_path / "runs.db")
+        for n in range(2000):
+            await store.create(new_run(agent(), "go", run_id=f"run-{n:04}-{'x' * 200}"))
+        lines = [UserMessage(content=f"line {n} {'y' * 100}") for n in range(20_000)]
+        await Runner(store=store).run(agent(), lines, run_id="long")
+        await store.close()
+
+    asyncio.run(fill())
+    for args, first in (
+        (["runs", "show", "long"], "run long\n"),
+        (["runs", "list", "--limit", "5000"], "RUN "),
+    ):
+        with (tmp_path / "stderr.txt").open("w+") as stderr:
+            reader = subprocess.Popen(
+                [sys.executable, "-m", "agentfsm", *args],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env={**os.environ, "AGENTFSM_STORE": str(tmp_path / "runs.db")},
+                text=True,
+            )
+            assert reader.stdout is not None
+            assert reader.stdout.readline().startswith(first)
+            reader.stdout.close()
+            assert reader.wait(timeout=60) == ExitCode.BROKEN_PIPE == 141
+            stderr.seek(0)
+            assert stderr.read() == ""
+
+
 def test_the_exit_statuses_are_documented_as_defined() -> None:
     text = (ROOT / "docs" / "cli.md").read_text()
     for code in ExitCode:
