@@ -16,14 +16,12 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from pathlib import Path
 from typing import Any
 
+from ._cli_parser import build_parser
 from ._errors import AgentFSMError, ConfigurationError, ToolArgumentsError
 
 __all__ = ["ExitCode", "exit_code", "main"]
-
-DEFAULT_STORE = "agentfsm.db"
 
 
 class ExitCode(enum.IntEnum):
@@ -64,7 +62,23 @@ def exit_code(status: str) -> ExitCode:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    parser = build_parser(
+        {
+            "demo": _demo,
+            "run": _run,
+            "runs list": _list,
+            "runs show": _show,
+            "runs export": _export,
+            "approve": _approve,
+            "reject": _reject,
+            "cancel": _cancel,
+            "input": _input,
+            "resume": _resume,
+            "worker": _worker,
+            "schema": _schema,
+            "graph": _graph,
+        }
+    )
     args = parser.parse_args(argv)
     try:
         result: int = args.handler(args)
@@ -95,117 +109,7 @@ def _discard_stdout() -> None:
         pass
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="agentfsm", description="Run, inspect and steer agentfsm runs."
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    store = argparse.ArgumentParser(add_help=False)
-    store.add_argument(
-        "--store",
-        default=os.environ.get("AGENTFSM_STORE", DEFAULT_STORE),
-        help="postgresql://..., sqlite:///path, or a file path "
-        "(default: $AGENTFSM_STORE or ./agentfsm.db)",
-    )
-    app = argparse.ArgumentParser(add_help=False)
-    app.add_argument(
-        "--app", required=True, help="the starting agent, as module:attribute (or a factory)"
-    )
-
-    demo = commands.add_parser("demo", help="pause a run for approval, approve, resume")
-    demo.add_argument("--reject", action="store_true", help="reject the call instead")
-    demo.add_argument("--store", default=DEFAULT_STORE, help="where the demo keeps its run")
-    demo.add_argument("--state-file", type=Path, default=Path("demo-state.json"))
-    demo.add_argument(
-        "--json", action="store_true", help="no store: hand the state over in the JSON file"
-    )
-    demo.add_argument("--resume-file", type=Path, help=argparse.SUPPRESS)
-    demo.set_defaults(handler=_demo)
-
-    run = commands.add_parser("run", parents=[store, app], help="start a run")
-    run.add_argument("input", help="the user's message")
-    run.add_argument("--max-turns", type=int, default=None)
-    run.add_argument("--run-id", default=None)
-    run.add_argument("--context", default=None, help="the run's context, as JSON")
-    run.add_argument("--json", action="store_true", help=_JSON_RUN)
-    run.set_defaults(handler=_run)
-
-    runs = commands.add_parser("runs", help="list, show or export stored runs")
-    what = runs.add_subparsers(dest="what", required=True, metavar="ACTION")
-    listing = what.add_parser("list", parents=[store], help="list runs, latest first")
-    listing.add_argument("--status", default=None)
-    listing.add_argument("--limit", type=int, default=50)
-    listing.add_argument(
-        "--json",
-        action="store_true",
-        help="print one JSON document (schemas/cli_run_list.schema.json)",
-    )
-    listing.set_defaults(handler=_list)
-    show = what.add_parser("show", parents=[store], help="status, pending calls, transcript")
-    show.add_argument("run_id")
-    show.add_argument("--json", action="store_true", help=_JSON_RUN)
-    show.set_defaults(handler=_show)
-    export = what.add_parser("export", parents=[store], help="print the run's state JSON")
-    export.add_argument("run_id")
-    export.set_defaults(handler=_export)
-
-    approve = commands.add_parser("approve", parents=[store], help="approve waiting calls")
-    approve.add_argument("run_id")
-    approve.add_argument("call_id", nargs="?", help="default: every waiting call")
-    approve.add_argument("--always", action="store_true", help="also approve later calls")
-    approve.add_argument("--arguments", default=None, help="replacement arguments, as JSON")
-    approve.add_argument(
-        "--in-doubt",
-        action="store_true",
-        help="without CALL_ID, also approve calls in doubt (they may run a second time)",
-    )
-    approve.set_defaults(handler=_approve)
-
-    reject = commands.add_parser("reject", parents=[store], help="reject a waiting call")
-    reject.add_argument("run_id")
-    reject.add_argument("call_id")
-    reject.add_argument("--message", default=None, help="what the model is told")
-    reject.add_argument("--always", action="store_true", help="also reject later calls")
-    reject.set_defaults(handler=_reject)
-
-    cancel = commands.add_parser("cancel", parents=[store], help="cancel a run")
-    cancel.add_argument("run_id")
-    cancel.add_argument("--reason", default="cancelled")
-    cancel.set_defaults(handler=_cancel)
-
-    staged = commands.add_parser("input", parents=[store], help="add a user message to a run")
-    staged.add_argument("run_id")
-    staged.add_argument("text")
-    staged.set_defaults(handler=_input)
-
-    resume = commands.add_parser("resume", parents=[store, app], help="continue a stored run")
-    resume.add_argument("run_id")
-    resume.add_argument("--max-turns", type=int, default=None)
-    resume.add_argument("--json", action="store_true", help=_JSON_RUN)
-    resume.set_defaults(handler=_resume)
-
-    worker = commands.add_parser("worker", parents=[store, app], help="run runnable runs")
-    worker.add_argument("--lease", type=float, default=30.0, help="lease length in seconds")
-    worker.add_argument("--poll", type=float, default=0.5, help="seconds between polls")
-    worker.add_argument("--until-idle", action="store_true", help="exit when nothing is left")
-    worker.set_defaults(handler=_worker)
-
-    schema = commands.add_parser("schema", help="print or regenerate the JSON Schemas")
-    mode = schema.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="regenerate schemas/ and the diagram")
-    mode.add_argument("--check", action="store_true", help="fail if schemas/ or docs are stale")
-    schema.add_argument("--root", type=Path, default=Path("."), help="repository root")
-    schema.set_defaults(handler=_schema)
-
-    graph = commands.add_parser("graph", help="print the status machine as a mermaid diagram")
-    graph.set_defaults(handler=_graph)
-    return parser
-
-
 # -- helpers -----------------------------------------------------------------------------------
-
-
-_JSON_RUN = "print the run as one JSON document (schemas/cli_run.schema.json)"
 
 
 def _with_store(

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+import collections
 import itertools
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 import pytest
 
+import agentfsm
 from agentfsm import idempotency_key
 from agentfsm._cli import ExitCode
 from agentfsm._cli_json import RunDocument, RunListDocument
@@ -141,6 +145,47 @@ def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(tmp_path: 
             assert reader.wait(timeout=60) == ExitCode.BROKEN_PIPE == 141
             stderr.seek(0)
             assert stderr.read() == ""
+
+
+def _commands(
+    parser: argparse.ArgumentParser, name: str = "agentfsm"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, subparser in action.choices.items():
+                yield from _commands(subparser, f"{name} {sub}")
+
+
+def test_every_command_has_a_description_and_every_option_help_with_its_default() -> None:
+    from agentfsm._cli_parser import build_parser
+
+    parser = build_parser(collections.defaultdict(lambda: lambda args: 0))
+    commands = dict(_commands(parser))
+    assert {"agentfsm run", "agentfsm runs list", "agentfsm worker"} <= set(commands)
+    for name, command in commands.items():
+        assert command.description, f"{name} has no description"
+        for action in command._actions:
+            what = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            # Hidden on purpose: the demo's own second process passes it.
+            if action.help == argparse.SUPPRESS:
+                assert what == "agentfsm demo --resume-file"
+                continue
+            assert action.help, f"{what} has no help"
+            if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+                shown = action.help % {**vars(action), "prog": command.prog}  # as argparse does
+                assert f"(default: {action.default}" in shown, f"{what} hides its default"
+
+
+def test_version_prints_the_package_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "agentfsm", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, f"agentfsm {agentfsm.__version__}\n")
 
 
 def test_the_exit_statuses_are_documented_as_defined() -> None:
