@@ -10,7 +10,7 @@ import argparse
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 __all__ = ["DEFAULT_STORE", "Handler", "build_parser"]
 
@@ -21,7 +21,10 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 class _Parser(argparse.ArgumentParser):
-    """The CLI's parsers: the top one, its subcommands' and the shared option groups."""
+    """A parser whose usage errors are one line, like every other error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"agentfsm: error: {message} (see `{self.prog} --help`)\n")
 
 
 if TYPE_CHECKING:

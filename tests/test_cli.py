@@ -288,6 +288,9 @@ def test_with_json_an_error_is_still_one_line_on_stderr_and_nothing_on_stdout(
         (["run", *APP, "hi", "--store", "sqlite:runs.db"], "malformed store"),
         (["worker", *APP, "--store", "postgresql:test"], "malformed store"),
         (["runs", "list", "--status", "sleeping"], "sleeping"),
+        (["runs", "list", "--limit", "many"], "invalid int value: 'many'"),
+        (["run", *APP], "required: input (see `agentfsm run --help`)"),
+        (["rnu"], "invalid choice: 'rnu'"),
     ],
 )
 def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(
