@@ -62,6 +62,8 @@ def exit_code(status: str) -> ExitCode:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns its exit status, an
+    ``ExitCode``. Usage errors exit from here (status 2), as argparse does."""
     parser = build_parser(
         {
             "demo": _demo,

@@ -24,7 +24,9 @@ class _Parser(argparse.ArgumentParser):
     """A parser whose usage errors are one line, like every other error of the CLI."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"agentfsm: error: {message} (see `{self.prog} --help`)\n")
+        from ._cli import ExitCode
+
+        self.exit(ExitCode.USAGE, f"agentfsm: error: {message} (see `{self.prog} --help`)\n")
 
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""The CLI for people in the loop, run as real processes against a real SQLite file."""
+"""The CLI for people in the loop and for scripts, run as real processes against a real SQLite
+file."""
 
 from __future__ import annotations
 
