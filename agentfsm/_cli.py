@@ -1,152 +1,131 @@
 """The ``agentfsm`` command line.
 
 Every command that touches runs takes ``--store`` (default: $AGENTFSM_STORE, else the SQLite
-file ``agentfsm.db`` in the current directory). Errors print one line and exit non-zero.
+file ``agentfsm.db`` in the current directory). Errors print one line and exit non-zero;
+``ExitCode`` lists the exit statuses scripts can branch on (docs/cli.md documents them).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
 import importlib
 import json
 import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from pathlib import Path
 from typing import Any
 
+from ._cli_parser import build_parser
 from ._errors import AgentFSMError, ConfigurationError, ToolArgumentsError
 
-__all__ = ["main"]
+__all__ = ["ExitCode", "exit_code", "main"]
 
-DEFAULT_STORE = "agentfsm.db"
+
+class ExitCode(enum.IntEnum):
+    """The CLI's exit statuses. ``run`` and ``resume`` say where the run stopped; every other
+    command exits ``OK`` when it did what was asked (``runs show`` whatever the run's status),
+    and ``ERROR`` when it could not."""
+
+    #: Done; for ``run`` and ``resume``, the run completed.
+    OK = 0
+    #: Bad input, an unknown run, a refused decision, a store or model error.
+    ERROR = 1
+    #: The command line itself is wrong (argparse's own status).
+    USAGE = 2
+    #: The run waits for a human's decision.
+    INTERRUPTED = 3
+    #: The run failed (for example it ran out of turns).
+    FAILED = 4
+    #: The run was cancelled.
+    CANCELLED = 5
+    #: Stopped by Ctrl-C (128 + SIGINT, as shells report it).
+    KEYBOARD_INTERRUPT = 130
+    #: Whatever read stdout closed it early, as ``| head`` does (128 + SIGPIPE, what a shell
+    #: reports for a tool that SIGPIPE stops).
+    BROKEN_PIPE = 141
+
+
+_BY_STATUS = {
+    "completed": ExitCode.OK,
+    "interrupted": ExitCode.INTERRUPTED,
+    "failed": ExitCode.FAILED,
+    "cancelled": ExitCode.CANCELLED,
+}
+
+
+def exit_code(status: str) -> ExitCode:
+    """The exit status of ``run`` and ``resume`` for a run that stopped in ``status``."""
+    return _BY_STATUS.get(status, ExitCode.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); returns its exit status, an
+    ``ExitCode``. Usage errors exit from here (status 2), as argparse does."""
+    parser = build_parser(
+        {
+            "demo": _demo,
+            "run": _run,
+            "runs list": _list,
+            "runs show": _show,
+            "runs export": _export,
+            "approve": _approve,
+            "reject": _reject,
+            "cancel": _cancel,
+            "input": _input,
+            "resume": _resume,
+            "worker": _worker,
+            "schema": _schema,
+            "graph": _graph,
+        }
+    )
     args = parser.parse_args(argv)
     try:
         result: int = args.handler(args)
+        # Flushed here, not at exit, so that a reader that went away is seen below.
+        sys.stdout.flush()
         return result
+    except BrokenPipeError:
+        _discard_stdout()
+        return ExitCode.BROKEN_PIPE
     except AgentFSMError as exc:
         print(f"agentfsm: error: {exc}", file=sys.stderr)
     except OSError as exc:
         print(f"agentfsm: error: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("agentfsm: interrupted", file=sys.stderr)
-        return 130
-    return 1
+        return ExitCode.KEYBOARD_INTERRUPT
+    return ExitCode.ERROR
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="agentfsm", description="Run, inspect and steer agentfsm runs."
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    store = argparse.ArgumentParser(add_help=False)
-    store.add_argument(
-        "--store",
-        default=os.environ.get("AGENTFSM_STORE", DEFAULT_STORE),
-        help="postgresql://..., sqlite:///path, or a file path "
-        "(default: $AGENTFSM_STORE or ./agentfsm.db)",
-    )
-    app = argparse.ArgumentParser(add_help=False)
-    app.add_argument(
-        "--app", required=True, help="the starting agent, as module:attribute (or a factory)"
-    )
-
-    demo = commands.add_parser("demo", help="pause a run for approval, approve, resume")
-    demo.add_argument("--reject", action="store_true", help="reject the call instead")
-    demo.add_argument("--store", default=DEFAULT_STORE, help="where the demo keeps its run")
-    demo.add_argument("--state-file", type=Path, default=Path("demo-state.json"))
-    demo.add_argument(
-        "--json", action="store_true", help="no store: hand the state over in the JSON file"
-    )
-    demo.add_argument("--resume-file", type=Path, help=argparse.SUPPRESS)
-    demo.set_defaults(handler=_demo)
-
-    run = commands.add_parser("run", parents=[store, app], help="start a run")
-    run.add_argument("input", help="the user's message")
-    run.add_argument("--max-turns", type=int, default=None)
-    run.add_argument("--run-id", default=None)
-    run.add_argument("--context", default=None, help="the run's context, as JSON")
-    run.set_defaults(handler=_run)
-
-    runs = commands.add_parser("runs", help="list, show or export stored runs")
-    what = runs.add_subparsers(dest="what", required=True, metavar="ACTION")
-    listing = what.add_parser("list", parents=[store], help="list runs, latest first")
-    listing.add_argument("--status", default=None)
-    listing.add_argument("--limit", type=int, default=50)
-    listing.set_defaults(handler=_list)
-    show = what.add_parser("show", parents=[store], help="status, pending calls, transcript")
-    show.add_argument("run_id")
-    show.set_defaults(handler=_show)
-    export = what.add_parser("export", parents=[store], help="print the run's state JSON")
-    export.add_argument("run_id")
-    export.set_defaults(handler=_export)
-
-    approve = commands.add_parser("approve", parents=[store], help="approve waiting calls")
-    approve.add_argument("run_id")
-    approve.add_argument("call_id", nargs="?", help="default: every waiting call")
-    approve.add_argument("--always", action="store_true", help="also approve later calls")
-    approve.add_argument("--arguments", default=None, help="replacement arguments, as JSON")
-    approve.add_argument(
-        "--in-doubt",
-        action="store_true",
-        help="without CALL_ID, also approve calls in doubt (they may run a second time)",
-    )
-    approve.set_defaults(handler=_approve)
-
-    reject = commands.add_parser("reject", parents=[store], help="reject a waiting call")
-    reject.add_argument("run_id")
-    reject.add_argument("call_id")
-    reject.add_argument("--message", default=None, help="what the model is told")
-    reject.add_argument("--always", action="store_true", help="also reject later calls")
-    reject.set_defaults(handler=_reject)
-
-    cancel = commands.add_parser("cancel", parents=[store], help="cancel a run")
-    cancel.add_argument("run_id")
-    cancel.add_argument("--reason", default="cancelled")
-    cancel.set_defaults(handler=_cancel)
-
-    staged = commands.add_parser("input", parents=[store], help="add a user message to a run")
-    staged.add_argument("run_id")
-    staged.add_argument("text")
-    staged.set_defaults(handler=_input)
-
-    resume = commands.add_parser("resume", parents=[store, app], help="continue a stored run")
-    resume.add_argument("run_id")
-    resume.add_argument("--max-turns", type=int, default=None)
-    resume.set_defaults(handler=_resume)
-
-    worker = commands.add_parser("worker", parents=[store, app], help="run runnable runs")
-    worker.add_argument("--lease", type=float, default=30.0, help="lease length in seconds")
-    worker.add_argument("--poll", type=float, default=0.5, help="seconds between polls")
-    worker.add_argument("--until-idle", action="store_true", help="exit when nothing is left")
-    worker.set_defaults(handler=_worker)
-
-    schema = commands.add_parser("schema", help="print or regenerate the JSON Schemas")
-    mode = schema.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="regenerate schemas/ and the diagram")
-    mode.add_argument("--check", action="store_true", help="fail if schemas/ or docs are stale")
-    schema.add_argument("--root", type=Path, default=Path("."), help="repository root")
-    schema.set_defaults(handler=_schema)
-
-    graph = commands.add_parser("graph", help="print the status machine as a mermaid diagram")
-    graph.set_defaults(handler=_graph)
-    return parser
+def _discard_stdout() -> None:
+    """Point stdout at the null device, so that the interpreter's last flush of what is
+    still buffered does not fail again and print a traceback at exit."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+        os.close(fd)
+    except (OSError, ValueError):  # no file descriptor behind sys.stdout
+        pass
 
 
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _with_store(args: argparse.Namespace, work: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
+def _with_store(
+    args: argparse.Namespace,
+    work: Callable[[Any], Coroutine[Any, Any, int]],
+    *,
+    create: bool = True,
+) -> int:
+    """Run ``work`` on the store named by ``--store``; ``create=False`` for commands that only
+    read, so that a mistyped store is an error rather than a new empty database."""
     from .stores import open_store
 
     async def main() -> int:
-        store = open_store(args.store)
+        store = open_store(args.store, create=create)
         try:
             return await work(store)
         finally:
@@ -183,10 +162,15 @@ def _json_argument(text: str | None, what: str) -> Any:
         raise ToolArgumentsError(f"{what} is not valid JSON: {exc}") from None
 
 
-def _print_result(result: Any) -> None:
-    from ._render import render_run
+def _print_run(state: Any, as_json: bool) -> None:
+    if as_json:
+        from ._cli_json import encode, run_document
 
-    print(render_run(result.state))
+        print(encode(run_document(state)))
+    else:
+        from ._render import render_run
+
+        print(render_run(state))
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -202,30 +186,33 @@ def _run(args: argparse.Namespace) -> int:
         result = await Runner(store=store).run(
             agent, args.input, context=context, max_turns=args.max_turns, run_id=args.run_id
         )
-        _print_result(result)
-        return 0 if result.status in ("completed", "interrupted") else 1
+        _print_run(result.state, args.json)
+        return exit_code(result.status)
 
     return _with_store(args, work)
 
 
 def _list(args: argparse.Namespace) -> int:
+    from ._cli_json import RunListDocument, encode
     from ._render import render_summaries
 
     async def work(store: Any) -> int:
-        print(render_summaries(await store.list(status=args.status, limit=args.limit)))
+        summaries = await store.list(status=args.status, limit=args.limit)
+        if args.json:
+            print(encode(RunListDocument(runs=tuple(summaries))))
+        else:
+            print(render_summaries(summaries))
         return 0
 
-    return _with_store(args, work)
+    return _with_store(args, work, create=False)
 
 
 def _show(args: argparse.Namespace) -> int:
-    from ._render import render_run
-
     async def work(store: Any) -> int:
-        print(render_run(await store.load(args.run_id)))
+        _print_run(await store.load(args.run_id), args.json)
         return 0
 
-    return _with_store(args, work)
+    return _with_store(args, work, create=False)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -233,7 +220,7 @@ def _export(args: argparse.Namespace) -> int:
         print((await store.load(args.run_id)).to_json())
         return 0
 
-    return _with_store(args, work)
+    return _with_store(args, work, create=False)
 
 
 def _approve(args: argparse.Namespace) -> int:
@@ -297,8 +284,8 @@ def _resume(args: argparse.Namespace) -> int:
 
     async def work(store: Any) -> int:
         result = await Runner(store=store).resume(agent, args.run_id, max_turns=args.max_turns)
-        _print_result(result)
-        return 0 if result.status in ("completed", "interrupted") else 1
+        _print_run(result.state, args.json)
+        return exit_code(result.status)
 
     return _with_store(args, work)
 
@@ -341,7 +328,7 @@ def _schema(args: argparse.Namespace) -> int:
         stale = _schemas.check(args.root)
         for path in stale:
             print(f"stale: {path} (run `make schemas`)", file=sys.stderr)
-        return 1 if stale else 0
+        return ExitCode.ERROR if stale else ExitCode.OK
     from ._codec import wire_type
 
     sys.stdout.write(_schemas.schema_text(wire_type(), "RunState"))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ._agents import Agent
+from ._cli import exit_code
 from ._items import ToolResultItem
 from ._model import ModelRequest
 from ._outcomes import ApprovalRequest
@@ -113,6 +114,9 @@ def _approves(request: ApprovalRequest, *, reject: bool) -> bool:
 
 
 def _call(command: list[str]) -> int:
+    """Run one step of the demo as its own process; the demo stops at the first step that
+    does not succeed. Every step's success is exit status 0: the demo's resume always
+    completes its run (with the refund or without it)."""
     sys.stdout.flush()
     code = subprocess.call(command)
     if code:
@@ -147,4 +151,4 @@ def resume_from_file(state_file: Path, *, reject: bool) -> int:
         )
     result = Runner().run_sync(build_agent(), state)
     print(render_run(result.state))
-    return 0 if result.status == "completed" else 1
+    return exit_code(result.status)

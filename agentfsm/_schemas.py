@@ -1,6 +1,6 @@
-"""Generated artifacts: the JSON Schema of every persisted type (schemas/) and the status
-diagram (docs/state-machine.md). ``agentfsm schema --write`` regenerates them; ``--check``
-fails when the files in the repository are stale.
+"""Generated artifacts: the JSON Schema of every persisted type and of the CLI's ``--json``
+documents (schemas/), and the status diagram (docs/state-machine.md). ``agentfsm schema
+--write`` regenerates them; ``--check`` fails when the files in the repository are stale.
 
 The files must come out byte-identical whichever supported version of msgspec generated
 them, so what varies between releases without changing meaning is normalised: descriptions
@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from ._cli_json import RunDocument, RunListDocument
 from ._codec import SCHEMA_VERSION, wire_type
 from ._events import Event
 from ._items import Item
@@ -82,6 +83,10 @@ def artifacts(root: Path) -> dict[Path, str]:
         root / "schemas" / "item.schema.json": schema_text(Item, "Item"),
         root / "schemas" / "event.schema.json": schema_text(Event, "Event"),
         root / "schemas" / "outcome.schema.json": schema_text(Outcome, "Outcome"),
+        root / "schemas" / "cli_run.schema.json": schema_text(RunDocument, "RunDocument"),
+        root / "schemas" / "cli_run_list.schema.json": schema_text(
+            RunListDocument, "RunListDocument"
+        ),
     }
     doc = root / "docs" / "state-machine.md"
     if doc.exists():

@@ -1,15 +1,31 @@
-"""The CLI for people in the loop, run as real processes against a real SQLite file."""
+"""The CLI for people in the loop and for scripts, run as real processes against a real SQLite
+file."""
 
 from __future__ import annotations
 
+import argparse
+import collections
 import itertools
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
+import msgspec
 import pytest
+
+import agentfsm
+from agentfsm import idempotency_key
+from agentfsm._cli import ExitCode
+from agentfsm._cli_json import RunDocument, RunListDocument
+from agentfsm._json import digest
+from agentfsm._schemas import schema_text
+from agentfsm.stores import RunSummary
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,9 +48,18 @@ def cli(
 APP = ["--app", "tests.apps.mailer:agent"]
 
 
+def empty_store(tmp_path: Path) -> None:
+    """Create the store ``cli`` uses, with no runs in it."""
+    import asyncio
+
+    from agentfsm import SQLiteStore
+
+    asyncio.run(SQLiteStore(tmp_path / "runs.db").close())
+
+
 def test_the_whole_loop_from_the_command_line(tmp_path: Path) -> None:
     started = cli(tmp_path, "run", *APP, "mail ada", "--run-id", "r1")
-    assert started.returncode == 0, started.stderr
+    assert started.returncode == ExitCode.INTERRUPTED, started.stderr
     assert "status:  interrupted" in started.stdout
 
     listed = cli(tmp_path, "runs", "list", "--status", "interrupted")
@@ -59,7 +84,7 @@ def test_the_whole_loop_from_the_command_line(tmp_path: Path) -> None:
 
 
 def test_reject_and_approve_all_pending(tmp_path: Path) -> None:
-    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r2").returncode == 0
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r2").returncode == ExitCode.INTERRUPTED
     rejected = cli(tmp_path, "reject", "r2", "call_1_0", "--message", "not today")
     assert rejected.returncode == 0, rejected.stderr
     added = cli(tmp_path, "input", "r2", "and say hi from me")
@@ -67,9 +92,188 @@ def test_reject_and_approve_all_pending(tmp_path: Path) -> None:
     done = cli(tmp_path, "resume", "r2", *APP)
     assert "not today" in done.stdout
     assert "user: and say hi from me" in done.stdout
-    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r3").returncode == 0
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r3").returncode == ExitCode.INTERRUPTED
     everything = cli(tmp_path, "approve", "r3")
     assert "approved call_1_0 of run r3" in everything.stdout
+
+
+def test_run_and_resume_exit_with_where_the_run_stopped_and_show_exits_0(tmp_path: Path) -> None:
+    failed = cli(tmp_path, "run", *APP, "go", "--run-id", "f1", "--max-turns", "1")
+    assert failed.returncode == ExitCode.FAILED == 4, failed.stderr
+    assert "status:  failed" in failed.stdout
+    assert cli(tmp_path, "runs", "show", "f1").returncode == ExitCode.OK
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "c1").returncode == 3
+    assert cli(tmp_path, "cancel", "c1").returncode == 0
+    cancelled = cli(tmp_path, "resume", "c1", *APP)
+    assert cancelled.returncode == ExitCode.CANCELLED == 5, cancelled.stderr
+    assert cli(tmp_path, "runs", "show", "c1").returncode == ExitCode.OK
+    assert cli(tmp_path, "run", "--no-such-option").returncode == ExitCode.USAGE == 2
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    import asyncio
+
+    from agentfsm import Runner, SQLiteStore, UserMessage, new_run
+    from tests.apps.mailer import agent
+
+    # Far more output than a pipe holds, so the command is still writing when it closes.
+    async def fill() -> None:
+        store = SQLiteStore(tmp_path / "runs.db")
+        for n in range(2000):
+            await store.create(new_run(agent(), "go", run_id=f"run-{n:04}-{'x' * 200}"))
+        lines = [UserMessage(content=f"line {n} {'y' * 100}") for n in range(20_000)]
+        await Runner(store=store).run(agent(), lines, run_id="long")
+        await store.close()
+
+    asyncio.run(fill())
+    for args, first in (
+        (["runs", "show", "long"], "run long\n"),
+        (["runs", "list", "--limit", "5000"], "RUN "),
+    ):
+        with (tmp_path / "stderr.txt").open("w+") as stderr:
+            reader = subprocess.Popen(
+                [sys.executable, "-m", "agentfsm", *args],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                cwd=ROOT,
+                env={**os.environ, "AGENTFSM_STORE": str(tmp_path / "runs.db")},
+                text=True,
+            )
+            assert reader.stdout is not None
+            assert reader.stdout.readline().startswith(first)
+            reader.stdout.close()
+            assert reader.wait(timeout=60) == ExitCode.BROKEN_PIPE == 141
+            stderr.seek(0)
+            assert stderr.read() == ""
+
+
+def _commands(
+    parser: argparse.ArgumentParser, name: str = "agentfsm"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, subparser in action.choices.items():
+                yield from _commands(subparser, f"{name} {sub}")
+
+
+def test_every_command_has_a_description_and_every_option_help_with_its_default() -> None:
+    from agentfsm._cli_parser import build_parser
+
+    parser = build_parser(collections.defaultdict(lambda: lambda args: 0))
+    commands = dict(_commands(parser))
+    assert {"agentfsm run", "agentfsm runs list", "agentfsm worker"} <= set(commands)
+    for name, command in commands.items():
+        assert command.description, f"{name} has no description"
+        for action in command._actions:
+            what = f"{name} {'/'.join(action.option_strings) or action.dest}"
+            # Hidden on purpose: the demo's own second process passes it.
+            if action.help == argparse.SUPPRESS:
+                assert what == "agentfsm demo --resume-file"
+                continue
+            assert action.help, f"{what} has no help"
+            if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+                shown = action.help % {**vars(action), "prog": command.prog}  # as argparse does
+                assert f"(default: {action.default}" in shown, f"{what} hides its default"
+
+
+def test_version_prints_the_package_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "agentfsm", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (0, f"agentfsm {agentfsm.__version__}\n")
+
+
+def test_the_exit_statuses_are_documented_as_defined() -> None:
+    text = (ROOT / "docs" / "cli.md").read_text()
+    for code in ExitCode:
+        assert f"| {code.value} | `{code.name}` |" in text, code
+
+
+def one_document(done: subprocess.CompletedProcess[str], kind: type[T]) -> T:
+    """The one JSON document ``done`` printed, decoded strictly as ``kind``."""
+    assert done.stdout.endswith("\n")
+    assert done.stdout.count("\n") == 1, done.stdout
+    assert done.stderr == ""
+    return msgspec.json.decode(done.stdout, type=kind, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [(RunDocument, "cli_run.schema.json"), (RunListDocument, "cli_run_list.schema.json")],
+)
+def test_the_json_documents_schemas_are_the_ones_in_schemas(kind: type, name: str) -> None:
+    assert (ROOT / "schemas" / name).read_text() == schema_text(kind, kind.__name__)
+
+
+def test_json_output_is_one_document_a_script_can_follow_a_run_with(tmp_path: Path) -> None:
+    started = cli(tmp_path, "run", *APP, "mail ada", "--run-id", "j1", "--json")
+    assert started.returncode == ExitCode.INTERRUPTED
+    run = one_document(started, RunDocument)
+    assert (run.run_id, run.status, run.turn, run.max_turns) == ("j1", "interrupted", 2, 10)
+    assert (run.final_output, run.error) == (None, None)
+    (call,) = run.waiting
+    assert (call.call_id, call.tool, call.reason) == ("call_1_0", "send", "approval")
+    assert call.arguments == {"to": "ada@example.com", "body": "hi"}
+    assert call.digest == digest(call.arguments)
+    assert call.idempotency_key == idempotency_key("j1", run.turn, "call_1_0")
+    assert [type(item).__name__ for item in run.input] == ["UserMessage"]
+    assert [type(item).__name__ for item in run.items] == [
+        "ToolCallItem",
+        "ToolResultItem",
+        "ToolCallItem",
+    ]
+    assert json.loads(started.stdout)["items"][0]["type"] == "tool_call"
+
+    shown = cli(tmp_path, "runs", "show", "j1", "--json")
+    assert shown.returncode == ExitCode.OK
+    assert one_document(shown, RunDocument) == run
+
+    listed = cli(tmp_path, "runs", "list", "--json")
+    assert listed.returncode == ExitCode.OK
+    (summary,) = one_document(listed, RunListDocument).runs
+    assert (summary.run_id, summary.status, summary.waiting) == ("j1", "interrupted", 1)
+    assert set(json.loads(listed.stdout)["runs"][0]) == set(RunSummary.__struct_fields__)
+
+    assert cli(tmp_path, "approve", "j1").returncode == ExitCode.OK
+    resumed = cli(tmp_path, "resume", "j1", *APP, "--json")
+    assert resumed.returncode == ExitCode.OK
+    done = one_document(resumed, RunDocument)
+    assert (done.status, done.final_output, done.waiting) == ("completed", "sent", ())
+    assert done.usage.requests == 3
+
+
+def test_json_documents_of_failed_and_cancelled_runs_say_why(tmp_path: Path) -> None:
+    failed = cli(tmp_path, "run", *APP, "go", "--run-id", "f1", "--max-turns", "1", "--json")
+    assert failed.returncode == ExitCode.FAILED
+    error = one_document(failed, RunDocument).error
+    assert error is not None
+    assert error.kind == "max_turns_exceeded"
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "c1", "--json").returncode == 3
+    assert cli(tmp_path, "cancel", "c1", "--reason", "not needed").returncode == 0
+    cancelled = cli(tmp_path, "resume", "c1", *APP, "--json")
+    assert cancelled.returncode == ExitCode.CANCELLED
+    run = one_document(cancelled, RunDocument)
+    assert run.status == "cancelled"
+    assert run.error is not None
+    assert (run.error.kind, run.error.message) == ("cancelled", "not needed")
+
+
+def test_with_json_an_error_is_still_one_line_on_stderr_and_nothing_on_stdout(
+    tmp_path: Path,
+) -> None:
+    empty_store(tmp_path)
+    done = cli(tmp_path, "runs", "show", "nope", "--json")
+    assert done.returncode == ExitCode.ERROR
+    assert done.stdout == ""
+    assert done.stderr == "agentfsm: error: no run 'nope' in the store\n"
+    listed = cli(tmp_path, "runs", "list", "--json")
+    assert one_document(listed, RunListDocument).runs == ()
 
 
 @pytest.mark.parametrize(
@@ -81,21 +285,43 @@ def test_reject_and_approve_all_pending(tmp_path: Path) -> None:
         (["resume", "x", "--app", "no.such.module:agent"], "cannot load the app"),
         (["resume", "x", "--app", "tests.apps.mailer"], "module:attribute"),
         (["runs", "list", "--store", "redis://x"], "unknown store"),
+        (["runs", "list", "--store", "sqlite:runs.db"], "malformed store 'sqlite:runs.db'"),
+        (["run", *APP, "hi", "--store", "sqlite:runs.db"], "malformed store"),
+        (["worker", *APP, "--store", "postgresql:test"], "malformed store"),
         (["runs", "list", "--status", "sleeping"], "sleeping"),
+        (["runs", "list", "--limit", "many"], "invalid int value: 'many'"),
+        (["run", *APP], "required: input (see `agentfsm run --help`)"),
+        (["rnu"], "invalid choice: 'rnu'"),
     ],
 )
 def test_bad_input_gives_one_clear_line_and_a_non_zero_exit(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
+    empty_store(tmp_path)
     done = cli(tmp_path, *args)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert message in done.stderr
     assert done.stderr.count("\n") == 1
+    assert done.stderr.startswith("agentfsm: error: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.db"]
+    assert not (ROOT / "sqlite:runs.db").exists()
+
+
+@pytest.mark.parametrize(
+    "args", [["runs", "list"], ["runs", "show", "r1"], ["runs", "export", "r1"]]
+)
+def test_commands_that_only_read_never_create_a_store(tmp_path: Path, args: list[str]) -> None:
+    missing = tmp_path / "missing.db"
+    done = cli(tmp_path, *args, "--store", str(missing))
+    assert done.returncode == 1
+    assert done.stderr == f"agentfsm: error: the SQLite store {str(missing)!r} does not exist\n"
+    assert done.stdout == ""
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_decisions_on_calls_that_are_not_waiting_and_bad_json_are_refused(tmp_path: Path) -> None:
-    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r4").returncode == 0
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r4").returncode == ExitCode.INTERRUPTED
     for args, message in (
         (["approve", "r4", "call_7_7"], "no call 'call_7_7' awaiting"),
         (["approve", "r4", "call_1_0", "--arguments", "{nope"], "not valid JSON"),
@@ -115,7 +341,9 @@ def test_a_worker_runs_everything_runnable_then_exits_when_idle(tmp_path: Path) 
     effects = tmp_path / "effects.txt"
     env = {"MAILER_EFFECTS": str(effects)}
     for n in range(3):
-        assert cli(tmp_path, "run", *APP, "go", "--run-id", f"w{n}").returncode == 0
+        assert (
+            cli(tmp_path, "run", *APP, "go", "--run-id", f"w{n}").returncode == ExitCode.INTERRUPTED
+        )
     for n in range(3):
         assert cli(tmp_path, "approve", f"w{n}").returncode == 0
     worked = cli(tmp_path, "worker", *APP, "--until-idle", env=env)
@@ -149,7 +377,7 @@ def test_approve_without_a_call_id_leaves_calls_in_doubt_waiting(
 
     asyncio.run(crash())
     where = ["--store", str(tmp_path / "runs.db")]
-    assert main(["resume", "d1", *APP, *where]) == 0
+    assert main(["resume", "d1", *APP, *where]) == ExitCode.INTERRUPTED
     capsys.readouterr()
     assert main(["runs", "show", "d1", *where]) == 0
     assert f"in doubt: it may have run already; key {crashed.ledger[0].idempotency_key}" in (

@@ -11,12 +11,14 @@ import pytest
 
 from agentfsm import (
     Agent,
+    ConfigurationError,
     ConflictError,
     MemoryStore,
     Runner,
     RunState,
     RunStatus,
     SQLiteStore,
+    StoreError,
     ToolContext,
     ToolResultItem,
     UnknownRunError,
@@ -126,6 +128,43 @@ def test_resuming_an_unknown_run_and_open_store_errors_are_clear(tmp_path: Path)
     assert isinstance(open_store(tmp_path / "x.db"), SQLiteStore)
     assert isinstance(open_store(f"sqlite:///{tmp_path}/y.db"), SQLiteStore)
     assert isinstance(open_store("memory:"), MemoryStore)
+
+
+@pytest.mark.parametrize("dsn", ["sqlite:runs.db", "postgresql:db", "memory:x", "file:runs.db"])
+def test_a_scheme_without_slashes_is_refused_not_taken_for_a_file_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dsn: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match="malformed store"):
+        open_store(dsn)
+    assert list(tmp_path.iterdir()) == []
+    store = open_store(f"./{dsn}")
+    assert isinstance(store, SQLiteStore)
+    asyncio.run(store.close())
+
+
+def test_a_store_opened_without_create_must_exist_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    for dsn in (missing, f"sqlite:///{missing}"):
+        with pytest.raises(StoreError, match="does not exist"):
+            open_store(dsn, create=False)
+    (tmp_path / "empty.db").touch()
+    with pytest.raises(StoreError, match="not an agentfsm store"):
+        open_store(tmp_path / "empty.db", create=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+    assert (tmp_path / "empty.db").stat().st_size == 0
+
+    async def reopen() -> list[str]:
+        writer = SQLiteStore(tmp_path / "runs.db")
+        await writer.create(_new(agent(), "r"))
+        await writer.close()
+        reader = open_store(tmp_path / "runs.db", create=False)
+        try:
+            return [s.run_id for s in await reader.list()]
+        finally:
+            await reader.close()
+
+    assert asyncio.run(reopen()) == ["r"]
 
 
 def _new(a: Agent, run_id: str) -> RunState:

@@ -231,6 +231,21 @@ def test_a_schema_from_a_newer_agentfsm_is_refused(schema: str) -> None:
     run(schema, check)
 
 
+def test_a_store_opened_without_create_reads_only_a_schema_that_exists(schema: str) -> None:
+    async def missing(store: PostgresStore) -> None:
+        with pytest.raises(StoreError, match=f"no agentfsm tables in schema '{schema}'"):
+            await store.list()
+
+    run(schema, missing, create=False)
+    assert sql(f"SELECT 1 FROM pg_namespace WHERE nspname = '{schema}'") == []
+    run(schema, lambda store: store.create(fresh("r")))
+
+    async def present(store: PostgresStore) -> None:
+        assert [s.run_id for s in await store.list()] == ["r"]
+
+    run(schema, present, create=False)
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ string."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -36,10 +37,20 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def open_store(dsn: str | Path) -> Store:
+# A URL scheme (RFC 3986) and its colon; one letter alone is a Windows drive, not a scheme.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def open_store(dsn: str | Path, *, create: bool = True) -> Store:
     """A store from a string: ``postgresql://...`` (or ``postgres://``; an extra query
     parameter ``agentfsm_schema=NAME`` picks the schema), ``sqlite:///path``, ``memory:``, or
-    a plain file path (SQLite)."""
+    a plain file path (SQLite).
+
+    ``create=False`` opens only a store that exists (a SQLite file, a PostgreSQL schema with
+    agentfsm's tables) and creates nothing; a missing one raises StoreError. Raises
+    ConfigurationError for a string that is none of the above, such as ``sqlite:runs.db``
+    (a file whose name starts with a word and a colon is written ``./sqlite:runs.db``).
+    """
     text = str(dsn)
     if text.startswith(("postgresql://", "postgres://")):
         from ._postgres import PostgresStore
@@ -49,7 +60,9 @@ def open_store(dsn: str | Path) -> Store:
         schema = [value for key, value in query if key == "agentfsm_schema"]
         rest = urlencode([(key, value) for key, value in query if key != "agentfsm_schema"])
         text = urlunsplit(url._replace(query=rest))
-        return PostgresStore(text, schema=schema[-1]) if schema else PostgresStore(text)
+        if schema:
+            return PostgresStore(text, schema=schema[-1], create=create)
+        return PostgresStore(text, create=create)
     if text == "memory:":
         return MemoryStore()
     if text.startswith("sqlite://"):
@@ -57,6 +70,11 @@ def open_store(dsn: str | Path) -> Store:
         if not text.startswith("/"):
             raise ConfigurationError("a sqlite DSN is sqlite:///relative/or//absolute/path")
         text = text[1:]
+    elif _SCHEME.match(text) and "://" not in text:
+        raise ConfigurationError(
+            f"malformed store {text!r}: use postgresql://..., sqlite:///path, memory: or a "
+            f"path (write ./{text} for a file of that name)"
+        )
     if "://" in text:
         raise ConfigurationError(f"unknown store {text!r}: use postgresql://, sqlite:/// or a path")
-    return SQLiteStore(text)
+    return SQLiteStore(text, create=create)

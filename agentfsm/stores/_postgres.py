@@ -231,6 +231,9 @@ class PostgresStore(Store):
     epoch, like ``time.time``) is given: then it is used for every timestamp instead. All
     the stores and processes sharing a schema should use the same kind of clock.
 
+    ``create=False`` uses only tables that exist, for readers that must not create them: a
+    missing schema raises StoreError at the first call.
+
     Needs psycopg 3: ``pip install 'agentfsm[postgres]'``. Every database error is raised
     as a StoreError.
     """
@@ -243,6 +246,7 @@ class PostgresStore(Store):
         max_size: int = 4,
         connect_timeout: float = 10.0,
         clock: Callable[[], float] | None = None,
+        create: bool = True,
     ) -> None:
         try:
             import psycopg
@@ -272,6 +276,7 @@ class PostgresStore(Store):
             # libpq counts whole seconds, and at least 2.
             self._connect_options["connect_timeout"] = max(2, round(connect_timeout))
         self._clock = clock
+        self._create = create
         self._max_size = max_size
         self._lock_key = int.from_bytes(
             hashlib.blake2b(f"agentfsm:{schema}".encode(), digest_size=8).digest(),
@@ -404,7 +409,13 @@ class PostgresStore(Store):
         async with self._migrating:
             if self._ready:
                 return
-            if await self._layout_version(conn) != LAYOUT_VERSION:
+            current = await self._layout_version(conn)
+            if current is None and not self._create:
+                raise StoreError(
+                    f"the PostgreSQL store {self._where!r} has no agentfsm tables in schema "
+                    f"{self.schema!r}"
+                )
+            if current != LAYOUT_VERSION:
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
                     await conn.execute(self._q_create_schema)

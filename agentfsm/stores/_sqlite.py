@@ -80,6 +80,8 @@ class SQLiteStore(Store):
 
     ``synchronous`` is SQLite's durability setting: ``"NORMAL"`` (default) survives a crash
     of the process; ``"FULL"`` also survives a power cut, at the cost of an fsync per step.
+    ``create=False`` opens only an existing store, for readers that must not leave an empty
+    file behind: a missing file, or one without agentfsm's tables, raises StoreError.
     """
 
     def __init__(
@@ -89,21 +91,48 @@ class SQLiteStore(Store):
         synchronous: str = "NORMAL",
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
+        create: bool = True,
     ) -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError("synchronous must be OFF, NORMAL, FULL or EXTRA")
         self.path = Path(path)
         self._clock = clock
+        if not create and not self.path.is_file():
+            raise StoreError(f"the SQLite store {str(self.path)!r} does not exist")
         try:
+            # mode=rw: a file removed since the check above is an error, never created anew.
+            target = self.path if create else f"{self.path.absolute().as_uri()}?mode=rw"
             self._db = sqlite3.connect(
-                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+                target,
+                timeout=timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=not create,
             )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the SQLite store {str(self.path)!r}: {exc}") from None
+        try:
+            if not create:
+                self._check_layout_exists()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             with self._write():
                 self._migrate()
         except sqlite3.Error as exc:
+            self._db.close()
             raise StoreError(f"cannot open the SQLite store {str(self.path)!r}: {exc}") from None
+        except StoreError:
+            self._db.close()
+            raise
+
+    def _check_layout_exists(self) -> None:
+        found = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'agentfsm_schema'"
+        ).fetchone()
+        if found is None:
+            raise StoreError(
+                f"{str(self.path)!r} is not an agentfsm store: it has no agentfsm tables"
+            )
 
     def _migrate(self) -> None:
         self._db.execute("CREATE TABLE IF NOT EXISTS agentfsm_schema (version INTEGER NOT NULL)")

@@ -1,0 +1,75 @@
+"""The documents the CLI prints with ``--json``: one JSON document per command, on one line.
+
+They are for scripts, so they are explicit (every field always present, ``null`` when it
+does not apply) and reuse the encodings the state JSON already has: transcript items are
+the tagged items of ``schemas/item.schema.json``, waiting calls are ``ApprovalRequest``
+values, listed runs are ``RunSummary`` values. Their JSON Schemas are generated into
+``schemas/cli_run.schema.json`` and ``schemas/cli_run_list.schema.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ._items import Item, Record, Usage
+from ._machine import RunStatus
+from ._outcomes import ApprovalRequest, RunError
+from ._state import RunState
+from .stores._base import RunSummary
+
+__all__ = ["RunDocument", "RunListDocument", "encode", "run_document"]
+
+
+class RunDocument(Record, frozen=True):
+    """A run, as ``runs show --json``, ``run --json`` and ``resume --json`` print it.
+
+    ``final_output`` is the run's output when it completed, else null. ``error`` says why a
+    failed or cancelled run stopped. ``waiting`` lists the calls waiting for a decision, each
+    with the digest of the arguments a decision is bound to and its idempotency key.
+    ``input`` and ``items`` are the transcript: the run's input, then what it generated.
+    """
+
+    run_id: str
+    status: RunStatus
+    starting_agent: str
+    current_agent: str
+    turn: int
+    max_turns: int
+    version: int
+    final_output: Any
+    error: RunError | None
+    waiting: tuple[ApprovalRequest, ...]
+    input: tuple[Item, ...]
+    items: tuple[Item, ...]
+    usage: Usage
+
+
+class RunListDocument(Record, frozen=True):
+    """Stored runs, latest first, as ``runs list --json`` prints them."""
+
+    runs: tuple[RunSummary, ...]
+
+
+def run_document(state: RunState) -> RunDocument:
+    return RunDocument(
+        run_id=state.run_id,
+        status=state.status,
+        starting_agent=state.starting_agent,
+        current_agent=state.current_agent,
+        turn=state.turn,
+        max_turns=state.max_turns,
+        version=state.version,
+        final_output=state.final_output if state.status is RunStatus.COMPLETED else None,
+        error=state.error,
+        waiting=tuple(state.interruptions),
+        input=state.input,
+        items=state.items.to_tuple(),
+        usage=state.usage,
+    )
+
+
+def encode(document: RunDocument | RunListDocument) -> str:
+    """``document`` as one line of JSON."""
+    return msgspec.json.encode(document).decode()

@@ -1,0 +1,347 @@
+"""The ``agentfsm`` command line's grammar: its commands, their options and their help.
+
+Every option says what it does and its default; every command has a paragraph of
+description (``agentfsm COMMAND --help``). What the commands do is in ``_cli``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+__all__ = ["DEFAULT_STORE", "Handler", "build_parser"]
+
+DEFAULT_STORE = "agentfsm.db"
+
+#: What a command runs: the parsed arguments in, the exit status out.
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line, like every other error of the CLI."""
+
+    def error(self, message: str) -> NoReturn:
+        from ._cli import ExitCode
+
+        self.exit(ExitCode.USAGE, f"agentfsm: error: {message} (see `{self.prog} --help`)\n")
+
+
+if TYPE_CHECKING:
+    Commands = argparse._SubParsersAction[_Parser]
+
+
+def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
+    """The ``agentfsm`` parser; each command's ``handler`` is taken from ``handlers`` by its
+    name (``"runs list"`` for a subcommand of ``runs``)."""
+    from . import __version__
+
+    parser = _Parser(
+        prog="agentfsm",
+        description="Run, inspect and steer agentfsm runs. `agentfsm COMMAND --help` tells "
+        "more about each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"agentfsm {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="one of:"
+    )
+    store = _Parser(add_help=False)
+    store.add_argument(
+        "--store",
+        default=os.environ.get("AGENTFSM_STORE", DEFAULT_STORE),
+        help="where the runs are: postgresql://..., sqlite:///path or a file path (default: "
+        f"%(default)s, which is $AGENTFSM_STORE if set, else {DEFAULT_STORE})",
+    )
+    app = _Parser(add_help=False)
+    app.add_argument(
+        "--app",
+        required=True,
+        metavar="MODULE:ATTR",
+        help="the starting agent, as module:attribute (an Agent, or a function returning one)",
+    )
+    as_json = _Parser(add_help=False)
+    as_json.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run as one JSON document (schemas/cli_run.schema.json) instead of text",
+    )
+    max_turns = _Parser(add_help=False)
+    max_turns.add_argument(
+        "--max-turns",
+        type=int,
+        metavar="N",
+        default=None,
+        help="how many model turns the run may use in all (default: 10 for a new run; a "
+        "resumed run keeps its own)",
+    )
+
+    def command(
+        where: Commands,
+        name: str,
+        summary: str,
+        description: str,
+        *parents: _Parser,
+    ) -> _Parser:
+        return where.add_parser(name, parents=list(parents), help=summary, description=description)
+
+    demo = command(
+        commands,
+        "demo",
+        "pause a run for approval, approve, resume",
+        "The approval demo: a support agent's refund pauses for a human's approval; then "
+        "separate processes of this CLI show the run, approve (or reject) the refund and "
+        "resume it to the end. Exits 0 when the demo ran as it should.",
+    )
+    demo.add_argument(
+        "--reject", action="store_true", help="reject the refund instead of approving it"
+    )
+    demo.add_argument(
+        "--store",
+        default=DEFAULT_STORE,
+        help="the SQLite file where the demo keeps its run (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--state-file",
+        type=Path,
+        metavar="FILE",
+        default=Path("demo-state.json"),
+        help="where the paused run's state JSON is written (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--json",
+        action="store_true",
+        help="use no store: hand the paused state to the second process in the JSON file",
+    )
+    demo.add_argument("--resume-file", type=Path, help=argparse.SUPPRESS)
+    demo.set_defaults(handler=handlers["demo"])
+
+    run = command(
+        commands,
+        "run",
+        "start a run",
+        "Start a run of the app's agent on a user message, store it, and advance it until it "
+        "completes, fails or waits for a decision; then print where it stopped. The exit "
+        "status says which: 0 completed, 3 waiting, 4 failed, 5 cancelled.",
+        store,
+        app,
+        max_turns,
+        as_json,
+    )
+    run.add_argument("input", help="the user's message")
+    run.add_argument(
+        "--run-id", default=None, metavar="ID", help="the new run's id (default: a random one)"
+    )
+    run.add_argument(
+        "--context",
+        default=None,
+        metavar="JSON",
+        help="the run's context, as JSON (default: no context)",
+    )
+    run.set_defaults(handler=handlers["run"])
+
+    runs = command(
+        commands,
+        "runs",
+        "list, show or export stored runs",
+        "Read the stored runs: list them, show one, or export one's state JSON. These "
+        "commands only read: a store that does not exist is an error, never created.",
+    )
+    what = runs.add_subparsers(dest="what", required=True, metavar="ACTION", help="one of:")
+    listing = command(
+        what,
+        "list",
+        "list runs, latest first",
+        "List the stored runs, most recently updated first, with their status, current "
+        "agent, turn and how many calls wait for a decision.",
+        store,
+    )
+    listing.add_argument(
+        "--status",
+        default=None,
+        metavar="STATUS",
+        help="only runs in this status: new, running, tools, interrupted, completed, failed "
+        "or cancelled (default: every status)",
+    )
+    listing.add_argument(
+        "--limit",
+        type=int,
+        default=50,
+        metavar="N",
+        help="list at most this many runs (default: %(default)s)",
+    )
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document (schemas/cli_run_list.schema.json) instead of a table",
+    )
+    listing.set_defaults(handler=handlers["runs list"])
+    show = command(
+        what,
+        "show",
+        "status, pending calls, transcript",
+        "Show one run: its status, agents and turn, its output or error, the calls waiting "
+        "for a decision with their arguments, and its transcript. Exits 0 whatever the "
+        "run's status.",
+        store,
+        as_json,
+    )
+    show.add_argument("run_id", help="the run to show")
+    show.set_defaults(handler=handlers["runs show"])
+    export = command(
+        what,
+        "export",
+        "print the run's state JSON",
+        "Print the run's whole state as JSON, as RunState.to_json writes it and "
+        "RunState.from_json reads it (schemas/run_state.schema.json).",
+        store,
+    )
+    export.add_argument("run_id", help="the run to export")
+    export.set_defaults(handler=handlers["runs export"])
+
+    approve = command(
+        commands,
+        "approve",
+        "approve waiting calls",
+        "Approve a call that waits for a decision, or every waiting call. The decision goes "
+        "to the run's inbox; the call runs when something resumes the run (resume, a "
+        "worker). Calls in doubt (they may have run already) are approved only by id or "
+        "with --in-doubt.",
+        store,
+    )
+    approve.add_argument("run_id", help="the run whose calls to approve")
+    approve.add_argument(
+        "call_id", nargs="?", help="the call to approve (default: every waiting call)"
+    )
+    approve.add_argument(
+        "--always", action="store_true", help="also approve later calls of the same tool"
+    )
+    approve.add_argument(
+        "--arguments",
+        default=None,
+        metavar="JSON",
+        help="run the call with these arguments instead, as a JSON object (needs CALL_ID)",
+    )
+    approve.add_argument(
+        "--in-doubt",
+        action="store_true",
+        help="without CALL_ID, also approve calls in doubt (they may run a second time)",
+    )
+    approve.set_defaults(handler=handlers["approve"])
+
+    reject = command(
+        commands,
+        "reject",
+        "reject a waiting call",
+        "Reject a call that waits for a decision: it never runs, and the model is told why "
+        "instead of getting its result. The decision goes to the run's inbox, like approve's.",
+        store,
+    )
+    reject.add_argument("run_id", help="the run whose call to reject")
+    reject.add_argument("call_id", help="the call to reject")
+    reject.add_argument(
+        "--message", default=None, help="what the model is told (default: a standard message)"
+    )
+    reject.add_argument(
+        "--always", action="store_true", help="also reject later calls of the same tool"
+    )
+    reject.set_defaults(handler=handlers["reject"])
+
+    cancel = command(
+        commands,
+        "cancel",
+        "cancel a run",
+        "Ask a run to cancel. The request goes to the run's inbox; the run stops, as "
+        "cancelled, at its next step.",
+        store,
+    )
+    cancel.add_argument("run_id", help="the run to cancel")
+    cancel.add_argument(
+        "--reason", default="cancelled", help="why, kept as the run's error (default: %(default)s)"
+    )
+    cancel.set_defaults(handler=handlers["cancel"])
+
+    staged = command(
+        commands,
+        "input",
+        "add a user message to a run",
+        "Add a user message to a run. It goes to the run's inbox; the model sees it at the "
+        "run's next turn.",
+        store,
+    )
+    staged.add_argument("run_id", help="the run to add the message to")
+    staged.add_argument("text", help="the user's message")
+    staged.set_defaults(handler=handlers["input"])
+
+    resume = command(
+        commands,
+        "resume",
+        "continue a stored run",
+        "Continue a stored run now, in this process, applying the decisions, cancellation "
+        "and input waiting in its inbox, until it completes, fails or waits again; then "
+        "print where it stopped. The exit status says which, as for run.",
+        store,
+        app,
+        max_turns,
+        as_json,
+    )
+    resume.add_argument("run_id", help="the run to continue")
+    resume.set_defaults(handler=handlers["resume"])
+
+    worker = command(
+        commands,
+        "worker",
+        "run runnable runs",
+        "Advance the store's runnable runs of the app's agent (new ones, ones whose "
+        "decisions arrived, ones whose worker died), one at a time under a lease, until "
+        "stopped with SIGTERM or Ctrl-C, or with --until-idle when none is left.",
+        store,
+        app,
+    )
+    worker.add_argument(
+        "--lease",
+        type=float,
+        metavar="SECONDS",
+        default=30.0,
+        help="how long a claim on a run lasts, in seconds, renewed while it runs "
+        "(default: %(default)s)",
+    )
+    worker.add_argument(
+        "--poll",
+        type=float,
+        metavar="SECONDS",
+        default=0.5,
+        help="seconds between looks for work when there is none (default: %(default)s)",
+    )
+    worker.add_argument(
+        "--until-idle", action="store_true", help="exit when no runnable run is left"
+    )
+    worker.set_defaults(handler=handlers["worker"])
+
+    schema = command(
+        commands,
+        "schema",
+        "print or regenerate the JSON Schemas",
+        "Print the JSON Schema of the run state; or regenerate (--write) or check (--check) "
+        "every generated file: the schemas in schemas/ and the diagram in "
+        "docs/state-machine.md.",
+    )
+    mode = schema.add_mutually_exclusive_group()
+    mode.add_argument("--write", action="store_true", help="regenerate schemas/ and the diagram")
+    mode.add_argument(
+        "--check", action="store_true", help="exit 1 if schemas/ or the diagram are stale"
+    )
+    schema.add_argument(
+        "--root", type=Path, default=Path("."), help="the repository root (default: %(default)s)"
+    )
+    schema.set_defaults(handler=handlers["schema"])
+
+    graph = command(
+        commands,
+        "graph",
+        "print the status machine as a mermaid diagram",
+        "Print the run status machine (every legal status change) as a mermaid diagram.",
+    )
+    graph.set_defaults(handler=handlers["graph"])
+    return parser
