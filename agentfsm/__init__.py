@@ -6,12 +6,15 @@ async driver that calls models and tools and checkpoints after every step.
 
 from ._agents import Agent, AgentSet, handoff_tool_name
 from ._codec import SCHEMA_VERSION
+from ._decisions import DecisionRecord
 from ._errors import (
     AgentFSMError,
     ConfigurationError,
     ConflictError,
     ContextError,
+    DecisionRefused,
     IllegalTransition,
+    InboxChanged,
     InvalidEvent,
     LeaseLost,
     ModelBehaviorError,
@@ -22,6 +25,7 @@ from ._errors import (
     ToolArgumentsError,
     ToolDefinitionError,
     ToolError,
+    UndecidedError,
     UnknownAgentError,
     UnknownCallError,
     UnknownRunError,
@@ -95,12 +99,15 @@ __all__ = [
     "ConflictError",
     "ContextError",
     "Decision",
+    "DecisionRecord",
+    "DecisionRefused",
     "Event",
     "Feedback",
     "FinalOutput",
     "Handoff",
     "HandoffItem",
     "IllegalTransition",
+    "InboxChanged",
     "Injected",
     "Interruption",
     "InvalidEvent",
@@ -152,6 +159,7 @@ __all__ = [
     "ToolSpec",
     "ToolsFinished",
     "Transcript",
+    "UndecidedError",
     "UnknownAgentError",
     "UnknownCallError",
     "UnknownRunError",

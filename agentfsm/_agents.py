@@ -171,11 +171,13 @@ class AgentSet(Mapping[str, Agent]):
         return self._output_schemas[agent]
 
     def check(self, state: RunState) -> None:
-        """Raise ResolutionError unless every agent and tool ``state`` names resolves."""
+        """Raise ResolutionError unless every agent ``state`` names, and every tool it must
+        run, resolves. A waiting call's tool may be gone: the call can still be rejected,
+        expired or cancelled, and approving it is refused with the reason."""
         self.agent(state.starting_agent)
         self.agent(state.current_agent)
         if state.pending_handoff is not None:
             self.agent(state.pending_handoff)
         for call in state.ledger:
-            if call.status != "committed":
+            if call.status == "started":
                 self.require_tool(call.agent, call.tool)

@@ -20,6 +20,7 @@ from typing import Any
 
 from ._cli_parser import build_parser
 from ._errors import AgentFSMError, ConfigurationError, ToolArgumentsError
+from ._events import Decision
 
 __all__ = ["ExitCode", "exit_code", "main"]
 
@@ -160,17 +161,20 @@ def _json_argument(text: str | None, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ToolArgumentsError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ToolArgumentsError(f"{what} is nested too deeply") from None
 
 
-def _print_run(state: Any, as_json: bool) -> None:
+def _print_run(state: Any, as_json: bool, posted: Sequence[Any] = ()) -> None:
+    """The run, with the messages ``posted`` to it that it has not applied yet."""
     if as_json:
         from ._cli_json import encode, run_document
 
-        print(encode(run_document(state)))
+        print(encode(run_document(state, posted)))
     else:
         from ._render import render_run
 
-        print(render_run(state))
+        print(render_run(state, posted))
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -209,7 +213,9 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     async def work(store: Any) -> int:
-        _print_run(await store.load(args.run_id), args.json)
+        state = await store.load(args.run_id)
+        inbox = await store.inbox(args.run_id)
+        _print_run(state, args.json, [m for m in inbox.messages if m is not None])
         return 0
 
     return _with_store(args, work, create=False)
@@ -224,39 +230,94 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _approve(args: argparse.Namespace) -> int:
-    arguments = _json_argument(args.arguments, "--arguments")
-
-    async def work(store: Any) -> int:
-        if args.call_id is not None:
-            call_ids = [args.call_id]
-        else:
-            waiting = (await store.load(args.run_id)).interruptions
-            call_ids = [r.call_id for r in waiting if args.in_doubt or r.reason != "in_doubt"]
-            for request in waiting:
-                if request.call_id not in call_ids:
-                    print(
-                        f"left {request.call_id} ({request.tool}) waiting: it is in doubt; "
-                        "check whether it ran, then approve it by id or pass --in-doubt"
-                    )
-            if not call_ids:
-                raise ConfigurationError(f"run {args.run_id} has no call to approve")
-        if arguments is not None and len(call_ids) != 1:
-            raise ConfigurationError("--arguments needs a CALL_ID")
-        for call_id in call_ids:
-            await store.approve(args.run_id, call_id, always=args.always, arguments=arguments)
-            print(f"approved {call_id} of run {args.run_id}")
-        return 0
-
-    return _with_store(args, work)
+    return _decide(args, approved=True)
 
 
 def _reject(args: argparse.Namespace) -> int:
-    async def work(store: Any) -> int:
-        await store.reject(args.run_id, args.call_id, message=args.message, always=args.always)
-        print(f"rejected {args.call_id} of run {args.run_id}")
-        return 0
+    return _decide(args, approved=False)
 
-    return _with_store(args, work)
+
+def _decide(args: argparse.Namespace, *, approved: bool) -> int:
+    """Post one decision, bound to the digest of the arguments the person saw: given with
+    --digest, or the one on screen when the call is shown and the person asked."""
+    arguments = _json_argument(getattr(args, "arguments", None), "--arguments")
+    who = args.who or _login_name()
+
+    async def work(store: Any) -> int:
+        from ._decisions import describe
+
+        state = await store.load(args.run_id)
+        request = next((r for r in state.interruptions if r.call_id == args.call_id), None)
+        digest = args.digest
+        if digest is None:
+            if request is None or not sys.stdin.isatty():
+                raise ConfigurationError(
+                    "pass --digest: the digest `agentfsm runs show RUN` prints for the call, "
+                    "so that the decision binds to the arguments you saw"
+                )
+            if not _confirm(request, approved=approved, arguments=arguments):
+                print("nothing decided")
+                return ExitCode.ERROR
+            digest = request.digest
+        elif len(digest) < 12:
+            raise ConfigurationError("--digest needs at least 12 hex digits of the digest")
+        elif request is not None and request.digest.startswith(digest):
+            digest = request.digest
+        if approved:
+            posted = await store.approve(
+                args.run_id,
+                args.call_id,
+                digest=digest,
+                always=args.always,
+                arguments=arguments,
+                by=who,
+            )
+        else:
+            posted = await store.reject(
+                args.run_id,
+                args.call_id,
+                digest=digest,
+                message=args.message,
+                always=args.always,
+                by=who,
+            )
+        what = describe(
+            Decision(call_id=args.call_id, digest=digest, approved=approved, arguments=arguments)
+        )
+        if posted:
+            print(
+                f"{what} {args.call_id} of run {args.run_id}, as {who}; it takes effect when "
+                "the run resumes"
+            )
+        else:
+            print(f"{args.call_id} of run {args.run_id} was already {what} by {who}: no change")
+        return ExitCode.OK
+
+    return _with_store(args, work, create=False)
+
+
+def _confirm(request: Any, *, approved: bool, arguments: Any) -> bool:
+    """Show the call at the terminal and ask whether to decide as asked."""
+    print(f"call {request.call_id}: {request.tool}, for agent {request.agent}")
+    print(f"  arguments: {json.dumps(request.arguments, sort_keys=True, indent=2)}")
+    if request.reason == "in_doubt":
+        print(
+            "  in doubt: it started in a process that died, and may have taken effect; "
+            f"look for its idempotency key {request.idempotency_key} first"
+        )
+    if arguments is not None:
+        print(f"  to run with: {json.dumps(arguments, sort_keys=True, indent=2)}")
+    verb = "approve" if approved else "reject"
+    return input(f"{verb} it? [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _login_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container, say)
+        return f"uid:{os.getuid()}"
 
 
 def _cancel(args: argparse.Namespace) -> int:

@@ -9,15 +9,18 @@ values, listed runs are ``RunSummary`` values. Their JSON Schemas are generated 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
+from ._decisions import DecisionRecord
+from ._events import Decision
 from ._items import Item, Record, Usage
 from ._machine import RunStatus
 from ._outcomes import ApprovalRequest, RunError
 from ._state import RunState
-from .stores._base import RunSummary
+from .stores._base import CancelMessage, DecisionMessage, InboxMessage, RunSummary
 
 __all__ = ["RunDocument", "RunListDocument", "encode", "run_document"]
 
@@ -29,6 +32,9 @@ class RunDocument(Record, frozen=True):
     failed or cancelled run stopped. ``waiting`` lists the calls waiting for a decision, each
     with the digest of the arguments a decision is bound to and its idempotency key.
     ``input`` and ``items`` are the transcript: the run's input, then what it generated.
+    ``decisions`` is the audit trail: every decision applied or refused. ``posted`` lists
+    the decisions posted and not applied yet, ``cancelling`` the reason of a cancellation
+    posted and not applied yet.
     """
 
     run_id: str
@@ -44,6 +50,9 @@ class RunDocument(Record, frozen=True):
     input: tuple[Item, ...]
     items: tuple[Item, ...]
     usage: Usage
+    decisions: tuple[DecisionRecord, ...]
+    posted: tuple[Decision, ...]
+    cancelling: str | None
 
 
 class RunListDocument(Record, frozen=True):
@@ -52,7 +61,9 @@ class RunListDocument(Record, frozen=True):
     runs: tuple[RunSummary, ...]
 
 
-def run_document(state: RunState) -> RunDocument:
+def run_document(state: RunState, posted: Sequence[InboxMessage] = ()) -> RunDocument:
+    """``state`` as a document, with the inbox messages ``posted`` and not applied yet."""
+    cancel = next((m for m in posted if isinstance(m, CancelMessage)), None)
     return RunDocument(
         run_id=state.run_id,
         status=state.status,
@@ -67,6 +78,12 @@ def run_document(state: RunState) -> RunDocument:
         input=state.input,
         items=state.items.to_tuple(),
         usage=state.usage,
+        decisions=state.audit,
+        posted=(
+            *state.decisions,
+            *(m.decision for m in posted if isinstance(m, DecisionMessage)),
+        ),
+        cancelling=cancel.reason if cancel is not None else None,
     )
 
 

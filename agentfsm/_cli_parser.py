@@ -200,20 +200,39 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     export.add_argument("run_id", help="the run to export")
     export.set_defaults(handler=handlers["runs export"])
 
+    decision = _Parser(add_help=False)
+    decision.add_argument(
+        "--digest",
+        default=None,
+        metavar="HEX",
+        help="the digest of the arguments you were shown, as `agentfsm runs show RUN` prints "
+        "it (12 hex digits or more); the decision applies only while the call waits with "
+        "exactly those arguments. Needed when not asking at a terminal (default: show the "
+        "call and ask)",
+    )
+    decision.add_argument(
+        "--as",
+        dest="who",
+        default=None,
+        metavar="NAME",
+        help="who decides, for the run's audit trail (default: your login name)",
+    )
+
     approve = command(
         commands,
         "approve",
-        "approve waiting calls",
-        "Approve a call that waits for a decision, or every waiting call. The decision goes "
-        "to the run's inbox; the call runs when something resumes the run (resume, a "
-        "worker). Calls in doubt (they may have run already) are approved only by id or "
-        "with --in-doubt.",
+        "approve a waiting call",
+        "Approve one call that waits for a decision. The decision is bound to the arguments "
+        "you were shown: at a terminal the call is shown and you are asked; otherwise pass "
+        "--digest. It goes to the run's inbox, checked at once (the call waits with those "
+        "arguments, nobody decided first, edited arguments fit the tool's schema); the call "
+        "runs when something resumes the run (resume, a worker). A refused decision prints "
+        "why and exits 1.",
         store,
+        decision,
     )
-    approve.add_argument("run_id", help="the run whose calls to approve")
-    approve.add_argument(
-        "call_id", nargs="?", help="the call to approve (default: every waiting call)"
-    )
+    approve.add_argument("run_id", help="the run whose call to approve")
+    approve.add_argument("call_id", help="the call to approve")
     approve.add_argument(
         "--always", action="store_true", help="also approve later calls of the same tool"
     )
@@ -221,12 +240,8 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         "--arguments",
         default=None,
         metavar="JSON",
-        help="run the call with these arguments instead, as a JSON object (needs CALL_ID)",
-    )
-    approve.add_argument(
-        "--in-doubt",
-        action="store_true",
-        help="without CALL_ID, also approve calls in doubt (they may run a second time)",
+        help="run the call with these arguments instead: a JSON object that fits the tool's "
+        "schema (default: the arguments shown)",
     )
     approve.set_defaults(handler=handlers["approve"])
 
@@ -235,8 +250,9 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         "reject",
         "reject a waiting call",
         "Reject a call that waits for a decision: it never runs, and the model is told why "
-        "instead of getting its result. The decision goes to the run's inbox, like approve's.",
+        "instead of getting its result. Bound, checked and posted like approve's decision.",
         store,
+        decision,
     )
     reject.add_argument("run_id", help="the run whose call to reject")
     reject.add_argument("call_id", help="the call to reject")

@@ -32,11 +32,20 @@ __all__ = [
 
 #: The schema version this code writes. One line per version:
 #:   1: first release.
-SCHEMA_VERSION = 1
+#:   2: the decisions' audit trail (``audit``); decisions say who decided, when, and whether
+#:      the call expired; waiting calls keep their tool's argument schema.
+SCHEMA_VERSION = 2
+
+
+def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
+    # The new fields of decisions and calls have defaults; only the trail is new and required.
+    document["audit"] = []
+    return document
+
 
 #: ``MIGRATIONS[n]`` turns a version-n document (a dict) into a version n+1 document. Each
 #: one has a frozen fixture under tests/fixtures/ that a test loads.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 
 def _wire_fields() -> list[tuple[str, Any]]:

@@ -13,7 +13,7 @@ from ._cli import exit_code
 from ._items import ToolResultItem
 from ._model import ModelRequest
 from ._outcomes import ApprovalRequest
-from ._render import render_run
+from ._render import DIGEST_SHOWN, render_run
 from ._runner import Runner
 from ._state import RunState
 from ._tools import tool
@@ -89,12 +89,14 @@ def run_demo(store: str, state_file: Path, *, reject: bool) -> int:
     _call([*cli, "runs", "show", run_id, *where])
 
     (request,) = result.interruptions
+    digest = request.digest[:DIGEST_SHOWN]
+    bound = ["--digest", digest, "--as", "demo-reviewer"]
     if _approves(request, reject=reject):
-        print(f"\n== process 3: agentfsm approve {run_id} {request.call_id}")
-        _call([*cli, "approve", run_id, request.call_id, *where])
+        print(f"\n== process 3: agentfsm approve {run_id} {request.call_id} --digest {digest}")
+        _call([*cli, "approve", run_id, request.call_id, *bound, *where])
     else:
-        print(f"\n== process 3: agentfsm reject {run_id} {request.call_id}")
-        _call([*cli, "reject", run_id, request.call_id, "--message", REJECTION, *where])
+        print(f"\n== process 3: agentfsm reject {run_id} {request.call_id} --digest {digest}")
+        _call([*cli, "reject", run_id, request.call_id, "--message", REJECTION, *bound, *where])
 
     print(f"\n== process 4: agentfsm resume {run_id} --app agentfsm._demo:build_agent")
     return _call([*cli, "resume", run_id, "--app", "agentfsm._demo:build_agent", *where])
@@ -145,9 +147,9 @@ def resume_from_file(state_file: Path, *, reject: bool) -> int:
         approve = _approves(request, reject=reject)
         print(f"{'approved' if approve else 'rejected'}: {request.tool}  [{request.call_id}]")
         state = (
-            state.approve(request.call_id)
+            state.approve(request, by="demo-reviewer")
             if approve
-            else state.reject(request.call_id, message=REJECTION)
+            else state.reject(request, message=REJECTION, by="demo-reviewer")
         )
     result = Runner().run_sync(build_agent(), state)
     print(render_run(result.state))

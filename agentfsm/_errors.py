@@ -11,7 +11,9 @@ bare. The tree::
     ├── ResolutionError        a name in the state that the code no longer defines
     │   ├── UnknownAgentError
     │   └── UnknownToolError
-    ├── UnknownCallError       a decision for a call that is not awaiting one
+    ├── DecisionRefused        a decision that cannot be taken (says why; nothing changed)
+    │   ├── UnknownCallError   a decision for a call that is not awaiting one
+    │   └── UndecidedError     a paused run resumed with no decision to apply
     ├── ContextError           a run context that is not JSON data
     ├── ToolDefinitionError    a function that cannot become a tool
     ├── ToolArgumentsError     tool arguments that fail the tool's schema
@@ -26,7 +28,8 @@ bare. The tree::
     ├── ConfigurationError     agents or runner set up in a way that cannot work
     └── StoreError             a store could not do what was asked
         ├── ConflictError      a write based on a stale version (nothing was written)
-        │   └── LeaseLost      a write by a worker whose lease on the run has passed
+        │   ├── LeaseLost      a write by a worker whose lease on the run has passed
+        │   └── InboxChanged   a step from the inbox, saved after more was posted to it
         └── UnknownRunError    no run with that id
 
 Errors raised by the runner while a run is under way carry the run's last consistent state
@@ -45,7 +48,9 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "ContextError",
+    "DecisionRefused",
     "IllegalTransition",
+    "InboxChanged",
     "InvalidEvent",
     "LeaseLost",
     "ModelBehaviorError",
@@ -56,6 +61,7 @@ __all__ = [
     "ToolArgumentsError",
     "ToolDefinitionError",
     "ToolError",
+    "UndecidedError",
     "UnknownAgentError",
     "UnknownCallError",
     "UnknownRunError",
@@ -104,8 +110,19 @@ class UnknownToolError(ResolutionError):
     """The state names a tool that its agent no longer has."""
 
 
-class UnknownCallError(AgentFSMError):
+class DecisionRefused(AgentFSMError):
+    """A decision that cannot be taken: the call is not waiting, its arguments changed since
+    they were shown, the edited arguments fail the tool's schema, or someone else decided
+    first. The message says which; nothing was recorded."""
+
+
+class UnknownCallError(DecisionRefused):
     """A decision names a call that is not awaiting one."""
+
+
+class UndecidedError(DecisionRefused):
+    """A paused run was resumed with no decision to apply, so it would only pause again
+    (``approve`` and ``reject`` return a new state: resume that one)."""
 
 
 class ContextError(AgentFSMError):
@@ -151,6 +168,12 @@ class ConflictError(StoreError):
 class LeaseLost(ConflictError):
     """A worker wrote to a run whose lease it no longer holds (it expired, and another worker
     may have claimed the run). Nothing was written."""
+
+
+class InboxChanged(ConflictError):
+    """A step taken from a run's inbox could not be saved: more was posted to the inbox after
+    it was read, and the step did not account for it. Nothing was written; read the inbox
+    again and take the step again."""
 
 
 class UnknownRunError(StoreError):

@@ -23,11 +23,13 @@ __all__ = [
 
 
 class Decision(Record, frozen=True):
-    """A human's decision on one call, bound to the digest of the arguments they saw.
+    """A decision on one call, bound to the digest of the arguments the person was shown.
 
     ``always`` also makes the decision sticky for every later call of the same tool.
     ``arguments`` (approvals only) replaces the call's arguments; they are validated against the
-    tool's schema before the call runs.
+    tool's schema before the call runs. ``by`` is who decided (an identity the caller vouches
+    for) and ``at`` when, in seconds since the epoch: both come from outside, like every time
+    the core sees. ``expired`` marks a call settled by its deadline, not by a person.
     """
 
     call_id: str
@@ -36,6 +38,19 @@ class Decision(Record, frozen=True):
     always: bool = False
     message: str | None = None
     arguments: dict[str, Any] | None = None
+    by: str = ""
+    at: float | None = None
+    expired: bool = False
+
+    @property
+    def kind(self) -> str:
+        """``"approve"``, ``"edit"`` (approve with other arguments), ``"reject"`` or
+        ``"expire"``."""
+        if self.expired:
+            return "expire"
+        if not self.approved:
+            return "reject"
+        return "approve" if self.arguments is None else "edit"
 
 
 class ToolOutput(Record, frozen=True):

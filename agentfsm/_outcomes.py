@@ -53,6 +53,9 @@ class ApprovalRequest(Record, frozen=True):
     reason: Literal["approval", "in_doubt"] = "approval"
     #: The call's idempotency key: what to look for in the outside world when it is in doubt.
     idempotency_key: str = ""
+    #: The JSON Schema of the tool's arguments when the call was validated, so that edited
+    #: arguments can be checked (and a form drawn) without the tool's code.
+    schema: dict[str, Any] | None = None
 
 
 class _Outcome(Record, frozen=True, tag_field="type"):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
+from ._decisions import describe
 from ._items import AssistantMessage, Feedback, HandoffItem, Item, ToolCallItem, ToolResultItem
 from ._state import RunState
-from .stores._base import RunSummary
+from .stores._base import CancelMessage, DecisionMessage, InboxMessage, RunSummary
 
-__all__ = ["render_run", "render_summaries", "render_transcript"]
+__all__ = ["DIGEST_SHOWN", "render_run", "render_summaries", "render_transcript"]
 
 
 def render_transcript(state: RunState) -> str:
@@ -31,7 +33,9 @@ def _line(item: Item) -> str:
             return f"  user: {item.content}"
 
 
-def render_run(state: RunState) -> str:
+def render_run(state: RunState, posted: Sequence[InboxMessage] = ()) -> str:
+    """The run for a person: status, the calls waiting (with the digest a decision must
+    name), what was posted and not applied yet, the decisions taken, the transcript."""
     lines = [
         f"run {state.run_id}",
         f"  status:  {state.status.value}",
@@ -50,18 +54,49 @@ def render_run(state: RunState) -> str:
             if request.reason == "in_doubt":
                 why = f" (in doubt: it may have run already; key {request.idempotency_key})"
             arguments = json.dumps(request.arguments, sort_keys=True)
-            lines.append(f"  {request.call_id}  {request.tool}({arguments}){why}")
+            lines.append(
+                f"  {request.call_id}  {request.tool}({arguments})  digest "
+                f"{request.digest[:DIGEST_SHOWN]}{why}"
+            )
+    pending = [
+        *state.decisions,
+        *(m.decision for m in posted if isinstance(m, DecisionMessage)),
+    ]
+    cancel = next((m for m in posted if isinstance(m, CancelMessage)), None)
+    if pending or cancel is not None:
+        lines.append("posted, not applied yet:")
+        lines += [f"  {d.call_id}  {describe(d)}" for d in pending]
+        if cancel is not None:
+            lines.append(f"  cancel: {cancel.reason}")
+    if state.audit:
+        lines.append("decisions:")
+        for record in state.audit:
+            what = f"  {record.decision.call_id}  {record.tool or '?'}: {describe(record.decision)}"
+            if record.outcome == "refused":
+                what += f"; refused: {record.reason}"
+            lines.append(what)
     lines.append("transcript:")
     lines.append(render_transcript(state))
     return "\n".join(lines)
 
 
+#: How many hex digits of a digest ``runs show`` prints (``approve --digest`` takes them).
+DIGEST_SHOWN = 16
+
+
 def render_summaries(summaries: list[RunSummary]) -> str:
     if not summaries:
         return "no runs"
-    rows = [("RUN", "STATUS", "AGENT", "TURN", "WAITING")]
+    rows = [("RUN", "STATUS", "AGENT", "TURN", "WAITING", "POSTED")]
     rows += [
-        (s.run_id, s.status, s.current_agent, str(s.turn), str(s.waiting) if s.waiting else "")
+        (
+            s.run_id,
+            s.status,
+            s.current_agent,
+            str(s.turn),
+            str(s.waiting) if s.waiting else "",
+            str(s.posted) if s.posted else "",
+        )
         for s in summaries
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -27,11 +27,12 @@ from ._errors import (
     AgentFSMError,
     ConfigurationError,
     ConflictError,
+    InboxChanged,
     ModelBehaviorError,
     ModelError,
-    StateFormatError,
     ToolArgumentsError,
     ToolError,
+    UndecidedError,
 )
 from ._events import (
     ApprovalsDecided,
@@ -173,8 +174,10 @@ class Runner:
         Raises ContextError for a context that is not JSON data, ResolutionError when the
         state names an agent or tool that no longer exists, ModelError when the model fails,
         ToolError (with ``tool_errors="raise"``), ConflictError when the stored run is being
-        run elsewhere or changed since the state was loaded. Errors raised mid-run carry the
-        last state in ``error.state``.
+        run elsewhere or changed since the state was loaded, UndecidedError for a paused state
+        with no decision to apply (``approve`` returns a new state: pass that one),
+        DecisionRefused when the state's decisions conflict with ones posted to the store.
+        Errors raised mid-run carry the last state in ``error.state``.
         """
         agents = AgentSet(agent)
         if isinstance(input, RunState):
@@ -194,9 +197,10 @@ class Runner:
             )
             if self.store is not None:
                 await self.store.create(state)
+        given = isinstance(input, RunState)
         if self.store is None:
-            return await self._drive(agents, state, max_turns, None)
-        return await self._with_lease(agents, state, max_turns, None)
+            return await self._drive(agents, state, max_turns, None, given=given)
+        return await self._with_lease(agents, state, max_turns, None, given=given)
 
     async def resume(self, agent: Agent, run_id: str, *, max_turns: int | None = None) -> RunResult:
         """Continue the stored run ``run_id`` (decisions may have been recorded in the store
@@ -262,6 +266,7 @@ class Runner:
         lease: Lease | None,
         *,
         keep_lease_on_error: bool = False,
+        given: bool = False,
     ) -> RunResult:
         store = self._require_store()
         if lease is None:
@@ -281,7 +286,7 @@ class Runner:
         renewing = asyncio.create_task(session.keep_renewed())
         failed = True
         try:
-            result = await self._drive(agents, state, max_turns, session)
+            result = await self._drive(agents, state, max_turns, session, given=given)
             failed = False
             return result
         finally:
@@ -307,7 +312,7 @@ class Runner:
             )
         for decision in state.decisions:
             if decision not in stored.decisions:
-                await store.post(state.run_id, DecisionMessage(decision=decision))
+                await store.decide(state.run_id, decision)
         return stored
 
     async def _drive(
@@ -316,11 +321,17 @@ class Runner:
         state: RunState,
         max_turns: int | None,
         session: _Session | None,
+        *,
+        given: bool = False,
     ) -> RunResult:
+        """Step the run until it pauses or ends. A paused state ``given`` by the caller that
+        has no decision to apply raises UndecidedError: the decision was most likely made on
+        a copy and lost. (A run resumed by id just reports that it still waits.)"""
         outcome: Outcome
         event: Event | None = None
         acknowledge: tuple[int, ...] = ()
         mail = session is not None
+        stepped = False
         if (
             max_turns is not None
             and max_turns != state.max_turns
@@ -343,15 +354,25 @@ class Runner:
                 event = await self._recover_tools(agents, state)
             case _:
                 outcome = pending_outcome(state)
+        seen: int | None = None
         while True:
             if event is None and mail and session is not None and state.status in _MAIL_STATUSES:
-                event, acknowledge = await session.take_mail(state)
+                event, acknowledge, seen = await session.take_mail(state)
                 mail = event is not None
             if event is not None:
                 previous = state
                 state, outcome = self._step(agents, state, event)
-                mail = await self._checkpoint(previous, state, session, acknowledge) or mail
-                event, acknowledge = None, ()
+                try:
+                    waiting = await self._checkpoint(previous, state, session, acknowledge, seen)
+                except InboxChanged:
+                    # Something was posted while this step was taken from the inbox: take
+                    # it again, with everything posted, so no decision is passed over.
+                    state, outcome = previous, pending_outcome(previous)
+                    event, acknowledge, seen, mail = None, (), None, True
+                    continue
+                mail = waiting or mail
+                event, acknowledge, seen = None, (), None
+                stepped = True
                 if self._stopping and not state.status.is_terminal:
                     return _result(agents, state)
                 continue
@@ -364,6 +385,8 @@ class Runner:
                     # Decisions recorded on the state while its tools ran (the caller's, or
                     # another process's) apply now, without waiting for another resume.
                     event = ApprovalsDecided()
+                case Interruption(requests=requests) if given and not stepped:
+                    raise _carrying(_undecided(state, requests), state)
                 case Interruption() | FinalOutput():
                     return _result(agents, state)
 
@@ -380,8 +403,10 @@ class Runner:
         state: RunState,
         session: _Session | None,
         acknowledge: Sequence[int],
+        seen: int | None,
     ) -> bool:
-        """Persist the step; True if the run's inbox has messages waiting."""
+        """Persist the step; True if the run's inbox has messages waiting. ``seen`` is the
+        newest inbox message the step was taken from (None for a step not from the inbox)."""
         waiting = 0
         if session is not None:
             try:
@@ -390,6 +415,7 @@ class Runner:
                     expected_version=previous.version,
                     lease=session.lease,
                     acknowledge=acknowledge,
+                    seen=seen,
                 )
             except AgentFSMError as exc:
                 exc.state = previous
@@ -565,25 +591,30 @@ class _Session:
                 log.warning("lost the lease on run %s: %s", self.lease.run_id, exc)
                 return
 
-    async def take_mail(self, state: RunState) -> tuple[Event | None, tuple[int, ...]]:
-        """The next event from the run's inbox that fits its status, and the ids of the
-        messages it consumes."""
+    async def take_mail(self, state: RunState) -> tuple[Event | None, tuple[int, ...], int | None]:
+        """The next event from the run's inbox that fits its status, the ids of the messages
+        it consumes (messages that cannot be read go with it), and the newest id read."""
         inbox = await self.store.inbox(state.run_id)
+        seen = max(inbox.ids, default=None)
         mail = list(zip(inbox.ids, inbox.messages, strict=True))
+        unreadable = tuple(i for i, m in mail if m is None)
         cancel = next((m for _, m in mail if isinstance(m, CancelMessage)), None)
         if cancel is not None:
-            return Cancelled(reason=cancel.reason), inbox.ids
+            return Cancelled(reason=cancel.reason), inbox.ids, seen
         inputs = [(i, m) for i, m in mail if isinstance(m, InputMessage)]
         if inputs:
             items = tuple(item for _, m in inputs for item in m.items)
-            return Injected(items=items), tuple(i for i, _ in inputs)
+            return Injected(items=items), (*unreadable, *(i for i, _ in inputs)), seen
         decisions = [(i, m) for i, m in mail if isinstance(m, DecisionMessage)]
         if decisions and state.status is RunStatus.INTERRUPTED:
             return (
                 ApprovalsDecided(decisions=tuple(m.decision for _, m in decisions)),
-                tuple(i for i, _ in decisions),
+                (*unreadable, *(i for i, _ in decisions)),
+                seen,
             )
-        return None, ()
+        if unreadable:
+            return Injected(items=()), unreadable, seen  # a step that only acknowledges them
+        return None, (), None
 
 
 def _sync(coroutine: Coroutine[Any, Any, RunResult]) -> RunResult:
@@ -593,6 +624,15 @@ def _sync(coroutine: Coroutine[Any, Any, RunResult]) -> RunResult:
         return asyncio.run(coroutine)
     coroutine.close()
     raise ConfigurationError("the *_sync methods cannot be called from a running event loop")
+
+
+def _undecided(state: RunState, requests: Sequence[ApprovalRequest]) -> UndecidedError:
+    calls = ", ".join(f"{r.call_id} ({r.tool})" for r in requests)
+    return UndecidedError(
+        f"run {state.run_id} waits for a decision on {calls}, and has none to apply; "
+        "approve() and reject() return a new state: resume that one "
+        "(state = state.approve(request))"
+    )
 
 
 def _decided(state: RunState, requests: Sequence[ApprovalRequest]) -> bool:
@@ -626,13 +666,20 @@ def _result(agents: AgentSet, state: RunState) -> RunResult:
     if state.status is RunStatus.COMPLETED:
         adapter = agents.output_adapter(state.current_agent)
         if adapter is not None:
+            # The output is stored as JSON data, so it is read back as JSON: strict models
+            # then take their datetimes, UUIDs and enums from strings, as the model gave them.
             try:
-                output = adapter.validate_python(output)
+                output = adapter.validate_json(msgspec.json.encode(output))
             except pydantic.ValidationError as exc:
-                raise StateFormatError(
-                    f"the run's stored final output no longer validates against the output "
-                    f"type of agent {state.current_agent!r}: {exc}"
-                ) from None
+                # The output type changed since the run completed: the run stays completed,
+                # with its output as the JSON data it was stored as.
+                log.warning(
+                    "run %s: its stored output no longer validates against the output type of "
+                    "agent %r, so it is returned as JSON data: %s",
+                    state.run_id,
+                    state.current_agent,
+                    exc,
+                )
     return RunResult(
         status=state.status.value,
         final_output=output,

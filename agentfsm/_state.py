@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import msgspec
 
-from ._errors import ToolArgumentsError, UnknownCallError
+from ._decisions import DecisionRecord, admit, bound
 from ._events import Decision
 from ._items import Item, Record, Usage
-from ._json import check_json_data
 from ._machine import RunStatus
 from ._outcomes import ApprovalRequest, Invocation, RunError
 
@@ -121,6 +120,8 @@ class CallRecord(Record, frozen=True):
     status: Literal["awaiting_approval", "started", "committed"]
     reason: Literal["approval", "in_doubt"] = "approval"
     edited: bool = False
+    #: The tool's argument schema when the call was validated (see ApprovalRequest.schema).
+    schema: dict[str, Any] | None = None
 
     def invocation(self) -> Invocation:
         return Invocation(
@@ -140,6 +141,7 @@ class CallRecord(Record, frozen=True):
             digest=self.digest,
             reason=self.reason,
             idempotency_key=self.idempotency_key,
+            schema=self.schema,
         )
 
 
@@ -177,64 +179,108 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     context: Any
     staged: tuple[Item, ...]
     version: int
+    audit: tuple[DecisionRecord, ...]
 
     # -- reading -----------------------------------------------------------------------------
 
     @property
     def interruptions(self) -> list[ApprovalRequest]:
-        """The calls waiting for a decision."""
+        """The calls waiting for a decision (none once the run has ended: a cancelled run's
+        calls can no longer be decided)."""
+        if self.status.is_terminal:
+            return []
         return [call.request() for call in self.ledger if call.status == "awaiting_approval"]
 
     # -- decisions ---------------------------------------------------------------------------
 
     def approve(
-        self, call_id: str, *, always: bool = False, arguments: dict[str, Any] | None = None
+        self,
+        call: str | ApprovalRequest,
+        *,
+        always: bool = False,
+        arguments: dict[str, Any] | None = None,
+        digest: str | None = None,
+        by: str = "",
+        at: float | None = None,
     ) -> Self:
-        """Approve a waiting call, returning a new state (this one is unchanged).
+        """Approve a waiting call, returning a new state (this one is unchanged: keep the
+        result, and resume that).
 
-        ``always`` approves every later call of the same tool too. ``arguments`` replaces the
-        call's arguments; they are validated against the tool's schema when the run resumes.
-        Raises UnknownCallError if no call ``call_id`` is waiting.
+        ``call`` is an ``ApprovalRequest`` from ``interruptions`` or its call id. The decision
+        is bound to the arguments the person saw: the request's digest, or ``digest``, or
+        else the call's arguments in this state. ``always`` approves every later call of the
+        same tool too. ``arguments`` replaces the call's arguments: a JSON object that must
+        fit the tool's schema. ``by`` and ``at`` say who decided and when (seconds since the
+        epoch), for the audit trail.
+
+        Raises UnknownCallError if the call is not waiting, DecisionRefused if its arguments
+        changed since they were shown, the edited ones do not fit, or it was already decided
+        otherwise. Approving again exactly as before returns this state.
         """
-        if arguments is not None:
-            check_json_data(arguments, "edited arguments", ToolArgumentsError)
-        return self._decide(call_id, approved=True, always=always, arguments=arguments)
+        call_id, digest = self._bound(call, digest)
+        decision = Decision(
+            call_id=call_id,
+            digest=digest,
+            approved=True,
+            always=always,
+            arguments=arguments,
+            by=by,
+            at=at,
+        )
+        return self.decide(decision)
 
-    def reject(self, call_id: str, *, message: str | None = None, always: bool = False) -> Self:
+    def reject(
+        self,
+        call: str | ApprovalRequest,
+        *,
+        message: str | None = None,
+        always: bool = False,
+        digest: str | None = None,
+        by: str = "",
+        at: float | None = None,
+    ) -> Self:
         """Reject a waiting call, returning a new state (this one is unchanged).
 
         The model is told ``message`` (or a default) instead of the tool's result. ``always``
-        rejects every later call of the same tool too. Raises UnknownCallError if no call
-        ``call_id`` is waiting.
+        rejects every later call of the same tool too. ``call``, ``digest``, ``by``, ``at``
+        and the errors raised are as for ``approve``.
         """
-        return self._decide(call_id, approved=False, always=always, message=message)
-
-    def _decide(
-        self,
-        call_id: str,
-        *,
-        approved: bool,
-        always: bool,
-        message: str | None = None,
-        arguments: dict[str, Any] | None = None,
-    ) -> Self:
-        waiting = [c for c in self.ledger if c.status == "awaiting_approval"]
-        call = next((c for c in waiting if c.call_id == call_id), None)
-        if call is None:
-            ids = ", ".join(c.call_id for c in waiting) or "none"
-            raise UnknownCallError(
-                f"run {self.run_id} has no call {call_id!r} awaiting a decision (awaiting: {ids})"
-            )
+        call_id, digest = self._bound(call, digest)
         decision = Decision(
             call_id=call_id,
-            digest=call.digest,
-            approved=approved,
+            digest=digest,
+            approved=False,
             always=always,
             message=message,
-            arguments=arguments,
+            by=by,
+            at=at,
         )
-        kept = tuple(d for d in self.decisions if d.call_id != call_id)
-        return msgspec.structs.replace(self, decisions=(*kept, decision), version=self.version + 1)
+        return self.decide(decision)
+
+    def decide(self, decision: Decision) -> Self:
+        """Record ``decision`` (checked as ``approve`` describes), returning a new state; the
+        run applies it when it resumes."""
+        if not admit(self, decision, self.decisions):
+            return self
+        return msgspec.structs.replace(
+            self, decisions=(*self.decisions, decision), version=self.version + 1
+        )
+
+    def _bound(self, call: str | ApprovalRequest, digest: str | None) -> tuple[str, str]:
+        """The call id and digest of a decision on ``call``; without a digest, the arguments
+        of the call as it waits in this state, which is what its holder sees."""
+        call_id, digest = bound(call, digest)
+        if digest is None:
+            waiting = next(
+                (
+                    c
+                    for c in self.ledger
+                    if c.call_id == call_id and c.status == "awaiting_approval"
+                ),
+                None,
+            )
+            digest = waiting.digest if waiting is not None else ""  # admit() says why
+        return call_id, digest
 
     # -- persistence -------------------------------------------------------------------------
 

@@ -16,10 +16,12 @@ import msgspec
 import pydantic
 
 from ._agents import Agent, AgentSet
+from ._decisions import DecisionRecord, refusal
 from ._errors import IllegalTransition, InvalidEvent, ModelBehaviorError, ToolArgumentsError
 from ._events import (
     ApprovalsDecided,
     Cancelled,
+    Decision,
     Event,
     Injected,
     ModelResponded,
@@ -52,6 +54,7 @@ from ._state import CallRecord, Policy, RunState, Transcript
 
 __all__ = [
     "DEFAULT_REJECTION",
+    "EXPIRED_REJECTION",
     "IN_DOUBT_REJECTION",
     "Step",
     "ToolErrors",
@@ -64,6 +67,7 @@ __all__ = [
 ToolErrors = Literal["feed", "raise"]
 
 DEFAULT_REJECTION = "A human declined this tool call; it was not run."
+EXPIRED_REJECTION = "No one decided on this tool call in time; it was not run."
 IN_DOUBT_REJECTION = (
     "This call was interrupted before its result was recorded, and a human chose not to run "
     "it again; whether it took effect is unknown."
@@ -119,6 +123,7 @@ def new_run(
         context=context,
         staged=(),
         version=0,
+        audit=(),
     )
 
 
@@ -296,6 +301,7 @@ def _model_responded(
                 digest=digest(arguments),
                 idempotency_key=idempotency_key(state.run_id, turn, call.call_id),
                 status=status,
+                schema=tool.parameters,
             )
         )
     return _advance(
@@ -354,18 +360,37 @@ def _approvals_decided(
         if event.max_turns < 0:
             raise InvalidEvent("max_turns must not be negative")
         state = _replace(state, max_turns=event.max_turns)
-    decisions = {d.call_id: d for d in (*state.decisions, *event.decisions)}
-    waiting = [call for call in state.ledger if call.status == "awaiting_approval"]
-    # A decision counts only for the exact arguments the human saw.
-    exact = {
-        call.call_id: decisions[call.call_id]
-        for call in waiting
-        if call.call_id in decisions and decisions[call.call_id].digest == call.digest
-    }
+    # Each decision is checked again, in the order it was posted: the first on a call wins,
+    # and one that fails is recorded as refused while its call keeps waiting.
+    accepted: dict[str, tuple[Decision, CallRecord]] = {}
+    audit = list(state.audit)
+    for decision in (*state.decisions, *event.decisions):
+        pending = [d for d, _ in accepted.values()]
+        problem = refusal(state, decision, pending)
+        if problem is None and decision.call_id in accepted:
+            continue  # the same decision, posted twice
+        call = next((c for c in state.ledger if c.call_id == decision.call_id), None)
+        settled = None
+        if problem is None and call is not None:
+            settled, reason = _settle(call, decision, spec)
+        else:
+            reason = str(problem)
+        if settled is not None:
+            accepted[decision.call_id] = (decision, settled)
+        audit.append(
+            DecisionRecord(
+                decision=decision,
+                tool=call.tool if call is not None else "",
+                agent=call.agent if call is not None else "",
+                shown=call.arguments if call is not None else {},
+                outcome="applied" if settled is not None else "refused",
+                reason=reason,
+            )
+        )
+    # Among sticky decisions, the most recent wins.
     policies = list(state.policies)
-    for call in waiting:
-        decision = exact.get(call.call_id)
-        if decision is not None and decision.always:
+    for decision, call in accepted.values():
+        if decision.always:
             policies = [p for p in policies if p.tool != call.tool]
             policies.append(
                 Policy(tool=call.tool, approved=decision.approved, message=decision.message)
@@ -373,8 +398,19 @@ def _approvals_decided(
     items: list[Item] = []
     ledger: list[CallRecord] = []
     for call in state.ledger:
-        if call.status == "awaiting_approval":
-            call = _decide(call, exact.get(call.call_id), policies, spec, items)
+        if call.call_id in accepted:
+            decision, call = accepted[call.call_id]
+            if call.status == "committed":
+                items.append(
+                    _rejection(call.call_id, call.tool, call.agent, _refusal_text(call, decision))
+                )
+        elif call.status == "awaiting_approval" and call.reason == "approval":
+            # A sticky policy never settles a call in doubt: only a decision on that call.
+            policy = _policy(policies, call.tool)
+            if policy is not None:
+                call = _replace(call, status="started" if policy.approved else "committed")
+                if not policy.approved:
+                    items.append(_rejection(call.call_id, call.tool, call.agent, policy.message))
         ledger.append(call)
     return _advance(
         _replace(
@@ -383,44 +419,66 @@ def _approvals_decided(
             ledger=tuple(ledger),
             decisions=(),
             policies=tuple(policies),
+            audit=tuple(audit),
         )
     )
 
 
-def _decide(
-    call: CallRecord,
-    decision: Any,
-    policies: list[Policy],
-    spec: AgentSet,
-    items: list[Item],
-) -> CallRecord:
-    if decision is not None:
-        approved, message, edited = decision.approved, decision.message, decision.arguments
-    else:
-        # A sticky policy never settles a call in doubt: only a human decision on that call.
-        policy = _policy(policies, call.tool) if call.reason == "approval" else None
-        if policy is None:
-            return call
-        approved, message, edited = policy.approved, policy.message, None
-    if not approved:
-        default = IN_DOUBT_REJECTION if call.reason == "in_doubt" else DEFAULT_REJECTION
-        items.append(_rejection(call.call_id, call.tool, call.agent, message or default))
-        return _replace(call, status="committed")
-    if edited is None:
-        return _replace(call, status="started")
-    arguments = spec.require_tool(call.agent, call.tool).validate(edited)
+def _settle(
+    call: CallRecord, decision: Decision, spec: AgentSet
+) -> tuple[CallRecord | None, str | None]:
+    """The call as ``decision`` leaves it, or None and why the decision cannot apply. Only an
+    approval needs the tool's code: a rejection or an expiry never runs it."""
+    if decision.expired or not decision.approved:
+        return _replace(call, status="committed"), None
+    tool = spec.tool(call.agent, call.tool)
+    if tool is None:
+        return None, (
+            f"tool {call.tool!r} of agent {call.agent!r} no longer exists in the code, so the "
+            "call cannot run; reject it or cancel the run"
+        )
+    edited = decision.arguments
+    try:
+        if edited is not None:
+            arguments = tool.validate(edited)
+        elif call.schema is not None and call.schema != tool.parameters:
+            # The tool's signature changed while the call waited: it must still accept them.
+            tool.validate(call.arguments)
+            return _replace(call, status="started", schema=tool.parameters), None
+        else:
+            return _replace(call, status="started"), None
+    except ToolArgumentsError as exc:
+        if edited is not None:
+            return None, str(exc)
+        return None, (
+            f"tool {call.tool!r} changed since this call was shown, and its arguments no longer "
+            f"pass ({exc}); the approval is void: decide again"
+        )
     new_digest = digest(arguments)
     # Other arguments make another operation: services that dedupe on the key must not
     # mistake it for the call that may already have run with the old ones.
     key = hashlib.sha256(f"{call.idempotency_key}\x1f{new_digest}".encode()).hexdigest()[:32]
-    return _replace(
-        call,
-        status="started",
-        arguments=arguments,
-        digest=new_digest,
-        idempotency_key=key,
-        edited=True,
+    return (
+        _replace(
+            call,
+            status="started",
+            arguments=arguments,
+            digest=new_digest,
+            idempotency_key=key,
+            edited=True,
+            schema=tool.parameters,
+        ),
+        None,
     )
+
+
+def _refusal_text(call: CallRecord, decision: Decision) -> str:
+    """What the model is told about a call that will not run."""
+    if decision.message:
+        return decision.message
+    if decision.expired:
+        return EXPIRED_REJECTION
+    return IN_DOUBT_REJECTION if call.reason == "in_doubt" else DEFAULT_REJECTION
 
 
 def _injected(state: RunState, event: Injected) -> tuple[RunState, Outcome]:

@@ -288,9 +288,9 @@ async def _decide(attempt: Attempt, store: Store, state: RunState) -> None:
             key = next(c.idempotency_key for c in state.ledger if c.call_id == request.call_id)
             approved = not attempt.effect_seen(key)
         if approved:
-            await store.approve(state.run_id, request.call_id)
+            await store.approve(state.run_id, request)
         else:
-            await store.reject(state.run_id, request.call_id)
+            await store.reject(state.run_id, request)
         attempt.note(e="decide", call_id=request.call_id, reason=request.reason, approved=approved)
         attempt.site("human", state.turn)
 

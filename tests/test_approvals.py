@@ -5,18 +5,20 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import msgspec
 import pytest
 
 from agentfsm import (
     Agent,
     ApprovalsDecided,
     Decision,
+    DecisionRefused,
     Runner,
     RunState,
     RunStatus,
-    ToolArgumentsError,
     ToolContext,
     ToolResultItem,
+    UndecidedError,
     UnknownCallError,
     step,
     tool,
@@ -91,15 +93,24 @@ def test_sibling_calls_without_approval_run_once_before_the_pause_and_never_agai
     assert _result_of(done.state, "call_0_1").output == "sent to ada"
 
 
-def test_resume_without_a_decision_pauses_again_on_the_same_request() -> None:
+def test_a_decision_made_on_a_discarded_copy_is_not_lost_silently() -> None:
+    # The openai-agents habit: state.approve(request), keeping the old state. The state is a
+    # value, so the decision is not on it; resuming says so instead of pausing again.
     tools = Tools()
     agent = tools.agent(call("send", to="ada", body="hi"), say("done"))
     paused = Runner().run_sync(agent, "go")
-    again = Runner().run_sync(agent, paused.state)
-    assert again.status == "interrupted"
-    assert again.interruptions == paused.interruptions
-    assert again.state.items == paused.state.items
+    (request,) = paused.interruptions
+    paused.state.approve(request)
+    with pytest.raises(UndecidedError, match=r"call_0_0 \(send\).*resume that one") as caught:
+        Runner().run_sync(agent, paused.state)
+    assert caught.value.state == paused.state
     assert tools.seen == []
+    # Both decisions take the request itself, or its call id.
+    done = Runner().run_sync(agent, paused.state.approve(request))
+    assert done.status == "completed"
+    assert tools.seen == [("send", {"to": "ada", "body": "hi"})]
+    rejected = Runner().run_sync(agent, paused.state.reject(request, message="no"))
+    assert rejected.status == "completed"
 
 
 def test_rejection_tells_the_model_the_callers_message_or_a_default() -> None:
@@ -201,20 +212,53 @@ def test_edited_arguments_are_validated_and_used() -> None:
     tools = Tools()
     agent = tools.agent(call("send", to="ada", body="hi"), say("done"))
     paused = Runner().run_sync(agent, "go")
-    with pytest.raises(ToolArgumentsError, match=r"\$\.body"):
+    with pytest.raises(DecisionRefused, match=r"\$\.body"):
         paused.state.approve("call_0_0", arguments={"to": "ada", "body": object()})
-    bad = paused.state.approve("call_0_0", arguments={"to": "ada"})
-    with pytest.raises(ToolArgumentsError, match="body") as caught:
-        Runner().run_sync(agent, bad)
-    assert caught.value.state == bad
-    assert tools.seen == []
+    # Checked when posted, against the schema recorded with the call: no code needed.
+    with pytest.raises(DecisionRefused, match=r"\$\.body: required"):
+        paused.state.approve("call_0_0", arguments={"to": "ada"})
+    with pytest.raises(DecisionRefused, match="must be a JSON object, not an array"):
+        paused.state.approve("call_0_0", arguments=[1])  # type: ignore[arg-type]
     edited = paused.state.approve("call_0_0", arguments={"to": "ada", "body": "hello!"})
     done = Runner().run_sync(agent, edited)
     assert tools.seen == [("send", {"to": "ada", "body": "hello!"})]
     assert done.status == "completed"
     assert _result_of(done.state, "call_0_0").arguments == {"to": "ada", "body": "hello!"}
-    plain = Runner().run_sync(agent, paused.state.approve("call_0_0"))
-    assert _result_of(plain.state, "call_0_0").arguments is None
+    (record,) = done.state.audit
+    assert record.outcome == "applied"
+    assert record.decision.kind == "edit"
+    assert record.shown == {"to": "ada", "body": "hi"}
+
+
+def test_a_decision_that_fails_where_it_is_applied_is_recorded_and_the_call_waits() -> None:
+    # Older data, or a tool whose code changed: the edit got past the posting check, and the
+    # tool refuses it. The run is not poisoned: the refusal is recorded, the call still waits.
+    tools = Tools()
+    agent = tools.agent(call("send", to="ada", body="hi"), say("done"))
+    paused = Runner().run_sync(agent, "go")
+    (request,) = paused.interruptions
+    smuggled = msgspec.structs.replace(
+        paused.state,
+        decisions=(
+            Decision(
+                call_id=request.call_id,
+                digest=request.digest,
+                approved=True,
+                arguments={"to": "ada"},
+                by="old-client",
+            ),
+        ),
+    )
+    again = Runner().run_sync(agent, smuggled)
+    assert again.status == "interrupted"
+    assert again.interruptions == paused.interruptions
+    (record,) = again.state.audit
+    assert record.outcome == "refused"
+    assert "body" in (record.reason or "")
+    assert tools.seen == []
+    done = Runner().run_sync(agent, again.state.approve(request, by="ada"))
+    assert done.status == "completed"
+    assert [r.outcome for r in done.state.audit] == ["refused", "applied"]
 
 
 def test_approval_rules_can_be_functions_of_context_and_arguments_sync_or_async() -> None:

@@ -48,6 +48,13 @@ def cli(
 APP = ["--app", "tests.apps.mailer:agent"]
 
 
+def shown_digest(tmp_path: Path, run_id: str, call_id: str = "call_1_0") -> str:
+    """The digest ``runs show`` prints for a waiting call, as a person would copy it."""
+    shown = cli(tmp_path, "runs", "show", run_id).stdout
+    line = next(line for line in shown.splitlines() if line.startswith(f"  {call_id}  "))
+    return line.split("digest ")[1].split()[0]
+
+
 def empty_store(tmp_path: Path) -> None:
     """Create the store ``cli`` uses, with no runs in it."""
     import asyncio
@@ -73,8 +80,21 @@ def test_the_whole_loop_from_the_command_line(tmp_path: Path) -> None:
     assert json.loads(exported.stdout)["status"] == "interrupted"
 
     edited = json.dumps({"to": "ada@example.com", "body": "hello!"})
-    approved = cli(tmp_path, "approve", "r1", "call_1_0", "--arguments", edited)
+    seen = shown_digest(tmp_path, "r1")
+    approved = cli(
+        tmp_path,
+        "approve",
+        "r1",
+        "call_1_0",
+        "--digest",
+        seen,
+        "--arguments",
+        edited,
+        "--as",
+        "ada",
+    )
     assert approved.returncode == 0, approved.stderr
+    assert "approved with edits call_1_0 of run r1, as ada" in approved.stdout
 
     resumed = cli(tmp_path, "resume", "r1", *APP)
     assert resumed.returncode == 0, resumed.stderr
@@ -83,18 +103,69 @@ def test_the_whole_loop_from_the_command_line(tmp_path: Path) -> None:
     assert "sent to ada@example.com" in resumed.stdout
 
 
-def test_reject_and_approve_all_pending(tmp_path: Path) -> None:
+def test_reject_then_input_then_resume(tmp_path: Path) -> None:
     assert cli(tmp_path, "run", *APP, "go", "--run-id", "r2").returncode == ExitCode.INTERRUPTED
-    rejected = cli(tmp_path, "reject", "r2", "call_1_0", "--message", "not today")
+    seen = shown_digest(tmp_path, "r2")
+    rejected = cli(tmp_path, "reject", "r2", "call_1_0", "--digest", seen, "--message", "not today")
     assert rejected.returncode == 0, rejected.stderr
     added = cli(tmp_path, "input", "r2", "and say hi from me")
     assert added.returncode == 0, added.stderr
     done = cli(tmp_path, "resume", "r2", *APP)
     assert "not today" in done.stdout
     assert "user: and say hi from me" in done.stdout
+
+
+def test_nothing_is_approved_that_the_person_was_not_shown(tmp_path: Path) -> None:
+    # No "approve everything": a call id, and the digest of the arguments shown.
     assert cli(tmp_path, "run", *APP, "go", "--run-id", "r3").returncode == ExitCode.INTERRUPTED
     everything = cli(tmp_path, "approve", "r3")
-    assert "approved call_1_0 of run r3" in everything.stdout
+    assert everything.returncode == ExitCode.USAGE
+    unbound = cli(tmp_path, "approve", "r3", "call_1_0")
+    assert unbound.returncode == ExitCode.ERROR
+    assert "pass --digest" in unbound.stderr
+    stale = cli(tmp_path, "approve", "r3", "call_1_0", "--digest", "0123456789abcdef")
+    assert stale.returncode == ExitCode.ERROR
+    assert "now waits with other arguments than the ones this decision was made on" in (
+        stale.stderr
+    )
+    assert '{"body":"hi","to":"ada@example.com"}' in stale.stderr
+    assert (
+        "--digest needs at least 12"
+        in cli(tmp_path, "approve", "r3", "call_1_0", "--digest", "abc").stderr
+    )
+    shown = cli(tmp_path, "runs", "show", "r3").stdout
+    assert "posted, not applied yet" not in shown
+
+
+def test_the_first_decision_wins_and_everyone_is_told_the_truth(tmp_path: Path) -> None:
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "r5").returncode == ExitCode.INTERRUPTED
+    seen = shown_digest(tmp_path, "r5")
+    first = cli(tmp_path, "approve", "r5", "call_1_0", "--digest", seen, "--as", "ada")
+    assert first.returncode == ExitCode.OK, first.stderr
+    again = cli(tmp_path, "approve", "r5", "call_1_0", "--digest", seen, "--as", "ada")
+    assert again.returncode == ExitCode.OK
+    assert "was already approved by ada: no change" in again.stdout
+    other = cli(tmp_path, "reject", "r5", "call_1_0", "--digest", seen, "--as", "bob")
+    assert other.returncode == ExitCode.ERROR
+    assert "already decided: approved by ada at " in other.stderr
+    shown = cli(tmp_path, "runs", "show", "r5")
+    assert "posted, not applied yet:\n  call_1_0  approved by ada at " in shown.stdout
+    listed = cli(tmp_path, "runs", "list", "--json")
+    (summary,) = one_document(listed, RunListDocument).runs
+    assert summary.posted == 1
+    assert cli(tmp_path, "resume", "r5", *APP).returncode == ExitCode.OK
+    late = cli(tmp_path, "reject", "r5", "call_1_0", "--digest", seen, "--as", "carol")
+    assert late.returncode == ExitCode.ERROR
+    assert "completed" in late.stderr
+    document = one_document(cli(tmp_path, "runs", "show", "r5", "--json"), RunDocument)
+    (record,) = document.decisions
+    assert (record.outcome, record.decision.by, record.decision.kind) == (
+        "applied",
+        "ada",
+        "approve",
+    )
+    assert record.shown == {"to": "ada@example.com", "body": "hi"}
+    assert document.posted == ()
 
 
 def test_run_and_resume_exit_with_where_the_run_stopped_and_show_exits_0(tmp_path: Path) -> None:
@@ -240,7 +311,9 @@ def test_json_output_is_one_document_a_script_can_follow_a_run_with(tmp_path: Pa
     assert (summary.run_id, summary.status, summary.waiting) == ("j1", "interrupted", 1)
     assert set(json.loads(listed.stdout)["runs"][0]) == set(RunSummary.__struct_fields__)
 
-    assert cli(tmp_path, "approve", "j1").returncode == ExitCode.OK
+    (request,) = run.waiting
+    approved = cli(tmp_path, "approve", "j1", request.call_id, "--digest", request.digest)
+    assert approved.returncode == ExitCode.OK, approved.stderr
     resumed = cli(tmp_path, "resume", "j1", *APP, "--json")
     assert resumed.returncode == ExitCode.OK
     done = one_document(resumed, RunDocument)
@@ -280,7 +353,7 @@ def test_with_json_an_error_is_still_one_line_on_stderr_and_nothing_on_stdout(
     ("args", "message"),
     [
         (["runs", "show", "nope"], "no run 'nope'"),
-        (["approve", "nope", "c1"], "no run 'nope'"),
+        (["approve", "nope", "c1", "--digest", "0" * 16], "no run 'nope'"),
         (["resume", "nope", *APP], "no run 'nope'"),
         (["resume", "x", "--app", "no.such.module:agent"], "cannot load the app"),
         (["resume", "x", "--app", "tests.apps.mailer"], "module:attribute"),
@@ -320,21 +393,42 @@ def test_commands_that_only_read_never_create_a_store(tmp_path: Path, args: list
     assert list(tmp_path.iterdir()) == []
 
 
-def test_decisions_on_calls_that_are_not_waiting_and_bad_json_are_refused(tmp_path: Path) -> None:
+def test_decisions_on_calls_that_are_not_waiting_and_bad_arguments_are_refused(
+    tmp_path: Path,
+) -> None:
     assert cli(tmp_path, "run", *APP, "go", "--run-id", "r4").returncode == ExitCode.INTERRUPTED
+    seen = shown_digest(tmp_path, "r4")
+    approve = ["approve", "r4", "call_1_0", "--digest", seen]
     for args, message in (
-        (["approve", "r4", "call_7_7"], "no call 'call_7_7' awaiting"),
-        (["approve", "r4", "call_1_0", "--arguments", "{nope"], "not valid JSON"),
+        (["approve", "r4", "call_7_7", "--digest", seen], "no call 'call_7_7' awaiting"),
+        ([*approve, "--arguments", "{nope"], "not valid JSON"),
+        ([*approve, "--arguments", "[1]"], "must be a JSON object, not an array"),
+        ([*approve, "--arguments", '{"to": 5, "body": "x"}'], "$.to: expected string"),
+        ([*approve, "--arguments", '{"to": "a"}'], "$.body: required"),
+        ([*approve, "--arguments", "[" * 30000 + "]" * 30000], "nested too deeply"),
+        (["reject", "r4", "call_1_0", "--digest", seen, "--arguments", "{}"], "unrecognized"),
     ):
         done = cli(tmp_path, *args)
-        assert done.returncode == 1
+        assert done.returncode in (ExitCode.ERROR, ExitCode.USAGE), done
         assert message in done.stderr
         assert "Traceback" not in done.stderr
-    assert cli(tmp_path, "approve", "r4").returncode == 0
+        assert done.stderr.count("\n") == 1
+    # Nothing bad reached the run: a plain approval still works.
+    assert cli(tmp_path, *approve).returncode == 0
     assert cli(tmp_path, "resume", "r4", *APP).returncode == 0
     late = cli(tmp_path, "cancel", "r4")
     assert late.returncode == 1
     assert "completed" in late.stderr
+
+
+def test_hostile_text_in_arguments_is_carried_as_data(tmp_path: Path) -> None:
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "h1").returncode == ExitCode.INTERRUPTED
+    seen = shown_digest(tmp_path, "h1")
+    hostile = json.dumps({"to": "<script>alert(1)</script>", "body": "'; DROP TABLE runs; --"})
+    done = cli(tmp_path, "approve", "h1", "call_1_0", "--digest", seen, "--arguments", hostile)
+    assert done.returncode == 0, done.stderr
+    resumed = cli(tmp_path, "resume", "h1", *APP, "--json")
+    assert one_document(resumed, RunDocument).decisions[0].decision.arguments == json.loads(hostile)
 
 
 def test_a_worker_runs_everything_runnable_then_exits_when_idle(tmp_path: Path) -> None:
@@ -345,7 +439,8 @@ def test_a_worker_runs_everything_runnable_then_exits_when_idle(tmp_path: Path) 
             cli(tmp_path, "run", *APP, "go", "--run-id", f"w{n}").returncode == ExitCode.INTERRUPTED
         )
     for n in range(3):
-        assert cli(tmp_path, "approve", f"w{n}").returncode == 0
+        seen = shown_digest(tmp_path, f"w{n}")
+        assert cli(tmp_path, "approve", f"w{n}", "call_1_0", "--digest", seen).returncode == 0
     worked = cli(tmp_path, "worker", *APP, "--until-idle", env=env)
     assert worked.returncode == 0, worked.stderr
     assert "after advancing 3 runs" in worked.stdout
@@ -354,7 +449,7 @@ def test_a_worker_runs_everything_runnable_then_exits_when_idle(tmp_path: Path) 
     assert len(effects.read_text().split()) == 3
 
 
-def test_approve_without_a_call_id_leaves_calls_in_doubt_waiting(
+def test_a_call_in_doubt_is_shown_with_its_key_and_decided_by_id(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import asyncio
@@ -380,10 +475,8 @@ def test_approve_without_a_call_id_leaves_calls_in_doubt_waiting(
     assert main(["resume", "d1", *APP, *where]) == ExitCode.INTERRUPTED
     capsys.readouterr()
     assert main(["runs", "show", "d1", *where]) == 0
-    assert f"in doubt: it may have run already; key {crashed.ledger[0].idempotency_key}" in (
-        capsys.readouterr().out
-    )
-    assert main(["approve", "d1", *where]) == 1
-    assert "left call_1_0 (send) waiting: it is in doubt" in capsys.readouterr().out
-    assert main(["approve", "d1", "--in-doubt", *where]) == 0
+    shown = capsys.readouterr().out
+    assert f"in doubt: it may have run already; key {crashed.ledger[0].idempotency_key}" in shown
+    seen = shown.split("digest ")[1].split()[0]
+    assert main(["approve", "d1", "call_1_0", "--digest", seen, *where]) == 0
     assert "approved call_1_0" in capsys.readouterr().out

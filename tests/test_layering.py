@@ -20,6 +20,8 @@ CORE = [
     "_outcomes",
     "_machine",
     "_json",
+    "_jsonschema",
+    "_decisions",
     "_state",
     "_codec",
     "_step",

@@ -4,9 +4,13 @@ tool failures, bad models, and names that no longer resolve."""
 from __future__ import annotations
 
 import asyncio
+import datetime
+import enum
 import time
+import uuid
 from typing import Any
 
+import msgspec
 import pydantic
 import pytest
 
@@ -212,8 +216,24 @@ def test_names_that_no_longer_resolve_are_clear_errors() -> None:
     paused = Runner().run_sync(Agent("a", "", model, tools=[gate]), "go")
     with pytest.raises(UnknownAgentError, match="'a'"):
         Runner().run_sync(Agent("b", "", model, tools=[gate]), paused.state)
+    # A waiting call whose tool is gone stays decidable: approving it is refused (and
+    # recorded), rejecting it needs no code.
+    renamed = Agent("a", "", model, tools=[])
+    (request,) = paused.interruptions
+    refused = Runner().run_sync(renamed, paused.state.approve(request))
+    assert refused.status == "interrupted"
+    assert refused.state.audit[-1].outcome == "refused"
+    assert "tool 'add' of agent 'a' no longer exists" in (refused.state.audit[-1].reason or "")
+    done = Runner().run_sync(renamed, refused.state.reject(request, message="gone"))
+    assert done.status == "completed"
+    # A call that must run needs its tool.
+    running = msgspec.structs.replace(
+        refused.state,
+        status=RunStatus.TOOLS,
+        ledger=tuple(msgspec.structs.replace(c, status="started") for c in refused.state.ledger),
+    )
     with pytest.raises(UnknownToolError, match="'add'"):
-        Runner().run_sync(Agent("a", "", model, tools=[]), paused.state)
+        Runner().run_sync(renamed, running)
 
 
 def test_context_must_be_json_and_reaches_the_instructions() -> None:
@@ -319,3 +339,55 @@ def test_non_finite_numbers_from_the_model_never_reach_the_state() -> None:
         assert "not valid JSON" in result.output
     assert any(isinstance(i, Feedback) for i in done.items)
     assert RunState.from_json(done.state.to_json()) == done.state
+
+
+class Priority(enum.Enum):
+    LOW = "low"
+    HIGH = "high"
+
+
+class Line(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(strict=True, frozen=True)
+    sku: uuid.UUID
+    due: datetime.date
+
+
+class Ticket(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(strict=True, frozen=True)
+    opened: datetime.datetime
+    priority: Priority
+    lines: tuple[Line, ...]
+
+
+def test_strict_structured_output_comes_back_as_the_same_value_after_json_and_a_store(
+    tmp_path: Any,
+) -> None:
+    from agentfsm import SQLiteStore
+
+    ticket = Ticket(
+        opened=datetime.datetime(2026, 11, 29, 12, 30, tzinfo=datetime.UTC),
+        priority=Priority.HIGH,
+        lines=(Line(sku=uuid.UUID(int=7), due=datetime.date(2026, 12, 1)),),
+    )
+
+    def agent() -> Agent:
+        return Agent("a", "", ScriptedModel([say(ticket.model_dump_json())]), output_type=Ticket)
+
+    store = SQLiteStore(tmp_path / "runs.db")
+    done = Runner(store=store).run_sync(agent(), "open a ticket", run_id="t1")
+    assert done.status == "completed"
+    assert done.final_output == ticket
+    again = Runner().run_sync(agent(), RunState.from_json(done.state.to_json()))
+    assert again.final_output == ticket
+    resumed = Runner(store=store).resume_sync(agent(), "t1")
+    assert (resumed.status, resumed.final_output) == ("completed", ticket)
+
+
+def test_a_completed_run_stays_completed_when_its_output_type_changed() -> None:
+    done = Runner().run_sync(
+        Agent("a", "", ScriptedModel([say('{"n": 1}')]), output_type=dict[str, int]), "go"
+    )
+    changed = Agent("a", "", ScriptedModel([]), output_type=Ticket)
+    again = Runner().run_sync(changed, done.state)
+    assert again.status == "completed"
+    assert again.final_output == {"n": 1}  # the JSON data it was stored as

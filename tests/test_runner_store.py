@@ -46,7 +46,7 @@ def test_a_run_is_stored_paused_and_resumed_by_id_in_another_runner(tmp_path: Pa
     paused = Runner(store=store).run_sync(agent(), "mail ada", run_id="r1")
     assert paused.status == "interrupted"
     reopened = SQLiteStore(tmp_path / "runs.db")
-    asyncio.run(reopened.approve("r1", paused.interruptions[0].call_id))
+    asyncio.run(reopened.approve("r1", paused.interruptions[0]))
     done = Runner(store=reopened).resume_sync(agent(), "r1")
     assert done.status == "completed"
     assert done.final_output == "done"
@@ -90,7 +90,7 @@ def test_cancel_and_input_from_another_process_apply_at_the_next_step() -> None:
 def test_only_one_of_two_runners_resuming_the_same_run_advances_it() -> None:
     store = MemoryStore()
     paused = Runner(store=store).run_sync(agent(), "go", run_id="r5")
-    asyncio.run(store.approve("r5", paused.interruptions[0].call_id))
+    asyncio.run(store.approve("r5", paused.interruptions[0]))
 
     async def both() -> list[object]:
         return await asyncio.gather(
@@ -210,3 +210,36 @@ def test_the_lease_is_renewed_while_a_long_tool_runs(tmp_path: Path) -> None:
     status, intruder = asyncio.run(main())
     assert intruder is None, "the running worker's lease was renewed"
     assert status == "completed"
+
+
+def test_a_decision_posted_while_a_step_is_taken_from_the_inbox_is_not_passed_over(
+    tmp_path: Path,
+) -> None:
+    # Ada's sticky approval is being applied; before that step is saved, Bob rejects the
+    # second call. Bob was told his decision was posted, so it must take effect: the step is
+    # taken again with both, and Bob's exact decision beats Ada's sticky one.
+    store = SQLiteStore(tmp_path / "runs.db")
+    model = ScriptedModel([[call("send", to="ada"), call("send", to="bob")], say("done")])
+    mailer = Agent("mailer", "", model, tools=[send])
+    paused = Runner(store=store).run_sync(mailer, "go", run_id="race")
+    first, second = paused.interruptions
+    asyncio.run(store.approve("race", first, always=True, by="ada"))
+    save = store.save
+    interleaved = []
+
+    async def save_after_bob_posts(state: RunState, **kwargs: object) -> int:
+        if kwargs.get("seen") is not None and not interleaved:
+            interleaved.append(await store.reject("race", second, message="not bob", by="bob"))
+        return await save(state, **kwargs)  # type: ignore[arg-type]
+
+    store.save = save_after_bob_posts  # type: ignore[method-assign]
+    done = Runner(store=store).resume_sync(mailer, "race")
+    assert interleaved == [True]
+    assert done.status == "completed"
+    outputs = {i.call_id: i.output for i in done.state.items if isinstance(i, ToolResultItem)}
+    assert outputs == {first.call_id: "sent to ada", second.call_id: "not bob"}
+    assert [(r.decision.by, r.outcome) for r in done.state.audit] == [
+        ("ada", "applied"),
+        ("bob", "applied"),
+    ]
+    assert asyncio.run(store.inbox("race")).ids == ()

@@ -47,6 +47,7 @@ from agentfsm import (
     AssistantMessage,
     Cancelled,
     Decision,
+    DecisionRefused,
     Feedback,
     FinalOutput,
     Handoff,
@@ -80,6 +81,7 @@ from agentfsm import (
     pending_outcome,
     step,
 )
+from agentfsm._decisions import same_decision
 from agentfsm._json import digest
 from agentfsm._machine import EVENT_TYPES, TABLE, status_of
 from agentfsm._step import DEFAULT_REJECTION, IN_DOUBT_REJECTION
@@ -421,7 +423,7 @@ class EngineMachine(RuleBasedStateMachine):
     def check_decisions_applied(
         self, old: RunState, ev: ApprovalsDecided, new: RunState, outcome: Any
     ) -> None:
-        decisions = {d.call_id: d for d in (*old.decisions, *ev.decisions)}
+        decisions, refused = self.effective_decisions(old, ev.decisions)
         started = {c.call_id: c for c in outcome.calls} if isinstance(outcome, ToolCall) else {}
         results = {
             i.call_id: i for i in new.items[len(old.items) :] if isinstance(i, ToolResultItem)
@@ -429,12 +431,18 @@ class EngineMachine(RuleBasedStateMachine):
         after = {c.call_id: c for c in new.ledger}
         assert new.decisions == ()
         assert len({p.tool for p in new.policies}) == len(new.policies)
+        # The audit trail grows by one record per decision taken or refused, in posting order.
+        trail = new.audit[len(old.audit) :]
+        assert new.audit[: len(old.audit)] == old.audit, "the audit trail was rewritten"
+        assert [r.outcome for r in trail if r.outcome == "refused"] == ["refused"] * refused
+        assert {r.decision.call_id for r in trail if r.outcome == "applied"} == set(decisions)
+        if refused:
+            event("decision refused when applied")
         for record in old.ledger:
             if record.status != "awaiting_approval":
                 assert record.status == "committed", "a started call while interrupted"
                 continue
-            decision = decisions.get(record.call_id)
-            exact = decision if decision is not None and decision.digest == record.digest else None
+            exact = decisions.get(record.call_id)
             policy = next((p for p in new.policies if p.tool == record.tool), None)
             sticky = policy if record.reason == "approval" else None
             if record.call_id in started:
@@ -467,6 +475,32 @@ class EngineMachine(RuleBasedStateMachine):
                 assert exact is None, "an exact decision was not applied"
                 assert sticky is None, "a sticky decision was not applied"
                 assert after[record.call_id] == record, "a waiting call changed"
+
+    @staticmethod
+    def effective_decisions(
+        state: RunState, extra: tuple[Decision, ...]
+    ) -> tuple[dict[str, Decision], int]:
+        """The decisions that take effect, by call (the first valid one on each call, in
+        posting order), and how many are refused."""
+        waiting = {c.call_id: c for c in state.ledger if c.status == "awaiting_approval"}
+        taken: dict[str, Decision] = {}
+        refused = 0
+        for d in (*state.decisions, *extra):
+            call = waiting.get(d.call_id)
+            first = taken.get(d.call_id)
+            if first is not None and same_decision(first, d):
+                continue
+            ok = call is not None and d.digest == call.digest and first is None
+            if ok and d.approved and d.arguments is not None:
+                try:
+                    TOOLS[call.tool].validate(d.arguments)
+                except ToolArgumentsError:
+                    ok = False
+            if ok:
+                taken[d.call_id] = d
+            else:
+                refused += 1
+        return taken, refused
 
     def reload(self, data: st.DataObject) -> RunState:
         """A new process: the state goes through JSON (signed or not) and new agents."""
@@ -950,7 +984,26 @@ class EngineMachine(RuleBasedStateMachine):
 
     def record_decision(self, call_id: str, *, approved: bool, **kwargs: Any) -> None:
         old = self.state
-        new = old.approve(call_id, **kwargs) if approved else old.reject(call_id, **kwargs)
+        first = next((d for d in old.decisions if d.call_id == call_id), None)
+        arguments = kwargs.get("arguments")
+        bad_edit = False
+        if arguments is not None:
+            tool = next(c.tool for c in old.ledger if c.call_id == call_id)
+            try:
+                TOOLS[tool].validate(arguments)
+            except ToolArgumentsError:
+                bad_edit = True
+        try:
+            new = old.approve(call_id, **kwargs) if approved else old.reject(call_id, **kwargs)
+        except DecisionRefused:
+            assert bad_edit or first is not None, "a valid first decision was refused"
+            event("decision refused when posted")
+            return
+        assert not bad_edit, "edited arguments that fail the tool's schema were posted"
+        if first is not None:
+            assert new is old, "a second decision on a call was taken"
+            event("the same decision posted twice")
+            return
         assert new.version == old.version + 1
         decision = new.decisions[-1]
         assert decision.call_id == call_id
@@ -971,48 +1024,26 @@ class EngineMachine(RuleBasedStateMachine):
 
     def resume(self, decisions: tuple[Decision, ...], *, max_turns: int | None = None) -> None:
         old = self.state
-        bad = self.bad_edits(old, decisions)
-        if bad:
-            with pytest.raises(ToolArgumentsError):
-                self.apply(ApprovalsDecided(decisions=decisions, max_turns=max_turns))
-            assert self.state is old
-            event("edited arguments refused")
-            # The human fixes the decision (approving the call as it is) and resumes.
-            for call_id in bad:
-                self.state = self.state.approve(call_id)
-            decisions = tuple(d for d in decisions if d.call_id not in bad)
-            old = self.state
-        quiet = not old.decisions and not decisions
+        taken, _ = self.effective_decisions(old, decisions)
         settled_by_policy = any(
             r.reason == "approval" and any(p.tool == r.tool for p in old.policies)
             for r in old.interruptions
         )
         self.apply(ApprovalsDecided(decisions=decisions, max_turns=max_turns))
-        if quiet and not settled_by_policy:
-            # Nothing decided: the run pauses again on the same requests, nothing else moves.
+        if not taken and not settled_by_policy:
+            # Nothing takes effect: the run pauses again on the same requests, and only the
+            # audit trail (the refusals) moves.
             assert self.outcome == Interruption(requests=tuple(old.interruptions))
             assert self.state.items == old.items
             assert self.state.ledger == old.ledger
-            event("resumed without decisions")
-
-    def bad_edits(self, state: RunState, extra: tuple[Decision, ...]) -> list[str]:
-        decisions = {d.call_id: d for d in (*state.decisions, *extra)}
-        bad = []
-        for request in state.interruptions:
-            d = decisions.get(request.call_id)
-            if d is None or d.digest != request.digest or not d.approved or d.arguments is None:
-                continue
-            try:
-                TOOLS[request.tool].validate(d.arguments)
-            except ToolArgumentsError:
-                bad.append(request.call_id)
-        return bad
+            event("resumed without an effective decision")
 
     def decide_with_stale_digest(self, data: st.DataObject) -> None:
         """A decision made on other arguments than the call's is not a decision on it."""
         request = data.draw(st.sampled_from(self.waiting()), label="request")
         stale = Decision(call_id=request.call_id, digest="0" * 64, approved=True)
         self.apply(ApprovalsDecided(decisions=(stale,)))
+        assert self.state.audit[-1].outcome == "refused"
         policy = any(p.tool == request.tool for p in self.state.policies)
         if request.reason == "in_doubt" or not policy:
             assert request in self.state.interruptions

@@ -95,11 +95,9 @@ def test_a_stored_run_loads_back_equal_to_the_state_at_every_step(
                     break
                 for request in result.interruptions:
                     if decision == "reject":
-                        await store.reject(result.run_id, request.call_id, message="no")
+                        await store.reject(result.run_id, request, message="no")
                     else:
-                        await store.approve(
-                            result.run_id, request.call_id, always=decision == "always"
-                        )
+                        await store.approve(result.run_id, request, always=decision == "always")
                 result = await runner.resume(agents(script), result.run_id)
             await store.close()
             return result.state

@@ -62,9 +62,9 @@ async def decide_waiting(store: Store, effects: Path) -> None:
             key = next(c.idempotency_key for c in state.ledger if c.call_id == request.call_id)
             try:
                 if request.reason == "in_doubt" and key in done:
-                    await store.reject(state.run_id, request.call_id, message="Already sent.")
+                    await store.reject(state.run_id, request, message="Already sent.")
                 else:
-                    await store.approve(state.run_id, request.call_id)
+                    await store.approve(state.run_id, request)
             except (UnknownCallError, ConflictError):
                 # A worker moved the run on since we looked: exactly what a person meets too.
                 continue
@@ -154,7 +154,7 @@ def test_eight_processes_racing_to_resume_one_run_advance_it_once(
     async def prepare() -> int:
         async with open_store() as store:
             paused = await Runner(store=store).run(agent(), "mail ada", run_id="race")
-            await store.approve("race", paused.interruptions[0].call_id)
+            await store.approve("race", paused.interruptions[0])
             return paused.state.version
 
     paused_version = asyncio.run(prepare())

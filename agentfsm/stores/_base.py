@@ -10,20 +10,27 @@ is advancing the run; the driver takes them in at its next step.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
 from .._codec import decode_parts, encode_head, encode_items
-from .._errors import ConfigurationError, ConflictError, UnknownCallError, UnknownRunError
+from .._decisions import admit, bound
+from .._errors import ConfigurationError, ConflictError, UnknownRunError
 from .._events import Decision
 from .._items import Item, UserMessage
 from .._json import check_json_data
 from .._machine import RunStatus
+from .._outcomes import ApprovalRequest
 from .._state import RunState
 
+log = logging.getLogger("agentfsm")
+
 __all__ = [
+    "Admission",
     "Inbox",
     "Lease",
     "Message",
@@ -45,7 +52,8 @@ class Lease(msgspec.Struct, frozen=True):
 
 
 class RunSummary(msgspec.Struct, frozen=True):
-    """One run in a listing."""
+    """One run in a listing. ``waiting`` counts the calls waiting for a decision; ``posted``
+    the messages posted to the run (decisions, cancellations, input) and not applied yet."""
 
     run_id: str
     status: str
@@ -55,6 +63,7 @@ class RunSummary(msgspec.Struct, frozen=True):
     turn: int
     waiting: int
     updated_at: float
+    posted: int = 0
 
 
 class Message(msgspec.Struct, frozen=True, tag_field="type"):
@@ -77,10 +86,11 @@ InboxMessage = DecisionMessage | CancelMessage | InputMessage
 
 
 class Inbox(msgspec.Struct, frozen=True):
-    """Messages waiting for a run, with the ids to acknowledge once they are applied."""
+    """Messages waiting for a run, with the ids to acknowledge once they are applied. A
+    message that cannot be read is None in ``messages``."""
 
     ids: tuple[int, ...]
-    messages: tuple[InboxMessage, ...]
+    messages: tuple[InboxMessage | None, ...]
 
 
 _message_encoder = msgspec.json.Encoder()
@@ -91,8 +101,14 @@ def encode_message(message: InboxMessage) -> bytes:
     return _message_encoder.encode(message)
 
 
-def decode_message(data: bytes) -> InboxMessage:
-    return _message_decoder.decode(data)
+def decode_message(data: bytes) -> InboxMessage | None:
+    """The message in ``data``, or None (logged) for one this code cannot read: older or
+    damaged data must never stop a worker. It is acknowledged with the messages applied."""
+    try:
+        return _message_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        log.error("skipping an inbox message that cannot be read (%s): %r", exc, data[:200])
+        return None
 
 
 def status_value(status: RunStatus | str) -> str:
@@ -150,13 +166,17 @@ class Store(abc.ABC):
         expected_version: int | None = None,
         lease: Lease | None = None,
         acknowledge: Sequence[int] = (),
+        seen: int | None = None,
     ) -> int:
         """Replace the stored run by ``state`` if the stored version is ``expected_version``
         (default: ``state.version - 1``, the version one step earlier), appending only the
         items it added. With ``lease``, the write also requires that lease to be the run's
         current one (else LeaseLost). ``acknowledge`` removes those inbox messages in the
-        same transaction. Returns the number of messages left in the run's inbox. Raises
-        ConflictError (nothing written) or UnknownRunError."""
+        same transaction. ``seen`` is the newest inbox message id that the step's author
+        read: if a newer one was posted since, the write fails with InboxChanged, so that a
+        decision posted while a step was taken from the inbox is never passed over. Returns
+        the number of messages left in the run's inbox. Raises ConflictError (nothing
+        written) or UnknownRunError."""
 
     @abc.abstractmethod
     async def list(
@@ -169,8 +189,14 @@ class Store(abc.ABC):
         """Remove a run, its transcript and its inbox; UnknownRunError if there is none."""
 
     @abc.abstractmethod
-    async def post(self, run_id: str, message: InboxMessage) -> None:
-        """Put a message in the run's inbox and make the run runnable."""
+    async def post(
+        self, run_id: str, message: InboxMessage, *, admit: Admission | None = None
+    ) -> bool:
+        """Put a message in the run's inbox and make the run runnable. With ``admit``, first
+        call it with the stored run (its transcript left out) and the messages already in the
+        inbox, in the same transaction, so that no other writer comes between: it raises to
+        refuse the message, or returns False to skip it. Returns whether it was posted.
+        Raises UnknownRunError, ConflictError (the run has ended)."""
 
     @abc.abstractmethod
     async def inbox(self, run_id: str) -> Inbox:
@@ -208,57 +234,103 @@ class Store(abc.ABC):
 
     # -- for people in the loop, from any process -----------------------------------------
 
+    async def decide(self, run_id: str, decision: Decision) -> bool:
+        """Post ``decision`` on a waiting call of a stored run; a worker (or ``resume``)
+        applies it. It is checked here, atomically with the run and the decisions already
+        posted, as ``RunState.decide`` checks it: the call waits with the digest the decision
+        names, edited arguments fit the schema recorded with the call, and the first decision
+        on a call wins. Returns True when posted, False when it repeats a posted decision
+        exactly (nothing to do). Raises DecisionRefused saying why (UnknownCallError when the
+        call is not waiting), UnknownRunError."""
+        if decision.at is None:
+            decision = msgspec.structs.replace(decision, at=self._decision_time())
+
+        def check(state: RunState, inbox: Sequence[InboxMessage]) -> bool:
+            pending = [m.decision for m in inbox if isinstance(m, DecisionMessage)]
+            return admit(state, decision, (*state.decisions, *pending))
+
+        return await self.post(run_id, DecisionMessage(decision=decision), admit=check)
+
     async def approve(
         self,
         run_id: str,
-        call_id: str,
+        call: str | ApprovalRequest,
         *,
+        digest: str | None = None,
         always: bool = False,
         arguments: dict[str, Any] | None = None,
-    ) -> None:
-        """Approve a waiting call of a stored run, without running it. The decision is
-        bound to the arguments stored now. Raises UnknownRunError, UnknownCallError."""
-        if arguments is not None:
-            from .._errors import ToolArgumentsError
-
-            check_json_data(arguments, "edited arguments", ToolArgumentsError)
-        digest = await self._waiting_digest(run_id, call_id)
-        decision = Decision(
-            call_id=call_id, digest=digest, approved=True, always=always, arguments=arguments
+        by: str = "",
+    ) -> bool:
+        """Approve a waiting call of a stored run (it runs when the run resumes). The
+        decision is bound to the arguments the person saw: pass the ``ApprovalRequest`` they
+        were shown, or its call id with ``digest``. ``by`` is who decided. Returns and raises
+        as ``decide``."""
+        call_id, digest = _bound(call, digest)
+        return await self.decide(
+            run_id,
+            Decision(
+                call_id=call_id,
+                digest=digest,
+                approved=True,
+                always=always,
+                arguments=arguments,
+                by=by,
+            ),
         )
-        await self.post(run_id, DecisionMessage(decision=decision))
 
     async def reject(
-        self, run_id: str, call_id: str, *, message: str | None = None, always: bool = False
-    ) -> None:
-        """Reject a waiting call of a stored run, without running it."""
-        digest = await self._waiting_digest(run_id, call_id)
-        decision = Decision(
-            call_id=call_id, digest=digest, approved=False, always=always, message=message
+        self,
+        run_id: str,
+        call: str | ApprovalRequest,
+        *,
+        digest: str | None = None,
+        message: str | None = None,
+        always: bool = False,
+        by: str = "",
+    ) -> bool:
+        """Reject a waiting call of a stored run; the model is told ``message``. Binding,
+        returns and errors as ``approve``."""
+        call_id, digest = _bound(call, digest)
+        return await self.decide(
+            run_id,
+            Decision(
+                call_id=call_id,
+                digest=digest,
+                approved=False,
+                always=always,
+                message=message,
+                by=by,
+            ),
         )
-        await self.post(run_id, DecisionMessage(decision=decision))
 
     async def cancel(self, run_id: str, reason: str = "cancelled") -> None:
         """Ask for a stored run to be cancelled (at its next step)."""
-        await self.load(run_id)
         await self.post(run_id, CancelMessage(reason=reason))
 
     async def add_input(self, run_id: str, text: str) -> None:
         """Stage input for a stored run; the model sees it at its next turn."""
-        await self.load(run_id)
-        item = UserMessage(content=text)
         check_json_data(text, "input")
-        await self.post(run_id, InputMessage(items=(item,)))
+        await self.post(run_id, InputMessage(items=(UserMessage(content=text),)))
 
-    async def _waiting_digest(self, run_id: str, call_id: str) -> str:
-        state = await self.load(run_id)
-        for request in state.interruptions:
-            if request.call_id == call_id:
-                return request.digest
-        waiting = ", ".join(r.call_id for r in state.interruptions) or "none"
-        raise UnknownCallError(
-            f"run {run_id} has no call {call_id!r} awaiting a decision (awaiting: {waiting})"
+    def _decision_time(self) -> float:
+        """When a decision is posted: the store's clock if it has one (tests pass one)."""
+        clock = getattr(self, "_clock", None)
+        return float(clock()) if callable(clock) else time.time()
+
+
+#: Checks a message against the stored run and its inbox (see ``Store.post``).
+Admission = Callable[[RunState, Sequence[InboxMessage]], bool]
+
+
+def _bound(call: str | ApprovalRequest, digest: str | None) -> tuple[str, str]:
+    call_id, digest = bound(call, digest)
+    if digest is None:
+        raise ConfigurationError(
+            f"a decision on call {call_id!r} must name the digest of the arguments the person "
+            "was shown (ApprovalRequest.digest, printed by `agentfsm runs show`), or pass the "
+            "ApprovalRequest itself"
         )
+    return call_id, digest
 
 
 def parts(state: RunState, stored_items: int, stored_schema: int) -> tuple[bytes, list[bytes], int]:

@@ -8,10 +8,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .._errors import ConflictError, LeaseLost, UnknownRunError
+import msgspec
+
+from .._errors import ConflictError, InboxChanged, LeaseLost, UnknownRunError
 from .._machine import RunStatus
 from .._state import RunState
 from ._base import (
+    Admission,
     Inbox,
     InboxMessage,
     Lease,
@@ -80,6 +83,7 @@ class MemoryStore(Store):
         expected_version: int | None = None,
         lease: Lease | None = None,
         acknowledge: Sequence[int] = (),
+        seen: int | None = None,
     ) -> int:
         run = self._run(state.run_id)
         expected = state.version - 1 if expected_version is None else expected_version
@@ -90,6 +94,8 @@ class MemoryStore(Store):
                 f"run {state.run_id} is at version {run.summary.version}, not {expected}: "
                 "it changed since this state was loaded"
             )
+        if seen is not None and run.inbox and max(run.inbox) > seen:
+            raise InboxChanged(f"run {state.run_id}: more was posted to its inbox")
         head, items, start = parts(state, len(run.items), run.schema_version)
         for message_id in acknowledge:
             run.inbox.pop(message_id, None)
@@ -105,7 +111,7 @@ class MemoryStore(Store):
     ) -> list[RunSummary]:
         wanted = None if status is None else status_value(status)
         found = [
-            run.summary
+            msgspec.structs.replace(run.summary, posted=len(run.inbox))
             for run in self._runs.values()
             if wanted is None or run.summary.status == wanted
         ]
@@ -116,11 +122,18 @@ class MemoryStore(Store):
         self._run(run_id)
         del self._runs[run_id]
 
-    async def post(self, run_id: str, message: InboxMessage) -> None:
+    async def post(
+        self, run_id: str, message: InboxMessage, *, admit: Admission | None = None
+    ) -> bool:
         run = self._run(run_id)
         _check_open(run_id, run.summary.status)
+        if admit is not None:
+            inbox = [decode_message(data) for data in run.inbox.values()]
+            if not admit(rebuild(run.head, []), [m for m in inbox if m is not None]):
+                return False
         run.inbox[next(self._ids)] = encode_message(message)
         run.runnable = run.runnable or run.summary.status == RunStatus.INTERRUPTED.value
+        return True
 
     async def inbox(self, run_id: str) -> Inbox:
         run = self._run(run_id)

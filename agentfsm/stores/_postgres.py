@@ -23,15 +23,24 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .._errors import ConfigurationError, ConflictError, LeaseLost, StoreError, UnknownRunError
+from .._errors import (
+    ConfigurationError,
+    ConflictError,
+    InboxChanged,
+    LeaseLost,
+    StoreError,
+    UnknownRunError,
+)
 from .._machine import RunStatus
 from .._state import RunState
 from ._base import (
+    Admission,
     Inbox,
     InboxMessage,
     Lease,
     RunSummary,
     Store,
+    decode_message,
     encode_message,
     inbox_of,
     is_runnable,
@@ -151,15 +160,19 @@ RETURNING r.inbox
 )
 
 _SUMMARY = (
-    "SELECT run_id, status, version, starting_agent, current_agent, turn, waiting, updated_at"
-    " FROM {s}.runs"
+    "SELECT run_id, status, version, starting_agent, current_agent, turn, waiting, updated_at,"
+    " inbox FROM {s}.runs"
 )
 
 _DELETE = "DELETE FROM {s}.runs WHERE run_id = %(run_id)s RETURNING 1"
 
 _CLEAR_ITEMS = "DELETE FROM {s}.run_items WHERE run_id = %(run_id)s"
 
-_LOCK_FOR_POST = "SELECT status FROM {s}.runs WHERE run_id = %(run_id)s FOR UPDATE"
+_LOCK_FOR_POST = "SELECT status, head FROM {s}.runs WHERE run_id = %(run_id)s FOR UPDATE"
+
+_INBOX_MESSAGES = "SELECT message FROM {s}.run_inbox WHERE run_id = %(run_id)s ORDER BY id"
+
+_NEWEST_MESSAGE = "SELECT max(id) FROM {s}.run_inbox WHERE run_id = %(run_id)s"
 
 _POST = """
 WITH added AS (
@@ -305,6 +318,8 @@ class PostgresStore(Store):
         self._q_lock_for_post = query(_LOCK_FOR_POST)
         self._q_post = query(_POST)
         self._q_inbox = query(_INBOX)
+        self._q_inbox_messages = query(_INBOX_MESSAGES)
+        self._q_newest_message = query(_NEWEST_MESSAGE)
         self._q_clear_items = query(_CLEAR_ITEMS)
         self._q_claim_next = query(_CLAIM_NEXT, agent="")
         self._q_claim_next_of = query(_CLAIM_NEXT, agent="AND starting_agent = %(agent)s")
@@ -495,6 +510,7 @@ class PostgresStore(Store):
         expected_version: int | None = None,
         lease: Lease | None = None,
         acknowledge: Sequence[int] = (),
+        seen: int | None = None,
     ) -> int:
         expected = state.version - 1 if expected_version is None else expected_version
         summary = summary_of(state, 0.0)
@@ -518,6 +534,11 @@ class PostgresStore(Store):
                     f"run {state.run_id} is at version {version}, not {expected}: it changed "
                     "since this state was loaded"
                 )
+            if seen is not None:
+                cursor = await conn.execute(self._q_newest_message, {"run_id": run_id})
+                (newest,) = await _one(cursor)
+                if newest is not None and newest > seen:
+                    raise InboxChanged(f"run {state.run_id}: more was posted to its inbox")
             head, items, start = parts(state, stored_items, stored_schema)
             if start < stored_items:
                 await conn.execute(self._q_clear_items, {"run_id": run_id})
@@ -566,6 +587,7 @@ class PostgresStore(Store):
                 turn=turn,
                 waiting=waiting,
                 updated_at=updated_at,
+                posted=posted,
             )
             for (
                 run_id,
@@ -576,6 +598,7 @@ class PostgresStore(Store):
                 turn,
                 waiting,
                 updated_at,
+                posted,
             ) in rows
         ]
 
@@ -589,10 +612,12 @@ class PostgresStore(Store):
 
     # -- the inbox -------------------------------------------------------------------------
 
-    async def post(self, run_id: str, message: InboxMessage) -> None:
+    async def post(
+        self, run_id: str, message: InboxMessage, *, admit: Admission | None = None
+    ) -> bool:
         params = {"run_id": _text(run_id), "message": encode_message(message)}
         async with self._connection() as conn, conn.transaction():
-            cursor = await conn.execute(self._q_lock_for_post, params)
+            cursor = await conn.execute(self._q_lock_for_post, params, binary=True)
             row = await cursor.fetchone()
             if row is None:
                 raise UnknownRunError(f"no run {run_id!r} in the store")
@@ -600,7 +625,13 @@ class PostgresStore(Store):
                 raise ConflictError(
                     f"run {run_id} is {row[0]}; it takes no more decisions or input"
                 )
+            if admit is not None:
+                cursor = await conn.execute(self._q_inbox_messages, params, binary=True)
+                inbox = [decode_message(data) for (data,) in await cursor.fetchall()]
+                if not admit(rebuild(row[1], []), [m for m in inbox if m is not None]):
+                    return False
             await conn.execute(self._q_post, params)
+        return True
 
     async def inbox(self, run_id: str) -> Inbox:
         async with self._connection() as conn:

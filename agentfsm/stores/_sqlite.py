@@ -13,15 +13,17 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from .._errors import ConflictError, LeaseLost, StoreError, UnknownRunError
+from .._errors import ConflictError, InboxChanged, LeaseLost, StoreError, UnknownRunError
 from .._machine import RunStatus
 from .._state import RunState
 from ._base import (
+    Admission,
     Inbox,
     InboxMessage,
     Lease,
     RunSummary,
     Store,
+    decode_message,
     encode_message,
     inbox_of,
     is_runnable,
@@ -234,6 +236,7 @@ class SQLiteStore(Store):
         expected_version: int | None = None,
         lease: Lease | None = None,
         acknowledge: Sequence[int] = (),
+        seen: int | None = None,
     ) -> int:
         expected = state.version - 1 if expected_version is None else expected_version
         summary = summary_of(state, self._clock())
@@ -259,6 +262,12 @@ class SQLiteStore(Store):
                     f"run {state.run_id} is at version {version}, not {expected}: it changed "
                     "since this state was loaded"
                 )
+            if seen is not None:
+                (newest,) = db.execute(
+                    "SELECT max(id) FROM run_inbox WHERE run_id = ?", (state.run_id,)
+                ).fetchone()
+                if newest is not None and newest > seen:
+                    raise InboxChanged(f"run {state.run_id}: more was posted to its inbox")
             head, items, start = parts(state, stored_items, stored_schema)
             if start < stored_items:
                 db.execute("DELETE FROM run_items WHERE run_id = ?", (state.run_id,))
@@ -306,7 +315,7 @@ class SQLiteStore(Store):
     ) -> list[RunSummary]:
         query = (
             "SELECT run_id, status, version, starting_agent, current_agent, turn, waiting,"
-            " updated_at FROM runs"
+            " updated_at, inbox FROM runs"
         )
         params: list[object] = []
         if status is not None:
@@ -328,15 +337,26 @@ class SQLiteStore(Store):
 
     # -- the inbox -------------------------------------------------------------------------
 
-    async def post(self, run_id: str, message: InboxMessage) -> None:
+    async def post(
+        self, run_id: str, message: InboxMessage, *, admit: Admission | None = None
+    ) -> bool:
         with self._write() as db:
-            row = db.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            row = db.execute("SELECT status, head FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 raise UnknownRunError(f"no run {run_id!r} in the store")
             if RunStatus(row[0]).is_terminal:
                 raise ConflictError(
                     f"run {run_id} is {row[0]}; it takes no more decisions or input"
                 )
+            if admit is not None:
+                inbox = [
+                    decode_message(data)
+                    for (data,) in db.execute(
+                        "SELECT message FROM run_inbox WHERE run_id = ? ORDER BY id", (run_id,)
+                    )
+                ]
+                if not admit(rebuild(row[1], []), [m for m in inbox if m is not None]):
+                    return False
             db.execute(
                 "INSERT INTO run_inbox (run_id, message) VALUES (?, ?)",
                 (run_id, encode_message(message)),
@@ -346,6 +366,7 @@ class SQLiteStore(Store):
                 " runnable = (runnable OR status = 'interrupted') WHERE run_id = ?",
                 (run_id,),
             )
+        return True
 
     async def inbox(self, run_id: str) -> Inbox:
         with self._read() as db:

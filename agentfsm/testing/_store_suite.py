@@ -21,7 +21,14 @@ from typing import Any
 
 from .. import _codec
 from .._agents import Agent
-from .._errors import ConflictError, LeaseLost, UnknownCallError, UnknownRunError
+from .._errors import (
+    ConfigurationError,
+    ConflictError,
+    DecisionRefused,
+    LeaseLost,
+    UnknownCallError,
+    UnknownRunError,
+)
 from .._items import UserMessage
 from .._runner import Runner
 from .._state import RunState
@@ -203,21 +210,61 @@ class StoreConformance:
             await store.save(state, expected_version=previous.version)
         return states[-1]
 
-    def test_decisions_go_to_the_inbox_bound_to_the_stored_arguments(self) -> None:
+    def test_decisions_go_to_the_inbox_bound_to_the_arguments_shown(self) -> None:
         async def check(store: Store, clock: FakeClock) -> None:
             paused = await self._paused(store, "p1")
             (request,) = paused.interruptions
-            await store.approve("p1", request.call_id, always=True)
-            await store.reject("p1", request.call_id, message="no")
-            await _raises(UnknownCallError, store.approve("p1", "call_9_9"))
+            assert await store.approve("p1", request, always=True, by="ada")
             inbox = await store.inbox("p1")
-            assert len(inbox.ids) == 2
-            assert list(inbox.ids) == sorted(inbox.ids)
-            first, second = (getattr(m, "decision", None) for m in inbox.messages)
-            assert first is not None and second is not None
-            assert first.approved and first.always and first.digest == request.digest
-            assert not second.approved and second.message == "no"
+            (message,) = inbox.messages
+            decision = getattr(message, "decision", None)
+            assert decision is not None
+            assert decision.approved and decision.always and decision.digest == request.digest
+            assert decision.by == "ada" and decision.at == clock()
             assert await store.load("p1") == paused, "decisions do not change the run itself"
+
+        self._run(check)
+
+    def test_the_first_decision_on_a_call_wins_and_a_repeat_is_harmless(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            paused = await self._paused(store, "p1")
+            (request,) = paused.interruptions
+            assert await store.approve("p1", request, by="ada")
+            clock.advance(5)
+            # The same decision again (a double-clicked form) is a no-op.
+            assert not await store.approve("p1", request.call_id, digest=request.digest, by="ada")
+            # Another decision is refused, naming the first.
+            await _raises(
+                DecisionRefused,
+                store.reject("p1", request, message="no", by="bob"),
+                "already decided: approved by ada",
+            )
+            assert len((await store.inbox("p1")).ids) == 1
+
+        self._run(check)
+
+    def test_a_decision_on_other_arguments_or_no_waiting_call_is_refused(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            paused = await self._paused(store, "p1")
+            (request,) = paused.interruptions
+            await _raises(
+                DecisionRefused,
+                store.approve("p1", request.call_id, digest="0" * 64),
+                "other arguments than the ones this decision was made on",
+            )
+            await _raises(ConfigurationError, store.approve("p1", request.call_id))
+            await _raises(UnknownCallError, store.approve("p1", "call_9_9", digest="0" * 64))
+            await _raises(
+                DecisionRefused,
+                store.approve("p1", request, arguments=[1]),  # type: ignore[arg-type]
+                "must be a JSON object",
+            )
+            await _raises(
+                DecisionRefused,
+                store.approve("p1", request, arguments={"to": 42}),
+                "$.to: expected string",
+            )
+            assert (await store.inbox("p1")).ids == ()
 
         self._run(check)
 
@@ -238,7 +285,7 @@ class StoreConformance:
     def test_a_finished_run_takes_no_messages(self) -> None:
         async def check(store: Store, clock: FakeClock) -> None:
             paused = await self._paused(store, "fin")
-            await store.approve("fin", paused.interruptions[0].call_id)
+            await store.approve("fin", paused.interruptions[0])
             done = await Runner(store=store).resume(_agent(), "fin")
             assert done.status == "completed"
             await _raises(ConflictError, store.cancel("fin"))
@@ -256,7 +303,7 @@ class StoreConformance:
                 assert migrated.schema_version == paused.schema_version + 1
                 assert migrated.input[0] == UserMessage(content="GO")
                 assert "ADA@EXAMPLE.COM" in migrated.to_json()
-                await store.approve("old", paused.interruptions[0].call_id)
+                await store.approve("old", paused.interruptions[0])
                 done = await Runner(store=store).resume(_agent(), "old")
                 assert await store.load("old") == done.state, "no rows of the old version left"
                 assert done.state.input[0] == UserMessage(content="GO")
@@ -323,7 +370,7 @@ class StoreConformance:
             paused = await runner.run(_agent(), "go", run_id="rr")
             assert paused.status == "interrupted"
             assert await store.load("rr") == seen[-1] == paused.state
-            await store.approve("rr", paused.interruptions[0].call_id)
+            await store.approve("rr", paused.interruptions[0])
             done = await Runner(store=store).resume(_agent(), "rr")
             assert done.status == "completed"
             assert await store.load("rr") == done.state
@@ -358,9 +405,11 @@ def _next_schema_version(
         del _codec.MIGRATIONS[version]
 
 
-async def _raises(kind: type[BaseException], awaitable: Awaitable[Any]) -> None:
+async def _raises(kind: type[BaseException], awaitable: Awaitable[Any], saying: str = "") -> None:
+    message = None
     try:
         await awaitable
-    except kind:
-        return
-    raise AssertionError(f"expected {kind.__name__}")
+    except kind as exc:
+        message = str(exc)
+    assert message is not None, f"expected {kind.__name__}"
+    assert saying in message, f"expected {kind.__name__} saying {saying!r}, got {message!r}"

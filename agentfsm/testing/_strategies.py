@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from .._codec import SCHEMA_VERSION
+from .._decisions import DecisionRecord
 from .._events import Decision
 from .._items import (
     AssistantMessage,
@@ -200,10 +201,10 @@ def run_states(
 
     Any status (or one of ``statuses``), a transcript of up to ``max_items`` items, input and
     staged input, a ledger of calls with distinct ids (their digests and idempotency keys
-    computed as the engine does), decisions, sticky policies, usage, a JSON context and final
-    output, an error or none. The fields need not tell a story a real run could produce (a
-    completed run may have an error); every value is one ``to_json`` / ``from_json`` and the
-    stores must carry unchanged.
+    computed as the engine does), decisions and their audit trail, sticky policies, usage, a
+    JSON context and final output, an error or none. The fields need not tell a story a real
+    run could produce (a completed run may have an error); every value is one ``to_json`` /
+    ``from_json`` and the stores must carry unchanged.
     """
     from hypothesis import strategies as st
 
@@ -228,6 +229,7 @@ def run_states(
         message=st.text(max_size=40),
     )
     indexes = st.integers(min_value=0, max_value=3)
+    moments = st.none() | st.floats(min_value=0, max_value=4e9, allow_nan=False)
 
     @st.composite
     def draw_state(draw: DrawFn) -> RunState:
@@ -252,6 +254,7 @@ def run_states(
                     idempotency_key=idempotency_key(run_id, turn, call_id),
                     status=draw(call_statuses),
                     reason=draw(reasons),
+                    schema=draw(st.none() | objects),
                 )
             )
         decisions = [
@@ -263,8 +266,23 @@ def run_states(
                 always=draw(st.booleans()),
                 message=draw(maybe_text),
                 arguments=draw(st.none() | objects),
+                by=draw(st.text(max_size=10)),
+                at=draw(moments),
+                expired=draw(st.booleans()),
             )
             for call in ledger
+            if draw(st.booleans())
+        ]
+        audit = [
+            DecisionRecord(
+                decision=decision,
+                tool=draw(names),
+                agent=agent(),
+                shown=draw(objects),
+                outcome=draw(st.sampled_from(["applied", "refused"])),
+                reason=draw(maybe_text),
+            )
+            for decision in decisions
             if draw(st.booleans())
         ]
         return RunState(
@@ -287,6 +305,7 @@ def run_states(
             context=draw(values),
             staged=tuple(draw(few_items)),
             version=draw(st.integers(min_value=0, max_value=10**6)),
+            audit=tuple(audit),
         )
 
     return draw_state()
