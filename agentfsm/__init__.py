@@ -83,7 +83,17 @@ from ._state import CallRecord, Policy, RunState, Transcript
 from ._step import Step, idempotency_key, new_run, pending_outcome, step
 from ._tools import Tool, ToolContext, ToolSpec, tool
 from ._version import __version__ as __version__
-from .stores import Lease, MemoryStore, PostgresStore, RunSummary, SQLiteStore, Store, open_store
+from .stores import (
+    Lease,
+    MemoryStore,
+    PostgresStore,
+    RunSummary,
+    SQLiteStore,
+    Store,
+    WaitingCall,
+    WaitingPage,
+    open_store,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -166,6 +176,8 @@ __all__ = [
     "UnknownToolError",
     "Usage",
     "UserMessage",
+    "WaitingCall",
+    "WaitingPage",
     "handoff_tool_name",
     "idempotency_key",
     "new_run",

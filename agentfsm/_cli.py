@@ -72,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runs list": _list,
             "runs show": _show,
             "runs export": _export,
+            "approvals": _approvals,
             "approve": _approve,
             "reject": _reject,
             "cancel": _cancel,
@@ -229,6 +230,20 @@ def _export(args: argparse.Namespace) -> int:
     return _with_store(args, work, create=False)
 
 
+def _approvals(args: argparse.Namespace) -> int:
+    from ._cli_json import encode
+    from ._render import render_waiting
+
+    async def work(store: Any) -> int:
+        page = await store.waiting(
+            tool=args.tool, agent=args.agent, limit=args.limit, after=args.after
+        )
+        print(encode(page) if args.json else render_waiting(page))
+        return ExitCode.OK
+
+    return _with_store(args, work, create=False)
+
+
 def _approve(args: argparse.Namespace) -> int:
     return _decide(args, approved=True)
 
@@ -361,6 +376,8 @@ def _worker(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, runner.stop)
+        # Said once the signals are handled: a supervisor (or a test) may stop it from here on.
+        print(f"worker {runner.owner} started", flush=True)
         advanced = await runner.work(agent, poll_interval=args.poll, until_idle=args.until_idle)
         print(f"worker {runner.owner} stopped after advancing {advanced} runs")
         return 0

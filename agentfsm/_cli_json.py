@@ -20,7 +20,7 @@ from ._items import Item, Record, Usage
 from ._machine import RunStatus
 from ._outcomes import ApprovalRequest, RunError
 from ._state import RunState
-from .stores._base import CancelMessage, DecisionMessage, InboxMessage, RunSummary
+from .stores._base import CancelMessage, DecisionMessage, InboxMessage, RunSummary, WaitingPage
 
 __all__ = ["RunDocument", "RunListDocument", "encode", "run_document"]
 
@@ -87,6 +87,6 @@ def run_document(state: RunState, posted: Sequence[InboxMessage] = ()) -> RunDoc
     )
 
 
-def encode(document: RunDocument | RunListDocument) -> str:
+def encode(document: RunDocument | RunListDocument | WaitingPage) -> str:
     """``document`` as one line of JSON."""
     return msgspec.json.encode(document).decode()

@@ -200,6 +200,37 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     export.add_argument("run_id", help="the run to export")
     export.set_defaults(handler=handlers["runs export"])
 
+    approvals = command(
+        commands,
+        "approvals",
+        "list the calls waiting for a decision",
+        "List the calls that wait for a decision, across every run, oldest first: run, call, "
+        "tool, agent, since when, the digest a decision must name, the arguments, and the "
+        "decisions posted on it that the run has not applied yet. Read only.",
+        store,
+    )
+    approvals.add_argument("--tool", default=None, help="only calls of this tool (default: any)")
+    approvals.add_argument("--agent", default=None, help="only calls of this agent (default: any)")
+    approvals.add_argument(
+        "--limit",
+        type=int,
+        default=50,
+        metavar="N",
+        help="list at most this many calls, 1 to 1000 (default: %(default)s)",
+    )
+    approvals.add_argument(
+        "--after",
+        default=None,
+        metavar="CURSOR",
+        help="start after this cursor: the `next` of the previous page (default: the oldest)",
+    )
+    approvals.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document (schemas/cli_approvals.schema.json) instead of a table",
+    )
+    approvals.set_defaults(handler=handlers["approvals"])
+
     decision = _Parser(add_help=False)
     decision.add_argument(
         "--digest",

@@ -74,10 +74,13 @@ class Started(_Event, frozen=True, tag="started"):
 
 class ModelResponded(_Event, frozen=True, tag="model_responded"):
     """The model answered. ``needs_approval`` holds the driver's answers for tools whose
-    approval rule is a function (a call missing from it is treated as needing approval)."""
+    approval rule is a function (a call missing from it is treated as needing approval);
+    ``deadlines`` when each call expires if it must wait for a decision (seconds since the
+    epoch: the driver's clock, so the step stays pure)."""
 
     response: ModelResponse
     needs_approval: dict[str, bool] = msgspec.field(default_factory=dict)
+    deadlines: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 class ToolsFinished(_Event, frozen=True, tag="tools_finished"):

@@ -56,6 +56,8 @@ class ApprovalRequest(Record, frozen=True):
     #: The JSON Schema of the tool's arguments when the call was validated, so that edited
     #: arguments can be checked (and a form drawn) without the tool's code.
     schema: dict[str, Any] | None = None
+    #: When the call expires if nobody decides (seconds since the epoch), or None.
+    deadline: float | None = None
 
 
 class _Outcome(Record, frozen=True, tag_field="type"):

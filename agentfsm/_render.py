@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from ._decisions import describe
 from ._items import AssistantMessage, Feedback, HandoffItem, Item, ToolCallItem, ToolResultItem
 from ._state import RunState
-from .stores._base import CancelMessage, DecisionMessage, InboxMessage, RunSummary
+from .stores._base import CancelMessage, DecisionMessage, InboxMessage, RunSummary, WaitingPage
 
-__all__ = ["DIGEST_SHOWN", "render_run", "render_summaries", "render_transcript"]
+__all__ = [
+    "DIGEST_SHOWN",
+    "render_run",
+    "render_summaries",
+    "render_transcript",
+    "render_waiting",
+]
 
 
 def render_transcript(state: RunState) -> str:
@@ -99,8 +106,45 @@ def render_summaries(summaries: list[RunSummary]) -> str:
         )
         for s in summaries
     ]
+    return _table(rows)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as columns padded to the widest cell."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+def render_waiting(page: WaitingPage) -> str:
+    """The inbox query as a table, and how to get the next page."""
+    if not page.calls:
+        return "no calls waiting"
+    rows = [("RUN", "CALL", "TOOL", "AGENT", "SINCE", "DIGEST", "ARGUMENTS", "POSTED")]
+    for call in page.calls:
+        request = call.request
+        arguments = json.dumps(request.arguments, sort_keys=True)
+        if len(arguments) > 60:
+            arguments = arguments[:57] + "..."
+        since = datetime.fromtimestamp(call.since, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        if request.reason == "in_doubt":
+            since += " (in doubt)"
+        posted = "; ".join(describe(d) for d in call.posted)
+        rows.append(
+            (
+                call.run_id,
+                request.call_id,
+                request.tool,
+                request.agent,
+                since,
+                request.digest[:DIGEST_SHOWN],
+                arguments,
+                posted,
+            )
+        )
+    lines = _table(rows)
+    if page.next is not None:
+        lines += f"\nmore: agentfsm approvals --after {page.next}"
+    return lines

@@ -13,6 +13,7 @@ import inspect
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from ._errors import (
 from ._events import (
     ApprovalsDecided,
     Cancelled,
+    Decision,
     Event,
     Injected,
     ModelResponded,
@@ -108,6 +110,11 @@ class Runner:
         on_step: called with the new state after every step (sync or async), to persist it.
         model_provider: resolves agents whose ``model`` is a name (default: the
             OpenAI-compatible provider of ``agentfsm.models``, configured from the environment).
+        approval_timeout: seconds a call may wait for a decision before it expires, for tools
+            that set no ``approval_timeout`` of their own (default: no limit). An expired call
+            does not run; the model is told, and the audit trail says expired. Workers expire
+            calls by themselves.
+        clock: the time of deadlines and expiries (default ``time.time``).
     """
 
     def __init__(
@@ -119,9 +126,15 @@ class Runner:
         store: Store | None = None,
         owner: str | None = None,
         lease_seconds: float = 30.0,
+        approval_timeout: float | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         if tool_errors not in ("feed", "raise"):
             raise ConfigurationError("tool_errors must be 'feed' or 'raise'")
+        if approval_timeout is not None and not approval_timeout > 0:
+            raise ConfigurationError("approval_timeout must be a positive number of seconds")
+        self.approval_timeout = approval_timeout
+        self.clock = clock
         self.tool_errors: ToolErrors = tool_errors
         self.on_step = on_step
         self.model_provider = model_provider
@@ -385,6 +398,15 @@ class Runner:
                     # Decisions recorded on the state while its tools ran (the caller's, or
                     # another process's) apply now, without waiting for another resume.
                     event = ApprovalsDecided()
+                case Interruption(requests=requests) if expired := _expired(requests, self.clock):
+                    if session is not None:
+                        # What people posted comes first; an expiry saved while something
+                        # was posted is taken again (InboxChanged), after it.
+                        if (await session.store.inbox(state.run_id)).ids:
+                            mail = True
+                            continue
+                        seen = 0
+                    event = ApprovalsDecided(decisions=expired)
                 case Interruption(requests=requests) if given and not stepped:
                     raise _carrying(_undecided(state, requests), state)
                 case Interruption() | FinalOutput():
@@ -482,7 +504,23 @@ class Runner:
         return ModelResponded(
             response=response,
             needs_approval=await self._approval_rules(agents, state, response),
+            deadlines=self._deadlines(agents, state, response),
         )
+
+    def _deadlines(
+        self, agents: AgentSet, state: RunState, response: ModelResponse
+    ) -> dict[str, float]:
+        """When each call expires if it must wait for a decision (the step keeps only the
+        deadlines of calls that wait)."""
+        deadlines: dict[str, float] = {}
+        now = None
+        for call in response.tool_calls:
+            tool = agents.tool(state.current_agent, call.name)
+            timeout = None if tool is None else tool.approval_timeout or self.approval_timeout
+            if timeout is not None:
+                now = self.clock() if now is None else now
+                deadlines[call.call_id] = now + timeout
+        return deadlines
 
     def _named_model(self, name: str, state: RunState) -> Any:
         model = self._models.get(name)
@@ -624,6 +662,20 @@ def _sync(coroutine: Coroutine[Any, Any, RunResult]) -> RunResult:
         return asyncio.run(coroutine)
     coroutine.close()
     raise ConfigurationError("the *_sync methods cannot be called from a running event loop")
+
+
+def _expired(
+    requests: Sequence[ApprovalRequest], clock: Callable[[], float]
+) -> tuple[Decision, ...]:
+    """Expiries for the calls past their deadline."""
+    if all(r.deadline is None for r in requests):
+        return ()
+    now = clock()
+    return tuple(
+        Decision(call_id=r.call_id, digest=r.digest, approved=False, expired=True, at=now)
+        for r in requests
+        if r.deadline is not None and r.deadline <= now
+    )
 
 
 def _undecided(state: RunState, requests: Sequence[ApprovalRequest]) -> UndecidedError:

@@ -23,6 +23,7 @@ from ._events import Event
 from ._items import Item
 from ._machine import mermaid
 from ._outcomes import Outcome
+from .stores._base import WaitingPage
 
 __all__ = [
     "DIAGRAM_BEGIN",
@@ -87,6 +88,7 @@ def artifacts(root: Path) -> dict[Path, str]:
         root / "schemas" / "cli_run_list.schema.json": schema_text(
             RunListDocument, "RunListDocument"
         ),
+        root / "schemas" / "cli_approvals.schema.json": schema_text(WaitingPage, "WaitingPage"),
     }
     doc = root / "docs" / "state-machine.md"
     if doc.exists():

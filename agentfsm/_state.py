@@ -122,6 +122,8 @@ class CallRecord(Record, frozen=True):
     edited: bool = False
     #: The tool's argument schema when the call was validated (see ApprovalRequest.schema).
     schema: dict[str, Any] | None = None
+    #: When the call expires if nobody decides (see ApprovalRequest.deadline).
+    deadline: float | None = None
 
     def invocation(self) -> Invocation:
         return Invocation(
@@ -142,6 +144,7 @@ class CallRecord(Record, frozen=True):
             reason=self.reason,
             idempotency_key=self.idempotency_key,
             schema=self.schema,
+            deadline=self.deadline,
         )
 
 

@@ -302,6 +302,7 @@ def _model_responded(
                 idempotency_key=idempotency_key(state.run_id, turn, call.call_id),
                 status=status,
                 schema=tool.parameters,
+                deadline=event.deadlines.get(call.call_id) if needs else None,
             )
         )
     return _advance(

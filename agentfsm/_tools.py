@@ -59,6 +59,7 @@ class Tool:
         timeout: float | None = None,
         idempotent: bool = False,
         inline: bool = False,
+        approval_timeout: float | None = None,
     ) -> None:
         if not callable(fn):
             raise ToolDefinitionError(f"a tool needs a function, got {fn!r}")
@@ -72,6 +73,9 @@ class Tool:
             raise ToolDefinitionError("needs_approval must be a bool or a function")
         if timeout is not None and timeout <= 0:
             raise ToolDefinitionError("timeout must be a positive number of seconds")
+        if approval_timeout is not None and not approval_timeout > 0:
+            raise ToolDefinitionError("approval_timeout must be a positive number of seconds")
+        self.approval_timeout = approval_timeout
         self.needs_approval = needs_approval
         self.timeout = timeout
         self.idempotent = idempotent
@@ -167,6 +171,7 @@ def tool(
     timeout: float | None = None,
     idempotent: bool = False,
     inline: bool = False,
+    approval_timeout: float | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -178,6 +183,7 @@ def tool(
     timeout: float | None = None,
     idempotent: bool = False,
     inline: bool = False,
+    approval_timeout: float | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a sync or async function into a Tool.
 
@@ -196,6 +202,9 @@ def tool(
         inline: for a quick sync function (arithmetic, formatting): call it on the event
             loop instead of in a worker thread, which saves the thread hop (about 0.1-0.3 ms
             a call) but blocks the loop while it runs. Not with ``timeout``.
+        approval_timeout: seconds a call may wait for a decision; then it expires: it does
+            not run, the model is told, and the audit trail says expired (default: the
+            Runner's ``approval_timeout``, else no limit).
     """
 
     def wrap(function: Callable[..., Any]) -> Tool:
@@ -207,6 +216,7 @@ def tool(
             timeout=timeout,
             idempotent=idempotent,
             inline=inline,
+            approval_timeout=approval_timeout,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -480,3 +480,43 @@ def test_a_call_in_doubt_is_shown_with_its_key_and_decided_by_id(
     seen = shown.split("digest ")[1].split()[0]
     assert main(["approve", "d1", "call_1_0", "--digest", seen, *where]) == 0
     assert "approved call_1_0" in capsys.readouterr().out
+
+
+def test_approvals_lists_waiting_calls_across_runs_in_pages(tmp_path: Path) -> None:
+    for n in range(3):
+        assert cli(tmp_path, "run", *APP, "go", "--run-id", f"q{n}").returncode == 3
+    table = cli(tmp_path, "approvals")
+    assert table.returncode == ExitCode.OK, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == [
+        "RUN", "CALL", "TOOL", "AGENT", "SINCE", "DIGEST", "ARGUMENTS", "POSTED"
+    ]  # fmt: skip
+    assert [line.split()[0] for line in lines[1:]] == ["q0", "q1", "q2"]
+    seen = shown_digest(tmp_path, "q1")
+    assert seen in lines[2]
+    assert (
+        cli(tmp_path, "approve", "q1", "call_1_0", "--digest", seen, "--as", "ada").returncode == 0
+    )
+    assert "approved by ada at " in cli(tmp_path, "approvals").stdout
+    first = cli(tmp_path, "approvals", "--limit", "2", "--json")
+    page = one_document(first, agentfsm.stores.WaitingPage)
+    assert [c.run_id for c in page.calls] == ["q0", "q1"]
+    assert page.calls[1].posted[0].by == "ada"
+    assert page.calls[0].request.digest == digest(page.calls[0].request.arguments)
+    assert page.next is not None
+    rest = one_document(
+        cli(tmp_path, "approvals", "--limit", "2", "--after", page.next, "--json"),
+        agentfsm.stores.WaitingPage,
+    )
+    assert ([c.run_id for c in rest.calls], rest.next) == (["q2"], None)
+    assert cli(tmp_path, "approvals", "--tool", "lookup").stdout == "no calls waiting\n"
+    assert "q0" in cli(tmp_path, "approvals", "--agent", "mailer").stdout
+    schema = json.loads((ROOT / "schemas" / "cli_approvals.schema.json").read_text())
+    assert schema == json.loads(schema_text(agentfsm.stores.WaitingPage, "WaitingPage"))
+    for bad, message in ((["--limit", "0"], "limit must be"), (["--after", "x"], "not a cursor")):
+        refused = cli(tmp_path, "approvals", *bad)
+        assert refused.returncode == ExitCode.ERROR
+        assert message in refused.stderr
+    missing = cli(tmp_path, "approvals", "--store", str(tmp_path / "nope.db"))
+    assert missing.returncode == ExitCode.ERROR
+    assert not (tmp_path / "nope.db").exists()

@@ -222,6 +222,8 @@ def test_random_decisions_from_several_processes_against_a_worker(
     effects = where / "effects.jsonl"
     paused = {state.run_id: state for state in pause(dsn, "a", "b")}
     worker = agentfsm("worker", *APP, "--poll", "0.05", "--store", dsn, effects=effects)
+    assert worker.stdout is not None
+    assert "started" in worker.stdout.readline(), "the worker did not start"
     try:
         deciders = [
             subprocess.Popen(

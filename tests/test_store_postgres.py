@@ -216,7 +216,8 @@ def test_the_schema_is_created_once_by_many_stores_starting_together(schema: str
                 await store.close()
 
     asyncio.run(main())
-    assert sql(f'SELECT version FROM "{schema}".agentfsm_schema') == [(LAYOUT_VERSION,)]
+    versions = sql(f'SELECT version FROM "{schema}".agentfsm_schema ORDER BY version')
+    assert versions == [(v,) for v in range(1, LAYOUT_VERSION + 1)], "each layout step once"
     assert sql(f'SELECT count(*) FROM "{schema}".runs') == [(8,)]
 
 
@@ -371,3 +372,23 @@ def test_a_cancelled_call_leaves_nothing_behind(schema: str) -> None:
 async def _raises(kind: type[BaseException], awaitable: Awaitable[Any]) -> None:
     with pytest.raises(kind):
         await awaitable
+
+
+def test_a_layout_1_schema_gets_its_waiting_calls_indexed_on_first_use(schema: str) -> None:
+    from agentfsm import Runner
+    from tests.apps.payments import agent
+
+    async def pause(store: PostgresStore) -> None:
+        await Runner(store=store).run(agent(), "pay", run_id="old")
+
+    run(schema, pause)
+    sql(f'DROP TABLE "{schema}".run_waiting')  # as agentfsm 0.1 left it
+    sql(f'ALTER TABLE "{schema}".runs DROP COLUMN deadline')
+    sql(f'DELETE FROM "{schema}".agentfsm_schema WHERE version > 1')
+    found: list[str] = []
+
+    async def listed(store: PostgresStore) -> None:
+        found.extend(c.request.call_id for c in (await store.waiting()).calls)
+
+    run(schema, listed)
+    assert found == ["call_0_0", "call_0_1", "call_0_2"]

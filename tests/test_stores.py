@@ -23,3 +23,38 @@ class TestSQLiteStore(StoreConformance):
 
     async def make_store(self, clock: Callable[[], float]) -> Store:
         return SQLiteStore(self.path, clock=clock)
+
+
+def _paused(store: Store) -> list[str]:
+    """Pause a run in ``store``; the ids of its waiting calls."""
+    import asyncio
+
+    from agentfsm import Runner
+    from tests.apps.payments import agent
+
+    async def main() -> list[str]:
+        result = await Runner(store=store).run(agent(), "pay", run_id="old")
+        return [r.call_id for r in result.interruptions]
+
+    return asyncio.run(main())
+
+
+def test_a_layout_1_sqlite_store_gets_its_waiting_calls_indexed_on_open(tmp_path: Path) -> None:
+    import asyncio
+    import sqlite3
+
+    store = SQLiteStore(tmp_path / "runs.db")
+    waiting = _paused(store)
+    asyncio.run(store.close())
+    with sqlite3.connect(tmp_path / "runs.db") as db:  # as agentfsm 0.1 left it
+        db.execute("DROP TABLE run_waiting")
+        db.execute("DROP INDEX runs_by_deadline")
+        db.execute("ALTER TABLE runs DROP COLUMN deadline")
+        db.execute("DELETE FROM agentfsm_schema WHERE version > 1")
+    db.close()
+
+    async def reopened() -> list[str]:
+        async with SQLiteStore(tmp_path / "runs.db") as store:
+            return [c.request.call_id for c in (await store.waiting()).calls]
+
+    assert asyncio.run(reopened()) == waiting

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._errors import ConfigurationError
-from ._base import Inbox, Lease, RunSummary, Store
+from ._base import Inbox, Lease, RunSummary, Store, WaitingCall, WaitingPage
 from ._memory import MemoryStore
 from ._sqlite import SQLiteStore
 
@@ -25,6 +25,8 @@ __all__ = [
     "RunSummary",
     "SQLiteStore",
     "Store",
+    "WaitingCall",
+    "WaitingPage",
     "open_store",
 ]
 

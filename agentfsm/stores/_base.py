@@ -10,6 +10,8 @@ is advancing the run; the driver takes them in at its next step.
 from __future__ import annotations
 
 import abc
+import base64
+import binascii
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +38,8 @@ __all__ = [
     "Message",
     "RunSummary",
     "Store",
+    "WaitingCall",
+    "WaitingPage",
     "is_runnable",
     "summary_of",
 ]
@@ -64,6 +68,25 @@ class RunSummary(msgspec.Struct, frozen=True):
     waiting: int
     updated_at: float
     posted: int = 0
+
+
+class WaitingCall(msgspec.Struct, frozen=True):
+    """A call waiting for a decision, as the inbox query lists it: the run, the request a
+    person is shown (tool, agent, arguments, digest, reason, argument schema), since when it
+    waits (the store's clock), and the decisions posted on it and not applied yet."""
+
+    run_id: str
+    request: ApprovalRequest
+    since: float
+    posted: tuple[Decision, ...] = ()
+
+
+class WaitingPage(msgspec.Struct, frozen=True):
+    """One page of waiting calls, oldest first. ``next`` is the cursor of the next page
+    (pass it as ``after``), or None on the last page."""
+
+    calls: tuple[WaitingCall, ...]
+    next: str | None = None
 
 
 class Message(msgspec.Struct, frozen=True, tag_field="type"):
@@ -183,6 +206,20 @@ class Store(abc.ABC):
         self, *, status: RunStatus | str | None = None, limit: int | None = None
     ) -> list[RunSummary]:
         """Summaries of the stored runs, most recently updated first."""
+
+    @abc.abstractmethod
+    async def waiting(
+        self,
+        *,
+        tool: str | None = None,
+        agent: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> WaitingPage:
+        """The calls waiting for a decision across every run, oldest first, optionally only
+        those of one ``tool`` or ``agent``: at most ``limit`` (1 to 1,000) from the cursor
+        ``after`` (the ``next`` of the previous page). Served from an index, not a scan of
+        the runs. Raises ConfigurationError for a bad limit or cursor."""
 
     @abc.abstractmethod
     async def delete(self, run_id: str) -> None:
@@ -331,6 +368,58 @@ def _bound(call: str | ApprovalRequest, digest: str | None) -> tuple[str, str]:
             "ApprovalRequest itself"
         )
     return call_id, digest
+
+
+MAX_PAGE = 1000
+
+
+def check_page(limit: int, after: str | None) -> tuple[float, str, str] | None:
+    """The position a page starts after, and ConfigurationError for a bad ``limit``."""
+    if type(limit) is not int or not 1 <= limit <= MAX_PAGE:
+        raise ConfigurationError(f"limit must be an int from 1 to {MAX_PAGE}, not {limit!r}")
+    if after is None:
+        return None
+    try:
+        since, run_id, call_id = msgspec.json.decode(base64.urlsafe_b64decode(after.encode()))
+        return float(since), str(run_id), str(call_id)
+    except (ValueError, TypeError, msgspec.DecodeError, binascii.Error):
+        raise ConfigurationError(f"not a cursor of the waiting calls: {after!r}") from None
+
+
+def page_of(rows: Sequence[tuple[str, bytes, float]], limit: int, posted: Inboxes) -> WaitingPage:
+    """A page from ``limit + 1`` rows of (run id, encoded request, since), and the posted
+    messages of their runs."""
+    calls = []
+    for run_id, request, since in rows[:limit]:
+        decoded = _request_decoder.decode(request)
+        decisions = tuple(
+            m.decision
+            for m in posted.get(run_id, ())
+            if isinstance(m, DecisionMessage) and m.decision.call_id == decoded.call_id
+        )
+        calls.append(WaitingCall(run_id=run_id, request=decoded, since=since, posted=decisions))
+    following = None
+    if len(rows) > limit:
+        last = calls[-1]
+        position = [last.since, last.run_id, last.request.call_id]
+        following = base64.urlsafe_b64encode(msgspec.json.encode(position)).decode()
+    return WaitingPage(calls=tuple(calls), next=following)
+
+
+#: The messages posted to each run and not applied yet.
+Inboxes = dict[str, list[InboxMessage]]
+
+
+def waiting_rows(state: RunState) -> list[tuple[str, str, str, bytes, float | None]]:
+    """The calls of ``state`` that wait for a decision, as rows of the inbox query: call id,
+    tool, agent, the encoded ApprovalRequest, its deadline."""
+    return [
+        (r.call_id, r.tool, r.agent, _message_encoder.encode(r), r.deadline)
+        for r in state.interruptions
+    ]
+
+
+_request_decoder = msgspec.json.Decoder(ApprovalRequest)
 
 
 def parts(state: RunState, stored_items: int, stored_schema: int) -> tuple[bytes, list[bytes], int]:

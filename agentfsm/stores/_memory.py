@@ -16,17 +16,22 @@ from .._state import RunState
 from ._base import (
     Admission,
     Inbox,
+    Inboxes,
     InboxMessage,
     Lease,
     RunSummary,
     Store,
+    WaitingPage,
+    check_page,
     decode_message,
     encode_message,
     is_runnable,
+    page_of,
     parts,
     rebuild,
     status_value,
     summary_of,
+    waiting_rows,
 )
 
 __all__ = ["MemoryStore"]
@@ -43,6 +48,22 @@ class _Run:
     lease_owner: str | None = None
     lease_token: int = 0
     lease_until: float = 0.0
+    #: The calls waiting for a decision: call id -> (tool, agent, request, since).
+    waiting: dict[str, tuple[str, str, bytes, float]] = field(default_factory=dict)
+    #: The earliest deadline of a waiting call: a worker takes the run up then.
+    deadline: float | None = None
+
+    def set_waiting(self, state: RunState, now: float) -> None:
+        """Calls that still wait keep the time they started waiting."""
+        kept = {}
+        deadlines = []
+        for call_id, tool, agent, request, deadline in waiting_rows(state):
+            since = self.waiting[call_id][3] if call_id in self.waiting else now
+            kept[call_id] = (tool, agent, request, since)
+            if deadline is not None:
+                deadlines.append(deadline)
+        self.waiting = kept
+        self.deadline = min(deadlines, default=None)
 
 
 class MemoryStore(Store):
@@ -64,13 +85,14 @@ class MemoryStore(Store):
         if state.run_id in self._runs:
             raise ConflictError(f"run {state.run_id} is already stored")
         head, items, _ = parts(state, 0, state.schema_version)
-        self._runs[state.run_id] = _Run(
+        run = self._runs[state.run_id] = _Run(
             head=head,
             items=items,
             summary=summary_of(state, self._clock()),
             runnable=is_runnable(state, 0),
             schema_version=state.schema_version,
         )
+        run.set_waiting(state, run.summary.updated_at)
 
     async def load(self, run_id: str) -> RunState:
         run = self._run(run_id)
@@ -104,7 +126,32 @@ class MemoryStore(Store):
         run.schema_version = state.schema_version
         run.summary = summary_of(state, self._clock())
         run.runnable = is_runnable(state, len(run.inbox))
+        run.set_waiting(state, run.summary.updated_at)
         return len(run.inbox)
+
+    async def waiting(
+        self,
+        *,
+        tool: str | None = None,
+        agent: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> WaitingPage:
+        start = check_page(limit, after)
+        found = sorted(
+            (since, run_id, call_id, request)
+            for run_id, run in self._runs.items()
+            for call_id, (tool_, agent_, request, since) in run.waiting.items()
+            if tool in (None, tool_) and agent in (None, agent_)
+        )
+        if start is not None:
+            found = [row for row in found if row[:3] > start]
+        rows = [(run_id, request, since) for since, run_id, _, request in found[: limit + 1]]
+        posted: Inboxes = {
+            run_id: [m for m in map(decode_message, self._runs[run_id].inbox.values()) if m]
+            for run_id, _, _ in rows
+        }
+        return page_of(rows, limit, posted)
 
     async def list(
         self, *, status: RunStatus | str | None = None, limit: int | None = None
@@ -156,7 +203,7 @@ class MemoryStore(Store):
                 (
                     (rid, run)
                     for rid, run in self._runs.items()
-                    if run.runnable
+                    if (run.runnable or (run.deadline is not None and run.deadline <= now))
                     and (starting_agent is None or run.summary.starting_agent == starting_agent)
                 ),
                 key=lambda pair: pair[1].summary.updated_at,

@@ -36,18 +36,23 @@ from .._state import RunState
 from ._base import (
     Admission,
     Inbox,
+    Inboxes,
     InboxMessage,
     Lease,
     RunSummary,
     Store,
+    WaitingPage,
+    check_page,
     decode_message,
     encode_message,
     inbox_of,
     is_runnable,
+    page_of,
     parts,
     rebuild,
     status_value,
     summary_of,
+    waiting_rows,
 )
 
 if TYPE_CHECKING:
@@ -59,7 +64,9 @@ if TYPE_CHECKING:
 __all__ = ["PostgresStore"]
 
 #: This store's own table layout version (``agentfsm_schema``), migrated on first use.
-LAYOUT_VERSION = 1
+#:   1: runs, their items and their inbox.
+#:   2: the calls waiting for a decision, indexed for the inbox query.
+LAYOUT_VERSION = 2
 
 # Statements are templates: ``{s}`` is the quoted schema, ``{now}`` the store's clock.
 _LAYOUT = """
@@ -102,6 +109,47 @@ CREATE TABLE {s}.run_inbox (
 CREATE INDEX run_inbox_by_run ON {s}.run_inbox (run_id, id);
 """
 
+_LAYOUT_2 = """
+CREATE TABLE {s}.run_waiting (
+    run_id text NOT NULL REFERENCES {s}.runs (run_id) ON DELETE CASCADE,
+    call_id text NOT NULL,
+    tool text NOT NULL,
+    agent text NOT NULL,
+    request bytea NOT NULL,
+    since double precision NOT NULL,
+    PRIMARY KEY (run_id, call_id)
+);
+CREATE INDEX run_waiting_by_since ON {s}.run_waiting (since, run_id, call_id);
+CREATE INDEX run_waiting_by_tool ON {s}.run_waiting (tool, since, run_id, call_id);
+CREATE INDEX run_waiting_by_agent ON {s}.run_waiting (agent, since, run_id, call_id);
+ALTER TABLE {s}.runs ADD COLUMN deadline double precision;
+CREATE INDEX runs_by_deadline ON {s}.runs (deadline) WHERE deadline IS NOT NULL;
+"""
+
+# Calls that still wait keep the time they started waiting; the run keeps its earliest
+# deadline, when a worker takes it up.
+_SET_WAITING = """
+WITH gone AS (
+    DELETE FROM {s}.run_waiting
+    WHERE run_id = %(run_id)s AND NOT (call_id = ANY(%(calls)s::text[]))
+), due AS (
+    UPDATE {s}.runs SET deadline = %(deadline)s::float8 WHERE run_id = %(run_id)s
+)
+INSERT INTO {s}.run_waiting (run_id, call_id, tool, agent, request, since)
+SELECT %(run_id)s, c, t, a, r, %(since)s::float8
+FROM unnest(%(calls)s::text[], %(tools)s::text[], %(agents)s::text[], %(requests)s::bytea[])
+    AS x(c, t, a, r)
+ON CONFLICT (run_id, call_id) DO UPDATE SET
+    tool = excluded.tool, agent = excluded.agent, request = excluded.request
+"""
+
+_WAITING = "SELECT run_id, request, since FROM {s}.run_waiting"
+_AFTER = " AND (since, run_id, call_id) > (%(since)s::float8, %(run)s, %(call)s)"
+
+_POSTED = """
+SELECT run_id, message FROM {s}.run_inbox WHERE run_id = ANY(%(runs)s::text[]) ORDER BY id
+"""
+
 _APPEND = """
 INSERT INTO {s}.run_items (run_id, idx, item)
 SELECT %(run_id)s, %(start)s::bigint + t.n - 1, t.item
@@ -134,7 +182,8 @@ FROM {s}.runs AS r WHERE r.run_id = %(run_id)s
 """
 
 _LOCK_FOR_SAVE = """
-SELECT version, n_items, lease_owner, lease_token, lease_until, inbox, {now}, schema_version
+SELECT version, n_items, lease_owner, lease_token, lease_until, inbox, {now}, schema_version,
+    waiting
 FROM {s}.runs WHERE run_id = %(run_id)s FOR UPDATE
 """
 
@@ -195,7 +244,7 @@ UPDATE {s}.runs AS r SET
     lease_until = {now} + %(seconds)s::float8
 WHERE r.run_id = (
     SELECT run_id FROM {s}.runs
-    WHERE runnable AND lease_until < {now} {agent}
+    WHERE lease_until < {now} {agent} AND (runnable OR deadline <= {now})
     ORDER BY updated_at, seq
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -298,12 +347,35 @@ class PostgresStore(Store):
         )
 
         quoted = '"' + schema.replace('"', '""') + '"'  # PostgreSQL's quoting of a name
+        self._quoted = quoted
         now = "%(now)s::float8" if clock is not None else _DATABASE_NOW
 
         def query(template: str, **extra: str) -> bytes:
             return template.format(s=quoted, now=now, **extra).encode()
 
-        self._q_layout = [query(s) for s in _LAYOUT.split(";") if s.strip()]
+        self._q_layouts = [
+            (version, [query(s) for s in layout.split(";") if s.strip()])
+            for version, layout in ((1, _LAYOUT), (2, _LAYOUT_2))
+        ]
+        self._q_set_waiting = query(_SET_WAITING)
+        self._q_posted = query(_POSTED)
+        self._q_waiting = {
+            (tool, agent, start): query(
+                _WAITING
+                + " WHERE true"
+                + (" AND tool = %(tool)s" if tool else "")
+                + (" AND agent = %(agent)s" if agent else "")
+                + (
+                    " AND (since, run_id, call_id) > (%(since)s, %(run)s, %(call)s)"
+                    if start
+                    else ""
+                )
+                + " ORDER BY since, run_id, call_id LIMIT %(limit)s"
+            )
+            for tool in (False, True)
+            for agent in (False, True)
+            for start in (False, True)
+        }
         self._q_create_schema = f"CREATE SCHEMA IF NOT EXISTS {quoted}".encode()
         self._q_create_versions = (
             f"CREATE TABLE IF NOT EXISTS {quoted}.agentfsm_schema (version integer NOT NULL)"
@@ -436,11 +508,42 @@ class PostgresStore(Store):
                     await conn.execute(self._q_create_schema)
                     await conn.execute(self._q_create_versions)
                     current = await self._layout_version(conn) or 0
-                    if current < 1:
-                        for statement in self._q_layout:
-                            await conn.execute(statement)
-                        await conn.execute(self._q_add_version, (1,))
+                    for version, statements in self._q_layouts:
+                        if current < version:
+                            for statement in statements:
+                                await conn.execute(statement)
+                            await conn.execute(self._q_add_version, (version,))
+                    if current == 1:  # runs paused before the waiting calls had a table
+                        await self._fill_waiting(conn)
             self._ready = True
+
+    async def _fill_waiting(self, conn: Connection) -> None:
+        cursor = await conn.execute(
+            f"SELECT head, updated_at FROM {self._quoted}.runs WHERE waiting > 0".encode(),
+            binary=True,
+        )
+        for head, updated_at in await cursor.fetchall():
+            await self._set_waiting(conn, rebuild(head, []), updated_at, 0)
+
+    async def _set_waiting(
+        self, conn: Connection, state: RunState, since: float | None, was_waiting: int
+    ) -> None:
+        """Keep the run's rows of the inbox query in step with ``state``."""
+        rows = waiting_rows(state)
+        if not rows and not was_waiting:
+            return
+        await conn.execute(
+            self._q_set_waiting,
+            {
+                "run_id": _text(state.run_id),
+                "calls": [_text(row[0]) for row in rows],
+                "tools": [_text(row[1]) for row in rows],
+                "agents": [_text(row[2]) for row in rows],
+                "requests": [row[3] for row in rows],
+                "deadline": min((row[4] for row in rows if row[4] is not None), default=None),
+                "since": since,
+            },
+        )
 
     async def _layout_version(self, conn: Connection) -> int | None:
         cursor = await conn.execute(
@@ -489,11 +592,18 @@ class PostgresStore(Store):
             "start": 0,
             "items": items,
         }
-        async with self._connection() as conn:
+        async with self._connection() as conn, conn.transaction():
             try:
                 await conn.execute(self._q_create, params)
             except errors.UniqueViolation:
                 raise ConflictError(f"run {state.run_id} is already stored") from None
+            if summary.waiting:
+                cursor = await conn.execute(
+                    f"SELECT updated_at FROM {self._quoted}.runs WHERE run_id = %s".encode(),
+                    (_text(state.run_id),),
+                )
+                (since,) = await _one(cursor)
+                await self._set_waiting(conn, state, since, 0)
 
     async def load(self, run_id: str) -> RunState:
         async with self._connection() as conn:
@@ -522,7 +632,7 @@ class PostgresStore(Store):
             row = await cursor.fetchone()
             if row is None:
                 raise UnknownRunError(f"no run {state.run_id!r} in the store")
-            version, stored_items, owner, token, until, _, now, stored_schema = row
+            version, stored_items, owner, token, until, _, now, stored_schema, was_waiting = row
             if lease is not None and not (
                 owner == _text(lease.owner) and token == lease.token and until >= now
             ):
@@ -563,7 +673,38 @@ class PostgresStore(Store):
                 },
             )
             (left,) = await _one(cursor)
+            await self._set_waiting(conn, state, now, was_waiting)
         return int(left)
+
+    async def waiting(
+        self,
+        *,
+        tool: str | None = None,
+        agent: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> WaitingPage:
+        start = check_page(limit, after)
+        params: dict[str, object] = {"limit": limit + 1}
+        if tool is not None:
+            params["tool"] = _text(tool)
+        if agent is not None:
+            params["agent"] = _text(agent)
+        if start is not None:
+            params.update(since=start[0], run=_text(start[1]), call=_text(start[2]))
+        query = self._q_waiting[tool is not None, agent is not None, start is not None]
+        async with self._connection() as conn:
+            cursor = await conn.execute(query, params, binary=True)
+            rows = [(_untext(r), request, since) for r, request, since in await cursor.fetchall()]
+            runs = sorted({_text(row[0]) for row in rows[:limit]})
+            posted: Inboxes = {}
+            if runs:
+                cursor = await conn.execute(self._q_posted, {"runs": runs}, binary=True)
+                for run_id, data in await cursor.fetchall():
+                    message = decode_message(data)
+                    if message is not None:
+                        posted.setdefault(_untext(run_id), []).append(message)
+        return page_of(rows, limit, posted)
 
     async def list(
         self, *, status: RunStatus | str | None = None, limit: int | None = None

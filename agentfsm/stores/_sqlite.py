@@ -19,24 +19,31 @@ from .._state import RunState
 from ._base import (
     Admission,
     Inbox,
+    Inboxes,
     InboxMessage,
     Lease,
     RunSummary,
     Store,
+    WaitingPage,
+    check_page,
     decode_message,
     encode_message,
     inbox_of,
     is_runnable,
+    page_of,
     parts,
     rebuild,
     status_value,
     summary_of,
+    waiting_rows,
 )
 
 __all__ = ["SQLiteStore"]
 
 #: This store's own table layout version (``agentfsm_schema``), migrated on open.
-LAYOUT_VERSION = 1
+#:   1: runs, their items and their inbox.
+#:   2: the calls waiting for a decision, indexed for the inbox query.
+LAYOUT_VERSION = 2
 
 _LAYOUT = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -72,6 +79,23 @@ CREATE TABLE IF NOT EXISTS run_inbox (
     message BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS run_inbox_by_run ON run_inbox (run_id, id);
+"""
+
+_LAYOUT_2 = """
+CREATE TABLE IF NOT EXISTS run_waiting (
+    run_id TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    request BLOB NOT NULL,
+    since REAL NOT NULL,
+    PRIMARY KEY (run_id, call_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS run_waiting_by_since ON run_waiting (since, run_id, call_id);
+CREATE INDEX IF NOT EXISTS run_waiting_by_tool ON run_waiting (tool, since, run_id, call_id);
+CREATE INDEX IF NOT EXISTS run_waiting_by_agent ON run_waiting (agent, since, run_id, call_id);
+ALTER TABLE runs ADD COLUMN deadline REAL;
+CREATE INDEX IF NOT EXISTS runs_by_deadline ON runs (deadline) WHERE deadline IS NOT NULL;
 """
 
 _LIVE = ("new", "running", "tools")
@@ -145,11 +169,18 @@ class SQLiteStore(Store):
                 f"the store {str(self.path)!r} has layout version {current}, newer than this "
                 f"agentfsm understands ({LAYOUT_VERSION}); upgrade agentfsm"
             )
-        if current < 1:
-            for statement in _LAYOUT.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            self._db.execute("INSERT INTO agentfsm_schema (version) VALUES (1)")
+        for version, layout in ((1, _LAYOUT), (2, _LAYOUT_2)):
+            if current < version:
+                for statement in layout.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute("INSERT INTO agentfsm_schema (version) VALUES (?)", (version,))
+        if current == 1:  # runs paused before the waiting calls had a table of their own
+            paused = self._db.execute(
+                "SELECT head, updated_at FROM runs WHERE waiting > 0"
+            ).fetchall()
+            for head, updated_at in paused:
+                self._set_waiting(self._db, rebuild(head, []), updated_at, 0)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -210,6 +241,7 @@ class SQLiteStore(Store):
                     ),
                 )
                 self._append(db, state.run_id, 0, items)
+                self._set_waiting(db, state, summary.updated_at, 0)
         except sqlite3.IntegrityError:
             raise ConflictError(f"run {state.run_id} is already stored") from None
 
@@ -244,13 +276,13 @@ class SQLiteStore(Store):
         with self._write() as db:
             row = db.execute(
                 "SELECT version, n_items, lease_owner, lease_token, lease_until, inbox,"
-                " schema_version FROM runs"
+                " schema_version, waiting FROM runs"
                 " WHERE run_id = ?",
                 (state.run_id,),
             ).fetchone()
             if row is None:
                 raise UnknownRunError(f"no run {state.run_id!r} in the store")
-            version, stored_items, owner, token, until, inbox, stored_schema = row
+            version, stored_items, owner, token, until, inbox, stored_schema, was_waiting = row
             if lease is not None and not (
                 owner == lease.owner and token == lease.token and until >= self._clock()
             ):
@@ -301,7 +333,30 @@ class SQLiteStore(Store):
                 ),
             )
             self._append(db, state.run_id, start, items)
+            self._set_waiting(db, state, summary.updated_at, was_waiting)
         return int(inbox) - acked
+
+    def _set_waiting(
+        self, db: sqlite3.Connection, state: RunState, now: float, was_waiting: int
+    ) -> None:
+        """Keep the run's rows of the inbox query, and its earliest deadline, in step with
+        ``state``: calls that still wait keep the time they started waiting."""
+        rows = waiting_rows(state)
+        if not rows and not was_waiting:
+            return
+        marks = ",".join("?" * len(rows))
+        db.execute(
+            f"DELETE FROM run_waiting WHERE run_id = ? AND call_id NOT IN ({marks})",
+            (state.run_id, *(row[0] for row in rows)),
+        )
+        db.executemany(
+            "INSERT INTO run_waiting (run_id, call_id, tool, agent, request, since)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, call_id) DO UPDATE SET"
+            " tool = excluded.tool, agent = excluded.agent, request = excluded.request",
+            [(state.run_id, c, t, a, r, now) for c, t, a, r, _ in rows],
+        )
+        deadline = min((row[4] for row in rows if row[4] is not None), default=None)
+        db.execute("UPDATE runs SET deadline = ? WHERE run_id = ?", (deadline, state.run_id))
 
     def _append(self, db: sqlite3.Connection, run_id: str, start: int, items: list[bytes]) -> None:
         if items:
@@ -334,6 +389,44 @@ class SQLiteStore(Store):
                 raise UnknownRunError(f"no run {run_id!r} in the store")
             db.execute("DELETE FROM run_items WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM run_inbox WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM run_waiting WHERE run_id = ?", (run_id,))
+
+    async def waiting(
+        self,
+        *,
+        tool: str | None = None,
+        agent: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> WaitingPage:
+        start = check_page(limit, after)
+        query = "SELECT run_id, request, since FROM run_waiting"
+        where: list[str] = []
+        params: list[object] = []
+        for column, value in (("tool", tool), ("agent", agent)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if start is not None:
+            where.append("(since, run_id, call_id) > (?, ?, ?)")
+            params += start
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY since, run_id, call_id LIMIT ?"
+        with self._read() as db:
+            rows = db.execute(query, (*params, limit + 1)).fetchall()
+            runs = sorted({row[0] for row in rows[:limit]})
+            posted: Inboxes = {}
+            if runs:
+                marks = ",".join("?" * len(runs))
+                for run_id, data in db.execute(
+                    f"SELECT run_id, message FROM run_inbox WHERE run_id IN ({marks}) ORDER BY id",
+                    runs,
+                ):
+                    message = decode_message(data)
+                    if message is not None:
+                        posted.setdefault(run_id, []).append(message)
+        return page_of(rows, limit, posted)
 
     # -- the inbox -------------------------------------------------------------------------
 
@@ -391,10 +484,12 @@ class SQLiteStore(Store):
         now = self._clock()
         with self._write() as db:
             if run_id is None:
+                # Runnable runs, and paused runs with a call past its deadline.
                 row = db.execute(
-                    "SELECT run_id FROM runs WHERE runnable AND lease_until < ?"
-                    " AND (? IS NULL OR starting_agent = ?) ORDER BY updated_at LIMIT 1",
-                    (now, starting_agent, starting_agent),
+                    "SELECT run_id FROM runs WHERE lease_until < ?"
+                    " AND (? IS NULL OR starting_agent = ?) AND (runnable OR deadline <= ?)"
+                    " ORDER BY updated_at LIMIT 1",
+                    (now, starting_agent, starting_agent, now),
                 ).fetchone()
             else:
                 exists = db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone()

@@ -268,6 +268,48 @@ class StoreConformance:
 
         self._run(check)
 
+    def test_the_inbox_query_lists_waiting_calls_across_runs_oldest_first(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            for n, agent in enumerate(["alpha", "beta", "alpha"]):
+                clock.advance(1)
+                states = await _states(f"w{n}", agent)
+                await store.create(states[0])
+                for previous, state in itertools.pairwise(states):
+                    await store.save(state, expected_version=previous.version)
+            page = await store.waiting()
+            assert [c.run_id for c in page.calls] == ["w0", "w1", "w2"]
+            assert page.next is None
+            first = page.calls[0]
+            paused = await store.load("w0")
+            assert first.request == paused.interruptions[0]
+            assert first.request.schema is not None, "the schema to check edits against"
+            assert first.since == page.calls[0].since < page.calls[1].since
+            assert [c.run_id for c in (await store.waiting(agent="alpha")).calls] == ["w0", "w2"]
+            assert (await store.waiting(tool="_lookup")).calls == ()
+            # Pages: every call once, in order, whatever the page size.
+            seen, after = [], None
+            while True:
+                page = await store.waiting(limit=1, after=after)
+                seen += [c.run_id for c in page.calls]
+                if page.next is None:
+                    break
+                after = page.next
+            assert seen == ["w0", "w1", "w2"]
+            # Posted decisions show; an applied one takes the call off the list.
+            await store.approve("w1", (await store.load("w1")).interruptions[0], by="ada")
+            (posted,) = [c for c in (await store.waiting()).calls if c.run_id == "w1"]
+            assert [d.by for d in posted.posted] == ["ada"]
+            clock.advance(1)
+            done = await Runner(store=store).resume(_agent("beta"), "w1")
+            assert done.status == "completed"
+            assert [c.run_id for c in (await store.waiting()).calls] == ["w0", "w2"]
+            await store.delete("w2")
+            assert [c.run_id for c in (await store.waiting()).calls] == ["w0"]
+            for bad in ({"limit": 0}, {"limit": 1001}, {"after": "nonsense"}):
+                await _raises(ConfigurationError, store.waiting(**bad))
+
+        self._run(check)
+
     def test_acknowledged_messages_leave_the_inbox_with_the_step_that_used_them(self) -> None:
         async def check(store: Store, clock: FakeClock) -> None:
             paused = await self._paused(store, "p2")
