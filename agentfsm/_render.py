@@ -98,7 +98,7 @@ def render_summaries(summaries: list[RunSummary]) -> str:
     rows += [
         (
             s.run_id,
-            s.status,
+            s.status if s.parked is None else f"{s.status} (parked)",
             s.current_agent,
             str(s.turn),
             str(s.waiting) if s.waiting else "",

@@ -31,6 +31,7 @@ from ._errors import (
     InboxChanged,
     ModelBehaviorError,
     ModelError,
+    StoreError,
     ToolArgumentsError,
     ToolError,
     UndecidedError,
@@ -62,7 +63,14 @@ from ._outcomes import (
 from ._state import RunState
 from ._step import ToolErrors, new_run, pending_outcome, step
 from ._tools import ToolContext
-from .stores._base import CancelMessage, DecisionMessage, InputMessage, Lease, Store
+from .stores._base import (
+    CancelMessage,
+    DecisionMessage,
+    InputMessage,
+    Lease,
+    RetryPolicy,
+    Store,
+)
 
 __all__ = ["RunResult", "Runner"]
 
@@ -115,6 +123,9 @@ class Runner:
             does not run; the model is told, and the audit trail says expired. Workers expire
             calls by themselves.
         clock: the time of deadlines and expiries (default ``time.time``).
+        retry: how ``work`` retries a run that fails (a tool or model error that the run
+            raises, data it cannot read): with a growing delay, then parked, set aside
+            until someone resumes it by id (default: ``RetryPolicy()``, 5 attempts).
     """
 
     def __init__(
@@ -128,6 +139,7 @@ class Runner:
         lease_seconds: float = 30.0,
         approval_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
+        retry: RetryPolicy | None = None,
     ):
         if tool_errors not in ("feed", "raise"):
             raise ConfigurationError("tool_errors must be 'feed' or 'raise'")
@@ -135,6 +147,7 @@ class Runner:
             raise ConfigurationError("approval_timeout must be a positive number of seconds")
         self.approval_timeout = approval_timeout
         self.clock = clock
+        self.retry = retry or RetryPolicy()
         self.tool_errors: ToolErrors = tool_errors
         self.on_step = on_step
         self.model_provider = model_provider
@@ -260,9 +273,29 @@ class Runner:
                 agents.check(state)
                 await self._with_lease(agents, state, None, lease, keep_lease_on_error=True)
                 advanced += 1
+            except StoreError as exc:
+                # The store's trouble, not the run's: it is retried when the lease expires.
+                log.error("run %s: store error in worker %s: %s", lease.run_id, self.owner, exc)
             except AgentFSMError as exc:
-                log.error("run %s failed in worker %s: %s", lease.run_id, self.owner, exc)
+                await self._failed(store, lease, exc)
         return advanced
+
+    async def _failed(self, store: Store, lease: Lease, exc: AgentFSMError) -> None:
+        """Count a run's failure: retry it later, or park it when it keeps failing."""
+        error = f"{type(exc).__name__}: {exc}"
+        try:
+            parked = await store.fail(lease, error, retry=self.retry)
+        except StoreError as store_error:
+            log.error(
+                "run %s failed (%s), and so did recording it: %s", lease.run_id, error, store_error
+            )
+            return
+        if parked:
+            log.error(
+                "run %s parked after failing %d times: %s", lease.run_id, self.retry.attempts, error
+            )
+        else:
+            log.error("run %s failed in worker %s, will retry: %s", lease.run_id, self.owner, error)
 
     def _require_store(self) -> Store:
         if self.store is None:

@@ -23,6 +23,7 @@ from agentfsm import (
     ToolResultItem,
     UnknownRunError,
     UserMessage,
+    new_run,
     open_store,
     tool,
 )
@@ -243,3 +244,33 @@ def test_a_decision_posted_while_a_step_is_taken_from_the_inbox_is_not_passed_ov
         ("bob", "applied"),
     ]
     assert asyncio.run(store.inbox("race")).ids == ()
+
+
+def test_a_worker_parks_a_run_that_keeps_failing_and_a_person_takes_it_back(
+    tmp_path: Path,
+) -> None:
+    from agentfsm import ModelRequest, ModelResponse, RetryPolicy
+
+    class Down:
+        calls = 0
+
+        async def respond(self, request: ModelRequest) -> ModelResponse:
+            Down.calls += 1
+            raise RuntimeError("the model server is down")
+
+    store = SQLiteStore(tmp_path / "runs.db")
+    broken = Agent("a", "", Down())
+    asyncio.run(store.create(new_run(broken, "hi", run_id="k1")))
+    worker = Runner(store=store, retry=RetryPolicy(attempts=3, backoff=0, max_backoff=0))
+    assert asyncio.run(worker.work(broken, until_idle=True)) == 0
+    assert Down.calls == 3, "tried three times, then set aside"
+    (summary,) = asyncio.run(store.list())
+    assert summary.parked is not None and "the model server is down" in summary.parked
+    assert asyncio.run(worker.work(broken, until_idle=True)) == 0
+    assert Down.calls == 3, "a parked run is not retried"
+    fixed = Agent("a", "", ScriptedModel([say("back")]))
+    done = Runner(store=store).resume_sync(fixed, "k1")
+    assert done.final_output == "back"
+    (summary,) = asyncio.run(store.list())
+    assert summary.parked is None
+    asyncio.run(store.close())

@@ -49,7 +49,8 @@ def test_a_layout_1_sqlite_store_gets_its_waiting_calls_indexed_on_open(tmp_path
     with sqlite3.connect(tmp_path / "runs.db") as db:  # as agentfsm 0.1 left it
         db.execute("DROP TABLE run_waiting")
         db.execute("DROP INDEX runs_by_deadline")
-        db.execute("ALTER TABLE runs DROP COLUMN deadline")
+        for column in ("deadline", "failures", "parked"):
+            db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
         db.execute("DELETE FROM agentfsm_schema WHERE version > 1")
     db.close()
 

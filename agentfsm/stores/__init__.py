@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._errors import ConfigurationError
-from ._base import Inbox, Lease, RunSummary, Store, WaitingCall, WaitingPage
+from ._base import Inbox, Lease, RetryPolicy, RunSummary, Store, WaitingCall, WaitingPage
 from ._memory import MemoryStore
 from ._sqlite import SQLiteStore
 
@@ -22,6 +22,7 @@ __all__ = [
     "Lease",
     "MemoryStore",
     "PostgresStore",
+    "RetryPolicy",
     "RunSummary",
     "SQLiteStore",
     "Store",

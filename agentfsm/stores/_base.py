@@ -36,6 +36,7 @@ __all__ = [
     "Inbox",
     "Lease",
     "Message",
+    "RetryPolicy",
     "RunSummary",
     "Store",
     "WaitingCall",
@@ -68,6 +69,8 @@ class RunSummary(msgspec.Struct, frozen=True):
     waiting: int
     updated_at: float
     posted: int = 0
+    #: Why a worker set the run aside after it failed again and again, or None.
+    parked: str | None = None
 
 
 class WaitingCall(msgspec.Struct, frozen=True):
@@ -87,6 +90,25 @@ class WaitingPage(msgspec.Struct, frozen=True):
 
     calls: tuple[WaitingCall, ...]
     next: str | None = None
+
+
+class RetryPolicy(msgspec.Struct, frozen=True):
+    """How workers retry a run that fails: after ``backoff`` seconds, doubling with each
+    failure up to ``max_backoff``, and no more after ``attempts`` failures in a row."""
+
+    attempts: int = 5
+    backoff: float = 1.0
+    max_backoff: float = 300.0
+
+    def __post_init__(self) -> None:
+        if type(self.attempts) is not int or self.attempts < 1:
+            raise ConfigurationError("retry attempts must be an int of 1 or more")
+        if not 0 <= self.backoff <= self.max_backoff:
+            raise ConfigurationError("retry backoff must be from 0 to max_backoff seconds")
+
+    def delay(self, failures: int) -> float:
+        """The wait before the next try, after ``failures`` failures in a row."""
+        return float(min(self.max_backoff, self.backoff * 2 ** min(failures - 1, 60)))
 
 
 class Message(msgspec.Struct, frozen=True, tag_field="type"):
@@ -251,6 +273,15 @@ class Store(abc.ABC):
         """Lease to ``owner`` the runnable run that waited longest (only runs started by
         ``starting_agent``, if given), or the run ``run_id`` whatever its status, if no one
         else holds a lease on it. None if there is nothing to claim."""
+
+    @abc.abstractmethod
+    async def fail(self, lease: Lease, error: str, *, retry: RetryPolicy) -> bool:
+        """Record that the run failed under ``lease``, and give the lease up. Until the run
+        next makes progress (a saved step), failures count up: the run is retried after a
+        growing delay (``retry``), and set aside ("parked", with ``error``) after
+        ``retry.attempts`` of them, when workers stop taking it up; ``runs list`` shows it,
+        and resuming it by id once the cause is fixed takes it back. Returns whether it was
+        parked; nothing happens (False) if the lease was lost meanwhile."""
 
     @abc.abstractmethod
     async def renew(self, lease: Lease, *, lease_seconds: float = 30.0) -> Lease:

@@ -19,6 +19,7 @@ from ._base import (
     Inboxes,
     InboxMessage,
     Lease,
+    RetryPolicy,
     RunSummary,
     Store,
     WaitingPage,
@@ -52,6 +53,8 @@ class _Run:
     waiting: dict[str, tuple[str, str, bytes, float]] = field(default_factory=dict)
     #: The earliest deadline of a waiting call: a worker takes the run up then.
     deadline: float | None = None
+    failures: int = 0
+    parked: str | None = None
 
     def set_waiting(self, state: RunState, now: float) -> None:
         """Calls that still wait keep the time they started waiting."""
@@ -127,6 +130,7 @@ class MemoryStore(Store):
         run.summary = summary_of(state, self._clock())
         run.runnable = is_runnable(state, len(run.inbox))
         run.set_waiting(state, run.summary.updated_at)
+        run.failures, run.parked = 0, None
         return len(run.inbox)
 
     async def waiting(
@@ -158,7 +162,7 @@ class MemoryStore(Store):
     ) -> list[RunSummary]:
         wanted = None if status is None else status_value(status)
         found = [
-            msgspec.structs.replace(run.summary, posted=len(run.inbox))
+            msgspec.structs.replace(run.summary, posted=len(run.inbox), parked=run.parked)
             for run in self._runs.values()
             if wanted is None or run.summary.status == wanted
         ]
@@ -204,6 +208,7 @@ class MemoryStore(Store):
                     (rid, run)
                     for rid, run in self._runs.items()
                     if (run.runnable or (run.deadline is not None and run.deadline <= now))
+                    and run.parked is None
                     and (starting_agent is None or run.summary.starting_agent == starting_agent)
                 ),
                 key=lambda pair: pair[1].summary.updated_at,
@@ -217,6 +222,18 @@ class MemoryStore(Store):
                     run_id=rid, owner=owner, token=run.lease_token, expires_at=run.lease_until
                 )
         return None
+
+    async def fail(self, lease: Lease, error: str, *, retry: RetryPolicy) -> bool:
+        run = self._run(lease.run_id)
+        if not self._holds(run, lease):
+            return False
+        run.failures += 1
+        run.lease_owner = None
+        if run.failures >= retry.attempts:
+            run.parked, run.lease_until = error, 0.0
+        else:
+            run.lease_until = self._clock() + retry.delay(run.failures)
+        return run.parked is not None
 
     async def renew(self, lease: Lease, *, lease_seconds: float = 30.0) -> Lease:
         run = self._run(lease.run_id)

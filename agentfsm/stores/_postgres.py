@@ -39,6 +39,7 @@ from ._base import (
     Inboxes,
     InboxMessage,
     Lease,
+    RetryPolicy,
     RunSummary,
     Store,
     WaitingPage,
@@ -65,7 +66,7 @@ __all__ = ["PostgresStore"]
 
 #: This store's own table layout version (``agentfsm_schema``), migrated on first use.
 #:   1: runs, their items and their inbox.
-#:   2: the calls waiting for a decision, indexed for the inbox query.
+#:   2: the calls waiting for a decision, indexed for the inbox query; deadlines; parked runs.
 LAYOUT_VERSION = 2
 
 # Statements are templates: ``{s}`` is the quoted schema, ``{now}`` the store's clock.
@@ -123,6 +124,8 @@ CREATE INDEX run_waiting_by_since ON {s}.run_waiting (since, run_id, call_id);
 CREATE INDEX run_waiting_by_tool ON {s}.run_waiting (tool, since, run_id, call_id);
 CREATE INDEX run_waiting_by_agent ON {s}.run_waiting (agent, since, run_id, call_id);
 ALTER TABLE {s}.runs ADD COLUMN deadline double precision;
+ALTER TABLE {s}.runs ADD COLUMN failures integer NOT NULL DEFAULT 0;
+ALTER TABLE {s}.runs ADD COLUMN parked text;
 CREATE INDEX runs_by_deadline ON {s}.runs (deadline) WHERE deadline IS NOT NULL;
 """
 
@@ -201,7 +204,7 @@ UPDATE {s}.runs AS r SET
     turn = %(turn)s, waiting = %(waiting)s, head = %(head)s, n_items = %(n_items)s,
     schema_version = %(schema_version)s, inbox = r.inbox - a.n,
     runnable = (%(live)s OR (%(interrupted)s AND r.inbox - a.n > 0)),
-    updated_at = %(now)s::float8
+    updated_at = %(now)s::float8, failures = 0, parked = NULL
 FROM (SELECT count(*)::integer AS n FROM acked) AS a
 WHERE r.run_id = %(run_id)s
 RETURNING r.inbox
@@ -210,7 +213,7 @@ RETURNING r.inbox
 
 _SUMMARY = (
     "SELECT run_id, status, version, starting_agent, current_agent, turn, waiting, updated_at,"
-    " inbox FROM {s}.runs"
+    " inbox, parked FROM {s}.runs"
 )
 
 _DELETE = "DELETE FROM {s}.runs WHERE run_id = %(run_id)s RETURNING 1"
@@ -244,7 +247,7 @@ UPDATE {s}.runs AS r SET
     lease_until = {now} + %(seconds)s::float8
 WHERE r.run_id = (
     SELECT run_id FROM {s}.runs
-    WHERE lease_until < {now} {agent} AND (runnable OR deadline <= {now})
+    WHERE lease_until < {now} {agent} AND (runnable OR deadline <= {now}) AND parked IS NULL
     ORDER BY updated_at, seq
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -269,6 +272,18 @@ UPDATE {s}.runs SET lease_until = {now} + %(seconds)s::float8
 WHERE run_id = %(run_id)s AND lease_owner = %(owner)s AND lease_token = %(token)s
     AND lease_until >= {now}
 RETURNING lease_until
+"""
+
+_FAIL = """
+UPDATE {s}.runs SET
+    failures = failures + 1,
+    lease_owner = NULL,
+    parked = CASE WHEN failures + 1 >= %(attempts)s THEN %(error)s END,
+    lease_until = CASE WHEN failures + 1 >= %(attempts)s THEN 0::float8
+        ELSE {now} + least(%(max_backoff)s::float8,
+                           %(backoff)s::float8 * power(2, least(failures, 60))) END
+WHERE run_id = %(run_id)s AND lease_owner = %(owner)s AND lease_token = %(token)s
+RETURNING parked IS NOT NULL
 """
 
 _RELEASE = """
@@ -399,6 +414,7 @@ class PostgresStore(Store):
         self._q_claim = query(_CLAIM)
         self._q_renew = query(_RENEW)
         self._q_release = query(_RELEASE)
+        self._q_fail = query(_FAIL)
         self._q_list = {
             (by_status, limited): query(
                 _SUMMARY
@@ -729,6 +745,7 @@ class PostgresStore(Store):
                 waiting=waiting,
                 updated_at=updated_at,
                 posted=posted,
+                parked=None if parked is None else _untext(parked),
             )
             for (
                 run_id,
@@ -740,6 +757,7 @@ class PostgresStore(Store):
                 waiting,
                 updated_at,
                 posted,
+                parked,
             ) in rows
         ]
 
@@ -834,6 +852,22 @@ class PostgresStore(Store):
         if row is None:
             raise LeaseLost(f"run {lease.run_id}: the lease of {lease.owner!r} is no longer held")
         return Lease(run_id=lease.run_id, owner=lease.owner, token=lease.token, expires_at=row[0])
+
+    async def fail(self, lease: Lease, error: str, *, retry: RetryPolicy) -> bool:
+        params = {
+            "run_id": _text(lease.run_id),
+            "owner": _text(lease.owner),
+            "token": lease.token,
+            "error": _text(error),
+            "attempts": retry.attempts,
+            "backoff": retry.backoff,
+            "max_backoff": retry.max_backoff,
+            "now": self._now(),
+        }
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._q_fail, params)
+            row = await cursor.fetchone()
+        return bool(row[0]) if row is not None else False
 
     async def release(self, lease: Lease) -> None:
         async with self._connection() as conn:

@@ -22,6 +22,7 @@ from ._base import (
     Inboxes,
     InboxMessage,
     Lease,
+    RetryPolicy,
     RunSummary,
     Store,
     WaitingPage,
@@ -42,7 +43,7 @@ __all__ = ["SQLiteStore"]
 
 #: This store's own table layout version (``agentfsm_schema``), migrated on open.
 #:   1: runs, their items and their inbox.
-#:   2: the calls waiting for a decision, indexed for the inbox query.
+#:   2: the calls waiting for a decision, indexed for the inbox query; deadlines; parked runs.
 LAYOUT_VERSION = 2
 
 _LAYOUT = """
@@ -95,6 +96,8 @@ CREATE INDEX IF NOT EXISTS run_waiting_by_since ON run_waiting (since, run_id, c
 CREATE INDEX IF NOT EXISTS run_waiting_by_tool ON run_waiting (tool, since, run_id, call_id);
 CREATE INDEX IF NOT EXISTS run_waiting_by_agent ON run_waiting (agent, since, run_id, call_id);
 ALTER TABLE runs ADD COLUMN deadline REAL;
+ALTER TABLE runs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN parked TEXT;
 CREATE INDEX IF NOT EXISTS runs_by_deadline ON runs (deadline) WHERE deadline IS NOT NULL;
 """
 
@@ -313,8 +316,8 @@ class SQLiteStore(Store):
             db.execute(
                 "UPDATE runs SET status = ?, version = ?, current_agent = ?, turn = ?,"
                 " waiting = ?, head = ?, n_items = ?, schema_version = ?, inbox = inbox - ?,"
-                " runnable = (? OR (? = 'interrupted' AND inbox - ? > 0)), updated_at = ?"
-                " WHERE run_id = ?",
+                " runnable = (? OR (? = 'interrupted' AND inbox - ? > 0)), updated_at = ?,"
+                " failures = 0, parked = NULL WHERE run_id = ?",
                 (
                     summary.status,
                     summary.version,
@@ -370,7 +373,7 @@ class SQLiteStore(Store):
     ) -> list[RunSummary]:
         query = (
             "SELECT run_id, status, version, starting_agent, current_agent, turn, waiting,"
-            " updated_at, inbox FROM runs"
+            " updated_at, inbox, parked FROM runs"
         )
         params: list[object] = []
         if status is not None:
@@ -488,7 +491,7 @@ class SQLiteStore(Store):
                 row = db.execute(
                     "SELECT run_id FROM runs WHERE lease_until < ?"
                     " AND (? IS NULL OR starting_agent = ?) AND (runnable OR deadline <= ?)"
-                    " ORDER BY updated_at LIMIT 1",
+                    " AND parked IS NULL ORDER BY updated_at LIMIT 1",
                     (now, starting_agent, starting_agent, now),
                 ).fetchone()
             else:
@@ -507,6 +510,28 @@ class SQLiteStore(Store):
                 (owner, until, row[0]),
             ).fetchone()
         return Lease(run_id=row[0], owner=owner, token=token, expires_at=until)
+
+    async def fail(self, lease: Lease, error: str, *, retry: RetryPolicy) -> bool:
+        now = self._clock()
+        with self._write() as db:
+            row = db.execute(
+                "UPDATE runs SET failures = failures + 1, lease_owner = NULL"
+                " WHERE run_id = ? AND lease_owner = ? AND lease_token = ?"
+                " RETURNING failures",
+                (lease.run_id, lease.owner, lease.token),
+            ).fetchone()
+            if row is None:
+                return False
+            parked = bool(row[0] >= retry.attempts)
+            db.execute(
+                "UPDATE runs SET parked = ?, lease_until = ? WHERE run_id = ?",
+                (
+                    error if parked else None,
+                    0.0 if parked else now + retry.delay(row[0]),
+                    lease.run_id,
+                ),
+            )
+        return parked
 
     async def renew(self, lease: Lease, *, lease_seconds: float = 30.0) -> Lease:
         now = self._clock()

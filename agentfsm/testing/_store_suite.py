@@ -29,12 +29,13 @@ from .._errors import (
     UnknownCallError,
     UnknownRunError,
 )
+from .._events import Started
 from .._items import UserMessage
 from .._runner import Runner
 from .._state import RunState
-from .._step import new_run
+from .._step import new_run, step
 from .._tools import tool
-from ..stores._base import CancelMessage, Store
+from ..stores._base import CancelMessage, Lease, RetryPolicy, Store
 from ._scripted import ScriptedModel, call, say
 
 __all__ = ["FakeClock", "StoreConformance"]
@@ -307,6 +308,39 @@ class StoreConformance:
             assert [c.run_id for c in (await store.waiting()).calls] == ["w0"]
             for bad in ({"limit": 0}, {"limit": 1001}, {"after": "nonsense"}):
                 await _raises(ConfigurationError, store.waiting(**bad))
+
+        self._run(check)
+
+    def test_a_run_that_keeps_failing_is_retried_later_then_parked(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            await store.create(new_run("a", "go", run_id="f1"))
+            retry = RetryPolicy(attempts=3, backoff=10, max_backoff=15)
+            for failures, delay in ((1, 10), (2, 15)):
+                lease = await store.claim("w", lease_seconds=30)
+                assert lease is not None and lease.run_id == "f1"
+                assert not await store.fail(lease, "ModelError: down", retry=retry)
+                assert await store.claim("w") is None, f"retried before the delay ({failures})"
+                clock.advance(delay - 1)
+                assert await store.claim("w") is None
+                clock.advance(1.5)
+            lease = await store.claim("w")
+            assert lease is not None
+            assert await store.fail(lease, "ModelError: down", retry=retry)
+            clock.advance(10_000)
+            assert await store.claim("w") is None, "a parked run is not taken up"
+            (summary,) = await store.list()
+            assert summary.parked == "ModelError: down"
+            # Resumed by id once the cause is fixed: progress clears it.
+            lease = await store.claim("w", run_id="f1")
+            assert lease is not None
+            assert not await store.fail(
+                Lease(run_id="f1", owner="old", token=0, expires_at=0), "x", retry=retry
+            ), "a lost lease records nothing"
+            state = await store.load("f1")
+            started, _ = step(state, Started(), Agent("a", "", ScriptedModel([])))
+            await store.save(started, lease=lease)
+            (summary,) = await store.list()
+            assert summary.parked is None
 
         self._run(check)
 
