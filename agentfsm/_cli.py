@@ -99,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("agentfsm: interrupted", file=sys.stderr)
         return ExitCode.KEYBOARD_INTERRUPT
+    except Exception as exc:  # a bug of ours: still one line, never a traceback
+        print(f"agentfsm: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
     return ExitCode.ERROR
 
 

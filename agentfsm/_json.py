@@ -27,6 +27,11 @@ def check_json_data(
         raise error(f"{what} is nested too deeply to be JSON data") from None
     if path is not None:
         where, bad = path
+        if type(bad) is str:
+            raise error(
+                f"{what} holds text that is not valid Unicode at {where} (a lone surrogate, "
+                "as undecodable bytes become); it cannot be stored as JSON"
+            )
         raise error(
             f"{what} must be JSON data (dict with str keys, list, str, int, float, bool, None); "
             f"found {type(bad).__name__} at {where}. Convert it first, for a pydantic model "

@@ -21,7 +21,7 @@ import msgspec
 
 from .._codec import decode_parts, encode_head, encode_items
 from .._decisions import admit, bound
-from .._errors import ConfigurationError, ConflictError, UnknownRunError
+from .._errors import ConfigurationError, ConflictError, DecisionRefused, UnknownRunError
 from .._events import Decision
 from .._items import Item, UserMessage
 from .._json import check_json_data
@@ -310,6 +310,9 @@ class Store(abc.ABC):
         on a call wins. Returns True when posted, False when it repeats a posted decision
         exactly (nothing to do). Raises DecisionRefused saying why (UnknownCallError when the
         call is not waiting), UnknownRunError."""
+        # Text that cannot be stored (a lone surrogate from a terminal, say) is refused here,
+        # before it reaches a database driver.
+        check_json_data(msgspec.to_builtins(decision), "the decision", DecisionRefused)
         if decision.at is None:
             decision = msgspec.structs.replace(decision, at=self._decision_time())
 
@@ -373,6 +376,7 @@ class Store(abc.ABC):
 
     async def cancel(self, run_id: str, reason: str = "cancelled") -> None:
         """Ask for a stored run to be cancelled (at its next step)."""
+        check_json_data(reason, "the reason", ConfigurationError)
         await self.post(run_id, CancelMessage(reason=reason))
 
     async def add_input(self, run_id: str, text: str) -> None:
