@@ -100,9 +100,11 @@ class ApprovalsDecided(_Event, frozen=True, tag="approvals_decided"):
 
 
 class Cancelled(_Event, frozen=True, tag="cancelled"):
-    """Stop the run for good."""
+    """Stop the run for good. ``decisions`` posted and not applied go into the audit trail
+    as refused, so that whoever made them can see why they never took effect."""
 
     reason: str = "cancelled"
+    decisions: tuple[Decision, ...] = ()
 
 
 class Injected(_Event, frozen=True, tag="injected"):

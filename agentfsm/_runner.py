@@ -671,7 +671,8 @@ class _Session:
         unreadable = tuple(i for i, m in mail if m is None)
         cancel = next((m for _, m in mail if isinstance(m, CancelMessage)), None)
         if cancel is not None:
-            return Cancelled(reason=cancel.reason), inbox.ids, seen
+            dropped = tuple(m.decision for _, m in mail if isinstance(m, DecisionMessage))
+            return Cancelled(reason=cancel.reason, decisions=dropped), inbox.ids, seen
         inputs = [(i, m) for i, m in mail if isinstance(m, InputMessage)]
         if inputs:
             items = tuple(item for _, m in inputs for item in m.items)

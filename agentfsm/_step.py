@@ -163,8 +163,7 @@ def step(
         case ApprovalsDecided():
             new, outcome = _approvals_decided(state, event, spec)
         case Cancelled():
-            error = RunError(kind="cancelled", message=event.reason)
-            new, outcome = _replace(state, error=error), FinalOutput(error=error)
+            new, outcome = _cancelled(state, event)
         case Injected():
             new, outcome = _injected(state, event)
         case _:
@@ -378,16 +377,7 @@ def _approvals_decided(
             reason = str(problem)
         if settled is not None:
             accepted[decision.call_id] = (decision, settled)
-        audit.append(
-            DecisionRecord(
-                decision=decision,
-                tool=call.tool if call is not None else "",
-                agent=call.agent if call is not None else "",
-                shown=call.arguments if call is not None else {},
-                outcome="applied" if settled is not None else "refused",
-                reason=reason,
-            )
-        )
+        audit.append(_record(decision, call, reason))
     # Among sticky decisions, the most recent wins.
     policies = list(state.policies)
     for decision, call in accepted.values():
@@ -470,6 +460,30 @@ def _settle(
             schema=tool.parameters,
         ),
         None,
+    )
+
+
+def _cancelled(state: RunState, event: Cancelled) -> tuple[RunState, Outcome]:
+    error = RunError(kind="cancelled", message=event.reason)
+    calls = {c.call_id: c for c in state.ledger}
+    why = f"the run was cancelled before this decision was applied ({event.reason})"
+    audit = (
+        *state.audit,
+        *(_record(d, calls.get(d.call_id), why) for d in (*state.decisions, *event.decisions)),
+    )
+    new = _replace(state, error=error, decisions=(), audit=audit)
+    return new, FinalOutput(error=error)
+
+
+def _record(decision: Decision, call: CallRecord | None, refused: str | None) -> DecisionRecord:
+    """The audit record of ``decision`` on ``call``: applied, or refused for a reason."""
+    return DecisionRecord(
+        decision=decision,
+        tool=call.tool if call is not None else "",
+        agent=call.agent if call is not None else "",
+        shown=call.arguments if call is not None else {},
+        outcome="applied" if refused is None else "refused",
+        reason=refused,
     )
 
 

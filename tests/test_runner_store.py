@@ -274,3 +274,19 @@ def test_a_worker_parks_a_run_that_keeps_failing_and_a_person_takes_it_back(
     (summary,) = asyncio.run(store.list())
     assert summary.parked is None
     asyncio.run(store.close())
+
+
+def test_decisions_pending_when_a_run_is_cancelled_are_recorded_as_refused(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    paused = Runner(store=store).run_sync(agent(), "go", run_id="x1")
+    asyncio.run(store.approve("x1", paused.interruptions[0], by="ada"))
+    asyncio.run(store.cancel("x1", "customer withdrew"))
+    done = Runner(store=store).resume_sync(agent(), "x1")
+    assert done.status == "cancelled"
+    (record,) = done.state.audit
+    assert (record.decision.by, record.outcome) == ("ada", "refused")
+    assert "cancelled before this decision was applied (customer withdrew)" in (record.reason or "")
+    assert done.interruptions == []
+    asyncio.run(store.close())
