@@ -374,3 +374,49 @@ def test_edited_arguments_get_their_own_idempotency_key() -> None:
     Runner().run_sync(agent, paused.state.approve("call_0_0", arguments={"to": "bo", "body": "x"}))
     assert len(tools.runs) == 2
     assert original in tools.runs
+
+
+def test_of_two_sticky_decisions_in_one_pause_the_latest_posted_wins() -> None:
+    tools = Tools()
+    agent = tools.agent(
+        [call("send", to="ada", body="1"), call("send", to="bob", body="2")],
+        call("send", to="eve", body="3"),
+        say("done"),
+    )
+    paused = Runner().run_sync(agent, "go")
+    first, second = paused.interruptions
+    # Posted in the opposite order to the ledger: the reject of the first call comes last.
+    state = paused.state.approve(second, always=True).reject(first, always=True, message="no")
+    done = Runner().run_sync(agent, state)
+    assert done.status == "completed"
+    assert [p.approved for p in done.state.policies] == [False]
+    assert _result_of(done.state, "call_1_0").output == "no"  # eve's: the latest policy
+    assert tools.seen == [("send", {"to": "bob", "body": "2"})]
+
+
+def test_a_tool_whose_arguments_changed_under_a_paused_call_checks_it_again() -> None:
+    tools = Tools()
+    paused = Runner().run_sync(tools.agent(call("send", to="ada", body="hi"), say("ok")), "go")
+    (request,) = paused.interruptions
+
+    @tool(needs_approval=True, name="send")
+    def stricter(to: str, body: str, urgent: bool) -> str:  # a new required argument
+        return "sent"
+
+    deployed = Agent("assistant", "help", ScriptedModel([say("?"), say("ok")]), tools=[stricter])
+    again = Runner().run_sync(deployed, paused.state.approve(request, by="ada"))
+    assert again.status == "interrupted", "the approval is void: a person is asked again"
+    (record,) = again.state.audit
+    assert record.outcome == "refused"
+    assert "changed since this call was shown" in (record.reason or "")
+    assert "urgent" in (record.reason or "")
+
+    @tool(needs_approval=True, name="send")
+    def relaxed(to: str, body: str, cc: str = "") -> str:  # still accepts the call
+        tools.seen.append(("send", {"to": to, "body": body}))
+        return "sent"
+
+    deployed = Agent("assistant", "help", ScriptedModel([say("?"), say("ok")]), tools=[relaxed])
+    done = Runner().run_sync(deployed, again.state.approve(request, by="ada"))
+    assert done.status == "completed"
+    assert tools.seen == [("send", {"to": "ada", "body": "hi"})]

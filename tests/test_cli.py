@@ -520,3 +520,57 @@ def test_approvals_lists_waiting_calls_across_runs_in_pages(tmp_path: Path) -> N
     missing = cli(tmp_path, "approvals", "--store", str(tmp_path / "nope.db"))
     assert missing.returncode == ExitCode.ERROR
     assert not (tmp_path / "nope.db").exists()
+
+
+def test_at_a_terminal_the_call_is_shown_and_the_person_asked(tmp_path: Path) -> None:
+    import getpass
+    import pty
+    import select
+
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "t1").returncode == ExitCode.INTERRUPTED
+
+    def at_terminal(answer: bytes) -> tuple[int, str]:
+        main_fd, terminal = pty.openpty()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "agentfsm", "approve", "t1", "call_1_0"],
+                stdin=terminal,
+                stdout=terminal,
+                stderr=terminal,
+                cwd=ROOT,
+                env={**os.environ, "AGENTFSM_STORE": str(tmp_path / "runs.db")},
+            )
+            os.close(terminal)  # the child's now: reading ends when it exits
+            seen = b""
+            while b"[y/N]" not in seen:  # the question comes after the call is shown
+                ready, _, _ = select.select([main_fd], [], [], 30)
+                assert ready, f"no question within 30 s: {seen!r}"
+                seen += os.read(main_fd, 4096)
+            os.write(main_fd, answer)
+            code = process.wait(timeout=60)
+            try:
+                while chunk := os.read(main_fd, 4096):
+                    seen += chunk
+            except OSError:  # the terminal closed with the process
+                pass
+            return code, seen.decode(errors="replace")
+        finally:
+            os.close(main_fd)
+
+    code, screen = at_terminal(b"n\n")
+    assert code == ExitCode.ERROR
+    assert '"to": "ada@example.com"' in screen and "nothing decided" in screen
+    code, screen = at_terminal(b"y\n")
+    assert code == ExitCode.OK, screen
+    assert f"approved call_1_0 of run t1, as {getpass.getuser()}" in screen
+    shown = cli(tmp_path, "runs", "show", "t1").stdout
+    assert f"call_1_0  approved by {getpass.getuser()} at " in shown
+
+
+def test_runs_show_lists_a_cancellation_posted_and_not_applied(tmp_path: Path) -> None:
+    assert cli(tmp_path, "run", *APP, "go", "--run-id", "k1").returncode == ExitCode.INTERRUPTED
+    assert cli(tmp_path, "cancel", "k1", "--reason", "not needed").returncode == 0
+    shown = cli(tmp_path, "runs", "show", "k1")
+    assert "posted, not applied yet:\n  cancel: not needed" in shown.stdout
+    document = one_document(cli(tmp_path, "runs", "show", "k1", "--json"), RunDocument)
+    assert document.cancelling == "not needed"
