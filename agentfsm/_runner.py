@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -29,6 +30,7 @@ from ._errors import (
     ConfigurationError,
     ConflictError,
     InboxChanged,
+    LeaseLost,
     ModelBehaviorError,
     ModelError,
     StoreError,
@@ -226,13 +228,14 @@ class Runner:
         given = isinstance(input, RunState)
         if self.store is None:
             return await self._drive(agents, state, max_turns, None, given=given)
-        return await self._with_lease(agents, state, max_turns, None, given=given)
+        return await self._with_lease(agents, state, max_turns, None, 0.0, given=given)
 
     async def resume(self, agent: Agent, run_id: str, *, max_turns: int | None = None) -> RunResult:
         """Continue the stored run ``run_id`` (decisions may have been recorded in the store
         by another process). Raises UnknownRunError, ResolutionError, ConflictError (the run
         is leased to another worker), and the errors of ``run``."""
         store = self._require_store()
+        claimed_at = time.monotonic()
         lease = await store.claim(self.owner, lease_seconds=self.lease_seconds, run_id=run_id)
         if lease is None:
             raise ConflictError(f"run {run_id} is being run by another worker (it holds a lease)")
@@ -243,7 +246,7 @@ class Runner:
         except BaseException:
             await store.release(lease)
             raise
-        return await self._with_lease(agents, state, max_turns, lease)
+        return await self._with_lease(agents, state, max_turns, lease, claimed_at)
 
     async def work(
         self,
@@ -255,14 +258,29 @@ class Runner:
         """Run the store's runnable runs of ``agent`` (new ones, resumed ones whose decisions
         arrived, ones whose worker died) until ``stop()`` is called, or, with ``until_idle``,
         until none is left. Returns how many runs it advanced. A run that raises is logged
-        and left for its lease to expire, so it is retried later."""
+        and retried later (see ``retry``); a store that fails (a database restart, a dropped
+        connection) is retried with a growing delay, and never stops the worker."""
         store = self._require_store()
         agents = AgentSet(agent)
         advanced = 0
+        failures = 0
         while not self._stopping:
-            lease = await store.claim(
-                self.owner, lease_seconds=self.lease_seconds, starting_agent=agents.starting
-            )
+            claimed_at = time.monotonic()
+            try:
+                lease = await store.claim(
+                    self.owner, lease_seconds=self.lease_seconds, starting_agent=agents.starting
+                )
+            except StoreError as exc:
+                # A database restart, a dropped connection, a lock held too long: wait and
+                # try again, saying so once per episode.
+                failures += 1
+                if failures == 1:
+                    log.warning("worker %s: the store fails, retrying: %s", self.owner, exc)
+                await asyncio.sleep(_backoff(failures))
+                continue
+            if failures:
+                log.warning("worker %s: the store answers again (%d tries)", self.owner, failures)
+                failures = 0
             if lease is None:
                 if until_idle:
                     break
@@ -271,7 +289,9 @@ class Runner:
             try:
                 state = await store.load(lease.run_id)
                 agents.check(state)
-                await self._with_lease(agents, state, None, lease, keep_lease_on_error=True)
+                await self._with_lease(
+                    agents, state, None, lease, claimed_at, keep_lease_on_error=True
+                )
                 advanced += 1
             except StoreError as exc:
                 # The store's trouble, not the run's: it is retried when the lease expires.
@@ -310,12 +330,16 @@ class Runner:
         state: RunState,
         max_turns: int | None,
         lease: Lease | None,
+        claimed_at: float,
         *,
         keep_lease_on_error: bool = False,
         given: bool = False,
     ) -> RunResult:
+        """Drive the run under ``lease`` (claimed here when None), asked for at the monotonic
+        time ``claimed_at``, renewing it while the run goes on."""
         store = self._require_store()
         if lease is None:
+            claimed_at = time.monotonic()
             lease = await store.claim(
                 self.owner, lease_seconds=self.lease_seconds, run_id=state.run_id
             )
@@ -328,7 +352,7 @@ class Runner:
             except BaseException:
                 await store.release(lease)
                 raise
-        session = _Session(store, lease, self.lease_seconds)
+        session = _Session(store, lease, self.lease_seconds, claimed_at)
         renewing = asyncio.create_task(session.keep_renewed())
         failed = True
         try:
@@ -397,7 +421,7 @@ class Runner:
             case RunStatus.FAILED if max_turns is not None and max_turns > state.turn:
                 event = Started(max_turns=max_turns)
             case RunStatus.TOOLS:
-                event = await self._recover_tools(agents, state)
+                event = await self._recover_tools(agents, state, session)
             case _:
                 outcome = pending_outcome(state)
         seen: int | None = None
@@ -426,7 +450,8 @@ class Runner:
                 case RunAgain() | Handoff():
                     event = await self._ask_model(agents, state)
                 case ToolCall(calls=calls):
-                    event = ToolsFinished(results=await self._run_tools(agents, state, calls))
+                    results = await self._run_tools(agents, state, calls, session)
+                    event = ToolsFinished(results=results)
                 case Interruption(requests=requests) if _decided(state, requests):
                     # Decisions recorded on the state while its tools ran (the caller's, or
                     # another process's) apply now, without waiting for another resume.
@@ -481,14 +506,16 @@ class Runner:
                 await done
         return waiting > 0
 
-    async def _recover_tools(self, agents: AgentSet, state: RunState) -> Event:
+    async def _recover_tools(
+        self, agents: AgentSet, state: RunState, session: _Session | None
+    ) -> Event:
         """A state loaded while its tools were running: the process that ran them is gone.
         Re-run the idempotent calls; the others are in doubt and go to a human."""
         outcome = pending_outcome(state)
         assert isinstance(outcome, ToolCall)
         again = [c for c in outcome.calls if agents.require_tool(c.agent, c.tool).idempotent]
         doubt = tuple(c.call_id for c in outcome.calls if c not in again)
-        results = await self._run_tools(agents, state, again) if again else ()
+        results = await self._run_tools(agents, state, again, session) if again else ()
         return ToolsFinished(results=results, in_doubt=doubt)
 
     # -- the model -------------------------------------------------------------------------
@@ -598,13 +625,25 @@ class Runner:
     # -- tools -----------------------------------------------------------------------------
 
     async def _run_tools(
-        self, agents: AgentSet, state: RunState, calls: Sequence[Invocation]
+        self,
+        agents: AgentSet,
+        state: RunState,
+        calls: Sequence[Invocation],
+        session: _Session | None,
     ) -> tuple[ToolOutput, ...]:
+        if session is not None:
+            # A worker that may have lost its lease starts no tool body: another may have
+            # taken the run over, and would find the call in doubt.
+            session.require_lease(calls)
         if len(calls) == 1:
-            return (await self._run_tool(agents, state, calls[0]),)
-        return tuple(await asyncio.gather(*(self._run_tool(agents, state, c) for c in calls)))
+            return (await self._run_tool(agents, state, calls[0], session),)
+        return tuple(
+            await asyncio.gather(*(self._run_tool(agents, state, c, session) for c in calls))
+        )
 
-    async def _run_tool(self, agents: AgentSet, state: RunState, call: Invocation) -> ToolOutput:
+    async def _run_tool(
+        self, agents: AgentSet, state: RunState, call: Invocation, session: _Session | None
+    ) -> ToolOutput:
         tool = agents.require_tool(call.agent, call.tool)
         context = None
         if tool.context_param is not None:
@@ -615,6 +654,7 @@ class Runner:
                 agent=call.agent,
                 idempotency_key=call.idempotency_key,
                 context=state.context,
+                fencing_token=None if session is None else session.lease.token,
             )
         deadline = None if tool.timeout is None else asyncio.timeout(tool.timeout)
         try:
@@ -645,22 +685,50 @@ _MAIL_STATUSES = (RunStatus.RUNNING, RunStatus.INTERRUPTED)
 
 
 class _Session:
-    """A run being driven under a lease: the store, the lease, and its renewal."""
+    """A run being driven under a lease: the store, the lease, and its renewal.
 
-    def __init__(self, store: Store, lease: Lease, lease_seconds: float) -> None:
+    The lease is valid, by this process's monotonic clock, until ``valid_until``: counted
+    from when it was asked for, so never later than the store counts it."""
+
+    def __init__(self, store: Store, lease: Lease, lease_seconds: float, claimed_at: float) -> None:
         self.store = store
         self.lease = lease
         self.lease_seconds = lease_seconds
+        self.valid_until = claimed_at + lease_seconds
+
+    def require_lease(self, calls: Sequence[Invocation]) -> None:
+        """Raise LeaseLost unless the lease holds for a safety margin more."""
+        margin = self.lease_seconds / 5  # renewals keep two thirds of a lease ahead
+        if time.monotonic() + margin > self.valid_until:
+            names = ", ".join(c.call_id for c in calls)
+            raise LeaseLost(
+                f"run {self.lease.run_id}: the lease may have run out (this process was slow "
+                f"or frozen), so {names} did not start; the run is taken up again"
+            )
 
     async def keep_renewed(self) -> None:
+        """Renew the lease every third of its length. A store that fails is tried again
+        while the lease lasts; only a lease taken over by someone else ends it."""
+        pause = self.lease_seconds / 3
+        failures = 0
         while True:
-            await asyncio.sleep(self.lease_seconds / 3)
+            await asyncio.sleep(pause)
+            asked = time.monotonic()
             try:
                 self.lease = await self.store.renew(self.lease, lease_seconds=self.lease_seconds)
-            except AgentFSMError as exc:
-                # The next save will fail with LeaseLost; nothing more to do here.
+            except LeaseLost as exc:
                 log.warning("lost the lease on run %s: %s", self.lease.run_id, exc)
                 return
+            except StoreError as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "renewing the lease on run %s failed, retrying: %s", self.lease.run_id, exc
+                    )
+                pause = min(self.lease_seconds / 3, _backoff(failures))
+                continue
+            self.valid_until = asked + self.lease_seconds
+            pause, failures = self.lease_seconds / 3, 0
 
     async def take_mail(self, state: RunState) -> tuple[Event | None, tuple[int, ...], int | None]:
         """The next event from the run's inbox that fits its status, the ids of the messages
@@ -687,6 +755,12 @@ class _Session:
         if unreadable:
             return Injected(items=()), unreadable, seen  # a step that only acknowledges them
         return None, (), None
+
+
+def _backoff(failures: int) -> float:
+    """How long to wait after ``failures`` failed tries of the store: doubling from 0.1 s up
+    to 5 s, with jitter, so that workers do not retry in step."""
+    return float(min(5.0, 0.1 * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0))
 
 
 def _sync(coroutine: Coroutine[Any, Any, RunResult]) -> RunResult:

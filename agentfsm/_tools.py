@@ -28,7 +28,14 @@ ApprovalRule = bool | Callable[[Any, dict[str, Any]], bool | Awaitable[bool]]
 @dataclass(frozen=True, slots=True)
 class ToolContext:
     """What a tool can learn about the call it serves. Declare a parameter annotated
-    ``ToolContext`` (any name) to receive it; it is not part of the tool's schema."""
+    ``ToolContext`` (any name) to receive it; it is not part of the tool's schema.
+
+    ``idempotency_key`` is stable for the call across processes and retries.
+    ``fencing_token`` (with a store) is the token of the lease the worker holds on the run: it
+    grows with every claim, so a service that remembers the highest token it saw for a run
+    can refuse a write from a worker that lost its lease (frozen, then woken up) after
+    another took over. None without a store.
+    """
 
     run_id: str
     call_id: str
@@ -36,6 +43,7 @@ class ToolContext:
     agent: str
     idempotency_key: str
     context: Any
+    fencing_token: int | None = None
 
 
 class ToolSpec(Record, frozen=True):

@@ -1,0 +1,121 @@
+"""Workers against a store that misbehaves: a claim that fails does not stop the worker, a
+renewal that fails once does not lose the lease, a worker that may have lost its lease starts
+no tool body, and tools get the lease's fencing token."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentfsm import (
+    Agent,
+    MemoryStore,
+    ModelRequest,
+    ModelResponse,
+    ModelToolCall,
+    Runner,
+    SQLiteStore,
+    StoreError,
+    ToolContext,
+    new_run,
+    tool,
+)
+from agentfsm.testing import FakeClock, ScriptedModel, call, say
+
+BODIES: list[Any] = []
+
+
+@tool
+async def slow(seconds: float, ctx: ToolContext) -> str:
+    BODIES.append(ctx.fencing_token)
+    await asyncio.sleep(seconds)
+    return "done"
+
+
+def agent(*turns: Any) -> Agent:
+    return Agent("a", "", ScriptedModel(list(turns)), tools=[slow])
+
+
+class Flaky:
+    """Wraps a store; the named methods fail the first ``times`` calls."""
+
+    def __init__(self, store: Any, times: int, *methods: str) -> None:
+        self._store, self._left, self._methods = store, dict.fromkeys(methods, times), methods
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._store, name)
+        if name not in self._methods:
+            return method
+
+        async def flaky(*args: Any, **kwargs: Any) -> Any:
+            if self._left[name] > 0:
+                self._left[name] -= 1
+                raise StoreError("connection to the server was lost")
+            return await method(*args, **kwargs)
+
+        return flaky
+
+
+def test_a_worker_outlives_a_store_that_fails_to_claim(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    asyncio.run(store.create(new_run("a", "go", run_id="c1")))
+    flaky: Any = Flaky(store, 4, "claim")
+    worker = Runner(store=flaky)
+    with caplog.at_level(logging.WARNING, logger="agentfsm"):
+        advanced = asyncio.run(worker.work(agent(say("ok")), until_idle=True))
+    assert advanced == 1
+    assert asyncio.run(store.load("c1")).status.value == "completed"
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("the store fails, retrying" in m for m in said) == 1, "once per episode"
+    assert sum("the store answers again (4 tries)" in m for m in said) == 1
+    asyncio.run(store.close())
+
+
+def test_one_failed_renewal_does_not_lose_the_lease(tmp_path: Path) -> None:
+    BODIES.clear()
+    store = SQLiteStore(tmp_path / "runs.db")
+    flaky: Any = Flaky(store, 1, "renew")
+    runner = Runner(store=flaky, lease_seconds=0.6)
+    done = runner.run_sync(agent(call("slow", seconds=1.5), say("ok")), "go", run_id="r1")
+    assert done.status == "completed"
+    assert len(BODIES) == 1
+    asyncio.run(store.close())
+
+
+def test_a_worker_that_may_have_lost_its_lease_starts_no_tool() -> None:
+    BODIES.clear()
+
+    class Stalling:
+        """A model whose answer blocks the whole process, as a frozen worker would."""
+
+        async def respond(self, request: ModelRequest) -> ModelResponse:
+            time.sleep(1.0)
+            return ModelResponse(
+                tool_calls=(ModelToolCall(call_id="c0", name="slow", arguments='{"seconds": 0}'),)
+            )
+
+    # The store's clock stands still, so only this process's own clock says the lease ran out.
+    store = MemoryStore(clock=FakeClock())
+    stalled = Agent("a", "", Stalling(), tools=[slow])
+    asyncio.run(store.create(new_run(stalled, "go", run_id="z1")))
+    asyncio.run(Runner(store=store, lease_seconds=0.5).work(stalled, until_idle=True))
+    assert BODIES == [], "a tool body started after the lease may have run out"
+    state = asyncio.run(store.load("z1"))
+    assert state.status.value == "tools"  # the intent is recorded; the call did not start
+
+
+def test_tools_get_the_fencing_token_of_the_lease(tmp_path: Path) -> None:
+    BODIES.clear()
+    store = SQLiteStore(tmp_path / "runs.db")
+    Runner(store=store).run_sync(agent(call("slow", seconds=0), say("ok")), "go", run_id="f1")
+    Runner().run_sync(agent(call("slow", seconds=0), say("ok")), "go")
+    assert BODIES[0] is not None and BODIES[0] >= 1
+    assert BODIES[1] is None  # no store, no lease
+    asyncio.run(store.close())
