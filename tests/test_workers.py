@@ -181,3 +181,65 @@ def test_eight_processes_racing_to_resume_one_run_advance_it_once(
     approved = solo.state.approve(solo.interruptions[0].call_id)
     alone = Runner().run_sync(agent(), approved)
     assert state.version - paused_version == alone.state.version - approved.version
+
+
+def test_workers_outlive_a_cut_network_and_finish_every_run_once(
+    schema: str, tmp_path: Path
+) -> None:
+    """The network to PostgreSQL is cut twice (every connection dropped, new ones refused
+    for 3 s) while 3 workers process 60 runs that need approvals from another process."""
+    from urllib.parse import urlsplit
+
+    from tests.tcp_proxy import proxy_to
+
+    effects = tmp_path / "effects.txt"
+    target = urlsplit(DSN)
+
+    async def create() -> None:
+        async with PostgresStore(DSN, schema=schema) as store:
+            for n in range(60):
+                await store.create(new_run(agent(), "mail ada", run_id=f"cut-{n:02}"))
+
+    asyncio.run(create())
+    with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        through = DSN.replace(f":{target.port or 5432}/", f":{proxy.port}/")
+        worker_args = ["worker", *APP, "--store", f"{through}?agentfsm_schema={schema}"]
+        workers = [
+            spawn([*worker_args, "--lease", "2", "--poll", "0.05"], effects) for _ in range(3)
+        ]
+        cuts = 0
+        try:
+
+            async def steer() -> list[str]:
+                nonlocal cuts
+                async with PostgresStore(DSN, schema=schema) as store:  # not through the proxy
+                    deadline = time.monotonic() + 120
+                    while time.monotonic() < deadline:
+                        await decide_waiting(store, effects)
+                        statuses = [s.status for s in await store.list()]
+                        done = statuses.count("completed")
+                        if cuts < 2 and done >= 15 * (cuts + 1):
+                            proxy.cut()
+                            cuts += 1
+                            await asyncio.sleep(3)
+                            proxy.restore()
+                        if done == 60:
+                            return statuses
+                        await asyncio.sleep(0.1)
+                    return statuses
+
+            statuses = asyncio.run(steer())
+            alive = [worker.poll() is None for worker in workers]
+        finally:
+            for worker in workers:
+                worker.send_signal(signal.SIGTERM)
+            outputs = [worker.communicate(timeout=30) for worker in workers]
+    assert cuts == 2
+    assert alive == [True, True, True], [err[-2000:] for _, err in outputs]
+    assert any("retrying" in err for _, err in outputs), "no worker met the cut"
+    assert statuses.count("completed") == 60, statuses
+    for worker, (_, err) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, err[-2000:]
+        assert "Traceback" not in err
+    sent = effects_of(effects)
+    assert len(sent) == len(set(sent)) == 60, "every send ran exactly once"
