@@ -536,7 +536,7 @@ class Runner:
         request = ModelRequest(
             run_id=state.run_id,
             agent=agent.name,
-            instructions=_instructions(agent, state.context),
+            instructions=_instructions(agent, _copy(state.context)),
             input=state.input,
             items=state.items,
             tools=agents.tool_specs(agent.name),
@@ -613,7 +613,7 @@ class Runner:
             except ToolArgumentsError:
                 continue
             try:
-                verdict = tool.needs_approval(state.context, arguments)
+                verdict = tool.needs_approval(_copy(state.context), arguments)
                 if inspect.isawaitable(verdict):
                     verdict = await verdict
                 answers[call.call_id] = bool(verdict)
@@ -653,12 +653,12 @@ class Runner:
                 tool=call.tool,
                 agent=call.agent,
                 idempotency_key=call.idempotency_key,
-                context=state.context,
+                context=_copy(state.context),
                 fencing_token=None if session is None else session.lease.token,
             )
         deadline = None if tool.timeout is None else asyncio.timeout(tool.timeout)
         try:
-            args, kwargs = tool.bind(call.arguments, context)
+            args, kwargs = tool.bind(_copy(call.arguments), context)
             async with deadline or contextlib.nullcontext():
                 if tool.is_async:
                     value = await tool.fn(*args, **kwargs)
@@ -755,6 +755,14 @@ class _Session:
         if unreadable:
             return Injected(items=()), unreadable, seen  # a step that only acknowledges them
         return None, (), None
+
+
+def _copy(value: Any) -> Any:
+    """A copy of JSON data for the user's code (tools, approval rules, instructions): what it
+    does to the copy cannot change a state, stored or held."""
+    if isinstance(value, dict | list):
+        return msgspec.json.decode(msgspec.json.encode(value))
+    return value
 
 
 def _backoff(failures: int) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import enum
+import json
 import time
 import uuid
 from typing import Any
@@ -31,6 +32,8 @@ from agentfsm import (
     Runner,
     RunState,
     RunStatus,
+    ToolCallItem,
+    ToolContext,
     ToolError,
     ToolResultItem,
     UnknownAgentError,
@@ -391,3 +394,33 @@ def test_a_completed_run_stays_completed_when_its_output_type_changed() -> None:
     again = Runner().run_sync(changed, done.state)
     assert again.status == "completed"
     assert again.final_output == {"n": 1}  # the JSON data it was stored as
+
+
+def test_what_tools_and_callbacks_do_to_the_context_changes_no_state() -> None:
+    seen: list[RunState] = []
+
+    def instructions(context: Any) -> str:
+        context["poked"] = True
+        return "help"
+
+    async def rule(context: Any, arguments: dict[str, Any]) -> bool:
+        context["n"] += 100
+        arguments["tags"].append("rule")
+        return False
+
+    @tool(needs_approval=rule)
+    def count(tags: list[str], ctx: ToolContext) -> str:
+        ctx.context["n"] += 1
+        ctx.context["seen"] = {1, 2}  # not even JSON
+        tags.append("tool")
+        return "counted"
+
+    model = ScriptedModel([call("count", tags=["a"]), say("ok")])
+    agent = Agent("a", instructions, model, tools=[count])
+    done = Runner(on_step=seen.append).run_sync(agent, "go", context={"n": 0})
+    assert done.status == "completed"
+    assert all(state.context == {"n": 0} for state in seen)
+    assert done.state.context == {"n": 0}
+    assert RunState.from_json(done.state.to_json()) == done.state
+    (tool_call,) = [i for i in done.state.items if isinstance(i, ToolCallItem)]
+    assert json.loads(tool_call.arguments) == {"tags": ["a"]}
