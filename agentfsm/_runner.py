@@ -450,8 +450,7 @@ class Runner:
                 case RunAgain() | Handoff():
                     event = await self._ask_model(agents, state)
                 case ToolCall(calls=calls):
-                    results = await self._run_tools(agents, state, calls, session)
-                    event = ToolsFinished(results=results)
+                    event = await self._run_tools(agents, state, calls, session)
                 case Interruption(requests=requests) if _decided(state, requests):
                     # Decisions recorded on the state while its tools ran (the caller's, or
                     # another process's) apply now, without waiting for another resume.
@@ -515,8 +514,8 @@ class Runner:
         assert isinstance(outcome, ToolCall)
         again = [c for c in outcome.calls if agents.require_tool(c.agent, c.tool).idempotent]
         doubt = tuple(c.call_id for c in outcome.calls if c not in again)
-        results = await self._run_tools(agents, state, again, session) if again else ()
-        return ToolsFinished(results=results, in_doubt=doubt)
+        ran = await self._run_tools(agents, state, again, session) if again else ToolsFinished()
+        return ToolsFinished(results=ran.results, in_doubt=(*ran.in_doubt, *doubt))
 
     # -- the model -------------------------------------------------------------------------
 
@@ -630,20 +629,29 @@ class Runner:
         state: RunState,
         calls: Sequence[Invocation],
         session: _Session | None,
-    ) -> tuple[ToolOutput, ...]:
+    ) -> ToolsFinished:
+        """Run ``calls`` at once. A call whose body may still be running when it is given up
+        (a sync tool past its timeout: its thread cannot be stopped) is reported in doubt,
+        never as not done."""
         if session is not None:
             # A worker that may have lost its lease starts no tool body: another may have
             # taken the run over, and would find the call in doubt.
             session.require_lease(calls)
         if len(calls) == 1:
-            return (await self._run_tool(agents, state, calls[0], session),)
-        return tuple(
-            await asyncio.gather(*(self._run_tool(agents, state, c, session) for c in calls))
+            outputs = [await self._run_tool(agents, state, calls[0], session)]
+        else:
+            outputs = await asyncio.gather(
+                *(self._run_tool(agents, state, c, session) for c in calls)
+            )
+        return ToolsFinished(
+            results=tuple(o for o in outputs if o is not None),
+            in_doubt=tuple(c.call_id for c, o in zip(calls, outputs, strict=True) if o is None),
         )
 
     async def _run_tool(
         self, agents: AgentSet, state: RunState, call: Invocation, session: _Session | None
-    ) -> ToolOutput:
+    ) -> ToolOutput | None:
+        """The call's result, or None when it is in doubt."""
         tool = agents.require_tool(call.agent, call.tool)
         context = None
         if tool.context_param is not None:
@@ -670,7 +678,20 @@ class Runner:
         except Exception as exc:
             cause: BaseException = exc
             if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
-                message = f"Error: tool {call.tool!r} timed out after {tool.timeout} seconds."
+                if not tool.is_async:
+                    log.warning(
+                        "tool %r (call %s of run %s) timed out after %s seconds; its thread "
+                        "cannot be stopped, so the call is in doubt",
+                        call.tool,
+                        call.call_id,
+                        state.run_id,
+                        tool.timeout,
+                    )
+                    return None
+                message = (
+                    f"Error: tool {call.tool!r} timed out after {tool.timeout} seconds and was "
+                    "stopped; it may have taken effect before it stopped."
+                )
             else:
                 message = f"Error: tool {call.tool!r} raised {type(exc).__name__}: {exc}"
         if self.tool_errors == "raise":
