@@ -3,6 +3,7 @@ loads it, decides, resumes and prints the answer and the transcript."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from ._items import ToolResultItem
 from ._model import ModelRequest
 from ._outcomes import ApprovalRequest
 from ._render import DIGEST_SHOWN, render_run
-from ._runner import Runner
+from ._runner import Runner, RunResult
 from ._state import RunState
 from ._tools import tool
 from .stores import SQLiteStore
@@ -74,10 +75,7 @@ def run_demo(store: str, state_file: Path, *, reject: bool) -> int:
     """Process 1 starts the run, which pauses for approval; then each step is a separate
     process of the CLI, as a person in the loop would use it."""
     print(f"== process 1: start the run (store: {store})")
-    runner = Runner(store=SQLiteStore(store))
-    result = runner.run_sync(
-        build_agent(), "My espresso machine arrived broken. Order A-1001. Refund please?"
-    )
+    result = asyncio.run(_start(store))
     run_id = result.run_id
     print(f"run {run_id}: {result.status}")
     state_file.write_text(result.state.to_json())
@@ -100,6 +98,14 @@ def run_demo(store: str, state_file: Path, *, reject: bool) -> int:
 
     print(f"\n== process 4: agentfsm resume {run_id} --app agentfsm._demo:build_agent")
     return _call([*cli, "resume", run_id, "--app", "agentfsm._demo:build_agent", *where])
+
+
+async def _start(store: str) -> RunResult:
+    """Process 1's part: the run, on a store it closes before the other processes go on."""
+    async with SQLiteStore(store) as opened:
+        return await Runner(store=opened).run(
+            build_agent(), "My espresso machine arrived broken. Order A-1001. Refund please?"
+        )
 
 
 REJECTION = "A reviewer declined this refund."

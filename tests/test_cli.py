@@ -469,6 +469,7 @@ def test_a_call_in_doubt_is_shown_with_its_key_and_decided_by_id(
         await store.create(states[0])
         for previous, state in itertools.pairwise(states):
             await store.save(state, expected_version=previous.version)
+        await store.close()
 
     asyncio.run(crash())
     where = ["--store", str(tmp_path / "runs.db")]

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,7 +219,7 @@ def test_random_decisions_from_several_processes_against_a_worker(
     else:
         if postgres_down is not None:
             pytest.skip(postgres_down)
-        dsn = f"{DSN}?agentfsm_schema=race_{where.name.replace('-', '_')[-40:]}"
+        dsn = f"{DSN}?agentfsm_schema=race_{uuid.uuid4().hex[:12]}"
     effects = where / "effects.jsonl"
     paused = {state.run_id: state for state in pause(dsn, "a", "b")}
     worker = agentfsm("worker", *APP, "--poll", "0.05", "--store", dsn, effects=effects)

@@ -382,13 +382,16 @@ def test_strict_structured_output_comes_back_as_the_same_value_after_json_and_a_
         return Agent("a", "", ScriptedModel([say(ticket.model_dump_json())]), output_type=Ticket)
 
     store = SQLiteStore(tmp_path / "runs.db")
-    done = Runner(store=store).run_sync(agent(), "open a ticket", run_id="t1")
-    assert done.status == "completed"
-    assert done.final_output == ticket
-    again = Runner().run_sync(agent(), RunState.from_json(done.state.to_json()))
-    assert again.final_output == ticket
-    resumed = Runner(store=store).resume_sync(agent(), "t1")
-    assert (resumed.status, resumed.final_output) == ("completed", ticket)
+    try:
+        done = Runner(store=store).run_sync(agent(), "open a ticket", run_id="t1")
+        assert done.status == "completed"
+        assert done.final_output == ticket
+        again = Runner().run_sync(agent(), RunState.from_json(done.state.to_json()))
+        assert again.final_output == ticket
+        resumed = Runner(store=store).resume_sync(agent(), "t1")
+        assert (resumed.status, resumed.final_output) == ("completed", ticket)
+    finally:
+        asyncio.run(store.close())
 
 
 def test_a_completed_run_stays_completed_when_its_output_type_changed() -> None:

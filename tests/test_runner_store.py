@@ -45,6 +45,7 @@ def agent() -> Agent:
 def test_a_run_is_stored_paused_and_resumed_by_id_in_another_runner(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "runs.db")
     paused = Runner(store=store).run_sync(agent(), "mail ada", run_id="r1")
+    asyncio.run(store.close())
     assert paused.status == "interrupted"
     reopened = SQLiteStore(tmp_path / "runs.db")
     asyncio.run(reopened.approve("r1", paused.interruptions[0]))
@@ -52,6 +53,7 @@ def test_a_run_is_stored_paused_and_resumed_by_id_in_another_runner(tmp_path: Pa
     assert done.status == "completed"
     assert done.final_output == "done"
     assert asyncio.run(reopened.load("r1")) == done.state
+    asyncio.run(reopened.close())
 
 
 def test_decisions_on_the_loaded_state_reach_the_store() -> None:
@@ -126,8 +128,10 @@ def test_a_worker_runs_every_runnable_run_of_its_agent() -> None:
 def test_resuming_an_unknown_run_and_open_store_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(UnknownRunError, match="nope"):
         Runner(store=MemoryStore()).resume_sync(agent(), "nope")
-    assert isinstance(open_store(tmp_path / "x.db"), SQLiteStore)
-    assert isinstance(open_store(f"sqlite:///{tmp_path}/y.db"), SQLiteStore)
+    for dsn in (tmp_path / "x.db", f"sqlite:///{tmp_path}/y.db"):
+        store = open_store(dsn)
+        asyncio.run(store.close())
+        assert isinstance(store, SQLiteStore)
     assert isinstance(open_store("memory:"), MemoryStore)
 
 
@@ -206,6 +210,7 @@ def test_the_lease_is_renewed_while_a_long_tool_runs(tmp_path: Path) -> None:
         await asyncio.sleep(0.3)  # two leases' worth: only renewal keeps it
         intruder = await store.claim("intruder", lease_seconds=10, run_id="long")
         result = await running
+        await store.close()
         return result.status, intruder
 
     status, intruder = asyncio.run(main())
@@ -244,6 +249,7 @@ def test_a_decision_posted_while_a_step_is_taken_from_the_inbox_is_not_passed_ov
         ("bob", "applied"),
     ]
     assert asyncio.run(store.inbox("race")).ids == ()
+    asyncio.run(store.close())
 
 
 def test_a_worker_parks_a_run_that_keeps_failing_and_a_person_takes_it_back(

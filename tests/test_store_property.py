@@ -88,18 +88,20 @@ def test_a_stored_run_loads_back_equal_to_the_state_at_every_step(
             checked.append(state.version)
 
         async def main() -> RunState:
-            runner = Runner(store=store, on_step=check)
-            result = await runner.run(agents(script), "go", run_id=uuid.uuid4().hex, max_turns=20)
-            for decision in decisions:
-                if result.status != "interrupted":
-                    break
-                for request in result.interruptions:
-                    if decision == "reject":
-                        await store.reject(result.run_id, request, message="no")
-                    else:
-                        await store.approve(result.run_id, request, always=decision == "always")
-                result = await runner.resume(agents(script), result.run_id)
-            await store.close()
+            async with store:
+                runner = Runner(store=store, on_step=check)
+                result = await runner.run(
+                    agents(script), "go", run_id=uuid.uuid4().hex, max_turns=20
+                )
+                for decision in decisions:
+                    if result.status != "interrupted":
+                        break
+                    for request in result.interruptions:
+                        if decision == "reject":
+                            await store.reject(result.run_id, request, message="no")
+                        else:
+                            await store.approve(result.run_id, request, always=decision == "always")
+                    result = await runner.resume(agents(script), result.run_id)
             return result.state
 
         final = asyncio.run(main())

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from agentfsm import MemoryStore, SQLiteStore, Store
+from agentfsm import MemoryStore, SQLiteStore, Store, StoreError
 from agentfsm.testing import StoreConformance
 
 
@@ -59,3 +60,39 @@ def test_a_layout_1_sqlite_store_gets_its_waiting_calls_indexed_on_open(tmp_path
             return [c.request.call_id for c in (await store.waiting()).calls]
 
     assert asyncio.run(reopened()) == waiting
+
+
+@pytest.mark.parametrize("failure", ["not a database", "newer layout", "interrupted"])
+def test_a_store_that_fails_to_open_closes_its_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    path = tmp_path / "runs.db"
+    expected: type[BaseException] = StoreError
+    if failure == "not a database":
+        path.write_bytes(b"not SQLite" * 100)
+    elif failure == "newer layout":
+        newer = sqlite3.connect(path)
+        with newer:
+            newer.execute("CREATE TABLE agentfsm_schema (version INTEGER NOT NULL)")
+            newer.execute("INSERT INTO agentfsm_schema (version) VALUES (99)")
+        newer.close()
+    else:
+
+        def interrupt(self: SQLiteStore) -> None:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(SQLiteStore, "_migrate", interrupt)
+        expected = KeyboardInterrupt
+    opened: list[sqlite3.Connection] = []
+    connect = sqlite3.connect
+
+    def remember(*args: object, **kwargs: object) -> sqlite3.Connection:
+        opened.append(connect(*args, **kwargs))  # type: ignore[arg-type]
+        return opened[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", remember)
+    with pytest.raises(expected):
+        SQLiteStore(path)
+    (db,) = opened
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        db.execute("SELECT 1")

@@ -150,7 +150,7 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             self._db.close()
             raise StoreError(f"cannot open the SQLite store {str(self.path)!r}: {exc}") from None
-        except StoreError:
+        except BaseException:  # whatever stops it (StoreError, an interrupt), nothing leaks
             self._db.close()
             raise
 
