@@ -10,10 +10,12 @@ after it; the tests skip when the server does not answer.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -393,3 +395,114 @@ def test_a_layout_1_schema_gets_its_waiting_calls_indexed_on_first_use(schema: s
 
     run(schema, listed)
     assert found == ["call_0_0", "call_0_1", "call_0_2"]
+
+
+# -- a run locked by a process that stopped mid-write -------------------------------------------
+
+
+def _frozen_lock(schema: str, run_id: str) -> Any:
+    """A connection holding the run's row lock, as a process frozen mid-write would."""
+    import psycopg
+
+    conn = psycopg.connect(DSN)
+    conn.execute(f'SELECT 1 FROM "{schema}".runs WHERE run_id = %s FOR UPDATE', (run_id,))
+    return conn
+
+
+def test_calls_on_a_run_locked_by_a_frozen_process_fail_within_the_lock_timeout(
+    schema: str,
+) -> None:
+    import psycopg
+
+    from agentfsm import Runner
+    from tests.apps.mailer import agent
+
+    async def check(store: PostgresStore) -> None:
+        paused = await Runner(store=store).run(agent(), "hi", run_id="r")
+        request = paused.interruptions[0]
+        frozen = _frozen_lock(schema, "r")
+        try:
+            calls: dict[str, Callable[[], Awaitable[object]]] = {
+                "cancel": lambda: store.cancel("r"),
+                "approve": lambda: store.approve("r", request, by="ada"),
+                "resume": lambda: Runner(store=store).resume(agent(), "r"),
+            }
+            for name, call in calls.items():
+                started = time.monotonic()
+                with pytest.raises(StoreError, match="locked by another transaction") as caught:
+                    await asyncio.wait_for(call(), timeout=10)
+                assert time.monotonic() - started < 5, name
+                assert "lock_timeout of 0.3 s" in str(caught.value)
+                assert "\n" not in str(caught.value)
+                assert isinstance(caught.value.__cause__, psycopg.errors.LockNotAvailable)
+        finally:
+            frozen.close()
+        assert await store.approve("r", request, by="ada")  # the lock is gone: it goes on
+        done = await Runner(store=store).resume(agent(), "r")
+        assert done.final_output == "sent"
+
+    run(schema, check, lock_timeout=0.3)
+
+
+def test_without_a_lock_timeout_the_statement_timeout_still_bounds_the_wait(schema: str) -> None:
+    async def check(store: PostgresStore) -> None:
+        await store.create(fresh("r"))
+        frozen = _frozen_lock(schema, "r")
+        try:
+            with pytest.raises(StoreError, match=r"statement_timeout of 0\.3 s"):
+                await asyncio.wait_for(store.cancel("r"), timeout=10)
+        finally:
+            frozen.close()
+        await store.cancel("r")
+
+    run(schema, check, lock_timeout=None, statement_timeout=0.3)
+
+
+def test_the_timeouts_are_set_on_every_connection_unless_the_dsn_sets_them(schema: str) -> None:
+    names = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout")
+
+    async def settings(store: PostgresStore) -> list[str]:
+        async with store._connection() as conn:
+            return [(await (await conn.execute(f"SHOW {n}")).fetchone())[0] for n in names]
+
+    async def check() -> None:
+        async with PostgresStore(DSN, schema=schema) as store:
+            assert await settings(store) == ["10s", "30s", "1min"]
+        separator = "&" if "?" in DSN else "?"
+        dsn = f"{DSN}{separator}options=-c%20lock_timeout%3D1234"
+        async with PostgresStore(dsn, schema=schema, statement_timeout=5) as store:
+            assert await settings(store) == ["1234ms", "5s", "1min"]
+
+    asyncio.run(check())
+    with pytest.raises(ValueError, match="lock_timeout"):
+        PostgresStore(DSN, schema=schema, lock_timeout=0)
+
+
+def test_the_cli_cancelling_a_locked_run_fails_in_one_line_within_the_timeout(
+    schema: str,
+) -> None:
+    async def create(store: PostgresStore) -> None:
+        await store.create(fresh("r"))
+
+    run(schema, create)
+    separator = "&" if "?" in DSN else "?"
+    dsn = f"{DSN}{separator}agentfsm_schema={schema}&options=-c%20lock_timeout%3D300"
+    frozen = _frozen_lock(schema, "r")
+    try:
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "agentfsm", "cancel", "r", "--store", dsn],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+            check=False,
+        )
+        assert time.monotonic() - started < 30
+    finally:
+        frozen.close()
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("agentfsm: error: ") and done.stderr.count("\n") == 1
+    assert "locked by another transaction" in done.stderr

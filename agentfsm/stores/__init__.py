@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from .._errors import ConfigurationError
 from ._base import Inbox, Lease, RetryPolicy, RunSummary, Store, WaitingCall, WaitingPage
@@ -61,7 +61,10 @@ def open_store(dsn: str | Path, *, create: bool = True) -> Store:
         url = urlsplit(text)
         query = parse_qsl(url.query, keep_blank_values=True)
         schema = [value for key, value in query if key == "agentfsm_schema"]
-        rest = urlencode([(key, value) for key, value in query if key != "agentfsm_schema"])
+        # libpq reads "+" as a plus sign, not a space: spaces (in options=-c ...) are %20.
+        rest = urlencode(
+            [(key, value) for key, value in query if key != "agentfsm_schema"], quote_via=quote
+        )
         text = urlunsplit(url._replace(query=rest))
         if schema:
             return PostgresStore(text, schema=schema[-1], create=create)

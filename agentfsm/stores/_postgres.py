@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -311,6 +312,15 @@ class PostgresStore(Store):
     ``create=False`` uses only tables that exist, for readers that must not create them: a
     missing schema raises StoreError at the first call.
 
+    No call waits forever on a run that another transaction keeps locked (a process frozen
+    in the middle of a write, say): after ``lock_timeout`` seconds waiting for a lock, or
+    ``statement_timeout`` seconds in one statement, it fails with StoreError. And a
+    transaction of this store left idle for ``idle_in_transaction_timeout`` seconds (its own
+    process frozen) is ended by the server, so that its locks do not stop everyone else.
+    None leaves that setting to the server; one set in the DSN's ``options`` (or in
+    ``PGOPTIONS``) is left as it is there. Migrating the tables is exempt from the statement
+    timeout, as building an index on a large table may take longer.
+
     Needs psycopg 3: ``pip install 'agentfsm[postgres]'``. Every database error is raised
     as a StoreError.
     """
@@ -322,6 +332,9 @@ class PostgresStore(Store):
         schema: str = "agentfsm",
         max_size: int = 4,
         connect_timeout: float = 10.0,
+        lock_timeout: float | None = 10.0,
+        statement_timeout: float | None = 30.0,
+        idle_in_transaction_timeout: float | None = 60.0,
         clock: Callable[[], float] | None = None,
         create: bool = True,
     ) -> None:
@@ -339,6 +352,14 @@ class PostgresStore(Store):
             raise ValueError("max_size must be at least 1")
         if connect_timeout <= 0:
             raise ValueError("connect_timeout must be positive")
+        timeouts = {
+            "lock_timeout": lock_timeout,
+            "statement_timeout": statement_timeout,
+            "idle_in_transaction_session_timeout": idle_in_transaction_timeout,
+        }
+        for name, seconds in timeouts.items():
+            if seconds is not None and not seconds > 0:
+                raise ValueError(f"{name} must be positive, or None")
         self._dsn = dsn
         self.schema = schema
         self._where = redact(dsn)
@@ -352,6 +373,15 @@ class PostgresStore(Store):
         if "connect_timeout" not in options:
             # libpq counts whole seconds, and at least 2.
             self._connect_options["connect_timeout"] = max(2, round(connect_timeout))
+        given = str(options.get("options", os.environ.get("PGOPTIONS", "")))
+        self._timeouts = {
+            name: seconds
+            for name, seconds in timeouts.items()
+            if seconds is not None and name not in given
+        }
+        self._q_timeouts = (
+            "SELECT " + ", ".join("set_config(%s, %s, false)" for _ in self._timeouts)
+        ).encode()
         self._clock = clock
         self._create = create
         self._max_size = max_size
@@ -473,12 +503,25 @@ class PostgresStore(Store):
         import psycopg
 
         try:
-            return await psycopg.AsyncConnection.connect(self._dsn, **self._connect_options)
+            conn = await psycopg.AsyncConnection.connect(self._dsn, **self._connect_options)
         except psycopg.Error as exc:
+            # Not chained: libpq's own text may spell out the DSN; this one is redacted.
             raise StoreError(
                 f"cannot connect to the PostgreSQL store {self._where!r}: "
                 f"{_redact_text(str(exc).strip())}"
             ) from None
+        if self._timeouts:
+            settings = [
+                value
+                for name, seconds in self._timeouts.items()
+                for value in (name, f"{round(seconds * 1000)}ms")
+            ]
+            try:
+                await conn.execute(self._q_timeouts, settings)
+            except BaseException:
+                await _close_quietly(conn)
+                raise
+        return conn
 
     async def _check_in(self, conn: Connection) -> None:
         """Keep a connection for the next call if it is healthy and idle; else close it."""
@@ -502,8 +545,27 @@ class PostgresStore(Store):
             await _close_quietly(conn)
 
     def _fail(self, exc: Exception) -> NoReturn:
-        message = str(exc).strip() or type(exc).__name__
-        raise StoreError(f"PostgreSQL store {self._where!r}: {message}") from None
+        from psycopg import errors
+
+        # One line (the server adds CONTEXT and DETAIL lines), for logs and the CLI.
+        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        message = message or type(exc).__name__
+        meaning = ""
+        if isinstance(exc, errors.LockNotAvailable):
+            meaning = (
+                "the run (or a table) is locked by another transaction, which held the lock "
+                f"longer than {self._limit('lock_timeout')} (is a process stuck in the "
+                "middle of a write?)"
+            )
+        elif isinstance(exc, errors.QueryCanceled) and "statement timeout" in message:
+            meaning = f"the statement ran longer than {self._limit('statement_timeout')}"
+        if meaning:
+            message = f"{meaning}: {message}"
+        raise StoreError(f"PostgreSQL store {self._where!r}: {message}") from exc
+
+    def _limit(self, name: str) -> str:
+        seconds = self._timeouts.get(name)
+        return f"the {name} of {seconds:g} s" if seconds is not None else f"the {name}"
 
     async def _migrate(self, conn: Connection) -> None:
         """Create or upgrade the tables, once per store (and once per schema, whatever the
@@ -520,6 +582,7 @@ class PostgresStore(Store):
                 )
             if current != LAYOUT_VERSION:
                 async with conn.transaction():
+                    await conn.execute("SET LOCAL statement_timeout = 0")
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_key,))
                     await conn.execute(self._q_create_schema)
                     await conn.execute(self._q_create_versions)

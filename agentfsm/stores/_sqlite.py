@@ -8,7 +8,9 @@ a worker thread. Several processes may share the file; SQLite serializes their w
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -38,6 +40,9 @@ from ._base import (
     summary_of,
     waiting_rows,
 )
+from ._sqlite_file import check_file, create_file, store_error
+
+log = logging.getLogger("agentfsm")
 
 __all__ = ["SQLiteStore"]
 
@@ -109,8 +114,17 @@ class SQLiteStore(Store):
 
     ``synchronous`` is SQLite's durability setting: ``"NORMAL"`` (default) survives a crash
     of the process; ``"FULL"`` also survives a power cut, at the cost of an fsync per step.
+    ``timeout`` is how long a call waits for another process's write to finish before it
+    fails with StoreError ("the database is locked").
+
     ``create=False`` opens only an existing store, for readers that must not leave an empty
-    file behind: a missing file, or one without agentfsm's tables, raises StoreError.
+    file behind: a missing file raises StoreError. Whatever ``create``, a file that is not an
+    agentfsm store (empty, zeroed, truncated, corrupted, not SQLite, or another
+    application's SQLite database) raises StoreError and is left as it is.
+
+    One store may be shared by threads and by asyncio tasks: its calls take turns on a lock,
+    each holding it for one short transaction. Every sqlite3 error is raised as a StoreError
+    that keeps it as its ``__cause__``.
     """
 
     def __init__(
@@ -126,103 +140,158 @@ class SQLiteStore(Store):
             raise ValueError("synchronous must be OFF, NORMAL, FULL or EXTRA")
         self.path = Path(path)
         self._clock = clock
-        if not create and not self.path.is_file():
-            raise StoreError(f"the SQLite store {str(self.path)!r} does not exist")
+        self._timeout = timeout
+        self._lock = threading.Lock()
         try:
-            # mode=rw: a file removed since the check above is an error, never created anew.
-            target = self.path if create else f"{self.path.absolute().as_uri()}?mode=rw"
+            if not self.path.exists():
+                if not create:
+                    raise StoreError(f"the SQLite store {str(self.path)!r} does not exist")
+                create_file(self.path, self._setup)
+            check_file(self.path)
+            # mode=rw: the file is opened as it is, never created anew.
             self._db = sqlite3.connect(
-                target,
+                f"{self.path.absolute().as_uri()}?mode=rw",
                 timeout=timeout,
                 isolation_level=None,
                 check_same_thread=False,
-                uri=not create,
+                uri=True,
             )
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the SQLite store {str(self.path)!r}: {exc}") from None
+            raise self._error(exc, opening=True) from exc
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the SQLite store {str(self.path)!r}: {exc.strerror or exc}"
+            ) from exc
         try:
-            if not create:
-                self._check_layout_exists()
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            with self._write():
-                self._migrate()
-        except sqlite3.Error as exc:
-            self._db.close()
-            raise StoreError(f"cannot open the SQLite store {str(self.path)!r}: {exc}") from None
+            self._open(synchronous, create)
         except BaseException:  # whatever stops it (StoreError, an interrupt), nothing leaks
             self._db.close()
             raise
 
-    def _check_layout_exists(self) -> None:
-        found = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'agentfsm_schema'"
-        ).fetchone()
-        if found is None:
+    def _setup(self, db: sqlite3.Connection) -> None:
+        """Lay out a new store's file (see ``create_file``)."""
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("BEGIN IMMEDIATE")
+        self._migrate(db)
+        db.execute("COMMIT")
+
+    def _open(self, synchronous: str, create: bool) -> None:
+        with self._transaction("BEGIN", opening=True) as db:
+            current = self._layout_version(db)
+        if current is None and not create:
             raise StoreError(
                 f"{str(self.path)!r} is not an agentfsm store: it has no agentfsm tables"
             )
+        try:
+            # Only now that the file is known to be ours (or empty) may anything change it.
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        except sqlite3.Error as exc:
+            raise self._error(exc, opening=True) from exc
+        if current != LAYOUT_VERSION:
+            with self._transaction("BEGIN IMMEDIATE", opening=True) as db:
+                self._migrate(db)
 
-    def _migrate(self) -> None:
-        self._db.execute("CREATE TABLE IF NOT EXISTS agentfsm_schema (version INTEGER NOT NULL)")
-        row = self._db.execute("SELECT max(version) FROM agentfsm_schema").fetchone()
-        current = row[0] or 0
-        if current > LAYOUT_VERSION:
-            raise StoreError(
-                f"the store {str(self.path)!r} has layout version {current}, newer than this "
-                f"agentfsm understands ({LAYOUT_VERSION}); upgrade agentfsm"
+    def _layout_version(self, db: sqlite3.Connection) -> int | None:
+        """The file's layout version (0 if unknown), or None for a database with nothing in
+        it. A database with tables and no ``agentfsm_schema`` belongs to some other
+        application: StoreError, so that agentfsm never adds its tables to it."""
+        names = [
+            name
+            for (name,) in db.execute(
+                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+                " ORDER BY name"
             )
+        ]
+        if "agentfsm_schema" in names:
+            row = db.execute("SELECT max(version) FROM agentfsm_schema").fetchone()
+            current = int(row[0] or 0)
+            if current > LAYOUT_VERSION:
+                raise StoreError(
+                    f"the store {str(self.path)!r} has layout version {current}, newer than "
+                    f"this agentfsm understands ({LAYOUT_VERSION}); upgrade agentfsm"
+                )
+            return current
+        if names:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            raise StoreError(
+                f"{str(self.path)!r} is not an agentfsm store: it is another application's "
+                f"SQLite database (it holds {shown}, and no agentfsm_schema table); "
+                "agentfsm leaves it alone"
+            )
+        return None
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Bring the layout up to date, in the caller's write transaction; the version is
+        read again in it, as another process may have migrated the file meanwhile."""
+        current = self._layout_version(db) or 0
+        db.execute("CREATE TABLE IF NOT EXISTS agentfsm_schema (version INTEGER NOT NULL)")
         for version, layout in ((1, _LAYOUT), (2, _LAYOUT_2)):
             if current < version:
                 for statement in layout.split(";"):
                     if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute("INSERT INTO agentfsm_schema (version) VALUES (?)", (version,))
+                        db.execute(statement)
+                db.execute("INSERT INTO agentfsm_schema (version) VALUES (?)", (version,))
         if current == 1:  # runs paused before the waiting calls had a table of their own
-            paused = self._db.execute(
-                "SELECT head, updated_at FROM runs WHERE waiting > 0"
-            ).fetchall()
+            paused = db.execute("SELECT head, updated_at FROM runs WHERE waiting > 0").fetchall()
             for head, updated_at in paused:
-                self._set_waiting(self._db, rebuild(head, []), updated_at, 0)
+                self._set_waiting(db, rebuild(head, []), updated_at, 0)
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken at once (``BEGIN IMMEDIATE``)."""
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite store {str(self.path)!r}: {exc}") from None
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        try:
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            db.execute("ROLLBACK")
-            raise StoreError(f"SQLite store {str(self.path)!r}: {exc}") from None
+    def _transaction(
+        self, begin: str = "BEGIN IMMEDIATE", *, opening: bool = False
+    ) -> Iterator[sqlite3.Connection]:
+        """One transaction, with the store to itself: a write (``BEGIN IMMEDIATE`` takes
+        the file's write lock at once), or a read (``BEGIN``, one consistent snapshot).
 
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        db.execute("BEGIN")
+        sqlite3's errors become StoreErrors; agentfsm's own errors pass as they are. Either
+        way what was done is rolled back, if SQLite has not already done so (it does on some
+        errors, such as a full disk, and a second ROLLBACK would fail and hide the cause)."""
+        with self._lock:
+            db = self._db
+            try:
+                if db.in_transaction:  # left open by a rollback that failed
+                    db.execute("ROLLBACK")
+                db.execute(begin)
+                yield db
+                db.execute("COMMIT")
+            except BaseException as exc:
+                self._roll_back()
+                if isinstance(exc, sqlite3.Error):
+                    raise self._error(exc, opening=opening) from exc
+                if isinstance(exc, UnicodeEncodeError):  # sqlite3 binding a lone surrogate
+                    raise StoreError(
+                        f"SQLite store {str(self.path)!r}: text that SQLite cannot hold: {exc}"
+                    ) from exc
+                raise
+
+    def _write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._transaction("BEGIN IMMEDIATE")
+
+    def _read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._transaction("BEGIN")
+
+    def _roll_back(self) -> None:
         try:
-            yield db
-        finally:
-            db.execute("COMMIT")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:  # the error being raised says more; keep it
+            log.warning("SQLite store %r: rollback failed: %s", str(self.path), exc)
+
+    def _error(self, exc: sqlite3.Error, *, opening: bool = False) -> StoreError:
+        return store_error(self.path, exc, timeout=self._timeout, opening=opening)
 
     async def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     # -- runs ------------------------------------------------------------------------------
 
     async def create(self, state: RunState) -> None:
         head, items, _ = parts(state, 0, state.schema_version)
         summary = summary_of(state, self._clock())
-        try:
-            with self._write() as db:
+        with self._write() as db:
+            try:
                 db.execute(
                     "INSERT INTO runs (run_id, status, version, starting_agent, current_agent,"
                     " turn, waiting, head, n_items, schema_version, runnable, created_at,"
@@ -243,10 +312,10 @@ class SQLiteStore(Store):
                         summary.updated_at,
                     ),
                 )
-                self._append(db, state.run_id, 0, items)
-                self._set_waiting(db, state, summary.updated_at, 0)
-        except sqlite3.IntegrityError:
-            raise ConflictError(f"run {state.run_id} is already stored") from None
+            except sqlite3.IntegrityError as exc:
+                raise ConflictError(f"run {state.run_id} is already stored") from exc
+            self._append(db, state.run_id, 0, items)
+            self._set_waiting(db, state, summary.updated_at, 0)
 
     async def load(self, run_id: str) -> RunState:
         with self._read() as db:
