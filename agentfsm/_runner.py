@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import os
 import socket
 import time
@@ -61,7 +62,7 @@ from ._outcomes import (
     ToolCall,
 )
 from ._state import RunState
-from ._step import ToolErrors, new_run, pending_outcome, step
+from ._step import ToolErrors, check_max_turns, new_run, pending_outcome, step
 from ._tools import ToolContext
 from .stores._base import (
     CancelMessage,
@@ -123,6 +124,8 @@ class Runner:
             does not run; the model is told, and the audit trail says expired. Workers expire
             calls by themselves.
         clock: the time of deadlines and expiries (default ``time.time``).
+        lease_seconds: how long this runner's claim on a run lasts, renewed while it runs
+            (default 30): a positive, finite number of seconds.
         retry: how ``work`` retries a run that fails (a tool or model error that the run
             raises, data it cannot read): with a growing delay, then parked, set aside
             until someone resumes it by id (default: ``RetryPolicy()``, 5 attempts).
@@ -145,6 +148,10 @@ class Runner:
             raise ConfigurationError("tool_errors must be 'feed' or 'raise'")
         if approval_timeout is not None and not approval_timeout > 0:
             raise ConfigurationError("approval_timeout must be a positive number of seconds")
+        if not isinstance(lease_seconds, int | float) or not 0 < lease_seconds < math.inf:
+            raise ConfigurationError(
+                f"lease_seconds must be a positive number of seconds, not {lease_seconds!r}"
+            )
         self.approval_timeout = approval_timeout
         self.clock = clock
         self.retry = retry or RetryPolicy()
@@ -197,7 +204,8 @@ class Runner:
         the model turns; resuming a run that failed on its limit with a higher one goes on.
         With a store, the run is stored and checkpointed after every step.
 
-        Raises ContextError for a context that is not JSON data, ResolutionError when the
+        Raises ContextError for a context that is not JSON data, ConfigurationError for a
+        ``max_turns`` that is not an int of at least 0, ResolutionError when the
         state names an agent or tool that no longer exists, ModelError when the model fails,
         ToolError (with ``tool_errors="raise"``), ConflictError when the stored run is being
         run elsewhere or changed since the state was loaded, UndecidedError for a paused state
@@ -378,6 +386,8 @@ class Runner:
         acknowledge: tuple[int, ...] = ()
         mail = session is not None
         stepped = False
+        if max_turns is not None:
+            check_max_turns(max_turns)
         if (
             max_turns is not None
             and max_turns != state.max_turns
