@@ -162,12 +162,18 @@ class Runner:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease_seconds = lease_seconds
         self._models: dict[str, Any] = {}
-        self._stopping = False
+        self._stops = 0  # calls of stop(): work started before the latest one stops
 
     def stop(self) -> None:
-        """Ask runs under way to stop after their current step (which is saved). For
-        SIGTERM handlers: the stopped runs stay runnable, and resume where they were."""
-        self._stopping = True
+        """Stop the work under way: its runs stop after their current step, which is saved
+        (calls that the step started run to the end and their results are recorded, so none
+        is left in doubt), and ``work`` returns. For SIGTERM handlers: the stopped runs stay
+        runnable, and resume where they were.
+
+        It stops what was started before it, only: a ``run``, ``resume`` or ``work`` called
+        after ``stop()`` goes on as usual. So a stopped runner can be started again, and work
+        started while the old work winds down does not undo the stop."""
+        self._stops += 1
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -213,6 +219,7 @@ class Runner:
         DecisionRefused when the state's decisions conflict with ones posted to the store.
         Errors raised mid-run carry the last state in ``error.state``.
         """
+        since = self._stops
         agents = AgentSet(agent)
         if isinstance(input, RunState):
             if context is not None:
@@ -233,13 +240,14 @@ class Runner:
                 await self.store.create(state)
         given = isinstance(input, RunState)
         if self.store is None:
-            return await self._drive(agents, state, max_turns, None, given=given)
-        return await self._with_lease(agents, state, max_turns, None, given=given)
+            return await self._drive(agents, state, max_turns, None, given=given, since=since)
+        return await self._with_lease(agents, state, max_turns, None, given=given, since=since)
 
     async def resume(self, agent: Agent, run_id: str, *, max_turns: int | None = None) -> RunResult:
         """Continue the stored run ``run_id`` (decisions may have been recorded in the store
         by another process). Raises UnknownRunError, ResolutionError, ConflictError (the run
         is leased to another worker), and the errors of ``run``."""
+        since = self._stops
         store = self._require_store()
         lease = await store.claim(self.owner, lease_seconds=self.lease_seconds, run_id=run_id)
         if lease is None:
@@ -251,7 +259,7 @@ class Runner:
         except BaseException:
             await store.release(lease)
             raise
-        return await self._with_lease(agents, state, max_turns, lease)
+        return await self._with_lease(agents, state, max_turns, lease, since=since)
 
     async def work(
         self,
@@ -267,7 +275,8 @@ class Runner:
         store = self._require_store()
         agents = AgentSet(agent)
         advanced = 0
-        while not self._stopping:
+        since = self._stops
+        while self._stops == since:
             lease = await store.claim(
                 self.owner, lease_seconds=self.lease_seconds, starting_agent=agents.starting
             )
@@ -279,7 +288,9 @@ class Runner:
             try:
                 state = await store.load(lease.run_id)
                 agents.check(state)
-                await self._with_lease(agents, state, None, lease, keep_lease_on_error=True)
+                await self._with_lease(
+                    agents, state, None, lease, keep_lease_on_error=True, since=since
+                )
                 advanced += 1
             except StoreError as exc:
                 # The store's trouble, not the run's: it is retried when the lease expires.
@@ -321,6 +332,7 @@ class Runner:
         *,
         keep_lease_on_error: bool = False,
         given: bool = False,
+        since: int,
     ) -> RunResult:
         store = self._require_store()
         if lease is None:
@@ -340,7 +352,7 @@ class Runner:
         renewing = asyncio.create_task(session.keep_renewed())
         failed = True
         try:
-            result = await self._drive(agents, state, max_turns, session, given=given)
+            result = await self._drive(agents, state, max_turns, session, given=given, since=since)
             failed = False
             return result
         finally:
@@ -377,10 +389,13 @@ class Runner:
         session: _Session | None,
         *,
         given: bool = False,
+        since: int,
     ) -> RunResult:
-        """Step the run until it pauses or ends. A paused state ``given`` by the caller that
-        has no decision to apply raises UndecidedError: the decision was most likely made on
-        a copy and lost. (A run resumed by id just reports that it still waits.)"""
+        """Step the run until it pauses or ends, or until ``stop()`` is called again (it had
+        been called ``since`` times when the work started). A paused state ``given`` by the
+        caller that has no decision to apply raises UndecidedError: the decision was most
+        likely made on a copy and lost. (A run resumed by id just reports that it still
+        waits.)"""
         outcome: Outcome
         event: Event | None = None
         acknowledge: tuple[int, ...] = ()
@@ -429,7 +444,13 @@ class Runner:
                 mail = waiting or mail
                 event, acknowledge, seen = None, (), None
                 stepped = True
-                if self._stopping and not state.status.is_terminal:
+                # Never between recording calls as started and running them: they would be in
+                # doubt on resume, though none of them ran.
+                if (
+                    self._stops != since
+                    and not state.status.is_terminal
+                    and state.status is not RunStatus.TOOLS
+                ):
                     return _result(agents, state)
                 continue
             match outcome:
