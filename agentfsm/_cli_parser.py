@@ -171,7 +171,8 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         "start a run",
         "Start a run of the app's agent on a user message, store it, and advance it until it "
         "completes, fails or waits for a decision; then print where it stopped. The exit "
-        "status says which: 0 completed, 3 waiting, 4 failed, 5 cancelled.",
+        "status says which: 0 completed, 3 waiting, 4 failed, 5 cancelled. Ctrl-C or SIGTERM "
+        "stops it after its current step, saved (exit 130 or 143); a second one at once.",
         store,
         app,
         max_turns,
@@ -395,7 +396,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         "continue a stored run",
         "Continue a stored run now, in this process, applying the decisions, cancellation "
         "and input waiting in its inbox, until it completes, fails or waits again; then "
-        "print where it stopped. The exit status says which, as for run.",
+        "print where it stopped. The exit status says which, and signals stop it, as for run.",
         store,
         app,
         max_turns,
