@@ -3,6 +3,9 @@
 Every command that touches runs takes ``--store`` (default: $AGENTFSM_STORE, else the SQLite
 file ``agentfsm.db`` in the current directory). Errors print one line and exit non-zero;
 ``ExitCode`` lists the exit statuses scripts can branch on (docs/cli.md documents them).
+
+``run``, ``resume`` and ``worker`` handle SIGINT and SIGTERM: the first stops the run after
+its current step (``Runner.stop``); for ``run`` and ``resume`` a second one exits at once.
 """
 
 from __future__ import annotations
@@ -13,14 +16,19 @@ import enum
 import importlib
 import json
 import os
+import shlex
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._cli_parser import build_parser
 from ._errors import AgentFSMError, ConfigurationError, ToolArgumentsError
 from ._events import Decision
+
+if TYPE_CHECKING:
+    from ._runner import Runner, RunResult
 
 __all__ = ["ExitCode", "exit_code", "main"]
 
@@ -42,11 +50,14 @@ class ExitCode(enum.IntEnum):
     FAILED = 4
     #: The run was cancelled.
     CANCELLED = 5
-    #: Stopped by Ctrl-C (128 + SIGINT, as shells report it).
+    #: Stopped by Ctrl-C (128 + SIGINT, as shells report it). ``run`` and ``resume`` stop the
+    #: run after its current step, saved, and say how to continue it.
     KEYBOARD_INTERRUPT = 130
     #: Whatever read stdout closed it early, as ``| head`` does (128 + SIGPIPE, what a shell
     #: reports for a tool that SIGPIPE stops).
     BROKEN_PIPE = 141
+    #: Stopped by SIGTERM (128 + SIGTERM), as ``run`` and ``resume`` stop for Ctrl-C.
+    TERMINATED = 143
 
 
 _BY_STATUS = {
@@ -183,20 +194,88 @@ def _print_run(state: Any, as_json: bool, posted: Sequence[Any] = ()) -> None:
 # -- commands ----------------------------------------------------------------------------------
 
 
-def _run(args: argparse.Namespace) -> int:
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _advance(
+    args: argparse.Namespace, run_id: str, start: Callable[[Runner], Awaitable[RunResult]]
+) -> int:
+    """Advance the run ``run_id`` with ``start`` (a run or a resume), and print where it
+    stopped. The first SIGINT or SIGTERM stops it after its current step, which is saved
+    (a tool that runs finishes, and its result is kept), and releases its lease: one line
+    on stderr says how to continue, and the status is 128 + the signal. A second signal
+    exits at once (``_stop_at_once``)."""
     from ._runner import Runner
 
-    agent = load_app(args.app)
-    context = _json_argument(args.context, "--context")
-
     async def work(store: Any) -> int:
-        result = await Runner(store=store).run(
-            agent, args.input, context=context, max_turns=args.max_turns, run_id=args.run_id
-        )
+        runner = Runner(store=store)
+        received: list[signal.Signals] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            if received:
+                _stop_at_once(args, run_id, sig, runner.lease_seconds)
+            received.append(sig)
+            runner.stop()
+
+        loop = asyncio.get_running_loop()
+        for sig in _STOP_SIGNALS:
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            result = await start(runner)
+        finally:
+            for sig in _STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
         _print_run(result.state, args.json)
+        if received and result.status not in _BY_STATUS:  # stopped by the signal, not done
+            print(
+                f"agentfsm: stopped run {run_id} after its current step ({received[0].name}); "
+                f"`{_resume_command(args, run_id)}` continues it",
+                file=sys.stderr,
+            )
+            return 128 + received[0]
         return exit_code(result.status)
 
     return _with_store(args, work)
+
+
+def _stop_at_once(
+    args: argparse.Namespace, run_id: str, sig: signal.Signals, lease_seconds: float
+) -> NoReturn:
+    """Exit now, on a second signal, without waiting for the step under way. The run stays
+    leased to this process until the lease runs out; a tool that was running may or may not
+    have taken effect, so on resume its call is in doubt, and a person decides."""
+    print(
+        f"agentfsm: stopped run {run_id} at once ({sig.name}); a call that was running is in "
+        f"doubt, and the run is leased for up to {lease_seconds:g} s more; then "
+        f"`{_resume_command(args, run_id)}` continues it",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(128 + sig)
+
+
+def _resume_command(args: argparse.Namespace, run_id: str) -> str:
+    from ._cli_parser import DEFAULT_STORE
+    from .stores._postgres import redact
+
+    words = ["agentfsm", "resume", run_id, "--app", args.app]
+    if args.store != os.environ.get("AGENTFSM_STORE", DEFAULT_STORE):
+        words += ["--store", redact(args.store)]
+    return shlex.join(words)
+
+
+def _run(args: argparse.Namespace) -> int:
+    agent = load_app(args.app)
+    context = _json_argument(args.context, "--context")
+    # Chosen here, so that a signal's message can name the run before it is stored.
+    run_id = args.run_id or uuid.uuid4().hex
+
+    def start(runner: Runner) -> Awaitable[RunResult]:
+        return runner.run(
+            agent, args.input, context=context, max_turns=args.max_turns, run_id=run_id
+        )
+
+    return _advance(args, run_id, start)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -356,16 +435,12 @@ def _input(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from ._runner import Runner
-
     agent = load_app(args.app)
 
-    async def work(store: Any) -> int:
-        result = await Runner(store=store).resume(agent, args.run_id, max_turns=args.max_turns)
-        _print_run(result.state, args.json)
-        return exit_code(result.status)
+    def start(runner: Runner) -> Awaitable[RunResult]:
+        return runner.resume(agent, args.run_id, max_turns=args.max_turns)
 
-    return _with_store(args, work)
+    return _advance(args, args.run_id, start)
 
 
 def _worker(args: argparse.Namespace) -> int:

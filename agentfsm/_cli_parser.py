@@ -2,11 +2,16 @@
 
 Every option says what it does and its default; every command has a paragraph of
 description (``agentfsm COMMAND --help``). What the commands do is in ``_cli``.
+
+Every value goes through a ``type``: numbers are checked for their range, and text for being
+UTF-8, here, so that a bad value is argparse's one-line usage error (exit status 2) before
+any command runs. What the text says (JSON, a run id that exists) is the command's to check.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,10 +38,50 @@ if TYPE_CHECKING:
     Commands = argparse._SubParsersAction[_Parser]
 
 
+def _text(value: str) -> str:
+    """``value``, unless it holds bytes that are not UTF-8 (Python hands them on as lone
+    surrogates, which no store and no JSON document can hold)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        given = os.fsencode(value)
+        shown = repr(given[:40]) + ("..." if len(given) > 40 else "")
+        raise argparse.ArgumentTypeError(f"not valid UTF-8 text: {shown}") from None
+    return value
+
+
+def _whole(least: int, most: int | None = None) -> Callable[[str], int]:
+    """The type of a whole number from ``least`` (to ``most``)."""
+    wanted = f"from {least} to {most}" if most is not None else f"of at least {least}"
+
+    def whole(value: str) -> int:
+        try:
+            number = int(value)
+            if number >= least and (most is None or number <= most):
+                return number
+        except ValueError:
+            pass
+        raise argparse.ArgumentTypeError(f"must be a whole number {wanted}, not {value!r}")
+
+    return whole
+
+
+def _seconds(value: str) -> float:
+    """A positive, finite number of seconds."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {value!r}")
+    return seconds
+
+
 def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     """The ``agentfsm`` parser; each command's ``handler`` is taken from ``handlers`` by its
     name (``"runs list"`` for a subcommand of ``runs``)."""
     from . import __version__
+    from .stores._base import MAX_PAGE
 
     parser = _Parser(
         prog="agentfsm",
@@ -50,6 +95,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     store = _Parser(add_help=False)
     store.add_argument(
         "--store",
+        type=_text,
         default=os.environ.get("AGENTFSM_STORE", DEFAULT_STORE),
         help="where the runs are: postgresql://..., sqlite:///path or a file path (default: "
         f"%(default)s, which is $AGENTFSM_STORE if set, else {DEFAULT_STORE})",
@@ -57,6 +103,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     app = _Parser(add_help=False)
     app.add_argument(
         "--app",
+        type=_text,
         required=True,
         metavar="MODULE:ATTR",
         help="the starting agent, as module:attribute (an Agent, or a function returning one)",
@@ -70,7 +117,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     max_turns = _Parser(add_help=False)
     max_turns.add_argument(
         "--max-turns",
-        type=int,
+        type=_whole(0),
         metavar="N",
         default=None,
         help="how many model turns the run may use in all (default: 10 for a new run; a "
@@ -99,6 +146,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--store",
+        type=_text,
         default=DEFAULT_STORE,
         help="the SQLite file where the demo keeps its run (default: %(default)s)",
     )
@@ -123,18 +171,24 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         "start a run",
         "Start a run of the app's agent on a user message, store it, and advance it until it "
         "completes, fails or waits for a decision; then print where it stopped. The exit "
-        "status says which: 0 completed, 3 waiting, 4 failed, 5 cancelled.",
+        "status says which: 0 completed, 3 waiting, 4 failed, 5 cancelled. Ctrl-C or SIGTERM "
+        "stops it after its current step, saved (exit 130 or 143); a second one at once.",
         store,
         app,
         max_turns,
         as_json,
     )
-    run.add_argument("input", help="the user's message")
+    run.add_argument("input", type=_text, help="the user's message")
     run.add_argument(
-        "--run-id", default=None, metavar="ID", help="the new run's id (default: a random one)"
+        "--run-id",
+        type=_text,
+        default=None,
+        metavar="ID",
+        help="the new run's id (default: a random one)",
     )
     run.add_argument(
         "--context",
+        type=_text,
         default=None,
         metavar="JSON",
         help="the run's context, as JSON (default: no context)",
@@ -159,6 +213,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     )
     listing.add_argument(
         "--status",
+        type=_text,
         default=None,
         metavar="STATUS",
         help="only runs in this status: new, running, tools, interrupted, completed, failed "
@@ -166,7 +221,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     )
     listing.add_argument(
         "--limit",
-        type=int,
+        type=_whole(1),
         default=50,
         metavar="N",
         help="list at most this many runs (default: %(default)s)",
@@ -187,7 +242,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         store,
         as_json,
     )
-    show.add_argument("run_id", help="the run to show")
+    show.add_argument("run_id", type=_text, help="the run to show")
     show.set_defaults(handler=handlers["runs show"])
     export = command(
         what,
@@ -197,7 +252,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         "RunState.from_json reads it (schemas/run_state.schema.json).",
         store,
     )
-    export.add_argument("run_id", help="the run to export")
+    export.add_argument("run_id", type=_text, help="the run to export")
     export.set_defaults(handler=handlers["runs export"])
 
     approvals = command(
@@ -209,17 +264,22 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         "decisions posted on it that the run has not applied yet. Read only.",
         store,
     )
-    approvals.add_argument("--tool", default=None, help="only calls of this tool (default: any)")
-    approvals.add_argument("--agent", default=None, help="only calls of this agent (default: any)")
+    approvals.add_argument(
+        "--tool", type=_text, default=None, help="only calls of this tool (default: any)"
+    )
+    approvals.add_argument(
+        "--agent", type=_text, default=None, help="only calls of this agent (default: any)"
+    )
     approvals.add_argument(
         "--limit",
-        type=int,
+        type=_whole(1, MAX_PAGE),
         default=50,
         metavar="N",
         help="list at most this many calls, 1 to 1000 (default: %(default)s)",
     )
     approvals.add_argument(
         "--after",
+        type=_text,
         default=None,
         metavar="CURSOR",
         help="start after this cursor: the `next` of the previous page (default: the oldest)",
@@ -234,6 +294,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     decision = _Parser(add_help=False)
     decision.add_argument(
         "--digest",
+        type=_text,
         default=None,
         metavar="HEX",
         help="the digest of the arguments you were shown, as `agentfsm runs show RUN` prints "
@@ -243,6 +304,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     )
     decision.add_argument(
         "--as",
+        type=_text,
         dest="who",
         default=None,
         metavar="NAME",
@@ -262,13 +324,14 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         store,
         decision,
     )
-    approve.add_argument("run_id", help="the run whose call to approve")
-    approve.add_argument("call_id", help="the call to approve")
+    approve.add_argument("run_id", type=_text, help="the run whose call to approve")
+    approve.add_argument("call_id", type=_text, help="the call to approve")
     approve.add_argument(
         "--always", action="store_true", help="also approve later calls of the same tool"
     )
     approve.add_argument(
         "--arguments",
+        type=_text,
         default=None,
         metavar="JSON",
         help="run the call with these arguments instead: a JSON object that fits the tool's "
@@ -285,10 +348,13 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         store,
         decision,
     )
-    reject.add_argument("run_id", help="the run whose call to reject")
-    reject.add_argument("call_id", help="the call to reject")
+    reject.add_argument("run_id", type=_text, help="the run whose call to reject")
+    reject.add_argument("call_id", type=_text, help="the call to reject")
     reject.add_argument(
-        "--message", default=None, help="what the model is told (default: a standard message)"
+        "--message",
+        type=_text,
+        default=None,
+        help="what the model is told (default: a standard message)",
     )
     reject.add_argument(
         "--always", action="store_true", help="also reject later calls of the same tool"
@@ -303,9 +369,12 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         "cancelled, at its next step.",
         store,
     )
-    cancel.add_argument("run_id", help="the run to cancel")
+    cancel.add_argument("run_id", type=_text, help="the run to cancel")
     cancel.add_argument(
-        "--reason", default="cancelled", help="why, kept as the run's error (default: %(default)s)"
+        "--reason",
+        type=_text,
+        default="cancelled",
+        help="why, kept as the run's error (default: %(default)s)",
     )
     cancel.set_defaults(handler=handlers["cancel"])
 
@@ -317,8 +386,8 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         "run's next turn.",
         store,
     )
-    staged.add_argument("run_id", help="the run to add the message to")
-    staged.add_argument("text", help="the user's message")
+    staged.add_argument("run_id", type=_text, help="the run to add the message to")
+    staged.add_argument("text", type=_text, help="the user's message")
     staged.set_defaults(handler=handlers["input"])
 
     resume = command(
@@ -327,13 +396,13 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         "continue a stored run",
         "Continue a stored run now, in this process, applying the decisions, cancellation "
         "and input waiting in its inbox, until it completes, fails or waits again; then "
-        "print where it stopped. The exit status says which, as for run.",
+        "print where it stopped. The exit status says which, and signals stop it, as for run.",
         store,
         app,
         max_turns,
         as_json,
     )
-    resume.add_argument("run_id", help="the run to continue")
+    resume.add_argument("run_id", type=_text, help="the run to continue")
     resume.set_defaults(handler=handlers["resume"])
 
     worker = command(
@@ -348,7 +417,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--lease",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         default=30.0,
         help="how long a claim on a run lasts, in seconds, renewed while it runs "
@@ -356,7 +425,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--poll",
-        type=float,
+        type=_seconds,
         metavar="SECONDS",
         default=0.5,
         help="seconds between looks for work when there is none (default: %(default)s)",

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import os
 import random
 import socket
@@ -63,7 +64,7 @@ from ._outcomes import (
     ToolCall,
 )
 from ._state import RunState
-from ._step import ToolErrors, new_run, pending_outcome, step
+from ._step import ToolErrors, check_max_turns, new_run, pending_outcome, step
 from ._tools import ToolContext
 from .stores._base import (
     CancelMessage,
@@ -125,6 +126,8 @@ class Runner:
             does not run; the model is told, and the audit trail says expired. Workers expire
             calls by themselves.
         clock: the time of deadlines and expiries (default ``time.time``).
+        lease_seconds: how long this runner's claim on a run lasts, renewed while it runs
+            (default 30): a positive, finite number of seconds.
         retry: how ``work`` retries a run that fails (a tool or model error that the run
             raises, data it cannot read): with a growing delay, then parked, set aside
             until someone resumes it by id (default: ``RetryPolicy()``, 5 attempts).
@@ -147,6 +150,10 @@ class Runner:
             raise ConfigurationError("tool_errors must be 'feed' or 'raise'")
         if approval_timeout is not None and not approval_timeout > 0:
             raise ConfigurationError("approval_timeout must be a positive number of seconds")
+        if not isinstance(lease_seconds, int | float) or not 0 < lease_seconds < math.inf:
+            raise ConfigurationError(
+                f"lease_seconds must be a positive number of seconds, not {lease_seconds!r}"
+            )
         self.approval_timeout = approval_timeout
         self.clock = clock
         self.retry = retry or RetryPolicy()
@@ -157,12 +164,18 @@ class Runner:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lease_seconds = lease_seconds
         self._models: dict[str, Any] = {}
-        self._stopping = False
+        self._stops = 0  # calls of stop(): work started before the latest one stops
 
     def stop(self) -> None:
-        """Ask runs under way to stop after their current step (which is saved). For
-        SIGTERM handlers: the stopped runs stay runnable, and resume where they were."""
-        self._stopping = True
+        """Stop the work under way: its runs stop after their current step, which is saved
+        (calls that the step started run to the end and their results are recorded, so none
+        is left in doubt), and ``work`` returns. For SIGTERM handlers: the stopped runs stay
+        runnable, and resume where they were.
+
+        It stops what was started before it, only: a ``run``, ``resume`` or ``work`` called
+        after ``stop()`` goes on as usual. So a stopped runner can be started again, and work
+        started while the old work winds down does not undo the stop."""
+        self._stops += 1
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -199,7 +212,8 @@ class Runner:
         the model turns; resuming a run that failed on its limit with a higher one goes on.
         With a store, the run is stored and checkpointed after every step.
 
-        Raises ContextError for a context that is not JSON data, ResolutionError when the
+        Raises ContextError for a context that is not JSON data, ConfigurationError for a
+        ``max_turns`` that is not an int of at least 0, ResolutionError when the
         state names an agent or tool that no longer exists, ModelError when the model fails,
         ToolError (with ``tool_errors="raise"``), ConflictError when the stored run is being
         run elsewhere or changed since the state was loaded, UndecidedError for a paused state
@@ -207,6 +221,7 @@ class Runner:
         DecisionRefused when the state's decisions conflict with ones posted to the store.
         Errors raised mid-run carry the last state in ``error.state``.
         """
+        since = self._stops
         agents = AgentSet(agent)
         if isinstance(input, RunState):
             if context is not None:
@@ -227,13 +242,14 @@ class Runner:
                 await self.store.create(state)
         given = isinstance(input, RunState)
         if self.store is None:
-            return await self._drive(agents, state, max_turns, None, given=given)
-        return await self._with_lease(agents, state, max_turns, None, 0.0, given=given)
+            return await self._drive(agents, state, max_turns, None, given=given, since=since)
+        return await self._with_lease(agents, state, max_turns, None, 0.0, given=given, since=since)
 
     async def resume(self, agent: Agent, run_id: str, *, max_turns: int | None = None) -> RunResult:
         """Continue the stored run ``run_id`` (decisions may have been recorded in the store
         by another process). Raises UnknownRunError, ResolutionError, ConflictError (the run
         is leased to another worker), and the errors of ``run``."""
+        since = self._stops
         store = self._require_store()
         claimed_at = time.monotonic()
         lease = await store.claim(self.owner, lease_seconds=self.lease_seconds, run_id=run_id)
@@ -246,7 +262,7 @@ class Runner:
         except BaseException:
             await store.release(lease)
             raise
-        return await self._with_lease(agents, state, max_turns, lease, claimed_at)
+        return await self._with_lease(agents, state, max_turns, lease, claimed_at, since=since)
 
     async def work(
         self,
@@ -264,7 +280,8 @@ class Runner:
         agents = AgentSet(agent)
         advanced = 0
         failures = 0
-        while not self._stopping:
+        since = self._stops
+        while self._stops == since:
             claimed_at = time.monotonic()
             try:
                 lease = await store.claim(
@@ -290,7 +307,7 @@ class Runner:
                 state = await store.load(lease.run_id)
                 agents.check(state)
                 await self._with_lease(
-                    agents, state, None, lease, claimed_at, keep_lease_on_error=True
+                    agents, state, None, lease, claimed_at, keep_lease_on_error=True, since=since
                 )
                 advanced += 1
             except StoreError as exc:
@@ -334,6 +351,7 @@ class Runner:
         *,
         keep_lease_on_error: bool = False,
         given: bool = False,
+        since: int,
     ) -> RunResult:
         """Drive the run under ``lease`` (claimed here when None), asked for at the monotonic
         time ``claimed_at``, renewing it while the run goes on."""
@@ -356,7 +374,7 @@ class Runner:
         renewing = asyncio.create_task(session.keep_renewed())
         failed = True
         try:
-            result = await self._drive(agents, state, max_turns, session, given=given)
+            result = await self._drive(agents, state, max_turns, session, given=given, since=since)
             failed = False
             return result
         finally:
@@ -393,15 +411,20 @@ class Runner:
         session: _Session | None,
         *,
         given: bool = False,
+        since: int,
     ) -> RunResult:
-        """Step the run until it pauses or ends. A paused state ``given`` by the caller that
-        has no decision to apply raises UndecidedError: the decision was most likely made on
-        a copy and lost. (A run resumed by id just reports that it still waits.)"""
+        """Step the run until it pauses or ends, or until ``stop()`` is called again (it had
+        been called ``since`` times when the work started). A paused state ``given`` by the
+        caller that has no decision to apply raises UndecidedError: the decision was most
+        likely made on a copy and lost. (A run resumed by id just reports that it still
+        waits.)"""
         outcome: Outcome
         event: Event | None = None
         acknowledge: tuple[int, ...] = ()
         mail = session is not None
         stepped = False
+        if max_turns is not None:
+            check_max_turns(max_turns)
         if (
             max_turns is not None
             and max_turns != state.max_turns
@@ -443,7 +466,13 @@ class Runner:
                 mail = waiting or mail
                 event, acknowledge, seen = None, (), None
                 stepped = True
-                if self._stopping and not state.status.is_terminal:
+                # Never between recording calls as started and running them: they would be in
+                # doubt on resume, though none of them ran.
+                if (
+                    self._stops != since
+                    and not state.status.is_terminal
+                    and state.status is not RunStatus.TOOLS
+                ):
                     return _result(agents, state)
                 continue
             match outcome:

@@ -17,7 +17,13 @@ import pydantic
 
 from ._agents import Agent, AgentSet
 from ._decisions import DecisionRecord, refusal
-from ._errors import IllegalTransition, InvalidEvent, ModelBehaviorError, ToolArgumentsError
+from ._errors import (
+    ConfigurationError,
+    IllegalTransition,
+    InvalidEvent,
+    ModelBehaviorError,
+    ToolArgumentsError,
+)
 from ._events import (
     ApprovalsDecided,
     Cancelled,
@@ -58,6 +64,7 @@ __all__ = [
     "IN_DOUBT_REJECTION",
     "Step",
     "ToolErrors",
+    "check_max_turns",
     "idempotency_key",
     "new_run",
     "pending_outcome",
@@ -83,6 +90,13 @@ class Step(NamedTuple):
     outcome: Outcome
 
 
+def check_max_turns(max_turns: object) -> None:
+    """ConfigurationError unless ``max_turns`` is an int of at least 0 (0 lets the run take
+    no model turn: it fails at once, and can be resumed with a higher limit)."""
+    if type(max_turns) is not int or max_turns < 0:
+        raise ConfigurationError(f"max_turns must be an int of at least 0, not {max_turns!r}")
+
+
 def new_run(
     agent: Agent | str,
     input: str | Sequence[Item],
@@ -93,13 +107,13 @@ def new_run(
 ) -> RunState:
     """A new run in status ``new``; ``step`` it with ``Started()`` to begin.
 
-    Raises ContextError if ``context`` is not JSON data.
+    Raises ContextError if ``context`` is not JSON data, ConfigurationError if ``max_turns``
+    is not an int of at least 0.
     """
+    check_max_turns(max_turns)
     check_json_data(context)
     items = (UserMessage(content=input),) if isinstance(input, str) else tuple(input)
     check_json_data(msgspec.to_builtins(list(items)), "input")
-    if type(max_turns) is not int or max_turns < 0:
-        raise ValueError("max_turns must be a non-negative int")
     name = agent.name if isinstance(agent, Agent) else agent
     from ._codec import SCHEMA_VERSION
 

@@ -244,6 +244,9 @@ def test_every_command_has_a_description_and_every_option_help_with_its_default(
                 assert what == "agentfsm demo --resume-file"
                 continue
             assert action.help, f"{what} has no help"
+            if action.nargs != 0 and not isinstance(action, argparse._SubParsersAction):
+                # Every value is checked where it is parsed: a number's range, text's UTF-8.
+                assert action.type is not None, f"{what} takes any value"
             if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
                 shown = action.help % {**vars(action), "prog": command.prog}  # as argparse does
                 assert f"(default: {action.default}" in shown, f"{what} hides its default"
@@ -362,7 +365,30 @@ def test_with_json_an_error_is_still_one_line_on_stderr_and_nothing_on_stdout(
         (["run", *APP, "hi", "--store", "sqlite:runs.db"], "malformed store"),
         (["worker", *APP, "--store", "postgresql:test"], "malformed store"),
         (["runs", "list", "--status", "sleeping"], "sleeping"),
-        (["runs", "list", "--limit", "many"], "invalid int value: 'many'"),
+        (["runs", "list", "--limit", "many"], "--limit: must be a whole number of at least 1"),
+        (["runs", "list", "--limit", "-1"], "--limit: must be a whole number of at least 1"),
+        (["runs", "list", "--limit", "0"], "not '0'"),
+        (["approvals", "--limit", "1001"], "--limit: must be a whole number from 1 to 1000"),
+        (["run", *APP, "hi", "--max-turns", "-1"], "--max-turns: must be a whole number of at"),
+        (["resume", "x", *APP, "--max-turns", "1.5"], "not '1.5'"),
+        (["worker", *APP, "--lease", "0"], "--lease: must be a positive number of seconds"),
+        (["worker", *APP, "--lease", "-5"], "--lease: must be a positive number of seconds"),
+        (["worker", *APP, "--lease", "nan"], "not 'nan'"),
+        (["worker", *APP, "--poll", "0"], "--poll: must be a positive number of seconds"),
+        (["worker", *APP, "--poll", "inf"], "not 'inf'"),
+        # Bytes that are not UTF-8 reach Python as lone surrogates (here: the byte 0xff).
+        (["run", *APP, "hi\udcff"], "argument input: not valid UTF-8 text: b'hi\\xff'"),
+        (["run", *APP, "hi", "--run-id", "\udcff"], "--run-id: not valid UTF-8"),
+        (["run", *APP, "hi", "--context", '"\udcff"'], "--context: not valid UTF-8"),
+        (["input", "r1", "\udcff"], "argument text: not valid UTF-8"),
+        (["cancel", "r1", "--reason", "\udcff"], "--reason: not valid UTF-8"),
+        (["reject", "r1", "c1", "--message", "\udcff"], "--message: not valid UTF-8"),
+        (["approve", "r1", "c1", "--as", "\udcff"], "--as: not valid UTF-8"),
+        (["runs", "show", "\udcff"], "argument run_id: not valid UTF-8"),
+        (["runs", "list", "--store", "\udcff.db"], "--store: not valid UTF-8"),
+        (["run", "--app", "\udcff:agent", "hi"], "--app: not valid UTF-8"),
+        (["run", *APP, "hi", "--context", "[" * 30000 + "]" * 30000], "nested too deeply"),
+        (["run", *APP, "hi", "--context", "{nope"], "--context is not valid JSON"),
         (["run", *APP], "required: input (see `agentfsm run --help`)"),
         (["rnu"], "invalid choice: 'rnu'"),
     ],
@@ -514,9 +540,12 @@ def test_approvals_lists_waiting_calls_across_runs_in_pages(tmp_path: Path) -> N
     assert "q0" in cli(tmp_path, "approvals", "--agent", "mailer").stdout
     schema = json.loads((ROOT / "schemas" / "cli_approvals.schema.json").read_text())
     assert schema == json.loads(schema_text(agentfsm.stores.WaitingPage, "WaitingPage"))
-    for bad, message in ((["--limit", "0"], "limit must be"), (["--after", "x"], "not a cursor")):
+    for bad, code, message in (
+        (["--limit", "0"], ExitCode.USAGE, "--limit: must be a whole number from 1 to 1000"),
+        (["--after", "x"], ExitCode.ERROR, "not a cursor"),
+    ):
         refused = cli(tmp_path, "approvals", *bad)
-        assert refused.returncode == ExitCode.ERROR
+        assert refused.returncode == code
         assert message in refused.stderr
     missing = cli(tmp_path, "approvals", "--store", str(tmp_path / "nope.db"))
     assert missing.returncode == ExitCode.ERROR

@@ -137,6 +137,32 @@ def test_max_turns_fails_the_run_which_stays_resumable_with_a_higher_limit() -> 
     assert len(results(done.state)) == 3
 
 
+@pytest.mark.parametrize("bad", [-1, 1.5, "3", True])
+def test_a_bad_max_turns_is_a_configuration_error_wherever_it_is_given(bad: Any) -> None:
+    from agentfsm import MemoryStore, new_run
+
+    agent = Agent("a", "", ScriptedModel([call("add", a=1, b=1), say("done")]), tools=[add])
+    with pytest.raises(ConfigurationError, match="max_turns must be an int of at least 0"):
+        new_run(agent, "go", run_id="r", max_turns=bad)
+    with pytest.raises(ConfigurationError, match="max_turns must be"):
+        Runner().run_sync(agent, "go", max_turns=bad)
+    failed = Runner().run_sync(agent, "go", max_turns=0)
+    assert failed.status == "failed"
+    with pytest.raises(ConfigurationError, match="max_turns must be"):
+        Runner().run_sync(agent, failed.state, max_turns=bad)
+    store = MemoryStore()
+    Runner(store=store).run_sync(agent, "go", run_id="s", max_turns=0)
+    with pytest.raises(ConfigurationError, match="max_turns must be"):
+        Runner(store=store).resume_sync(agent, "s", max_turns=bad)
+    assert Runner(store=store).resume_sync(agent, "s", max_turns=5).status == "completed"
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "30"])
+def test_a_runner_refuses_a_lease_that_is_not_a_positive_number_of_seconds(bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match="lease_seconds must be a positive number"):
+        Runner(lease_seconds=bad)
+
+
 def test_tool_errors_and_timeouts_are_results_the_model_sees() -> None:
     model = ScriptedModel([[call("boom"), call("slow_async"), call("slow_sync")], say("sorry")])
     agent = Agent("a", "", model, tools=[boom, slow_async, slow_sync])

@@ -296,3 +296,120 @@ def test_decisions_pending_when_a_run_is_cancelled_are_recorded_as_refused(
     assert "cancelled before this decision was applied (customer withdrew)" in (record.reason or "")
     assert done.interruptions == []
     asyncio.run(store.close())
+
+
+def _gated() -> tuple[Agent, dict[str, asyncio.Event], dict[str, asyncio.Event]]:
+    """An agent whose tool waits, in each run, until the test opens that run's gate."""
+    started: dict[str, asyncio.Event] = {}
+    gates: dict[str, asyncio.Event] = {}
+
+    @tool
+    async def wait(ctx: ToolContext) -> str:
+        """Wait for the gate."""
+        started.setdefault(ctx.run_id, asyncio.Event()).set()
+        await gates.setdefault(ctx.run_id, asyncio.Event()).wait()
+        return f"passed {ctx.run_id}"
+
+    model = ScriptedModel([call("wait"), say("done")])
+    return Agent("gated", "", model, tools=[wait]), started, gates
+
+
+async def _until(started: dict[str, asyncio.Event], run_id: str) -> None:
+    await asyncio.wait_for(started.setdefault(run_id, asyncio.Event()).wait(), 10)
+
+
+def _ran(state: RunState) -> list[str]:
+    return [i.output for i in state.items if isinstance(i, ToolResultItem)]
+
+
+def test_stop_ends_the_work_under_way_and_the_runner_can_be_started_again() -> None:
+    gated, started, gates = _gated()
+    store = MemoryStore()
+
+    async def main() -> None:
+        runner = Runner(store=store)
+        running = asyncio.create_task(runner.run(gated, "go", run_id="a"))
+        await _until(started, "a")
+        runner.stop()
+        gates.setdefault("a", asyncio.Event()).set()
+        stopped = await running
+        # After the step that was under way, saved with the tool's result.
+        assert stopped.status == "running"
+        assert _ran(await store.load("a")) == ["passed a"]
+        # Started again after the stop: it goes to the end, with nothing run twice.
+        done = await runner.resume(gated, "a")
+        assert (done.status, _ran(done.state)) == ("completed", ["passed a"])
+        runner.stop()  # before any work: stops nothing started later
+        gates["b"] = asyncio.Event()
+        gates["b"].set()
+        assert (await runner.run(gated, "go", run_id="b")).status == "completed"
+
+    asyncio.run(main())
+
+
+def test_work_started_after_stop_does_not_undo_it() -> None:
+    gated, started, gates = _gated()
+    store = MemoryStore()
+
+    async def main() -> None:
+        runner = Runner(store=store)
+        old = asyncio.create_task(runner.run(gated, "go", run_id="old"))
+        await _until(started, "old")
+        runner.stop()
+        new = asyncio.create_task(runner.run(gated, "go", run_id="new"))
+        await _until(started, "new")
+        for gate in ("old", "new"):
+            gates.setdefault(gate, asyncio.Event()).set()
+        assert (await asyncio.wait_for(old, 10)).status == "running"
+        assert (await asyncio.wait_for(new, 10)).status == "completed"
+
+    asyncio.run(main())
+
+
+def test_a_worker_stopped_and_started_again_finishes_the_runs() -> None:
+    gated, started, gates = _gated()
+    store = MemoryStore()
+    for n in range(3):
+        asyncio.run(store.create(_new(gated, f"w{n}")))
+
+    async def main() -> None:
+        runner = Runner(store=store)
+        working = asyncio.create_task(runner.work(gated, poll_interval=0.01))
+        await _until(started, "w0")
+        runner.stop()
+        gates.setdefault("w0", asyncio.Event()).set()
+        assert await asyncio.wait_for(working, 10) == 1
+        assert (await store.load("w0")).status is RunStatus.RUNNING
+        for n in range(3):
+            gates.setdefault(f"w{n}", asyncio.Event()).set()
+        assert await runner.work(gated, until_idle=True) == 3
+
+    asyncio.run(main())
+    assert {s.status for s in asyncio.run(store.list())} == {"completed"}
+
+
+def test_a_stop_while_the_model_answers_runs_the_calls_it_started_not_leaves_them_in_doubt() -> (
+    None
+):
+    runner = Runner(store=MemoryStore())
+    script = ScriptedModel([call("send", to="ada"), say("done")])
+
+    class Stopping:
+        async def respond(self, request: object) -> object:
+            runner.stop()  # as a signal would, while the model thinks
+            return await script.respond(request)  # type: ignore[arg-type]
+
+    @tool  # no approval needed: the call starts as soon as the model asks for it
+    def send(to: str) -> str:
+        """Send."""
+        return f"sent to {to}"
+
+    mailer = Agent("m", "", Stopping(), tools=[send])
+    stopped = runner.run_sync(mailer, "go", run_id="s")
+    assert (stopped.status, _ran(stopped.state)) == ("running", ["sent to ada"])
+    done = runner.resume_sync(mailer, "s")
+    assert (done.status, done.interruptions, _ran(done.state)) == (
+        "completed",
+        [],
+        ["sent to ada"],
+    )

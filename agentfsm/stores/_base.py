@@ -227,7 +227,9 @@ class Store(abc.ABC):
     async def list(
         self, *, status: RunStatus | str | None = None, limit: int | None = None
     ) -> list[RunSummary]:
-        """Summaries of the stored runs, most recently updated first."""
+        """Summaries of the stored runs, most recently updated first: at most ``limit`` of
+        them (default: all). Raises ConfigurationError for a ``limit`` that is not an int of
+        at least 1 (call ``check_limit``)."""
 
     @abc.abstractmethod
     async def waiting(
@@ -406,6 +408,14 @@ def _bound(call: str | ApprovalRequest, digest: str | None) -> tuple[str, str]:
 
 
 MAX_PAGE = 1000
+
+
+def check_limit(limit: int | None) -> None:
+    """ConfigurationError for a ``list`` limit that is not None or an int of at least 1, so
+    that every store refuses the same limits (SQL engines read a negative LIMIT each in
+    their own way)."""
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise ConfigurationError(f"limit must be an int of at least 1, not {limit!r}")
 
 
 def check_page(limit: int, after: str | None) -> tuple[float, str, str] | None:

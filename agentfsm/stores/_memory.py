@@ -23,6 +23,7 @@ from ._base import (
     RunSummary,
     Store,
     WaitingPage,
+    check_limit,
     check_page,
     decode_message,
     encode_message,
@@ -160,6 +161,7 @@ class MemoryStore(Store):
     async def list(
         self, *, status: RunStatus | str | None = None, limit: int | None = None
     ) -> list[RunSummary]:
+        check_limit(limit)
         wanted = None if status is None else status_value(status)
         found = [
             msgspec.structs.replace(run.summary, posted=len(run.inbox), parked=run.parked)

@@ -44,6 +44,7 @@ from ._base import (
     RunSummary,
     Store,
     WaitingPage,
+    check_limit,
     check_page,
     decode_message,
     encode_message,
@@ -788,6 +789,7 @@ class PostgresStore(Store):
     async def list(
         self, *, status: RunStatus | str | None = None, limit: int | None = None
     ) -> list[RunSummary]:
+        check_limit(limit)
         params: dict[str, object] = {}
         if status is not None:
             params["status"] = status_value(status)

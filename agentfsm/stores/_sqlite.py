@@ -28,6 +28,7 @@ from ._base import (
     RunSummary,
     Store,
     WaitingPage,
+    check_limit,
     check_page,
     decode_message,
     encode_message,
@@ -440,6 +441,7 @@ class SQLiteStore(Store):
     async def list(
         self, *, status: RunStatus | str | None = None, limit: int | None = None
     ) -> list[RunSummary]:
+        check_limit(limit)
         query = (
             "SELECT run_id, status, version, starting_agent, current_agent, turn, waiting,"
             " updated_at, inbox, parked FROM runs"

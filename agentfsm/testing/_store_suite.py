@@ -186,6 +186,16 @@ class StoreConformance:
 
         self._run(check)
 
+    def test_list_refuses_a_limit_below_1_as_every_store_does(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            await store.create((await _states("l1"))[0])
+            bad: tuple[Any, ...] = (0, -1, 1.5, True, "2")
+            for limit in bad:
+                await _raises(ConfigurationError, store.list(limit=limit), "limit must be")
+            assert [s.run_id for s in await store.list(limit=1)] == ["l1"]
+
+        self._run(check)
+
     def test_a_deleted_run_is_gone(self) -> None:
         async def check(store: Store, clock: FakeClock) -> None:
             states = await _states("gone")
