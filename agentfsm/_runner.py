@@ -13,7 +13,6 @@ import inspect
 import logging
 import math
 import os
-import random
 import socket
 import time
 import uuid
@@ -31,7 +30,6 @@ from ._errors import (
     ConfigurationError,
     ConflictError,
     InboxChanged,
-    LeaseLost,
     ModelBehaviorError,
     ModelError,
     StoreError,
@@ -41,10 +39,8 @@ from ._errors import (
 )
 from ._events import (
     ApprovalsDecided,
-    Cancelled,
     Decision,
     Event,
-    Injected,
     ModelResponded,
     Started,
     ToolOutput,
@@ -63,17 +59,11 @@ from ._outcomes import (
     RunAgain,
     ToolCall,
 )
+from ._session import Session, backoff
 from ._state import RunState
 from ._step import ToolErrors, check_max_turns, new_run, pending_outcome, step
 from ._tools import ToolContext
-from .stores._base import (
-    CancelMessage,
-    DecisionMessage,
-    InputMessage,
-    Lease,
-    RetryPolicy,
-    Store,
-)
+from .stores._base import Lease, RetryPolicy, Store
 
 __all__ = ["RunResult", "Runner"]
 
@@ -293,7 +283,7 @@ class Runner:
                 failures += 1
                 if failures == 1:
                     log.warning("worker %s: the store fails, retrying: %s", self.owner, exc)
-                await asyncio.sleep(_backoff(failures))
+                await asyncio.sleep(backoff(failures))
                 continue
             if failures:
                 log.warning("worker %s: the store answers again (%d tries)", self.owner, failures)
@@ -370,7 +360,7 @@ class Runner:
             except BaseException:
                 await store.release(lease)
                 raise
-        session = _Session(store, lease, self.lease_seconds, claimed_at)
+        session = Session(store, lease, self.lease_seconds, claimed_at)
         renewing = asyncio.create_task(session.keep_renewed())
         failed = True
         try:
@@ -408,7 +398,7 @@ class Runner:
         agents: AgentSet,
         state: RunState,
         max_turns: int | None,
-        session: _Session | None,
+        session: Session | None,
         *,
         given: bool = False,
         since: int,
@@ -509,7 +499,7 @@ class Runner:
         self,
         previous: RunState,
         state: RunState,
-        session: _Session | None,
+        session: Session | None,
         acknowledge: Sequence[int],
         seen: int | None,
     ) -> bool:
@@ -535,7 +525,7 @@ class Runner:
         return waiting > 0
 
     async def _recover_tools(
-        self, agents: AgentSet, state: RunState, session: _Session | None
+        self, agents: AgentSet, state: RunState, session: Session | None
     ) -> Event:
         """A state loaded while its tools were running: the process that ran them is gone.
         Re-run the idempotent calls; the others are in doubt and go to a human."""
@@ -657,7 +647,7 @@ class Runner:
         agents: AgentSet,
         state: RunState,
         calls: Sequence[Invocation],
-        session: _Session | None,
+        session: Session | None,
     ) -> ToolsFinished:
         """Run ``calls`` at once. A call whose body may still be running when it is given up
         (a sync tool past its timeout: its thread cannot be stopped) is reported in doubt,
@@ -678,7 +668,7 @@ class Runner:
         )
 
     async def _run_tool(
-        self, agents: AgentSet, state: RunState, call: Invocation, session: _Session | None
+        self, agents: AgentSet, state: RunState, call: Invocation, session: Session | None
     ) -> ToolOutput | None:
         """The call's result, or None when it is in doubt."""
         tool = agents.require_tool(call.agent, call.tool)
@@ -734,91 +724,12 @@ class Runner:
 _MAIL_STATUSES = (RunStatus.RUNNING, RunStatus.INTERRUPTED)
 
 
-class _Session:
-    """A run being driven under a lease: the store, the lease, and its renewal.
-
-    The lease is valid, by this process's monotonic clock, until ``valid_until``: counted
-    from when it was asked for, so never later than the store counts it."""
-
-    def __init__(self, store: Store, lease: Lease, lease_seconds: float, claimed_at: float) -> None:
-        self.store = store
-        self.lease = lease
-        self.lease_seconds = lease_seconds
-        self.valid_until = claimed_at + lease_seconds
-
-    def require_lease(self, calls: Sequence[Invocation]) -> None:
-        """Raise LeaseLost unless the lease holds for a safety margin more."""
-        margin = self.lease_seconds / 5  # renewals keep two thirds of a lease ahead
-        if time.monotonic() + margin > self.valid_until:
-            names = ", ".join(c.call_id for c in calls)
-            raise LeaseLost(
-                f"run {self.lease.run_id}: the lease may have run out (this process was slow "
-                f"or frozen), so {names} did not start; the run is taken up again"
-            )
-
-    async def keep_renewed(self) -> None:
-        """Renew the lease every third of its length. A store that fails is tried again
-        while the lease lasts; only a lease taken over by someone else ends it."""
-        pause = self.lease_seconds / 3
-        failures = 0
-        while True:
-            await asyncio.sleep(pause)
-            asked = time.monotonic()
-            try:
-                self.lease = await self.store.renew(self.lease, lease_seconds=self.lease_seconds)
-            except LeaseLost as exc:
-                log.warning("lost the lease on run %s: %s", self.lease.run_id, exc)
-                return
-            except StoreError as exc:
-                failures += 1
-                if failures == 1:
-                    log.warning(
-                        "renewing the lease on run %s failed, retrying: %s", self.lease.run_id, exc
-                    )
-                pause = min(self.lease_seconds / 3, _backoff(failures))
-                continue
-            self.valid_until = asked + self.lease_seconds
-            pause, failures = self.lease_seconds / 3, 0
-
-    async def take_mail(self, state: RunState) -> tuple[Event | None, tuple[int, ...], int | None]:
-        """The next event from the run's inbox that fits its status, the ids of the messages
-        it consumes (messages that cannot be read go with it), and the newest id read."""
-        inbox = await self.store.inbox(state.run_id)
-        seen = max(inbox.ids, default=None)
-        mail = list(zip(inbox.ids, inbox.messages, strict=True))
-        unreadable = tuple(i for i, m in mail if m is None)
-        cancel = next((m for _, m in mail if isinstance(m, CancelMessage)), None)
-        if cancel is not None:
-            dropped = tuple(m.decision for _, m in mail if isinstance(m, DecisionMessage))
-            return Cancelled(reason=cancel.reason, decisions=dropped), inbox.ids, seen
-        inputs = [(i, m) for i, m in mail if isinstance(m, InputMessage)]
-        if inputs:
-            items = tuple(item for _, m in inputs for item in m.items)
-            return Injected(items=items), (*unreadable, *(i for i, _ in inputs)), seen
-        decisions = [(i, m) for i, m in mail if isinstance(m, DecisionMessage)]
-        if decisions and state.status is RunStatus.INTERRUPTED:
-            return (
-                ApprovalsDecided(decisions=tuple(m.decision for _, m in decisions)),
-                (*unreadable, *(i for i, _ in decisions)),
-                seen,
-            )
-        if unreadable:
-            return Injected(items=()), unreadable, seen  # a step that only acknowledges them
-        return None, (), None
-
-
 def _copy(value: Any) -> Any:
     """A copy of JSON data for the user's code (tools, approval rules, instructions): what it
     does to the copy cannot change a state, stored or held."""
     if isinstance(value, dict | list):
         return msgspec.json.decode(msgspec.json.encode(value))
     return value
-
-
-def _backoff(failures: int) -> float:
-    """How long to wait after ``failures`` failed tries of the store: doubling from 0.1 s up
-    to 5 s, with jitter, so that workers do not retry in step."""
-    return float(min(5.0, 0.1 * 2 ** min(failures, 10)) * random.uniform(0.5, 1.0))
 
 
 def _sync(coroutine: Coroutine[Any, Any, RunResult]) -> RunResult:
