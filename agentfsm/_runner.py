@@ -305,6 +305,10 @@ class Runner:
                 log.error("run %s: store error in worker %s: %s", lease.run_id, self.owner, exc)
             except AgentFSMError as exc:
                 await self._failed(store, lease, exc)
+            except Exception:
+                # A fault nobody foresaw (a bug of ours, a driver error that slipped through)
+                # must not end the worker: the run keeps its lease and is retried later.
+                log.exception("run %s: unexpected error in worker %s", lease.run_id, self.owner)
         return advanced
 
     async def _failed(self, store: Store, lease: Lease, exc: AgentFSMError) -> None:

@@ -9,7 +9,7 @@ import random
 import time
 from collections.abc import Sequence
 
-from ._errors import LeaseLost, StoreError
+from ._errors import LeaseLost
 from ._events import ApprovalsDecided, Cancelled, Event, Injected
 from ._machine import RunStatus
 from ._outcomes import Invocation
@@ -56,7 +56,7 @@ class Session:
             except LeaseLost as exc:
                 log.warning("lost the lease on run %s: %s", self.lease.run_id, exc)
                 return
-            except StoreError as exc:
+            except Exception as exc:  # a store that fails, or a fault nobody foresaw
                 failures += 1
                 if failures == 1:
                     log.warning(

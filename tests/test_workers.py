@@ -235,7 +235,7 @@ def test_workers_outlive_a_cut_network_and_finish_every_run_once(
                 worker.send_signal(signal.SIGTERM)
             outputs = [worker.communicate(timeout=30) for worker in workers]
     assert cuts == 2
-    assert alive == [True, True, True], [err[-2000:] for _, err in outputs]
+    assert alive == [True, True, True], [err for _, err in outputs]
     assert any("retrying" in err for _, err in outputs), "no worker met the cut"
     assert statuses.count("completed") == 60, statuses
     for worker, (_, err) in zip(workers, outputs, strict=True):
