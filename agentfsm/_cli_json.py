@@ -20,7 +20,13 @@ from ._items import Item, Record, Usage
 from ._machine import RunStatus
 from ._outcomes import ApprovalRequest, RunError
 from ._state import RunState
-from .stores._base import CancelMessage, DecisionMessage, InboxMessage, RunSummary, WaitingPage
+from .stores._base import (
+    InboxMessage,
+    RunSummary,
+    WaitingPage,
+    posted_cancellation,
+    posted_decisions,
+)
 
 __all__ = ["RunDocument", "RunListDocument", "encode", "run_document"]
 
@@ -63,7 +69,6 @@ class RunListDocument(Record, frozen=True):
 
 def run_document(state: RunState, posted: Sequence[InboxMessage] = ()) -> RunDocument:
     """``state`` as a document, with the inbox messages ``posted`` and not applied yet."""
-    cancel = next((m for m in posted if isinstance(m, CancelMessage)), None)
     return RunDocument(
         run_id=state.run_id,
         status=state.status,
@@ -79,11 +84,8 @@ def run_document(state: RunState, posted: Sequence[InboxMessage] = ()) -> RunDoc
         items=state.items.to_tuple(),
         usage=state.usage,
         decisions=state.audit,
-        posted=(
-            *state.decisions,
-            *(m.decision for m in posted if isinstance(m, DecisionMessage)),
-        ),
-        cancelling=cancel.reason if cancel is not None else None,
+        posted=(*state.decisions, *posted_decisions(posted)),
+        cancelling=posted_cancellation(posted),
     )
 
 

@@ -9,7 +9,13 @@ from datetime import UTC, datetime
 from ._decisions import describe
 from ._items import AssistantMessage, Feedback, HandoffItem, Item, ToolCallItem, ToolResultItem
 from ._state import RunState
-from .stores._base import CancelMessage, DecisionMessage, InboxMessage, RunSummary, WaitingPage
+from .stores._base import (
+    InboxMessage,
+    RunSummary,
+    WaitingPage,
+    posted_cancellation,
+    posted_decisions,
+)
 
 __all__ = [
     "DIGEST_SHOWN",
@@ -65,16 +71,13 @@ def render_run(state: RunState, posted: Sequence[InboxMessage] = ()) -> str:
                 f"  {request.call_id}  {request.tool}({arguments})  digest "
                 f"{request.digest[:DIGEST_SHOWN]}{why}"
             )
-    pending = [
-        *state.decisions,
-        *(m.decision for m in posted if isinstance(m, DecisionMessage)),
-    ]
-    cancel = next((m for m in posted if isinstance(m, CancelMessage)), None)
+    pending = (*state.decisions, *posted_decisions(posted))
+    cancel = posted_cancellation(posted)
     if pending or cancel is not None:
         lines.append("posted, not applied yet:")
         lines += [f"  {d.call_id}  {describe(d)}" for d in pending]
         if cancel is not None:
-            lines.append(f"  cancel: {cancel.reason}")
+            lines.append(f"  cancel: {cancel}")
     if state.audit:
         lines.append("decisions:")
         for record in state.audit:

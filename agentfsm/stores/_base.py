@@ -42,6 +42,8 @@ __all__ = [
     "WaitingCall",
     "WaitingPage",
     "is_runnable",
+    "posted_cancellation",
+    "posted_decisions",
     "summary_of",
 ]
 
@@ -140,6 +142,16 @@ class Inbox(msgspec.Struct, frozen=True):
 
 _message_encoder = msgspec.json.Encoder()
 _message_decoder: msgspec.json.Decoder[InboxMessage] = msgspec.json.Decoder(InboxMessage)
+
+
+def posted_decisions(messages: Sequence[InboxMessage]) -> tuple[Decision, ...]:
+    """The decisions among a run's inbox messages, oldest first."""
+    return tuple(m.decision for m in messages if isinstance(m, DecisionMessage))
+
+
+def posted_cancellation(messages: Sequence[InboxMessage]) -> str | None:
+    """The reason of a cancellation among a run's inbox messages, or None."""
+    return next((m.reason for m in messages if isinstance(m, CancelMessage)), None)
 
 
 def encode_message(message: InboxMessage) -> bytes:
@@ -319,8 +331,7 @@ class Store(abc.ABC):
             decision = msgspec.structs.replace(decision, at=self._decision_time())
 
         def check(state: RunState, inbox: Sequence[InboxMessage]) -> bool:
-            pending = [m.decision for m in inbox if isinstance(m, DecisionMessage)]
-            return admit(state, decision, (*state.decisions, *pending))
+            return admit(state, decision, (*state.decisions, *posted_decisions(inbox)))
 
         return await self.post(run_id, DecisionMessage(decision=decision), admit=check)
 
@@ -438,9 +449,7 @@ def page_of(rows: Sequence[tuple[str, bytes, float]], limit: int, posted: Inboxe
     for run_id, request, since in rows[:limit]:
         decoded = _request_decoder.decode(request)
         decisions = tuple(
-            m.decision
-            for m in posted.get(run_id, ())
-            if isinstance(m, DecisionMessage) and m.decision.call_id == decoded.call_id
+            d for d in posted_decisions(posted.get(run_id, ())) if d.call_id == decoded.call_id
         )
         calls.append(WaitingCall(run_id=run_id, request=decoded, since=since, posted=decisions))
     following = None
