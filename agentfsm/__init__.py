@@ -76,6 +76,7 @@ from ._outcomes import (
     Outcome,
     RunAgain,
     RunError,
+    Starter,
     ToolCall,
 )
 from ._runner import Runner, RunResult
@@ -150,6 +151,7 @@ __all__ = [
     "Runner",
     "SQLiteStore",
     "Started",
+    "Starter",
     "StateFormatError",
     "Step",
     "Store",

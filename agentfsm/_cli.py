@@ -397,10 +397,9 @@ def _confirm(request: Any, *, approved: bool, arguments: Any) -> bool:
     print(f"call {request.call_id}: {request.tool}, for agent {request.agent}")
     print(f"  arguments: {json.dumps(request.arguments, sort_keys=True, indent=2)}")
     if request.reason == "in_doubt":
-        print(
-            "  in doubt: it started in a process that died, and may have taken effect; "
-            f"look for its idempotency key {request.idempotency_key} first"
-        )
+        from ._render import in_doubt
+
+        print(f"  {in_doubt(request)}")
     if arguments is not None:
         print(f"  to run with: {json.dumps(arguments, sort_keys=True, indent=2)}")
     verb = "approve" if approved else "reject"

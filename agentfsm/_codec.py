@@ -34,7 +34,8 @@ __all__ = [
 #:   1: first release.
 #:   2: the decisions' audit trail (``audit``); decisions say who decided, when, and whether
 #:      the call expired; waiting calls keep their tool's argument schema.
-SCHEMA_VERSION = 2
+#:   3: a call in doubt says who started it (``started_by``: the worker, and its lease's end).
+SCHEMA_VERSION = 3
 
 
 def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
@@ -43,9 +44,14 @@ def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def _v2_to_v3(document: dict[str, Any]) -> dict[str, Any]:
+    # ``started_by`` has a default: nobody knew who started the calls in doubt of version 2.
+    return document
+
+
 #: ``MIGRATIONS[n]`` turns a version-n document (a dict) into a version n+1 document. Each
 #: one has a frozen fixture under tests/fixtures/ that a test loads.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def _wire_fields() -> list[tuple[str, Any]]:

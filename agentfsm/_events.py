@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from ._items import Item, ModelResponse, Record
+from ._outcomes import Starter
 
 __all__ = [
     "ApprovalsDecided",
@@ -85,10 +86,13 @@ class ModelResponded(_Event, frozen=True, tag="model_responded"):
 
 class ToolsFinished(_Event, frozen=True, tag="tools_finished"):
     """Every started call of the turn finished (``results``) or is in doubt (``in_doubt``:
-    started in an earlier process that died before committing its result)."""
+    started in an earlier process that died before committing its result, or given up
+    while its body could still be running). ``started_by`` says, for calls in doubt, which
+    worker started them, when the driver knows."""
 
     results: tuple[ToolOutput, ...] = ()
     in_doubt: tuple[str, ...] = ()
+    started_by: dict[str, Starter] = msgspec.field(default_factory=dict)
 
 
 class ApprovalsDecided(_Event, frozen=True, tag="approvals_decided"):

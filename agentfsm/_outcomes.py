@@ -41,9 +41,20 @@ class Invocation(Record, frozen=True):
     idempotency_key: str
 
 
+class Starter(Record, frozen=True):
+    """Who started a call that is in doubt: the worker (its runner's ``owner``), and when
+    its lease on the run ran out or runs out (seconds since the epoch, by the store's clock;
+    None without a store). A worker that was frozen or cut off, not dead, may still finish
+    the call's body: a person makes sure it is gone, or waits, before approving it again."""
+
+    worker: str
+    lease_until: float | None = None
+
+
 class ApprovalRequest(Record, frozen=True):
     """A call waiting for a human. ``reason`` is ``"approval"`` (the tool needs approval) or
-    ``"in_doubt"`` (it started in a process that died before its result was recorded)."""
+    ``"in_doubt"`` (it started and its result was never recorded: the process died, or the
+    call timed out while its body could still be running)."""
 
     call_id: str
     tool: str
@@ -58,6 +69,8 @@ class ApprovalRequest(Record, frozen=True):
     schema: dict[str, Any] | None = None
     #: When the call expires if nobody decides (seconds since the epoch), or None.
     deadline: float | None = None
+    #: For a call in doubt: who started it, when known.
+    started_by: Starter | None = None
 
 
 class _Outcome(Record, frozen=True, tag_field="type"):

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from ._decisions import describe
 from ._items import AssistantMessage, Feedback, HandoffItem, Item, ToolCallItem, ToolResultItem
+from ._outcomes import ApprovalRequest
 from ._state import RunState
 from .stores._base import (
     InboxMessage,
@@ -19,6 +20,7 @@ from .stores._base import (
 
 __all__ = [
     "DIGEST_SHOWN",
+    "in_doubt",
     "render_run",
     "render_summaries",
     "render_transcript",
@@ -63,14 +65,13 @@ def render_run(state: RunState, posted: Sequence[InboxMessage] = ()) -> str:
     if requests:
         lines.append("waiting for a decision:")
         for request in requests:
-            why = ""
-            if request.reason == "in_doubt":
-                why = f" (in doubt: it may have run already; key {request.idempotency_key})"
             arguments = json.dumps(request.arguments, sort_keys=True)
             lines.append(
                 f"  {request.call_id}  {request.tool}({arguments})  digest "
-                f"{request.digest[:DIGEST_SHOWN]}{why}"
+                f"{request.digest[:DIGEST_SHOWN]}"
             )
+            if request.reason == "in_doubt":
+                lines.append(f"    {in_doubt(request)}")
     pending = (*state.decisions, *posted_decisions(posted))
     cancel = posted_cancellation(posted)
     if pending or cancel is not None:
@@ -121,6 +122,28 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     )
 
 
+def in_doubt(request: ApprovalRequest) -> str:
+    """What a person needs to know before deciding on a call in doubt."""
+    text = (
+        "in doubt: it started and its result was never recorded, so it may have taken "
+        f"effect; look for its idempotency key {request.idempotency_key} first"
+    )
+    starter = request.started_by
+    if starter is not None:
+        text += f". Worker {starter.worker} started it"
+        if starter.lease_until is not None:
+            text += f", and its lease ran until {_when(starter.lease_until)}"
+        text += (
+            ": if that worker may still be running (frozen or cut off rather than dead), "
+            "make sure it is gone, or wait past the tool's timeout, before approving again"
+        )
+    return text
+
+
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 def render_waiting(page: WaitingPage) -> str:
     """The inbox query as a table, and how to get the next page."""
     if not page.calls:
@@ -131,9 +154,10 @@ def render_waiting(page: WaitingPage) -> str:
         arguments = json.dumps(request.arguments, sort_keys=True)
         if len(arguments) > 60:
             arguments = arguments[:57] + "..."
-        since = datetime.fromtimestamp(call.since, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        since = _when(call.since)
         if request.reason == "in_doubt":
-            since += " (in doubt)"
+            starter = request.started_by
+            since += " (in doubt" + (f", worker {starter.worker})" if starter else ")")
         posted = "; ".join(describe(d) for d in call.posted)
         rows.append(
             (

@@ -57,9 +57,10 @@ from ._outcomes import (
     Invocation,
     Outcome,
     RunAgain,
+    Starter,
     ToolCall,
 )
-from ._session import Session, backoff
+from ._session import Heartbeat, Session, backoff
 from ._state import RunState
 from ._step import ToolErrors, check_max_turns, new_run, pending_outcome, step
 from ._tools import ToolContext
@@ -155,6 +156,7 @@ class Runner:
         self.lease_seconds = lease_seconds
         self._models: dict[str, Any] = {}
         self._stops = 0  # calls of stop(): work started before the latest one stops
+        self._heartbeat: Heartbeat | None = None  # renews the leases of this runner's runs
 
     def stop(self) -> None:
         """Stop the work under way: its runs stop after their current step, which is saved
@@ -365,16 +367,17 @@ class Runner:
                 await store.release(lease)
                 raise
         session = Session(store, lease, self.lease_seconds, claimed_at)
-        renewing = asyncio.create_task(session.keep_renewed())
+        heartbeat = self._heartbeat
+        if heartbeat is None or heartbeat.store is not store:
+            heartbeat = self._heartbeat = Heartbeat(store)
+        heartbeat.watch(session)
         failed = True
         try:
             result = await self._drive(agents, state, max_turns, session, given=given, since=since)
             failed = False
             return result
         finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
+            heartbeat.forget(session)
             if not (failed and keep_lease_on_error):
                 await store.release(session.lease)
 
@@ -532,13 +535,20 @@ class Runner:
         self, agents: AgentSet, state: RunState, session: Session | None
     ) -> Event:
         """A state loaded while its tools were running: the process that ran them is gone.
-        Re-run the idempotent calls; the others are in doubt and go to a human."""
+        Re-run the idempotent calls; the others are in doubt and go to a human, with the
+        worker that started them when the lease it held was taken over."""
         outcome = pending_outcome(state)
         assert isinstance(outcome, ToolCall)
         again = [c for c in outcome.calls if agents.require_tool(c.agent, c.tool).idempotent]
         doubt = tuple(c.call_id for c in outcome.calls if c not in again)
         ran = await self._run_tools(agents, state, again, session) if again else ToolsFinished()
-        return ToolsFinished(results=ran.results, in_doubt=(*ran.in_doubt, *doubt))
+        starter = None if session is None else session.lease.taken_from
+        started_by = dict.fromkeys(doubt, starter) if starter is not None else {}
+        return ToolsFinished(
+            results=ran.results,
+            in_doubt=(*ran.in_doubt, *doubt),
+            started_by={**ran.started_by, **started_by},
+        )
 
     # -- the model -------------------------------------------------------------------------
 
@@ -666,9 +676,14 @@ class Runner:
             outputs = await asyncio.gather(
                 *(self._run_tool(agents, state, c, session) for c in calls)
             )
+        doubt = tuple(c.call_id for c, o in zip(calls, outputs, strict=True) if o is None)
+        # This worker started them, and their bodies may still be running in it.
+        until = None if session is None else session.lease.expires_at
+        me = Starter(worker=self.owner, lease_until=until)
         return ToolsFinished(
             results=tuple(o for o in outputs if o is not None),
-            in_doubt=tuple(c.call_id for c, o in zip(calls, outputs, strict=True) if o is None),
+            in_doubt=doubt,
+            started_by=dict.fromkeys(doubt, me),
         )
 
     async def _run_tool(

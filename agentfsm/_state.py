@@ -12,7 +12,7 @@ from ._decisions import DecisionRecord, admit, bound
 from ._events import Decision
 from ._items import Item, Record, Usage
 from ._machine import RunStatus
-from ._outcomes import ApprovalRequest, Invocation, RunError
+from ._outcomes import ApprovalRequest, Invocation, RunError, Starter
 
 if TYPE_CHECKING:
     from typing import Self
@@ -124,6 +124,8 @@ class CallRecord(Record, frozen=True):
     schema: dict[str, Any] | None = None
     #: When the call expires if nobody decides (see ApprovalRequest.deadline).
     deadline: float | None = None
+    #: Who started the call, when it is in doubt (see ApprovalRequest.started_by).
+    started_by: Starter | None = None
 
     def invocation(self) -> Invocation:
         return Invocation(
@@ -145,6 +147,7 @@ class CallRecord(Record, frozen=True):
             idempotency_key=self.idempotency_key,
             schema=self.schema,
             deadline=self.deadline,
+            started_by=self.started_by,
         )
 
 

@@ -339,11 +339,13 @@ def _tools_finished(state: RunState, event: ToolsFinished) -> tuple[RunState, Ou
         or len(doubt) != len(event.in_doubt)
         or results.keys() & doubt
         or results.keys() | doubt != started
+        or not event.started_by.keys() <= doubt
     ):
         reported = [result.call_id for result in event.results] + list(event.in_doubt)
         raise InvalidEvent(
-            f"ToolsFinished must report each started call exactly once "
-            f"(started: {sorted(started)}; reported: {reported})"
+            f"ToolsFinished must report each started call exactly once, and say who started "
+            f"only calls in doubt (started: {sorted(started)}; reported: {reported}; "
+            f"started_by: {sorted(event.started_by)})"
         )
     items: list[Item] = []
     ledger: list[CallRecord] = []
@@ -362,7 +364,12 @@ def _tools_finished(state: RunState, event: ToolsFinished) -> tuple[RunState, Ou
             )
             call = _replace(call, status="committed")
         elif call.call_id in doubt:
-            call = _replace(call, status="awaiting_approval", reason="in_doubt")
+            call = _replace(
+                call,
+                status="awaiting_approval",
+                reason="in_doubt",
+                started_by=event.started_by.get(call.call_id),
+            )
         ledger.append(call)
     return _advance(_replace(state, items=state.items.extend(items), ledger=tuple(ledger)))
 

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -490,20 +491,30 @@ def test_a_call_in_doubt_is_shown_with_its_key_and_decided_by_id(
     crashed = next(s for s in saved if s.status is RunStatus.TOOLS and s.turn == 2)
     store = SQLiteStore(tmp_path / "runs.db")
 
-    async def crash() -> None:
+    async def crash() -> float:
+        """A worker saves the run up to its tools starting, and dies holding its lease."""
         states = [s for s in saved if s.version <= crashed.version]
         await store.create(states[0])
+        lease = await store.claim("host:1234:gone", lease_seconds=0.05, run_id="d1")
+        assert lease is not None
         for previous, state in itertools.pairwise(states):
-            await store.save(state, expected_version=previous.version)
+            await store.save(state, expected_version=previous.version, lease=lease)
         await store.close()
+        await asyncio.sleep(0.1)
+        return lease.expires_at
 
-    asyncio.run(crash())
+    until = asyncio.run(crash())
     where = ["--store", str(tmp_path / "runs.db")]
     assert main(["resume", "d1", *APP, *where]) == ExitCode.INTERRUPTED
     capsys.readouterr()
     assert main(["runs", "show", "d1", *where]) == 0
-    shown = capsys.readouterr().out
-    assert f"in doubt: it may have run already; key {crashed.ledger[0].idempotency_key}" in shown
+    shown = " ".join(capsys.readouterr().out.split())
+    key = crashed.ledger[0].idempotency_key
+    assert "in doubt: it started and its result was never recorded" in shown
+    assert f"look for its idempotency key {key} first" in shown
+    ended = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    assert f"Worker host:1234:gone started it, and its lease ran until {ended}" in shown
+    assert "make sure it is gone, or wait past the tool's timeout" in shown
     seen = shown.split("digest ")[1].split()[0]
     assert main(["approve", "d1", "call_1_0", "--digest", seen, *where]) == 0
     assert "approved call_1_0" in capsys.readouterr().out

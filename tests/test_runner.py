@@ -32,6 +32,7 @@ from agentfsm import (
     Runner,
     RunState,
     RunStatus,
+    Starter,
     ToolCallItem,
     ToolContext,
     ToolError,
@@ -166,7 +167,7 @@ def test_a_runner_refuses_a_lease_that_is_not_a_positive_number_of_seconds(bad: 
 def test_tool_errors_and_timeouts_are_results_the_model_sees() -> None:
     model = ScriptedModel([[call("boom"), call("slow_async"), call("slow_sync")], say("sorry")])
     agent = Agent("a", "", model, tools=[boom, slow_async, slow_sync])
-    paused = Runner().run_sync(agent, "go")
+    paused = Runner(owner="w1").run_sync(agent, "go")
     by_tool = {r.tool: r for r in results(paused.state)}
     assert all(r.is_error for r in by_tool.values())
     assert "RuntimeError: kaput" in by_tool["boom"].output
@@ -176,6 +177,7 @@ def test_tool_errors_and_timeouts_are_results_the_model_sees() -> None:
     assert "slow_sync" not in by_tool
     [doubt] = paused.interruptions
     assert (doubt.tool, doubt.reason) == ("slow_sync", "in_doubt")
+    assert doubt.started_by == Starter(worker="w1")  # its body may still run there
     done = Runner().run_sync(agent, paused.state.reject(doubt))
     assert done.status == "completed"
 

@@ -10,6 +10,7 @@ after it; the tests skip when the server does not answer.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import subprocess
 import sys
 import time
@@ -506,3 +507,33 @@ def test_the_cli_cancelling_a_locked_run_fails_in_one_line_within_the_timeout(
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("agentfsm: error: ") and done.stderr.count("\n") == 1
     assert "locked by another transaction" in done.stderr
+
+
+def test_the_blocking_renewer_has_its_own_connection_and_reconnects(schema: str) -> None:
+    """Workers renew leases off the event loop through ``renewer()``: it works from another
+    thread, fails one call when its connection drops, reconnects for the next, and says
+    LeaseLost once the lease is taken over."""
+    name = f"agentfsm_{uuid.uuid4().hex[:8]}"
+    store = PostgresStore(
+        f"{DSN}{'&' if '?' in DSN else '?'}application_name={name}", schema=schema
+    )
+    asyncio.run(store.create(fresh("r")))
+    lease = asyncio.run(store.claim("w", lease_seconds=5, run_id="r"))
+    assert lease is not None
+    renew = store.renewer()
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        renewed = thread.submit(renew, lease, 30).result(timeout=30)
+        assert renewed.token == lease.token and renewed.expires_at > lease.expires_at
+        sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            f" WHERE application_name = '{name}'"
+        )
+        with pytest.raises(StoreError, match="PostgreSQL store"):
+            thread.submit(renew, lease, 30).result(timeout=30)
+        assert thread.submit(renew, lease, 30).result(timeout=30).token == lease.token
+        asyncio.run(store.release(lease))
+        with pytest.raises(LeaseLost):
+            thread.submit(renew, lease, 30).result(timeout=30)
+    asyncio.run(store.close())
+    with pytest.raises(StoreError, match="closed"):
+        renew(lease, 30)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from agentfsm import (
     ModelToolCall,
     Runner,
     SQLiteStore,
+    Store,
     StoreError,
     ToolContext,
     new_run,
@@ -42,10 +44,29 @@ def agent(*turns: Any) -> Agent:
 
 
 class Flaky:
-    """Wraps a store; the named methods fail the first ``times`` calls."""
+    """Wraps a store; the named methods fail the first ``times`` calls. A flaky ``renew``
+    makes the store's blocking ``renewer`` flaky too (they share the count)."""
 
     def __init__(self, store: Any, times: int, *methods: str) -> None:
         self._store, self._left, self._methods = store, dict.fromkeys(methods, times), methods
+
+    def _fails(self, name: str) -> bool:
+        if self._left[name] > 0:
+            self._left[name] -= 1
+            return True
+        return False
+
+    def renewer(self) -> Any:
+        renew = self._store.renewer()
+        if "renew" not in self._methods or renew is None:
+            return renew
+
+        def flaky(lease: Any, seconds: float) -> Any:
+            if self._fails("renew"):
+                raise StoreError("connection to the server was lost")
+            return renew(lease, seconds)
+
+        return flaky
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._store, name)
@@ -53,8 +74,7 @@ class Flaky:
             return method
 
         async def flaky(*args: Any, **kwargs: Any) -> Any:
-            if self._left[name] > 0:
-                self._left[name] -= 1
+            if self._fails(name):
                 raise StoreError("connection to the server was lost")
             return await method(*args, **kwargs)
 
@@ -119,3 +139,56 @@ def test_tools_get_the_fencing_token_of_the_lease(tmp_path: Path) -> None:
     assert BODIES[0] is not None and BODIES[0] >= 1
     assert BODIES[1] is None  # no store, no lease
     asyncio.run(store.close())
+
+
+@tool
+async def hog(seconds: float, ctx: ToolContext) -> str:
+    """An async tool that blocks its event loop (calls blocking code), as tools do by
+    mistake."""
+    BODIES.append(ctx.fencing_token)
+    time.sleep(seconds)
+    return "done"
+
+
+def hogging(*turns: Any) -> Agent:
+    return Agent("a", "", ScriptedModel(list(turns)), tools=[hog])
+
+
+def thieves(store: Store, run_id: str, running: threading.Event) -> list[Any]:
+    """Another worker trying to take the run over, from when its tool starts while
+    ``running`` is set: what it got."""
+    taken: list[Any] = []
+
+    async def steal() -> None:
+        while running.is_set() and not BODIES:
+            await asyncio.sleep(0.01)
+        while running.is_set():
+            taken.append(await store.claim("thief", lease_seconds=5, run_id=run_id))
+            await asyncio.sleep(0.05)
+
+    thread = threading.Thread(target=asyncio.run, args=(steal(),))
+    thread.start()
+    return [thread, taken]
+
+
+def test_a_tool_that_blocks_the_event_loop_keeps_the_lease(tmp_path: Path) -> None:
+    """The heartbeat renews on a thread of its own, so another worker cannot take the run
+    over while a tool holds the loop for longer than the lease (and run the tool again)."""
+    BODIES.clear()
+    store = SQLiteStore(tmp_path / "runs.db")
+    other = SQLiteStore(tmp_path / "runs.db")  # another worker's connection
+    running = threading.Event()
+    running.set()
+    thread, taken = thieves(other, "b1", running)
+    try:
+        done = Runner(store=store, lease_seconds=0.6).run_sync(
+            hogging(call("hog", seconds=2.0), say("ok")), "go", run_id="b1"
+        )
+    finally:
+        running.clear()
+        thread.join(timeout=10)
+    assert done.status == "completed"
+    assert len(BODIES) == 1
+    assert len(taken) >= 10 and not any(taken), "another worker took the run over"
+    for s in (store, other):
+        asyncio.run(s.close())

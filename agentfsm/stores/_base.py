@@ -26,7 +26,7 @@ from .._events import Decision
 from .._items import Item, UserMessage
 from .._json import check_json_data
 from .._machine import RunStatus
-from .._outcomes import ApprovalRequest
+from .._outcomes import ApprovalRequest, Starter
 from .._state import RunState
 
 log = logging.getLogger("agentfsm")
@@ -36,6 +36,7 @@ __all__ = [
     "Inbox",
     "Lease",
     "Message",
+    "Renewer",
     "RetryPolicy",
     "RunSummary",
     "Store",
@@ -56,6 +57,13 @@ class Lease(msgspec.Struct, frozen=True):
     owner: str
     token: int
     expires_at: float
+    #: The lease this claim took over, when it was never released: its worker died, froze,
+    #: or lost the store. Calls that worker started and did not record are in doubt.
+    taken_from: Starter | None = None
+
+
+#: A blocking ``renew(lease, lease_seconds)``, callable from any thread (``Store.renewer``).
+Renewer = Callable[[Lease, float], Lease]
 
 
 class RunSummary(msgspec.Struct, frozen=True):
@@ -304,6 +312,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def release(self, lease: Lease) -> None:
         """Give a lease up (nothing happens if it was already lost)."""
+
+    def renewer(self) -> Renewer | None:
+        """``renew`` as a blocking call that any thread may make while the event loop is
+        busy (a store with connections gives it a connection of its own), or None (the
+        default) when the store has none: leases are then renewed on the event loop, and a
+        tool that blocks the loop for longer than a lease can lose it. Workers renew leases
+        on a thread of their own through it."""
+        return None
 
     async def close(self) -> None:  # noqa: B027 (stores without connections need nothing)
         """Release the store's connections."""

@@ -12,6 +12,7 @@ import msgspec
 
 from .._errors import ConflictError, InboxChanged, LeaseLost, UnknownRunError
 from .._machine import RunStatus
+from .._outcomes import Starter
 from .._state import RunState
 from ._base import (
     Admission,
@@ -217,11 +218,18 @@ class MemoryStore(Store):
             )
         for rid, run in candidates:
             if run.lease_until < now:
+                taken = None
+                if run.lease_owner is not None:
+                    taken = Starter(worker=run.lease_owner, lease_until=run.lease_until)
                 run.lease_owner = owner
                 run.lease_token += 1
                 run.lease_until = now + lease_seconds
                 return Lease(
-                    run_id=rid, owner=owner, token=run.lease_token, expires_at=run.lease_until
+                    run_id=rid,
+                    owner=owner,
+                    token=run.lease_token,
+                    expires_at=run.lease_until,
+                    taken_from=taken,
                 )
         return None
 

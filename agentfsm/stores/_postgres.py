@@ -20,9 +20,12 @@ import contextlib
 import hashlib
 import os
 import re
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import msgspec
 
 from .._errors import (
     ConfigurationError,
@@ -33,6 +36,7 @@ from .._errors import (
     UnknownRunError,
 )
 from .._machine import RunStatus
+from .._outcomes import Starter
 from .._state import RunState
 from ._base import (
     Admission,
@@ -40,6 +44,7 @@ from ._base import (
     Inboxes,
     InboxMessage,
     Lease,
+    Renewer,
     RetryPolicy,
     RunSummary,
     Store,
@@ -247,18 +252,20 @@ _CLAIM_NEXT = """
 UPDATE {s}.runs AS r SET
     lease_owner = %(owner)s, lease_token = r.lease_token + 1,
     lease_until = {now} + %(seconds)s::float8
-WHERE r.run_id = (
-    SELECT run_id FROM {s}.runs
+FROM (
+    SELECT run_id, lease_owner, lease_until FROM {s}.runs
     WHERE lease_until < {now} {agent} AND (runnable OR deadline <= {now}) AND parked IS NULL
     ORDER BY updated_at, seq
     LIMIT 1
     FOR UPDATE SKIP LOCKED
-)
-RETURNING r.run_id, r.lease_token, r.lease_until
+) AS old
+WHERE r.run_id = old.run_id
+RETURNING r.run_id, r.lease_token, r.lease_until, old.lease_owner, old.lease_until
 """
 
 _LOCK_FOR_CLAIM = """
-SELECT lease_until < {now}, {now} FROM {s}.runs WHERE run_id = %(run_id)s FOR UPDATE
+SELECT lease_until < {now}, {now}, lease_owner, lease_until FROM {s}.runs
+WHERE run_id = %(run_id)s FOR UPDATE
 """
 
 _CLAIM = """
@@ -465,6 +472,9 @@ class PostgresStore(Store):
         self._migrating: asyncio.Lock | None = None
         self._ready = False
         self._closed = False
+        # The blocking connection of ``renewer``, for threads: its own, behind a lock.
+        self._renewal: psycopg.Connection[TupleRow] | None = None
+        self._renewal_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._where!r}, schema={self.schema!r})"
@@ -506,23 +516,44 @@ class PostgresStore(Store):
         try:
             conn = await psycopg.AsyncConnection.connect(self._dsn, **self._connect_options)
         except psycopg.Error as exc:
-            # Not chained: libpq's own text may spell out the DSN; this one is redacted.
-            raise StoreError(
-                f"cannot connect to the PostgreSQL store {self._where!r}: "
-                f"{_redact_text(str(exc).strip())}"
-            ) from None
+            raise self._cannot_connect(exc) from None
         if self._timeouts:
-            settings = [
-                value
-                for name, seconds in self._timeouts.items()
-                for value in (name, f"{round(seconds * 1000)}ms")
-            ]
             try:
-                await conn.execute(self._q_timeouts, settings)
+                await conn.execute(self._q_timeouts, self._timeout_settings())
             except BaseException:
                 await _close_quietly(conn)
                 raise
         return conn
+
+    def _connect_blocking(self) -> psycopg.Connection[TupleRow]:
+        """A blocking connection, set up as ``_connect`` sets up the pool's."""
+        import psycopg
+
+        try:
+            conn = psycopg.Connection.connect(self._dsn, **self._connect_options)
+        except psycopg.Error as exc:
+            raise self._cannot_connect(exc) from None
+        try:
+            if self._timeouts:
+                conn.execute(self._q_timeouts, self._timeout_settings())
+        except psycopg.Error as exc:
+            conn.close()
+            self._fail(exc)
+        return conn
+
+    def _cannot_connect(self, exc: Exception) -> StoreError:
+        # Not chained: libpq's own text may spell out the DSN; this one is redacted.
+        return StoreError(
+            f"cannot connect to the PostgreSQL store {self._where!r}: "
+            f"{_redact_text(str(exc).strip())}"
+        )
+
+    def _timeout_settings(self) -> list[str]:
+        return [
+            value
+            for name, seconds in self._timeouts.items()
+            for value in (name, f"{round(seconds * 1000)}ms")
+        ]
 
     async def _check_in(self, conn: Connection) -> None:
         """Keep a connection for the next call if it is healthy and idle; else close it."""
@@ -648,6 +679,9 @@ class PostgresStore(Store):
         """Close the store's connections. A closed store cannot be used again."""
         self._closed = True
         await self._discard_idle()
+        with self._renewal_lock:
+            if self._renewal is not None:
+                self._renewal.close()
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -889,34 +923,68 @@ class PostgresStore(Store):
                 row = await cursor.fetchone()
             if row is None:
                 return None
-            return Lease(run_id=_untext(row[0]), owner=owner, token=row[1], expires_at=row[2])
+            return Lease(
+                run_id=_untext(row[0]),
+                owner=owner,
+                token=row[1],
+                expires_at=row[2],
+                taken_from=_taken_from(row[3], row[4]),
+            )
         params["run_id"] = _text(run_id)
         async with self._connection() as conn, conn.transaction():
             cursor = await conn.execute(self._q_lock_for_claim, params)
             row = await cursor.fetchone()
             if row is None:
                 raise UnknownRunError(f"no run {run_id!r} in the store")
-            free, params["now"] = row
+            free, params["now"], old_owner, old_until = row
             if not free:
                 return None
             cursor = await conn.execute(self._q_claim, params)
             token, until = await _one(cursor)
-        return Lease(run_id=run_id, owner=owner, token=token, expires_at=until)
+        return Lease(
+            run_id=run_id,
+            owner=owner,
+            token=token,
+            expires_at=until,
+            taken_from=_taken_from(old_owner, old_until),
+        )
 
     async def renew(self, lease: Lease, *, lease_seconds: float = 30.0) -> Lease:
-        params = {
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._q_renew, self._renew_params(lease, lease_seconds))
+            row = await cursor.fetchone()
+        return _renewed(lease, row)
+
+    def renewer(self) -> Renewer:
+        return self._renew_blocking
+
+    def _renew_blocking(self, lease: Lease, lease_seconds: float) -> Lease:
+        """``renew`` on a blocking connection of its own, opened on first use and again after
+        a failure: it works from any thread, while the event loop is busy."""
+        import psycopg
+
+        with self._renewal_lock:
+            if self._closed:
+                raise StoreError(f"{self!r} is closed")
+            if self._renewal is None or self._renewal.closed:
+                self._renewal = self._connect_blocking()
+            try:
+                row = self._renewal.execute(
+                    self._q_renew, self._renew_params(lease, lease_seconds)
+                ).fetchone()
+            except psycopg.Error as exc:
+                self._renewal.close()
+                self._fail(exc)
+        return _renewed(lease, row)
+
+    def _renew_params(self, lease: Lease, lease_seconds: float) -> dict[str, Any]:
+        return {
             "run_id": _text(lease.run_id),
             "owner": _text(lease.owner),
             "token": lease.token,
             "seconds": float(lease_seconds),
             "now": self._now(),
         }
-        async with self._connection() as conn:
-            cursor = await conn.execute(self._q_renew, params)
-            row = await cursor.fetchone()
-        if row is None:
-            raise LeaseLost(f"run {lease.run_id}: the lease of {lease.owner!r} is no longer held")
-        return Lease(run_id=lease.run_id, owner=lease.owner, token=lease.token, expires_at=row[0])
 
     async def fail(self, lease: Lease, error: str, *, retry: RetryPolicy) -> bool:
         params = {
@@ -942,6 +1010,16 @@ class PostgresStore(Store):
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _taken_from(owner: str | None, until: float) -> Starter | None:
+    return None if owner is None else Starter(worker=_untext(owner), lease_until=until)
+
+
+def _renewed(lease: Lease, row: TupleRow | None) -> Lease:
+    if row is None:
+        raise LeaseLost(f"run {lease.run_id}: the lease of {lease.owner!r} is no longer held")
+    return msgspec.structs.replace(lease, expires_at=row[0])
 
 
 async def _one(cursor: psycopg.AsyncCursor[TupleRow]) -> TupleRow:

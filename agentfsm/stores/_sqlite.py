@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .._errors import ConflictError, InboxChanged, LeaseLost, StoreError, UnknownRunError
 from .._machine import RunStatus
+from .._outcomes import Starter
 from .._state import RunState
 from ._base import (
     Admission,
@@ -24,6 +25,7 @@ from ._base import (
     Inboxes,
     InboxMessage,
     Lease,
+    Renewer,
     RetryPolicy,
     RunSummary,
     Store,
@@ -560,7 +562,7 @@ class SQLiteStore(Store):
             if run_id is None:
                 # Runnable runs, and paused runs with a call past its deadline.
                 row = db.execute(
-                    "SELECT run_id FROM runs WHERE lease_until < ?"
+                    "SELECT run_id, lease_owner, lease_until FROM runs WHERE lease_until < ?"
                     " AND (? IS NULL OR starting_agent = ?) AND (runnable OR deadline <= ?)"
                     " AND parked IS NULL ORDER BY updated_at LIMIT 1",
                     (now, starting_agent, starting_agent, now),
@@ -570,7 +572,9 @@ class SQLiteStore(Store):
                 if exists is None:
                     raise UnknownRunError(f"no run {run_id!r} in the store")
                 row = db.execute(
-                    "SELECT run_id FROM runs WHERE run_id = ? AND lease_until < ?", (run_id, now)
+                    "SELECT run_id, lease_owner, lease_until FROM runs"
+                    " WHERE run_id = ? AND lease_until < ?",
+                    (run_id, now),
                 ).fetchone()
             if row is None:
                 return None
@@ -580,7 +584,13 @@ class SQLiteStore(Store):
                 " lease_until = ? WHERE run_id = ? RETURNING lease_token",
                 (owner, until, row[0]),
             ).fetchone()
-        return Lease(run_id=row[0], owner=owner, token=token, expires_at=until)
+        return Lease(
+            run_id=row[0],
+            owner=owner,
+            token=token,
+            expires_at=until,
+            taken_from=None if row[1] is None else Starter(worker=row[1], lease_until=row[2]),
+        )
 
     async def fail(self, lease: Lease, error: str, *, retry: RetryPolicy) -> bool:
         now = self._clock()
@@ -605,6 +615,12 @@ class SQLiteStore(Store):
         return parked
 
     async def renew(self, lease: Lease, *, lease_seconds: float = 30.0) -> Lease:
+        return self._renew(lease, lease_seconds)
+
+    def renewer(self) -> Renewer:
+        return self._renew  # the store is shared by threads already
+
+    def _renew(self, lease: Lease, lease_seconds: float) -> Lease:
         now = self._clock()
         until = now + lease_seconds
         with self._write() as db:

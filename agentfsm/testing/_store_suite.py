@@ -31,6 +31,7 @@ from .._errors import (
 )
 from .._events import Started
 from .._items import UserMessage
+from .._outcomes import Starter
 from .._runner import Runner
 from .._state import RunState
 from .._step import new_run, step
@@ -426,6 +427,41 @@ class StoreConformance:
 
         self._run(check)
 
+    def test_a_blocking_renewer_renews_from_another_thread(self) -> None:
+        """``renewer()`` (optional: None means leases are renewed on the event loop) renews
+        from a thread that is not the event loop's, and stops once the lease is lost."""
+
+        async def check(store: Store, clock: FakeClock) -> None:
+            renew = store.renewer()
+            if renew is None:
+                return
+            await store.create((await _states("t1"))[0])
+            lease = await store.claim("w1", lease_seconds=10, run_id="t1")
+            assert lease is not None
+            clock.advance(5)
+            renewed = await asyncio.to_thread(renew, lease, 10)
+            assert renewed.token == lease.token and renewed.expires_at > lease.expires_at
+            clock.advance(9)  # past the first lease, within the renewed one
+            assert await store.claim("w2", lease_seconds=10, run_id="t1") is None
+            clock.advance(2)
+            taken = await store.claim("w2", lease_seconds=10, run_id="t1")
+            assert taken is not None
+            await _raises(LeaseLost, asyncio.to_thread(renew, lease, 10))
+
+        self._run(check)
+
+    def test_a_worker_that_takes_a_run_over_learns_from_whom(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            await store.create((await _states("o1"))[0])
+            first = await store.claim("w1", lease_seconds=10)
+            assert first is not None and first.taken_from is None
+            clock.advance(11)  # w1 died holding it
+            second = await store.claim("w2", lease_seconds=10)
+            assert second is not None and second.run_id == "o1"
+            assert second.taken_from == Starter(worker="w1", lease_until=first.expires_at)
+
+        self._run(check)
+
     def test_a_lease_fences_writes_until_it_expires(self) -> None:
         async def check(store: Store, clock: FakeClock) -> None:
             states = await _states("l1")
@@ -438,6 +474,8 @@ class StoreConformance:
             clock.advance(11)
             taken = await store.claim("w2", lease_seconds=10, run_id="l1")
             assert taken is not None and taken.token > lease.token
+            # Taken over, not released: the claim says from whom, and until when it ran.
+            assert taken.taken_from == Starter(worker="w1", lease_until=lease.expires_at)
             await _raises(LeaseLost, store.save(states[2], lease=lease))
             await _raises(LeaseLost, store.renew(lease))
             assert await store.load("l1") == states[1]
@@ -445,7 +483,8 @@ class StoreConformance:
             await store.release(lease)  # a lost lease: releasing it changes nothing
             assert await store.claim("w3", lease_seconds=10, run_id="l1") is None
             await store.release(taken)
-            assert await store.claim("w3", lease_seconds=10, run_id="l1") is not None
+            released = await store.claim("w3", lease_seconds=10, run_id="l1")
+            assert released is not None and released.taken_from is None
 
         self._run(check)
 
