@@ -121,6 +121,15 @@ def test_respond_and_stream_give_the_same_response(server: OpenAIServer, api: An
     assert server.requests[1].headers["accept"] == "text/event-stream"
 
 
+@pytest.mark.parametrize("api", APIS)
+def test_respond_says_it_wants_no_stream(api: Any) -> None:
+    # LiteLLM's proxy and `transformers serve` stream a request that does not say otherwise.
+    with OpenAIServer(api_key="sk-test", stream_by_default=True) as server:
+        server.add(TURN)
+        assert respond(provider_for(server, api=api).get_model("gpt-test")) == EXPECTED
+    assert server.requests[0].body["stream"] is False
+
+
 def test_respond_can_stream_under_the_hood(server: OpenAIServer) -> None:
     server.add(TURN)
     assert respond(provider_for(server, stream=True).chat("gpt-test")) == EXPECTED

@@ -111,10 +111,10 @@ class OpenAIChatModel(OpenAIModel):
             )
         if settings.reasoning_effort is not None:
             body["reasoning_effort"] = settings.reasoning_effort
-        if stream:
-            body["stream"] = True
-            if self.provider.stream_usage:
-                body["stream_options"] = {"include_usage": True}
+        # Said either way: a server that streams by default would otherwise stream `respond`.
+        body["stream"] = stream
+        if stream and self.provider.stream_usage:
+            body["stream_options"] = {"include_usage": True}
         body.update(settings.extra_body)
         return body, taken
 

@@ -103,8 +103,8 @@ class OpenAIResponsesModel(OpenAIModel):
             )
         if settings.reasoning_effort is not None:
             body["reasoning"] = {"effort": settings.reasoning_effort}
-        if stream:
-            body["stream"] = True
+        # Said either way: LiteLLM's proxy and `transformers serve` stream when it is left out.
+        body["stream"] = stream
         body.update(settings.extra_body)
         return body, taken
 
