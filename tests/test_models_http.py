@@ -289,6 +289,60 @@ def test_an_error_body_with_a_200_in_a_stream(server: OpenAIServer) -> None:
         stream(provider_for(server).chat("m"))
 
 
+def sse(*events: bytes) -> Raw:
+    return Raw(b"".join(events), content_type="text/event-stream")
+
+
+FIRST_CHUNK = b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n'
+
+
+@pytest.mark.parametrize(
+    ("api", "entry"),
+    [
+        ("chat", sse(b'data: {"error": "model overloaded"}\n\n')),
+        ("chat", sse(FIRST_CHUNK, b'data: {"error": "model overloaded"}\n\n')),
+        ("chat", sse(b'data: {"error": {"message": "model overloaded", "code": null}}\n\n')),
+        (
+            "responses",
+            sse(b'event: error\ndata: {"type": "error", "message": "model overloaded"}\n\n'),
+        ),
+        (
+            "responses",
+            sse(b'event: error\ndata: {"type": "error", "error": "model overloaded"}\n\n'),
+        ),
+        (
+            "responses",
+            sse(b'data: {"type": "error", "error": {"message": "model overloaded"}}\n\n'),
+        ),
+        ("responses", sse(b'data: {"error": "model overloaded"}\n\n')),
+        (
+            "responses",
+            sse(
+                b'data: {"type": "response.failed", "response": {"error": "model overloaded"}}\n\n'
+            ),
+        ),
+    ],
+)
+def test_an_error_reported_in_a_stream_is_a_server_error(
+    server: OpenAIServer, api: Any, entry: Raw
+) -> None:
+    # Some servers (Hugging Face's `transformers serve`) report a failure as a bare string.
+    server.add(entry)
+    with pytest.raises(ServerError) as caught:
+        stream(provider_for(server, api=api).get_model("m"))
+    assert str(caught.value) == "the server reported: model overloaded"
+    assert caught.value.status_code is None
+    assert len(server.requests) == 1  # what was streamed cannot be taken back: no retry
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_an_error_string_in_a_200_body_is_a_server_error(server: OpenAIServer, api: Any) -> None:
+    server.add(Raw(b'{"error": "model overloaded"}'))
+    with pytest.raises(ServerError) as caught:
+        respond(provider_for(server, api=api).get_model("m"))
+    assert str(caught.value) == "the server reported: model overloaded"
+
+
 # -- cancellation -----------------------------------------------------------------------------
 
 

@@ -2,7 +2,9 @@
 
 The Structs list only the fields agentfsm reads; unknown fields are ignored (servers add them
 all the time), while a known field of the wrong type is an error. Fields that some servers
-omit or send as null are optional.
+omit or send as null are optional. The exception is ``error``: any value there means the
+server reports a failure (an object, or just a string from some servers), so it is taken as
+it comes and read by ``error_of``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ __all__ = [
     "ResponsesResponse",
     "SSEDecoder",
     "error_info",
+    "error_of",
 ]
 
 
@@ -85,7 +88,7 @@ class ChatUsage(_Struct, frozen=True):
 class ChatCompletion(_Struct, frozen=True):
     choices: list[ChatChoice] | None = None
     usage: ChatUsage | None = None
-    error: ErrorInfo | None = None
+    error: Any = None
 
 
 class ChatDelta(_Struct, frozen=True):
@@ -103,7 +106,7 @@ class ChunkChoice(_Struct, frozen=True):
 class ChatChunk(_Struct, frozen=True):
     choices: list[ChunkChoice] | None = None
     usage: ChatUsage | None = None
-    error: ErrorInfo | None = None
+    error: Any = None
 
 
 # -- Responses ---------------------------------------------------------------------------------
@@ -149,7 +152,7 @@ class ResponsesResponse(_Struct, frozen=True):
     status: str | None = None
     output: list[OutputItem] | None = None
     usage: ResponsesUsage | None = None
-    error: ErrorInfo | None = None
+    error: Any = None
     incomplete_details: IncompleteDetails | None = None
 
 
@@ -162,8 +165,10 @@ class ResponsesEvent(_Struct, frozen=True):
     item_id: str | None = None
     item: OutputItem | None = None
     response: ResponsesResponse | None = None
+    # An ``error`` event: OpenAI puts these beside the type; other servers send ``error``.
     message: str | None = None
     code: str | int | None = None
+    error: Any = None
 
 
 # -- error bodies ------------------------------------------------------------------------------
@@ -179,19 +184,25 @@ def error_info(body: bytes) -> ErrorInfo:
         text = body.decode("utf-8", "replace").strip()
         return ErrorInfo(message=text[:500] or None)
     if isinstance(data, dict):
-        error = data.get("error", data)
-        if isinstance(error, str):
-            return ErrorInfo(message=error)
-        if isinstance(error, dict):
-            message = error.get("message", error.get("detail"))
-            code = error.get("code")
-            return ErrorInfo(
-                message=message if isinstance(message, str) else _short(message),
-                type=error.get("type") if isinstance(error.get("type"), str) else None,
-                code=code if isinstance(code, str | int) and not isinstance(code, bool) else None,
-                param=error.get("param") if isinstance(error.get("param"), str) else None,
-            )
+        return error_of(data.get("error", data))
     return ErrorInfo(message=_short(data))
+
+
+def error_of(error: Any) -> ErrorInfo:
+    """What the decoded ``error`` of a body or event says: an object with a ``message`` (or
+    ``detail``), a plain string, or anything else (its JSON, shortened)."""
+    if isinstance(error, str):
+        return ErrorInfo(message=error or None)
+    if isinstance(error, dict):
+        message = error.get("message", error.get("detail"))
+        code = error.get("code")
+        return ErrorInfo(
+            message=message if isinstance(message, str) else _short(message),
+            type=error.get("type") if isinstance(error.get("type"), str) else None,
+            code=code if isinstance(code, str | int) and not isinstance(code, bool) else None,
+            param=error.get("param") if isinstance(error.get("param"), str) else None,
+        )
+    return ErrorInfo(message=_short(error))
 
 
 def _short(value: Any) -> str | None:
