@@ -19,7 +19,9 @@ Script entries:
 
 ``Reply.delay`` holds the answer back (for read timeouts); ``Reply.gap`` paces a stream's
 events (for cancellation), and the server records in ``disconnects`` when a client went away
-mid-stream. With ``api_key`` set, requests without it get a 401.
+mid-stream. With ``api_key`` set, requests without it get a 401. With
+``stream_by_default=True`` a request that does not say ``"stream"`` is streamed, as LiteLLM's
+proxy and ``transformers serve`` do.
 
 Run as a script (``python tests/openai_server.py``), it serves forever on a free port,
 answering every request with ``bench_reply`` (the benchmarks use this), and prints its URL.
@@ -118,10 +120,12 @@ class Received:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    #: whether a request that does not say ``"stream"`` is streamed
+    stream_default: bool = False
 
     @property
     def stream(self) -> bool:
-        return bool(self.body.get("stream"))
+        return bool(self.body.get("stream", self.stream_default))
 
 
 Entry = Reply | Fail | Drop | Raw | Callable[[Received], Any]
@@ -144,9 +148,11 @@ class OpenAIServer:
         *,
         api_key: str | None = None,
         default: Entry | None = None,
+        stream_by_default: bool = False,
     ) -> None:
         self.script: deque[Entry] = deque(script)
         self.api_key = api_key
+        self.stream_by_default = stream_by_default
         self.default = default
         self.requests: list[Received] = []
         self.disconnects: list[float] = []
@@ -253,7 +259,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._json(404, _error(f"no route {self.path}", "invalid_request_error"))
             return
-        received = Received(self.path, headers, body)
+        received = Received(self.path, headers, body, owner.stream_by_default)
         entry = owner.next_entry(received)
         match entry:
             case Fail():

@@ -121,6 +121,15 @@ def test_respond_and_stream_give_the_same_response(server: OpenAIServer, api: An
     assert server.requests[1].headers["accept"] == "text/event-stream"
 
 
+@pytest.mark.parametrize("api", APIS)
+def test_respond_says_it_wants_no_stream(api: Any) -> None:
+    # LiteLLM's proxy and `transformers serve` stream a request that does not say otherwise.
+    with OpenAIServer(api_key="sk-test", stream_by_default=True) as server:
+        server.add(TURN)
+        assert respond(provider_for(server, api=api).get_model("gpt-test")) == EXPECTED
+    assert server.requests[0].body["stream"] is False
+
+
 def test_respond_can_stream_under_the_hood(server: OpenAIServer) -> None:
     server.add(TURN)
     assert respond(provider_for(server, stream=True).chat("gpt-test")) == EXPECTED
@@ -278,6 +287,134 @@ def test_an_error_body_with_a_200_in_a_stream(server: OpenAIServer) -> None:
     server.add(Raw(b'{"error": {"message": "model overloaded"}}'))
     with pytest.raises(ServerError, match="overloaded"):
         stream(provider_for(server).chat("m"))
+
+
+def sse(*events: bytes) -> Raw:
+    return Raw(b"".join(events), content_type="text/event-stream")
+
+
+FIRST_CHUNK = b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n'
+
+
+@pytest.mark.parametrize(
+    ("api", "entry"),
+    [
+        ("chat", sse(b'data: {"error": "model overloaded"}\n\n')),
+        ("chat", sse(FIRST_CHUNK, b'data: {"error": "model overloaded"}\n\n')),
+        ("chat", sse(b'data: {"error": {"message": "model overloaded", "code": null}}\n\n')),
+        (
+            "responses",
+            sse(b'event: error\ndata: {"type": "error", "message": "model overloaded"}\n\n'),
+        ),
+        (
+            "responses",
+            sse(b'event: error\ndata: {"type": "error", "error": "model overloaded"}\n\n'),
+        ),
+        (
+            "responses",
+            sse(b'data: {"type": "error", "error": {"message": "model overloaded"}}\n\n'),
+        ),
+        ("responses", sse(b'data: {"error": "model overloaded"}\n\n')),
+        (
+            "responses",
+            sse(
+                b'data: {"type": "response.failed", "response": {"error": "model overloaded"}}\n\n'
+            ),
+        ),
+    ],
+)
+def test_an_error_reported_in_a_stream_is_a_server_error(
+    server: OpenAIServer, api: Any, entry: Raw
+) -> None:
+    # Some servers (Hugging Face's `transformers serve`) report a failure as a bare string.
+    server.add(entry)
+    with pytest.raises(ServerError) as caught:
+        stream(provider_for(server, api=api).get_model("m"))
+    assert str(caught.value) == "the server reported: model overloaded"
+    assert caught.value.status_code is None
+    assert len(server.requests) == 1  # what was streamed cannot be taken back: no retry
+
+
+NGINX_502 = (
+    b"<!DOCTYPE html>\r\n<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body></html>"
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "message"),
+    [
+        # A server that had begun to stream when it failed (LiteLLM's proxy).
+        (
+            b"event: error\n"
+            b'data: {"error": {"message": "upstream exploded", "type": "server_error"}}\n\n',
+            "text/event-stream",
+            "upstream exploded",
+        ),
+        (
+            b'data: {"type": "response.created", "response": {"status": "in_progress"}}\n\n'
+            b'data: {"type": "response.failed", "response": {"error": {"message": "no GPU"}}}\n\n',
+            "text/event-stream",
+            "no GPU",
+        ),
+        (b'data: {"message": "CUDA out of memory"}\n\n', "text/event-stream", "CUDA out of memory"),
+        (
+            b"data:   upstream exploded  \r\ndata: at line 3\r\n\r\n",
+            "text/plain",
+            "upstream exploded",
+        ),
+        # Proxies' pages, and what a hostile server might send.
+        (NGINX_502, "text/html", "an HTML page: 502 Bad Gateway"),
+        (
+            b"<html><body><h1>Service   Unavailable</h1><p>Try &amp; try again.</p></body></html>",
+            "text/html",
+            "an HTML page: Service Unavailable Try & try again.",
+        ),
+        (b"bad \xff\xfe gateway\r\n\x1b[31mred", "text/plain", "bad \ufffd\ufffd gateway [31mred"),
+        (b'{"error": {"message": "one\\ntwo\\u0007"}}', "application/json", "one two"),
+    ],
+)
+def test_error_bodies_of_any_shape_give_a_one_line_message(
+    server: OpenAIServer, body: bytes, content_type: str, message: str
+) -> None:
+    server.add(Raw(body, status=502, content_type=content_type))
+    with pytest.raises(ServerError) as caught:
+        respond(provider_for(server, max_retries=0).chat("m"))
+    assert caught.value.message == message
+    assert str(caught.value) == f"the server answered 502: {message} (request id req_test)"
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_an_error_status_with_a_stream_of_events_as_its_body(
+    server: OpenAIServer, api: Any
+) -> None:
+    body = (
+        b"event: error\n"
+        b'data: {"error": {"message": "quota gone", "code": "insufficient_quota"}}\n\n'
+    )
+    server.add(Raw(body, status=429, content_type="text/event-stream"))
+    with pytest.raises(RateLimitError) as caught:
+        stream(provider_for(server, api=api).get_model("m"))
+    assert (caught.value.message, caught.value.code) == ("quota gone", "insufficient_quota")
+    assert len(server.requests) == 1  # the code was read: waiting will not cure it
+
+
+def test_a_huge_error_body_is_not_read_whole(server: OpenAIServer) -> None:
+    server.add(Raw(b"x" * 50_000_000, status=500, content_type="text/plain"))
+    start = time.monotonic()
+    with pytest.raises(ServerError) as caught:
+        respond(provider_for(server, max_retries=0).chat("m"))
+    assert time.monotonic() - start < 2.0
+    message = caught.value.message
+    assert len(message) == 1000 and message.endswith("x…")
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_an_error_string_in_a_200_body_is_a_server_error(server: OpenAIServer, api: Any) -> None:
+    server.add(Raw(b'{"error": "model overloaded"}'))
+    with pytest.raises(ServerError) as caught:
+        respond(provider_for(server, api=api).get_model("m"))
+    assert str(caught.value) == "the server reported: model overloaded"
 
 
 # -- cancellation -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import itertools
+import time
 import types
 import typing
 from typing import Any
@@ -66,7 +67,7 @@ from agentfsm.models._chat import ChatAssembler, parse_completion
 from agentfsm.models._common import CallIds
 from agentfsm.models._http import _retry_after
 from agentfsm.models._responses import ResponsesAssembler
-from agentfsm.models._wire import SSEDecoder
+from agentfsm.models._wire import MESSAGE_LIMIT, SSEDecoder, error_info
 
 # -- a conversation with every kind of item ---------------------------------------------------
 
@@ -286,7 +287,7 @@ def test_chat_messages_carry_the_conversation() -> None:
             "content": "Your final answer does not match the required output schema.",
         },
     ]
-    assert "stream" not in body
+    assert body["stream"] is False  # said, for servers that stream by default
 
 
 def test_responses_input_carries_the_conversation() -> None:
@@ -760,6 +761,37 @@ def test_parsers_raise_only_our_errors(data: bytes) -> None:
     for parse in parsers:
         with contextlib.suppress(ModelError):
             parse()
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=3000),
+        st.text(max_size=3000).map(str.encode),
+        st.text(max_size=3000).map(lambda t: msgspec.json.encode({"error": t})),
+        st.text(max_size=200).map(lambda t: b"data: " + t.encode() + b"\n\n"),
+        st.text(max_size=200).map(lambda t: b"<html><title>" + t.encode() + b"</title></html>"),
+    )
+)
+def test_an_error_message_is_one_short_printable_line_whatever_the_body(body: bytes) -> None:
+    message = error_info(body).message
+    if message is not None:
+        assert message and message == message.strip()
+        assert len(message) <= MESSAGE_LIMIT
+        assert message.isprintable() and "  " not in message
+
+
+def test_hostile_error_bodies_are_read_in_linear_time() -> None:
+    bodies = [
+        b"<!---->" * 9000 + b"x",
+        b"<html>" + b"<script" * 9000,
+        b"<html><title>" + b"<" * 64000,
+        b"data:" * 13000,
+        b"\n" * 64000 + b"x",
+    ]
+    start = time.monotonic()
+    for body in bodies:
+        error_info(body)
+    assert time.monotonic() - start < 1.0
 
 
 def test_chat_stream_deltas_without_index_or_in_one_piece() -> None:

@@ -35,7 +35,7 @@ from ._common import (
 )
 from ._errors import ModelOutputError
 from ._http import stream_error
-from ._wire import ChatChunk, ChatCompletion, ChatFunction, ChatToolCall, ChatUsage
+from ._wire import ChatChunk, ChatCompletion, ChatFunction, ChatToolCall, ChatUsage, error_of
 
 __all__ = ["OpenAIChatModel", "chat_messages"]
 
@@ -111,10 +111,10 @@ class OpenAIChatModel(OpenAIModel):
             )
         if settings.reasoning_effort is not None:
             body["reasoning_effort"] = settings.reasoning_effort
-        if stream:
-            body["stream"] = True
-            if self.provider.stream_usage:
-                body["stream_options"] = {"include_usage": True}
+        # Said either way: a server that streams by default would otherwise stream `respond`.
+        body["stream"] = stream
+        if stream and self.provider.stream_usage:
+            body["stream_options"] = {"include_usage": True}
         body.update(settings.extra_body)
         return body, taken
 
@@ -175,7 +175,7 @@ def parse_completion(data: bytes, ids: CallIds) -> ModelResponse:
     """A ModelResponse from a ``chat.completion`` body. Raises ModelOutputError."""
     completion: ChatCompletion = decode(_COMPLETION, data, "a chat completion")
     if completion.error is not None:
-        raise stream_error(completion.error)
+        raise stream_error(error_of(completion.error))
     if not completion.choices:
         raise ModelOutputError("the server sent a chat completion without choices")
     choice = min(completion.choices, key=lambda c: c.index)
@@ -253,7 +253,7 @@ class ChatAssembler:
             decode(_CHUNK, data, "a chat completion chunk")  # raises ModelOutputError
             raise
         if chunk.error is not None:
-            raise stream_error(chunk.error)
+            raise stream_error(error_of(chunk.error))
         if chunk.usage is not None:
             self._usage = chunk.usage
         events: list[StreamEvent] = []

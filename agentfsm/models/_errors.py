@@ -49,8 +49,9 @@ class ModelStatusError(ModelError):
     """The server answered with an error.
 
     ``status_code`` is the HTTP status (None for an error reported inside a stream);
-    ``message``, ``code`` and ``type`` come from the server's error body; ``request_id`` is
-    its ``x-request-id`` header, for the provider's support.
+    ``message``, ``code`` and ``type`` come from the server's error body, whatever its shape
+    (JSON, server-sent events, an HTML page, text), the message as one line of at most 1,000
+    characters; ``request_id`` is its ``x-request-id`` header, for the provider's support.
     """
 
     attempts: int = 1

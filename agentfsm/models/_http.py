@@ -45,6 +45,10 @@ log = logging.getLogger("agentfsm.models")
 # server dropped it. (UnsupportedProtocol, LocalProtocolError and ProxyError are not.)
 _TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
+# How much of an error body is read: enough for any message a server means to send, and a
+# body that is larger (a misconfigured proxy's, a hostile server's) is not kept whole.
+ERROR_BODY_LIMIT = 64 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -152,7 +156,10 @@ class Connection:
         try:
             kind = response.headers.get("content-type", "")
             if "event-stream" not in kind:
-                data = await _read(response, url)
+                try:
+                    data = await _head(response)
+                except httpx.HTTPError as exc:
+                    raise _connection_error(exc, url) from exc
                 if _has_error(data):
                     raise stream_error(error_info(data))
                 raise ModelOutputError(
@@ -200,7 +207,10 @@ class Connection:
                 if response.is_success and stream:
                     return response
                 try:
-                    await response.aread()
+                    if response.is_success:
+                        await response.aread()
+                        return response
+                    body = await _head(response)
                 except httpx.HTTPError as exc:
                     await response.aclose()
                     error, cause, retryable = _connection_error(exc, url), exc, _transient(exc)
@@ -208,9 +218,7 @@ class Connection:
                     await response.aclose()
                     raise
                 else:
-                    if response.is_success:
-                        return response
-                    error = _status_error(response)
+                    error = _status_error(response, body)
                     cause, retryable = error, _retryable_status(response, error)
                     retry_after = _retry_after(response.headers)
                     if isinstance(error, RateLimitError):
@@ -227,11 +235,19 @@ class Connection:
             attempt += 1
 
 
-async def _read(response: httpx.Response, url: str) -> bytes:
+async def _head(response: httpx.Response) -> bytes:
+    """The first ERROR_BODY_LIMIT bytes of the body; the response is closed after them."""
+    chunks: list[bytes] = []
+    size = 0
     try:
-        return await response.aread()
-    except httpx.HTTPError as exc:
-        raise _connection_error(exc, url) from exc
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= ERROR_BODY_LIMIT:
+                break
+    finally:
+        await response.aclose()
+    return b"".join(chunks)[:ERROR_BODY_LIMIT]
 
 
 def _has_error(data: bytes) -> bool:
@@ -260,9 +276,9 @@ def _connection_error(exc: httpx.HTTPError, url: str, streaming: bool = False) -
     return ModelConnectionError(f"the connection to {url} broke {where}: {reason}")
 
 
-def _status_error(response: httpx.Response) -> ModelStatusError:
+def _status_error(response: httpx.Response, body: bytes) -> ModelStatusError:
     status = response.status_code
-    info = error_info(response.content)
+    info = error_info(body)
     message = info.message or response.reason_phrase or "no explanation given"
     if info.param:
         message += f" (parameter {info.param!r})"

@@ -36,7 +36,14 @@ from ._common import (
 )
 from ._errors import ModelOutputError
 from ._http import stream_error
-from ._wire import ErrorInfo, OutputItem, ResponsesEvent, ResponsesResponse, ResponsesUsage
+from ._wire import (
+    ErrorInfo,
+    OutputItem,
+    ResponsesEvent,
+    ResponsesResponse,
+    ResponsesUsage,
+    error_of,
+)
 
 __all__ = ["OpenAIResponsesModel", "responses_input"]
 
@@ -103,8 +110,8 @@ class OpenAIResponsesModel(OpenAIModel):
             )
         if settings.reasoning_effort is not None:
             body["reasoning"] = {"effort": settings.reasoning_effort}
-        if stream:
-            body["stream"] = True
+        # Said either way: LiteLLM's proxy and `transformers serve` stream when it is left out.
+        body["stream"] = stream
         body.update(settings.extra_body)
         return body, taken
 
@@ -154,7 +161,7 @@ def parse_response(response: ResponsesResponse, ids: CallIds) -> ModelResponse:
     """A ModelResponse from a ``response`` object. Raises ModelOutputError, or the server's
     error for a failed response."""
     if response.status == "failed" or (response.error is not None and not response.output):
-        raise stream_error(response.error or ErrorInfo(message="the response failed"))
+        raise stream_error(_failure(response.error))
     return _from_output(response.output or (), response.usage, ids, _finish(response))
 
 
@@ -180,6 +187,21 @@ def _from_output(
                 )
             )
     return response_of("".join(texts) or "".join(refusals), calls, responses_usage(usage), finish)
+
+
+def _failure(error: Any) -> ErrorInfo:
+    return ErrorInfo(message="the response failed") if error is None else error_of(error)
+
+
+def _event_error(event: ResponsesEvent) -> ErrorInfo:
+    """An ``error`` event: OpenAI's ``message`` and ``code`` beside the type, or an ``error``
+    object or string (other servers), or both."""
+    nested = ErrorInfo() if event.error is None else error_of(event.error)
+    return msgspec.structs.replace(
+        nested,
+        message=event.message or nested.message,
+        code=nested.code if event.code is None else event.code,
+    )
 
 
 def _finish(response: ResponsesResponse) -> str | None:
@@ -274,11 +296,10 @@ class ResponsesAssembler:
             self._done = True
         elif kind == "response.failed":
             response = event.response
-            raise stream_error(
-                (response.error if response else None) or ErrorInfo(message="the response failed")
-            )
-        elif kind == "error":
-            raise stream_error(ErrorInfo(message=event.message, code=event.code))
+            error = response.error if response is not None else None
+            raise stream_error(_failure(event.error if error is None else error))
+        elif kind == "error" or (not kind and event.error is not None):
+            raise stream_error(_event_error(event))
         elif not kind:
             raise ModelOutputError(f"the server sent a response event without a type: {data!r}")
         return []

@@ -2,11 +2,15 @@
 
 The Structs list only the fields agentfsm reads; unknown fields are ignored (servers add them
 all the time), while a known field of the wrong type is an error. Fields that some servers
-omit or send as null are optional.
+omit or send as null are optional. The exception is ``error``: any value there means the
+server reports a failure (an object, or just a string from some servers), so it is taken as
+it comes and read by ``error_of``.
 """
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 import msgspec
@@ -19,6 +23,8 @@ __all__ = [
     "ResponsesResponse",
     "SSEDecoder",
     "error_info",
+    "error_of",
+    "one_line",
 ]
 
 
@@ -85,7 +91,7 @@ class ChatUsage(_Struct, frozen=True):
 class ChatCompletion(_Struct, frozen=True):
     choices: list[ChatChoice] | None = None
     usage: ChatUsage | None = None
-    error: ErrorInfo | None = None
+    error: Any = None
 
 
 class ChatDelta(_Struct, frozen=True):
@@ -103,7 +109,7 @@ class ChunkChoice(_Struct, frozen=True):
 class ChatChunk(_Struct, frozen=True):
     choices: list[ChunkChoice] | None = None
     usage: ChatUsage | None = None
-    error: ErrorInfo | None = None
+    error: Any = None
 
 
 # -- Responses ---------------------------------------------------------------------------------
@@ -149,7 +155,7 @@ class ResponsesResponse(_Struct, frozen=True):
     status: str | None = None
     output: list[OutputItem] | None = None
     usage: ResponsesUsage | None = None
-    error: ErrorInfo | None = None
+    error: Any = None
     incomplete_details: IncompleteDetails | None = None
 
 
@@ -162,8 +168,10 @@ class ResponsesEvent(_Struct, frozen=True):
     item_id: str | None = None
     item: OutputItem | None = None
     response: ResponsesResponse | None = None
+    # An ``error`` event: OpenAI puts these beside the type; other servers send ``error``.
     message: str | None = None
     code: str | int | None = None
+    error: Any = None
 
 
 # -- error bodies ------------------------------------------------------------------------------
@@ -172,32 +180,114 @@ class ResponsesEvent(_Struct, frozen=True):
 def error_info(body: bytes) -> ErrorInfo:
     """What an error body says, in whichever of the common shapes it comes: OpenAI's
     ``{"error": {"message": ...}}``, ``{"error": "text"}``, vLLM's ``{"message": ...}``,
-    FastAPI's ``{"detail": ...}``, or plain text."""
+    FastAPI's ``{"detail": ...}``, server-sent events (a server that had started to stream),
+    an HTML page (a proxy's), or plain text.
+
+    The message is one line of at most ``MESSAGE_LIMIT`` characters whatever the body holds:
+    bytes that are not UTF-8 are replaced, control characters and line breaks become spaces.
+    """
     try:
         data = msgspec.json.decode(body)
     except msgspec.DecodeError:
-        text = body.decode("utf-8", "replace").strip()
-        return ErrorInfo(message=text[:500] or None)
+        return _text_error(body)
     if isinstance(data, dict):
-        error = data.get("error", data)
-        if isinstance(error, str):
-            return ErrorInfo(message=error)
-        if isinstance(error, dict):
-            message = error.get("message", error.get("detail"))
-            code = error.get("code")
-            return ErrorInfo(
-                message=message if isinstance(message, str) else _short(message),
-                type=error.get("type") if isinstance(error.get("type"), str) else None,
-                code=code if isinstance(code, str | int) and not isinstance(code, bool) else None,
-                param=error.get("param") if isinstance(error.get("param"), str) else None,
-            )
+        return error_of(data.get("error", data))
     return ErrorInfo(message=_short(data))
+
+
+def error_of(error: Any) -> ErrorInfo:
+    """What the decoded ``error`` of a body or event says: an object with a ``message`` (or
+    ``detail``), a plain string, or anything else (its JSON, shortened)."""
+    if isinstance(error, str):
+        return ErrorInfo(message=one_line(error))
+    if isinstance(error, dict):
+        message = error.get("message", error.get("detail"))
+        code = error.get("code")
+        return ErrorInfo(
+            message=one_line(message) if isinstance(message, str) else _short(message),
+            type=error.get("type") if isinstance(error.get("type"), str) else None,
+            code=code if isinstance(code, str | int) and not isinstance(code, bool) else None,
+            param=one_line(param, 200) if isinstance(param := error.get("param"), str) else None,
+        )
+    return ErrorInfo(message=_short(error))
+
+
+MESSAGE_LIMIT = 1000
+_HTML_EXCERPT = 200
+_HTML_SCAN = 8192  # an error page's title and first words are near its start
+
+
+def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str | None:
+    """``text`` as one printable line of at most ``limit`` characters (None when empty)."""
+    cut = len(text) > limit * 4  # enough to fill the line, whatever whitespace it collapses
+    line = " ".join("".join(c if c.isprintable() else " " for c in text[: limit * 4]).split())
+    if cut or len(line) > limit:
+        line = line[: limit - 1].rstrip() + "…"
+    return line or None
 
 
 def _short(value: Any) -> str | None:
     if value is None:
         return None
-    return msgspec.json.encode(value).decode()[:500]
+    return one_line(msgspec.json.encode(value).decode())
+
+
+_SSE = re.compile(rb"^data:", re.MULTILINE)
+_HTML = re.compile(rb"<(!doctype\s+html|html|head|body|title)\b", re.I)
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.I | re.S)
+_HIDDEN = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.I | re.S)
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _text_error(body: bytes) -> ErrorInfo:
+    if _is_html(body):
+        text = body[:_HTML_SCAN].decode("utf-8", "replace")
+        title = _TITLE.search(text)
+        excerpt = one_line(html.unescape(title.group(1)), _HTML_EXCERPT) if title else None
+        if excerpt is None:
+            visible = html.unescape(_TAG.sub(" ", _HIDDEN.sub(" ", text)))
+            excerpt = one_line(visible, _HTML_EXCERPT)
+        return ErrorInfo(message="an HTML page" + (f": {excerpt}" if excerpt else ""))
+    if _SSE.search(body):
+        return _sse_error(body)
+    return ErrorInfo(message=one_line(body.decode("utf-8", "replace")))
+
+
+def _is_html(body: bytes) -> bool:
+    """Whether the body is a web page: markup from its first character, with an html, head,
+    body or title tag (or the doctype) near its start."""
+    start = body[:1024].lstrip()
+    return start.startswith(b"<") and _HTML.search(start) is not None
+
+
+def _sse_error(body: bytes) -> ErrorInfo:
+    """The error in a body of server-sent events: the first event whose JSON carries a
+    message (``{"error": ...}``, a Responses ``error`` or ``response.failed`` event), else
+    the first data line as text."""
+    decoder = SSEDecoder()
+    events = [*decoder.feed(body), *decoder.flush()]
+    for data in events:
+        try:
+            decoded = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            continue
+        if not isinstance(decoded, dict):
+            continue
+        error = decoded.get("error")
+        response = decoded.get("response")
+        if error is None and isinstance(response, dict):
+            error = response.get("error")
+        if error is not None:
+            info = error_of(error)
+        else:
+            info = error_of(decoded)
+            kind = info.type or ""
+            if kind == "error" or kind.startswith("response."):
+                info = msgspec.structs.replace(info, type=None)  # the event's type, not the error's
+        if info.message:
+            return info
+    first = events[0].split(b"\n", 1)[0] if events else b""
+    return ErrorInfo(message=one_line(first.decode("utf-8", "replace")))
 
 
 # -- server-sent events ------------------------------------------------------------------------
