@@ -40,6 +40,8 @@ class Agent:
     tools: list[Tool] = field(default_factory=list)
     handoffs: list[Agent] = field(default_factory=list)
     output_type: Any = None
+    #: Lifecycle hooks (``RunHooks``) for what happens while this agent is the current one.
+    hooks: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:

@@ -26,6 +26,7 @@ bare. The tree::
     │   └── ModelStatusError            (agentfsm.models) AuthenticationError, RateLimitError,
     │                                    BadRequestError, ServerError
     ├── ConfigurationError     agents or runner set up in a way that cannot work
+    ├── HookError              a lifecycle hook or event listener raised (the run stopped)
     └── StoreError             a store could not do what was asked
         ├── ConflictError      a write based on a stale version (nothing was written)
         │   ├── LeaseLost      a write by a worker whose lease on the run has passed
@@ -49,6 +50,7 @@ __all__ = [
     "ConflictError",
     "ContextError",
     "DecisionRefused",
+    "HookError",
     "IllegalTransition",
     "InboxChanged",
     "InvalidEvent",
@@ -154,6 +156,12 @@ class ModelBehaviorError(ModelError):
 
 class ConfigurationError(AgentFSMError):
     """Agents, tools or the runner are set up in a way that cannot work."""
+
+
+class HookError(AgentFSMError):
+    """A consumer of a run's events (a lifecycle hook, a listener) raised. The run stopped
+    between two steps, its last state saved (``error.state``); it resumes once the hook is
+    fixed. The hook's own exception is the ``__cause__``."""
 
 
 class StoreError(AgentFSMError):

@@ -17,6 +17,8 @@ __all__ = [
     "Event",
     "Injected",
     "ModelResponded",
+    "Paused",
+    "Resumed",
     "Started",
     "ToolOutput",
     "ToolsFinished",
@@ -105,10 +107,27 @@ class ApprovalsDecided(_Event, frozen=True, tag="approvals_decided"):
 
 class Cancelled(_Event, frozen=True, tag="cancelled"):
     """Stop the run for good. ``decisions`` posted and not applied go into the audit trail
-    as refused, so that whoever made them can see why they never took effect."""
+    as refused, so that whoever made them can see why they never took effect.
+
+    A run cancelled while its tools ran reports every started call, as ``ToolsFinished``
+    does: the ones that finished with their ``results`` (they join the transcript), the
+    others ``in_doubt`` (they may have taken effect; the ledger keeps them started)."""
 
     reason: str = "cancelled"
     decisions: tuple[Decision, ...] = ()
+    results: tuple[ToolOutput, ...] = ()
+    in_doubt: tuple[str, ...] = ()
+    started_by: dict[str, Starter] = msgspec.field(default_factory=dict)
+
+
+class Paused(_Event, frozen=True, tag="paused"):
+    """Stop between turns, at someone's request; ``Resumed`` goes on from there."""
+
+    reason: str = "paused"
+
+
+class Resumed(_Event, frozen=True, tag="resumed"):
+    """Go on with a paused run."""
 
 
 class Injected(_Event, frozen=True, tag="injected"):
@@ -117,4 +136,13 @@ class Injected(_Event, frozen=True, tag="injected"):
     items: tuple[Item, ...]
 
 
-Event = Started | ModelResponded | ToolsFinished | ApprovalsDecided | Cancelled | Injected
+Event = (
+    Started
+    | ModelResponded
+    | ToolsFinished
+    | ApprovalsDecided
+    | Cancelled
+    | Injected
+    | Paused
+    | Resumed
+)

@@ -10,6 +10,7 @@ A run's ``status`` says what the run is waiting for:
 * ``tools``: waiting for the results of the calls the last ToolCall outcome asked for. The
   intent to run them is already recorded in the state's ledger.
 * ``interrupted``: paused; some calls wait for a human's decision.
+* ``paused``: stopped between turns at someone's request (``Paused``); ``Resumed`` goes on.
 * ``completed``, ``failed``, ``cancelled``: over. A run that failed on its turn limit accepts
   ``Started`` again, with a higher limit.
 
@@ -41,6 +42,8 @@ from ._events import (
     Event,
     Injected,
     ModelResponded,
+    Paused,
+    Resumed,
     Started,
     ToolsFinished,
 )
@@ -54,6 +57,7 @@ class RunStatus(enum.StrEnum):
     RUNNING = "running"
     TOOLS = "tools"
     INTERRUPTED = "interrupted"
+    PAUSED = "paused"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -72,10 +76,12 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ApprovalsDecided,
     Cancelled,
     Injected,
+    Paused,
+    Resumed,
 )
 
 _S = RunStatus
-_LIVE = [_S.NEW, _S.RUNNING, _S.TOOLS, _S.INTERRUPTED]
+_LIVE = [_S.NEW, _S.RUNNING, _S.TOOLS, _S.INTERRUPTED, _S.PAUSED]
 
 #: (event, sources, destinations): every legal move of a run.
 TRANSITIONS: tuple[tuple[type[Event], list[RunStatus], list[RunStatus]], ...] = (
@@ -96,9 +102,13 @@ TRANSITIONS: tuple[tuple[type[Event], list[RunStatus], list[RunStatus]], ...] = 
         [_S.TOOLS, _S.INTERRUPTED, _S.RUNNING, _S.FAILED],
     ),
     (Cancelled, _LIVE, [_S.CANCELLED]),
-    # Input between turns joins the transcript now; input during a pause waits for the resume.
+    # Input between turns joins the transcript now; input while calls wait, at the resume.
     (Injected, [_S.RUNNING], [_S.RUNNING]),
     (Injected, [_S.INTERRUPTED], [_S.INTERRUPTED]),
+    (Injected, [_S.PAUSED], [_S.PAUSED]),
+    # Paused between turns (never while tools run), and resumed where it stopped.
+    (Paused, [_S.RUNNING], [_S.PAUSED]),
+    (Resumed, [_S.PAUSED], [_S.RUNNING]),
 )
 
 
@@ -146,6 +156,8 @@ def status_of(outcome: Outcome) -> RunStatus:
             return RunStatus.RUNNING
         case ToolCall():
             return RunStatus.TOOLS
+        case Interruption(paused=True):
+            return RunStatus.PAUSED
         case Interruption():
             return RunStatus.INTERRUPTED
         case FinalOutput(error=None):

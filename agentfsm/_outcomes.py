@@ -90,9 +90,11 @@ class ToolCall(_Outcome, frozen=True, tag="tool_call"):
 
 
 class Interruption(_Outcome, frozen=True, tag="interruption"):
-    """Stop: these calls wait for decisions. Resume with ``ApprovalsDecided``."""
+    """Stop: these calls wait for decisions; resume with ``ApprovalsDecided``. Or, with
+    ``paused``, the run was paused between turns; resume it with ``Resumed``."""
 
     requests: tuple[ApprovalRequest, ...]
+    paused: bool = False
 
 
 class Handoff(_Outcome, frozen=True, tag="handoff"):

@@ -8,7 +8,6 @@ after every step.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import math
@@ -22,7 +21,6 @@ from typing import Any, TypeVar
 
 import msgspec
 import pydantic
-import pydantic_core
 
 from ._agents import Agent, AgentSet
 from ._errors import (
@@ -34,36 +32,52 @@ from ._errors import (
     ModelError,
     StoreError,
     ToolArgumentsError,
-    ToolError,
     UndecidedError,
 )
 from ._events import (
     ApprovalsDecided,
+    Cancelled,
     Decision,
     Event,
+    Injected,
     ModelResponded,
+    Paused,
+    Resumed,
     Started,
     ToolOutput,
-    ToolsFinished,
 )
 from ._items import Item, ModelResponse, Usage
 from ._machine import RunStatus
-from ._model import ModelProvider, ModelRequest
+from ._model import (
+    ModelProvider,
+    ModelRequest,
+    ResponseDone,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStarted,
+    stream_events,
+)
 from ._outcomes import (
     ApprovalRequest,
     FinalOutput,
     Handoff,
     Interruption,
-    Invocation,
     Outcome,
     RunAgain,
-    Starter,
     ToolCall,
+)
+from ._run_events import (
+    ModelCallFinished,
+    ModelCallStarted,
+    ModelTextDelta,
+    ModelToolCallDelta,
+    RunStarted,
 )
 from ._session import Heartbeat, Session, backoff
 from ._state import RunState
 from ._step import ToolErrors, check_max_turns, new_run, pending_outcome, step
-from ._tools import ToolContext
+from ._stream import Control, Emitter, Listener, Live, RunHandle, RunHooks
+from ._toolrun import ToolRunner, ToolsCancelled, carrying, copy_json
 from .stores._base import Lease, RetryPolicy, Store
 
 __all__ = ["RunResult", "Runner"]
@@ -122,6 +136,8 @@ class Runner:
         retry: how ``work`` retries a run that fails (a tool or model error that the run
             raises, data it cannot read): with a growing delay, then parked, set aside
             until someone resumes it by id (default: ``RetryPolicy()``, 5 attempts).
+        hooks: lifecycle hooks (``RunHooks``) for every run of this runner; they consume
+            the run's event stream (see ``run_streamed``).
     """
 
     def __init__(
@@ -136,6 +152,7 @@ class Runner:
         approval_timeout: float | None = None,
         clock: Callable[[], float] = time.time,
         retry: RetryPolicy | None = None,
+        hooks: RunHooks | Sequence[RunHooks] = (),
     ):
         if tool_errors not in ("feed", "raise"):
             raise ConfigurationError("tool_errors must be 'feed' or 'raise'")
@@ -153,6 +170,10 @@ class Runner:
         self.model_provider = model_provider
         self.store = store
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.hooks: tuple[RunHooks, ...] = (hooks,) if isinstance(hooks, RunHooks) else tuple(hooks)
+        if not all(isinstance(h, RunHooks) for h in self.hooks):
+            raise ConfigurationError("hooks must be RunHooks (or a list of them)")
+        self._tools = ToolRunner(tool_errors=tool_errors, owner=self.owner)
         self.lease_seconds = lease_seconds
         self._models: dict[str, Any] = {}
         self._stops = 0  # calls of stop(): work started before the latest one stops
@@ -213,6 +234,53 @@ class Runner:
         DecisionRefused when the state's decisions conflict with ones posted to the store.
         Errors raised mid-run carry the last state in ``error.state``.
         """
+        return await self._run(
+            agent, input, context=context, max_turns=max_turns, run_id=run_id, live=None
+        )
+
+    def run_streamed(
+        self,
+        agent: Agent,
+        input: str | Sequence[Item] | RunState,
+        *,
+        context: Any = None,
+        max_turns: int | None = None,
+        run_id: str | None = None,
+    ) -> RunHandle:
+        """``run`` in the background: returns its handle at once. ``handle.events()`` yields
+        the run's events as they happen (the model's text as it arrives, with a model that
+        streams), ``await handle.result()`` returns the RunResult, and ``cancel``, ``pause``
+        and ``inject`` steer the run while it goes on. Call it from a running event loop."""
+        _require_loop("run_streamed")
+        if isinstance(input, RunState):
+            run_id = input.run_id
+        handle = RunHandle(run_id or uuid.uuid4().hex)
+        handle._start(
+            lambda live: self._run(
+                agent, input, context=context, max_turns=max_turns, run_id=handle.run_id, live=live
+            )
+        )
+        return handle
+
+    def resume_streamed(
+        self, agent: Agent, run_id: str, *, max_turns: int | None = None
+    ) -> RunHandle:
+        """``resume`` in the background, with the handle of ``run_streamed``."""
+        _require_loop("resume_streamed")
+        handle = RunHandle(run_id)
+        handle._start(lambda live: self._resume(agent, run_id, max_turns=max_turns, live=live))
+        return handle
+
+    async def _run(
+        self,
+        agent: Agent,
+        input: str | Sequence[Item] | RunState,
+        *,
+        context: Any,
+        max_turns: int | None,
+        run_id: str | None,
+        live: Live | None,
+    ) -> RunResult:
         since = self._stops
         agents = AgentSet(agent)
         if isinstance(input, RunState):
@@ -234,13 +302,22 @@ class Runner:
                 await self.store.create(state)
         given = isinstance(input, RunState)
         if self.store is None:
-            return await self._drive(agents, state, max_turns, None, given=given, since=since)
-        return await self._with_lease(agents, state, max_turns, None, 0.0, given=given, since=since)
+            return await self._drive(
+                agents, state, max_turns, None, given=given, since=since, live=live
+            )
+        return await self._with_lease(
+            agents, state, max_turns, None, 0.0, given=given, since=since, live=live
+        )
 
     async def resume(self, agent: Agent, run_id: str, *, max_turns: int | None = None) -> RunResult:
         """Continue the stored run ``run_id`` (decisions may have been recorded in the store
-        by another process). Raises UnknownRunError, ResolutionError, ConflictError (the run
-        is leased to another worker), and the errors of ``run``."""
+        by another process; a paused run goes on). Raises UnknownRunError, ResolutionError,
+        ConflictError (the run is leased to another worker), and the errors of ``run``."""
+        return await self._resume(agent, run_id, max_turns=max_turns, live=None)
+
+    async def _resume(
+        self, agent: Agent, run_id: str, *, max_turns: int | None, live: Live | None
+    ) -> RunResult:
         since = self._stops
         store = self._require_store()
         claimed_at = time.monotonic()
@@ -254,7 +331,9 @@ class Runner:
         except BaseException:
             await store.release(lease)
             raise
-        return await self._with_lease(agents, state, max_turns, lease, claimed_at, since=since)
+        return await self._with_lease(
+            agents, state, max_turns, lease, claimed_at, since=since, live=live
+        )
 
     async def work(
         self,
@@ -299,7 +378,7 @@ class Runner:
                 state = await store.load(lease.run_id)
                 agents.check(state)
                 await self._with_lease(
-                    agents, state, None, lease, claimed_at, keep_lease_on_error=True, since=since
+                    agents, state, None, lease, claimed_at, worker=True, since=since, live=None
                 )
                 advanced += 1
             except StoreError as exc:
@@ -345,12 +424,14 @@ class Runner:
         lease: Lease | None,
         claimed_at: float,
         *,
-        keep_lease_on_error: bool = False,
+        worker: bool = False,
         given: bool = False,
         since: int,
+        live: Live | None,
     ) -> RunResult:
         """Drive the run under ``lease`` (claimed here when None), asked for at the monotonic
-        time ``claimed_at``, renewing it while the run goes on."""
+        time ``claimed_at``, renewing it while the run goes on. A ``worker`` keeps the lease
+        when the run raises (so the run is retried later, not at once)."""
         store = self._require_store()
         if lease is None:
             claimed_at = time.monotonic()
@@ -373,12 +454,21 @@ class Runner:
         heartbeat.watch(session)
         failed = True
         try:
-            result = await self._drive(agents, state, max_turns, session, given=given, since=since)
+            result = await self._drive(
+                agents,
+                state,
+                max_turns,
+                session,
+                given=given,
+                since=since,
+                live=live,
+                worker=worker,
+            )
             failed = False
             return result
         finally:
             heartbeat.forget(session)
-            if not (failed and keep_lease_on_error):
+            if not (failed and worker):
                 await store.release(session.lease)
 
     async def _adopt(self, store: Store, state: RunState) -> RunState:
@@ -409,17 +499,22 @@ class Runner:
         *,
         given: bool = False,
         since: int,
+        live: Live | None,
+        worker: bool = False,
     ) -> RunResult:
-        """Step the run until it pauses or ends, or until ``stop()`` is called again (it had
-        been called ``since`` times when the work started). A paused state ``given`` by the
-        caller that has no decision to apply raises UndecidedError: the decision was most
-        likely made on a copy and lost. (A run resumed by id just reports that it still
-        waits.)"""
+        """Step the run until it stops (waits, pauses or ends), or until ``stop()`` is called
+        again (it had been called ``since`` times when the work started). A paused state
+        ``given`` by the caller that has no decision to apply raises UndecidedError: the
+        decision was most likely made on a copy and lost. (A run resumed by id just reports
+        that it still waits.) A run paused on request goes on, unless a ``worker`` drives it:
+        workers wait for it to be unpaused."""
         outcome: Outcome
         event: Event | None = None
         acknowledge: tuple[int, ...] = ()
         mail = session is not None
         stepped = False
+        recovering = False
+        control = None if live is None else live.control
         if max_turns is not None:
             check_max_turns(max_turns)
         if (
@@ -440,12 +535,25 @@ class Runner:
                 event = ApprovalsDecided(max_turns=max_turns)
             case RunStatus.FAILED if max_turns is not None and max_turns > state.turn:
                 event = Started(max_turns=max_turns)
+            case RunStatus.PAUSED if not worker:
+                event = Resumed()
             case RunStatus.TOOLS:
-                event = await self._recover_tools(agents, state, session)
+                # Loaded while its tools ran: the process that ran them is gone.
+                outcome, recovering = pending_outcome(state), True
             case _:
                 outcome = pending_outcome(state)
+        emitter = self._emitter(agents, state, session, live)
+        if emitter is not None:
+            await emitter.live(
+                RunStarted,
+                agent=state.current_agent,
+                status=state.status.value,
+                version=state.version,
+            )
         seen: int | None = None
         while True:
+            if event is None and control is not None:
+                event = _controlled(state, control)
             if event is None and mail and session is not None and state.status in _MAIL_STATUSES:
                 event, acknowledge, seen = await session.take_mail(state)
                 mail = event is not None
@@ -462,7 +570,9 @@ class Runner:
                     continue
                 mail = waiting or mail
                 event, acknowledge, seen = None, (), None
-                stepped = True
+                stepped, recovering = True, False
+                if emitter is not None:
+                    await emitter.stepped(previous, state)
                 # Never between recording calls as started and running them: they would be in
                 # doubt on resume, though none of them ran.
                 if (
@@ -470,13 +580,29 @@ class Runner:
                     and not state.status.is_terminal
                     and state.status is not RunStatus.TOOLS
                 ):
-                    return _result(agents, state)
+                    return _result(agents, state)  # the emitter was checked in stepped()
                 continue
             match outcome:
                 case RunAgain() | Handoff():
-                    event = await self._ask_model(agents, state)
+                    event = await _guarded(control, self._ask_model(agents, state, emitter))
                 case ToolCall(calls=calls):
-                    event = await self._run_tools(agents, state, calls, session)
+                    tools = (
+                        self._tools.recover(agents, state, session, emitter, control)
+                        if recovering
+                        else self._tools.run(agents, state, calls, session, emitter, control)
+                    )
+                    try:
+                        event = await _guarded(control, tools)
+                    except ToolsCancelled as cancelled:
+                        assert control is not None
+                        assert control.cancel_reason is not None
+                        report = cancelled.report
+                        event = Cancelled(
+                            reason=control.cancel_reason,
+                            results=report.results,
+                            in_doubt=report.in_doubt,
+                            started_by=report.started_by,
+                        )
                 case Interruption(requests=requests) if _decided(state, requests):
                     # Decisions recorded on the state while its tools ran (the caller's, or
                     # another process's) apply now, without waiting for another resume.
@@ -490,10 +616,31 @@ class Runner:
                             continue
                         seen = 0
                     event = ApprovalsDecided(decisions=expired)
-                case Interruption(requests=requests) if given and not stepped:
-                    raise _carrying(_undecided(state, requests), state)
+                case Interruption(requests=requests) if requests and given and not stepped:
+                    raise carrying(_undecided(state, requests), state)
                 case Interruption() | FinalOutput():
+                    if emitter is not None:
+                        emitter.check(state)
                     return _result(agents, state)
+            if event is None:  # the model call was cancelled
+                assert control is not None
+                assert control.cancel_reason is not None
+                event = Cancelled(reason=control.cancel_reason)
+
+    def _emitter(
+        self, agents: AgentSet, state: RunState, session: Session | None, live: Live | None
+    ) -> Emitter | None:
+        """The run's event stream, if anyone consumes it (no cost otherwise)."""
+        listeners: list[Listener] = [hooks.on_event for hooks in self.hooks]
+        if live is not None:
+            listeners.append(live.listener)
+        agent_hooks = {name: a.hooks for name, a in agents.items() if a.hooks is not None}
+        if not listeners and not agent_hooks:
+            return None
+        # Positions: the lease's fencing token orders this process's events after those of
+        # any process that drove the run before; without a store, the clock does.
+        epoch = session.lease.token if session is not None else max(1, int(self.clock() * 1000))
+        return Emitter(state, epoch, listeners, agent_hooks)
 
     def _step(self, agents: AgentSet, state: RunState, event: Event) -> tuple[RunState, Outcome]:
         try:
@@ -531,34 +678,17 @@ class Runner:
                 await done
         return waiting > 0
 
-    async def _recover_tools(
-        self, agents: AgentSet, state: RunState, session: Session | None
-    ) -> Event:
-        """A state loaded while its tools were running: the process that ran them is gone.
-        Re-run the idempotent calls; the others are in doubt and go to a human, with the
-        worker that started them when the lease it held was taken over."""
-        outcome = pending_outcome(state)
-        assert isinstance(outcome, ToolCall)
-        again = [c for c in outcome.calls if agents.require_tool(c.agent, c.tool).idempotent]
-        doubt = tuple(c.call_id for c in outcome.calls if c not in again)
-        ran = await self._run_tools(agents, state, again, session) if again else ToolsFinished()
-        starter = None if session is None else session.lease.taken_from
-        started_by = dict.fromkeys(doubt, starter) if starter is not None else {}
-        return ToolsFinished(
-            results=ran.results,
-            in_doubt=(*ran.in_doubt, *doubt),
-            started_by={**ran.started_by, **started_by},
-        )
-
     # -- the model -------------------------------------------------------------------------
 
-    async def _ask_model(self, agents: AgentSet, state: RunState) -> ModelResponded:
+    async def _ask_model(
+        self, agents: AgentSet, state: RunState, emitter: Emitter | None
+    ) -> ModelResponded:
         agent = agents.agent(state.current_agent)
         model = agent.model
         if isinstance(model, str):
             model = self._named_model(model, state)
         if not callable(getattr(model, "respond", None)):
-            raise _carrying(
+            raise carrying(
                 ConfigurationError(
                     f"agent {agent.name!r} has no usable model (got {model!r}); give it an object "
                     "with an async respond(request) method"
@@ -568,25 +698,28 @@ class Runner:
         request = ModelRequest(
             run_id=state.run_id,
             agent=agent.name,
-            instructions=_instructions(agent, _copy(state.context)),
+            instructions=_instructions(agent, copy_json(state.context)),
             input=state.input,
             items=state.items,
             tools=agents.tool_specs(agent.name),
             output_schema=agents.output_schema(agent.name),
             turn=state.turn,
         )
-        try:
-            response = await model.respond(request)
-        except AgentFSMError as exc:
-            exc.state = exc.state or state
-            raise
-        except Exception as exc:
-            raise _carrying(
-                ModelError(f"model of agent {agent.name!r} failed: {exc!r}"),
-                state,
-            ) from exc
+        if emitter is None:
+            response = await _answer(model, request, agent.name, state)
+        else:
+            name = _model_name(model)
+            await emitter.live(ModelCallStarted, agent=agent.name, model=name, turn=state.turn)
+            try:
+                response = await _answer(model, request, agent.name, state, emitter)
+            except BaseException as exc:
+                error = "cancelled" if isinstance(exc, asyncio.CancelledError) else str(exc)
+                await emitter.live(ModelCallFinished, agent=agent.name, model=name, error=error)
+                raise
+            usage = response.usage if isinstance(response, ModelResponse) else None
+            await emitter.live(ModelCallFinished, agent=agent.name, model=name, usage=usage)
         if not isinstance(response, ModelResponse):
-            raise _carrying(
+            raise carrying(
                 ModelBehaviorError(
                     f"model of agent {agent.name!r} returned {type(response).__name__}, "
                     "not a ModelResponse"
@@ -622,7 +755,7 @@ class Runner:
                 try:
                     from .models import default_provider
                 except ImportError as exc:
-                    raise _carrying(
+                    raise carrying(
                         ConfigurationError(f"no model provider for the model name {name!r}: {exc}"),
                         state,
                     ) from None
@@ -645,7 +778,7 @@ class Runner:
             except ToolArgumentsError:
                 continue
             try:
-                verdict = tool.needs_approval(_copy(state.context), arguments)
+                verdict = tool.needs_approval(copy_json(state.context), arguments)
                 if inspect.isawaitable(verdict):
                     verdict = await verdict
                 answers[call.call_id] = bool(verdict)
@@ -654,101 +787,111 @@ class Runner:
                 answers[call.call_id] = True
         return answers
 
-    # -- tools -----------------------------------------------------------------------------
 
-    async def _run_tools(
-        self,
-        agents: AgentSet,
-        state: RunState,
-        calls: Sequence[Invocation],
-        session: Session | None,
-    ) -> ToolsFinished:
-        """Run ``calls`` at once. A call whose body may still be running when it is given up
-        (a sync tool past its timeout: its thread cannot be stopped) is reported in doubt,
-        never as not done."""
-        if session is not None:
-            # A worker that may have lost its lease starts no tool body: another may have
-            # taken the run over, and would find the call in doubt.
-            session.require_lease(calls)
-        if len(calls) == 1:
-            outputs = [await self._run_tool(agents, state, calls[0], session)]
-        else:
-            outputs = await asyncio.gather(
-                *(self._run_tool(agents, state, c, session) for c in calls)
-            )
-        doubt = tuple(c.call_id for c, o in zip(calls, outputs, strict=True) if o is None)
-        # This worker started them, and their bodies may still be running in it.
-        until = None if session is None else session.lease.expires_at
-        me = Starter(worker=self.owner, lease_until=until)
-        return ToolsFinished(
-            results=tuple(o for o in outputs if o is not None),
-            in_doubt=doubt,
-            started_by=dict.fromkeys(doubt, me),
-        )
+_MAIL_STATUSES = (RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.PAUSED)
 
-    async def _run_tool(
-        self, agents: AgentSet, state: RunState, call: Invocation, session: Session | None
-    ) -> ToolOutput | None:
-        """The call's result, or None when it is in doubt."""
-        tool = agents.require_tool(call.agent, call.tool)
-        context = None
-        if tool.context_param is not None:
-            context = ToolContext(
-                run_id=state.run_id,
-                call_id=call.call_id,
-                tool=call.tool,
-                agent=call.agent,
-                idempotency_key=call.idempotency_key,
-                context=_copy(state.context),
-                fencing_token=None if session is None else session.lease.token,
-            )
-        deadline = None if tool.timeout is None else asyncio.timeout(tool.timeout)
-        try:
-            args, kwargs = tool.bind(_copy(call.arguments), context)
-            async with deadline or contextlib.nullcontext():
-                if tool.is_async:
-                    value = await tool.fn(*args, **kwargs)
-                elif tool.inline:
-                    value = tool.fn(*args, **kwargs)
-                else:
-                    value = await asyncio.to_thread(tool.fn, *args, **kwargs)
-            return ToolOutput(call_id=call.call_id, output=_as_text(value))
-        except Exception as exc:
-            cause: BaseException = exc
-            if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
-                if not tool.is_async:
-                    log.warning(
-                        "tool %r (call %s of run %s) timed out after %s seconds; its thread "
-                        "cannot be stopped, so the call is in doubt",
-                        call.tool,
-                        call.call_id,
-                        state.run_id,
-                        tool.timeout,
+
+async def _answer(
+    model: Any,
+    request: ModelRequest,
+    agent: str,
+    state: RunState,
+    emitter: Emitter | None = None,
+) -> Any:
+    """The model's answer to ``request``: streamed, its deltas emitted, when someone listens
+    and the model can stream. Its failures become ModelErrors carrying the state."""
+    try:
+        if emitter is None or not callable(getattr(model, "stream", None)):
+            return await model.respond(request)
+        async for part in stream_events(model, request):
+            match part:
+                case TextDelta(text=text):
+                    await emitter.live(ModelTextDelta, agent=agent, text=text)
+                case ToolCallStarted(call_id=call_id, name=name):
+                    await emitter.live(
+                        ModelToolCallDelta, agent=agent, call_id=call_id, name=name, arguments=""
                     )
-                    return None
-                message = (
-                    f"Error: tool {call.tool!r} timed out after {tool.timeout} seconds and was "
-                    "stopped; it may have taken effect before it stopped."
-                )
-            else:
-                message = f"Error: tool {call.tool!r} raised {type(exc).__name__}: {exc}"
-        if self.tool_errors == "raise":
-            raise _carrying(
-                ToolError(message.removeprefix("Error: ")),
-                state,
-            ) from cause
-        return ToolOutput(call_id=call.call_id, output=message, is_error=True)
+                case ToolCallDelta(call_id=call_id, arguments=arguments):
+                    await emitter.live(
+                        ModelToolCallDelta,
+                        agent=agent,
+                        call_id=call_id,
+                        name=None,
+                        arguments=arguments,
+                    )
+                case ResponseDone(response=response):
+                    return response
+        raise ModelBehaviorError(f"the stream of agent {agent!r}'s model ended without a response")
+    except AgentFSMError as exc:
+        exc.state = exc.state or state
+        raise
+    except Exception as exc:
+        raise carrying(ModelError(f"model of agent {agent!r} failed: {exc!r}"), state) from exc
 
 
-_MAIL_STATUSES = (RunStatus.RUNNING, RunStatus.INTERRUPTED)
+def _model_name(model: Any) -> str:
+    name = getattr(model, "model", None)
+    return name if isinstance(name, str) else type(model).__name__
 
 
-def _copy(value: Any) -> Any:
-    """A copy of JSON data for the user's code (tools, approval rules, instructions): what it
-    does to the copy cannot change a state, stored or held."""
-    if isinstance(value, dict | list):
-        return msgspec.json.decode(msgspec.json.encode(value))
-    return value
+def _controlled(state: RunState, control: Control) -> Event | None:
+    """What the handle asked for that the run can take now, as the next event: a
+    cancellation at once, input at the next model call, a pause between turns."""
+    status = state.status
+    if status.is_terminal:
+        return None
+    if control.cancel_reason is not None:
+        if status is RunStatus.TOOLS:
+            # The calls are recorded as started, and none of them began: they never ran.
+            calls = pending_outcome(state)
+            assert isinstance(calls, ToolCall)
+            return Cancelled(
+                reason=control.cancel_reason,
+                results=tuple(
+                    ToolOutput(call_id=c.call_id, output=NOT_RUN, is_error=True)
+                    for c in calls.calls
+                ),
+            )
+        return Cancelled(reason=control.cancel_reason)
+    if control.injected and status in _MAIL_STATUSES:
+        items, control.injected = tuple(control.injected), []
+        return Injected(items=items)
+    if control.pause_reason is not None and status is RunStatus.RUNNING:
+        reason, control.pause_reason = control.pause_reason, None
+        return Paused(reason=reason)
+    return None
+
+
+#: The result of a call that the run's cancellation stopped before it began.
+NOT_RUN = "Error: the run was cancelled before this call ran; it did not run."
+
+
+async def _guarded(control: Control | None, work: Coroutine[Any, Any, _T]) -> _T | None:
+    """``await work`` (the model call, or the tools) so that the handle's ``cancel`` can stop
+    it: None when it did. A cancellation of the caller's own task goes on as usual."""
+    if control is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    control.io = task
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if not task.cancelled() or (current is not None and current.cancelling()):
+            raise
+        return None
+    finally:
+        control.io = None
+
+
+_T = TypeVar("_T")
+
+
+def _require_loop(method: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise ConfigurationError(f"Runner.{method} needs a running event loop") from None
 
 
 def _sync(coroutine: Coroutine[Any, Any, RunResult]) -> RunResult:
@@ -788,25 +931,10 @@ def _decided(state: RunState, requests: Sequence[ApprovalRequest]) -> bool:
     return any((r.call_id, r.digest) in decided for r in requests)
 
 
-_E = TypeVar("_E", bound=AgentFSMError)
-
-
-def _carrying(error: _E, state: RunState) -> _E:
-    """``error``, carrying the run's last consistent state."""
-    error.state = state
-    return error
-
-
 def _instructions(agent: Agent, context: Any) -> str:
     if callable(agent.instructions):
         return str(agent.instructions(context))
     return agent.instructions
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    return pydantic_core.to_json(value).decode()
 
 
 def _result(agents: AgentSet, state: RunState) -> RunResult:

@@ -23,6 +23,7 @@ from ._events import Event
 from ._items import Item
 from ._machine import mermaid
 from ._outcomes import Outcome
+from ._run_events import RunEvent
 from .stores._base import WaitingPage
 
 __all__ = [
@@ -84,6 +85,7 @@ def artifacts(root: Path) -> dict[Path, str]:
         root / "schemas" / "item.schema.json": schema_text(Item, "Item"),
         root / "schemas" / "event.schema.json": schema_text(Event, "Event"),
         root / "schemas" / "outcome.schema.json": schema_text(Outcome, "Outcome"),
+        root / "schemas" / "run_event.schema.json": schema_text(RunEvent, "RunEvent"),
         root / "schemas" / "cli_run.schema.json": schema_text(RunDocument, "RunDocument"),
         root / "schemas" / "cli_run_list.schema.json": schema_text(
             RunListDocument, "RunListDocument"

@@ -12,11 +12,20 @@ import time
 from collections.abc import Sequence
 
 from ._errors import LeaseLost
-from ._events import ApprovalsDecided, Cancelled, Event, Injected
+from ._events import ApprovalsDecided, Cancelled, Event, Injected, Paused, Resumed
 from ._machine import RunStatus
 from ._outcomes import Invocation
 from ._state import RunState
-from .stores._base import CancelMessage, DecisionMessage, InputMessage, Lease, Renewer, Store
+from .stores._base import (
+    CancelMessage,
+    DecisionMessage,
+    InputMessage,
+    Lease,
+    PauseMessage,
+    Renewer,
+    Store,
+    UnpauseMessage,
+)
 
 __all__ = ["Heartbeat", "Session", "backoff"]
 
@@ -112,8 +121,19 @@ class Session:
                 (*unreadable, *(i for i, _ in decisions)),
                 seen,
             )
-        if unreadable:
-            return Injected(items=()), unreadable, seen  # a step that only acknowledges them
+        pauses = [(i, m) for i, m in mail if isinstance(m, PauseMessage)]
+        unpauses = tuple(i for i, m in mail if isinstance(m, UnpauseMessage))
+        if pauses and state.status is RunStatus.RUNNING:
+            taken = (*unreadable, *(i for i, _ in pauses), *unpauses)
+            return Paused(reason=pauses[-1][1].reason), taken, seen
+        if unpauses and state.status is RunStatus.PAUSED:
+            return Resumed(), (*unreadable, *(i for i, _ in pauses), *unpauses), seen
+        # What no longer applies (a pause of a run that stopped meanwhile, an unpause of one
+        # that is not paused) and what cannot be read go with a step that only acknowledges
+        # them, so that they do not keep the run runnable.
+        moot = (*unreadable, *(i for i, _ in pauses), *unpauses)
+        if moot:
+            return Injected(items=()), moot, seen
         return None, (), None
 
 

@@ -31,6 +31,8 @@ from ._events import (
     Event,
     Injected,
     ModelResponded,
+    Paused,
+    Resumed,
     Started,
     ToolsFinished,
 )
@@ -180,6 +182,10 @@ def step(
             new, outcome = _cancelled(state, event)
         case Injected():
             new, outcome = _injected(state, event)
+        case Paused():
+            new, outcome = state, Interruption(requests=(), paused=True)
+        case Resumed():
+            new, outcome = state, RunAgain(agent=state.current_agent)
         case _:
             raise InvalidEvent(f"not an event: {event!r}")
     status = status_of(outcome)
@@ -200,6 +206,8 @@ def pending_outcome(state: RunState) -> Outcome:
             return ToolCall(calls=_invocations(state.ledger))
         case RunStatus.INTERRUPTED:
             return Interruption(requests=_requests(state.ledger))
+        case RunStatus.PAUSED:
+            return Interruption(requests=(), paused=True)
         case RunStatus.NEW:
             raise InvalidEvent("a new run has no outcome yet; step it with Started()")
         case _:
@@ -331,6 +339,11 @@ def _model_responded(
 
 
 def _tools_finished(state: RunState, event: ToolsFinished) -> tuple[RunState, Outcome]:
+    return _advance(_record_tools(state, event))
+
+
+def _record_tools(state: RunState, event: ToolsFinished) -> RunState:
+    """The started calls' results in the transcript, and the calls in doubt waiting."""
     started = {call.call_id for call in state.ledger if call.status == "started"}
     results = {result.call_id: result for result in event.results}
     doubt = set(event.in_doubt)
@@ -371,7 +384,7 @@ def _tools_finished(state: RunState, event: ToolsFinished) -> tuple[RunState, Ou
                 started_by=event.started_by.get(call.call_id),
             )
         ledger.append(call)
-    return _advance(_replace(state, items=state.items.extend(items), ledger=tuple(ledger)))
+    return _replace(state, items=state.items.extend(items), ledger=tuple(ledger))
 
 
 def _approvals_decided(
@@ -492,6 +505,21 @@ def _cancelled(state: RunState, event: Cancelled) -> tuple[RunState, Outcome]:
         *state.audit,
         *(_record(d, calls.get(d.call_id), why) for d in (*state.decisions, *event.decisions)),
     )
+    if state.status is RunStatus.TOOLS:
+        # The calls that were running: the finished ones committed, the others in doubt.
+        report = ToolsFinished(
+            results=event.results, in_doubt=event.in_doubt, started_by=event.started_by
+        )
+        state = _record_tools(state, report)
+        state = _replace(
+            state,
+            ledger=tuple(
+                _replace(c, status="started") if c.call_id in event.in_doubt else c
+                for c in state.ledger
+            ),
+        )
+    elif event.results or event.in_doubt or event.started_by:
+        raise InvalidEvent("only a run whose tools are running reports calls when cancelled")
     new = _replace(state, error=error, decisions=(), audit=audit)
     return new, FinalOutput(error=error)
 
@@ -522,6 +550,9 @@ def _injected(state: RunState, event: Injected) -> tuple[RunState, Outcome]:
         return _replace(state, items=state.items.extend(event.items)), RunAgain(
             agent=state.current_agent
         )
+    if state.status is RunStatus.PAUSED:
+        items = state.items.extend(event.items)
+        return _replace(state, items=items), Interruption(requests=(), paused=True)
     return _replace(state, staged=state.staged + event.items), Interruption(
         requests=_requests(state.ledger)
     )

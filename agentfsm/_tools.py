@@ -68,6 +68,7 @@ class Tool:
         idempotent: bool = False,
         inline: bool = False,
         approval_timeout: float | None = None,
+        on_cancel: Callable[[Any], Any] | None = None,
     ) -> None:
         if not callable(fn):
             raise ToolDefinitionError(f"a tool needs a function, got {fn!r}")
@@ -83,6 +84,9 @@ class Tool:
             raise ToolDefinitionError("timeout must be a positive number of seconds")
         if approval_timeout is not None and not approval_timeout > 0:
             raise ToolDefinitionError("approval_timeout must be a positive number of seconds")
+        if on_cancel is not None and not callable(on_cancel):
+            raise ToolDefinitionError("on_cancel must be a function of the call")
+        self.on_cancel = on_cancel
         self.approval_timeout = approval_timeout
         self.needs_approval = needs_approval
         self.timeout = timeout
@@ -180,6 +184,7 @@ def tool(
     idempotent: bool = False,
     inline: bool = False,
     approval_timeout: float | None = None,
+    on_cancel: Callable[[Any], Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -192,6 +197,7 @@ def tool(
     idempotent: bool = False,
     inline: bool = False,
     approval_timeout: float | None = None,
+    on_cancel: Callable[[Any], Any] | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a sync or async function into a Tool.
 
@@ -213,6 +219,10 @@ def tool(
         approval_timeout: seconds a call may wait for a decision; then it expires: it does
             not run, the model is told, and the audit trail says expired (default: the
             Runner's ``approval_timeout``, else no limit).
+        on_cancel: a (sync or async) function of the call (an ``Invocation``: call id,
+            arguments, idempotency key), called when the run is cancelled while the call
+            runs: to stop the work it started (a sync tool's thread cannot be stopped from
+            outside), or to tell the service it called. The call is in doubt all the same.
     """
 
     def wrap(function: Callable[..., Any]) -> Tool:
@@ -225,6 +235,7 @@ def tool(
             idempotent=idempotent,
             inline=inline,
             approval_timeout=approval_timeout,
+            on_cancel=on_cancel,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -83,6 +83,10 @@ class Reply:
     #: seconds between streamed events
     gap: float = 0.0
     finish: str | None = None
+    #: when set, a stream sends its first two events (with chat, the role and the first
+    #: text), then waits (up to 10 s) for this to be set
+    #: before the rest; the server records in ``released`` whether it was set in time
+    hold: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,7 @@ class OpenAIServer:
         self.default = default
         self.requests: list[Received] = []
         self.disconnects: list[float] = []
+        self.released: list[bool] = []
         self.lock = threading.Lock()
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -283,7 +288,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 if isinstance(rendered, bytes):
                     self._send(200, rendered, "application/json")
                 else:
-                    self._stream(rendered, entry.gap)
+                    self._stream(rendered, entry.gap, hold=entry.hold)
             case _:
                 raise TypeError(f"not a script entry: {entry!r}")
 
@@ -309,16 +314,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.wfile.flush()
 
-    def _stream(self, events: tuple[bytes, ...], gap: float, drop: bool = False) -> None:
+    def _stream(
+        self,
+        events: tuple[bytes, ...],
+        gap: float,
+        drop: bool = False,
+        hold: threading.Event | None = None,
+    ) -> None:
         self.send_response(200)
         self.send_header("content-type", "text/event-stream; charset=utf-8")
         self.send_header("transfer-encoding", "chunked")
         self.send_header("cache-control", "no-cache")
         self.end_headers()
         try:
-            for event in events:
+            for n, event in enumerate(events):
                 if gap:
                     time.sleep(gap)
+                if n == 2 and hold is not None:
+                    released = hold.wait(10)
+                    with self.server.owner.lock:
+                        self.server.owner.released.append(released)
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                 self.wfile.flush()
             if drop:

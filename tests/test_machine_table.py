@@ -17,6 +17,8 @@ from agentfsm import (
     ModelResponded,
     ModelResponse,
     ModelToolCall,
+    Paused,
+    Resumed,
     RunStatus,
     Started,
     ToolOutput,
@@ -55,6 +57,8 @@ def _reach(status: RunStatus) -> agentfsm.RunState:
         return state
     if status is RunStatus.CANCELLED:
         return step(state, Cancelled(), AGENT).state
+    if status is RunStatus.PAUSED:
+        return step(state, Paused(), AGENT).state
     if status is RunStatus.COMPLETED:
         return step(state, ModelResponded(response=ModelResponse(text="x")), AGENT).state
     name = "noop" if status is RunStatus.TOOLS else "guarded"
@@ -64,15 +68,20 @@ def _reach(status: RunStatus) -> agentfsm.RunState:
 
 def _event(kind: type, state: agentfsm.RunState) -> agentfsm.Event:
     """An event of ``kind`` whose content fits ``state`` as far as possible."""
+    started = [c.call_id for c in state.ledger if c.status == "started"]
     if kind is ToolsFinished:
-        started = [c.call_id for c in state.ledger if c.status == "started"]
         return ToolsFinished(results=tuple(ToolOutput(call_id=c, output="ok") for c in started))
+    if kind is Cancelled and state.status is RunStatus.TOOLS:
+        # A run cancelled while its tools run reports each of them.
+        return Cancelled(in_doubt=tuple(started))
     examples: dict[type, agentfsm.Event] = {
         Started: Started(max_turns=5),
         ModelResponded: ModelResponded(response=ModelResponse(text="done")),
         ApprovalsDecided: ApprovalsDecided(),
         Cancelled: Cancelled(),
         Injected: Injected(items=(UserMessage(content="more"),)),
+        Paused: Paused(reason="lunch"),
+        Resumed: Resumed(),
     }
     return examples[kind]
 
@@ -154,6 +163,7 @@ def test_statuses_and_events_are_plain_data() -> None:
         "running",
         "tools",
         "interrupted",
+        "paused",
         "completed",
         "failed",
         "cancelled",

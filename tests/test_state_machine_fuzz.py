@@ -61,6 +61,8 @@ from agentfsm import (
     ModelResponded,
     ModelResponse,
     ModelToolCall,
+    Paused,
+    Resumed,
     RunAgain,
     Runner,
     RunState,
@@ -683,6 +685,13 @@ class EngineMachine(RuleBasedStateMachine):
             ("model_misbehaves", 1),
             ("restart", 2),
             ("cancel", 1),
+            ("pause", 1),
+        ],
+        RunStatus.PAUSED: [
+            ("resume_paused", 4),
+            ("inject", 1),
+            ("restart", 1),
+            ("cancel", 1),
         ],
         RunStatus.TOOLS: [
             ("tools_finish", 6),
@@ -775,13 +784,48 @@ class EngineMachine(RuleBasedStateMachine):
 
     def cancel(self, data: st.DataObject) -> None:
         reason = data.draw(st.sampled_from(["user", "deploy", "cancelled"]), label="reason")
-        ledger = self.state.ledger
-        self.apply(Cancelled(reason=reason))
+        old = self.state
+        started = [c.call_id for c in old.ledger if c.status == "started"]
+        results: tuple[ToolOutput, ...] = ()
+        doubt: tuple[str, ...] = ()
+        if old.status is RunStatus.TOOLS:
+            # Cancelled while its tools run: each call finished, or is in doubt.
+            done = data.draw(st.lists(st.sampled_from(started), unique=True), label="finished")
+            results = tuple(ToolOutput(call_id=c, output=f"done {c}") for c in done)
+            doubt = tuple(c for c in started if c not in done)
+        self.apply(Cancelled(reason=reason, results=results, in_doubt=doubt))
         assert self.status is RunStatus.CANCELLED
         assert self.outcome == FinalOutput(error=self.state.error)
         assert self.state.error is not None
         assert self.state.error.kind == "cancelled"
-        assert self.state.ledger == ledger
+        if old.status is not RunStatus.TOOLS:
+            assert self.state.ledger == old.ledger
+            return
+        # Never half-recorded: a finished call's result is in the transcript and the call
+        # committed; one in doubt stays started, marked in doubt, with no result.
+        calls = {c.call_id: c for c in self.state.ledger}
+        answered = {i.call_id for i in self.state.items if isinstance(i, ToolResultItem)}
+        for result in results:
+            assert calls[result.call_id].status == "committed"
+            assert result.call_id in answered
+        for call_id in doubt:
+            assert (calls[call_id].status, calls[call_id].reason) == ("started", "in_doubt")
+            assert call_id not in answered
+
+    def pause(self, data: st.DataObject) -> None:
+        old = self.state
+        self.apply(Paused(reason="lunch"))
+        assert self.status is RunStatus.PAUSED
+        assert self.outcome == Interruption(requests=(), paused=True)
+        assert self.state.items == old.items
+        assert self.state.ledger == old.ledger
+
+    def resume_paused(self, data: st.DataObject) -> None:
+        old = self.state
+        self.apply(Resumed())
+        assert self.status is RunStatus.RUNNING
+        assert self.outcome == RunAgain(agent=old.current_agent)
+        assert self.state.items == old.items
 
     def inject(self, data: st.DataObject) -> None:
         text = f"injected {len(self.injected)} in run {self.runs}"
@@ -791,6 +835,9 @@ class EngineMachine(RuleBasedStateMachine):
         if old.status is RunStatus.RUNNING:
             assert self.state.items[-1] == UserMessage(content=text)
             assert self.outcome == RunAgain(agent=old.current_agent)
+        elif old.status is RunStatus.PAUSED:
+            assert self.state.items[-1] == UserMessage(content=text)
+            assert self.outcome == Interruption(requests=(), paused=True)
         else:
             assert self.state.items == old.items
             assert self.state.staged[-1] == UserMessage(content=text)
@@ -807,6 +854,8 @@ class EngineMachine(RuleBasedStateMachine):
             ApprovalsDecided: ApprovalsDecided(),
             Cancelled: Cancelled(),
             Injected: Injected(items=(UserMessage(content="late"),)),
+            Paused: Paused(),
+            Resumed: Resumed(),
         }[kind]
         before = self.state
         text = before.to_json()

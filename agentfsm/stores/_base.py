@@ -137,7 +137,18 @@ class InputMessage(Message, frozen=True, tag="input"):
     items: tuple[Item, ...]
 
 
-InboxMessage = DecisionMessage | CancelMessage | InputMessage
+class PauseMessage(Message, frozen=True, tag="pause"):
+    reason: str
+
+
+class UnpauseMessage(Message, frozen=True, tag="unpause"):
+    pass
+
+
+InboxMessage = DecisionMessage | CancelMessage | InputMessage | PauseMessage | UnpauseMessage
+
+#: The statuses of a run that stands still until something is posted to it.
+STILL = ("interrupted", "paused")
 
 
 class Inbox(msgspec.Struct, frozen=True):
@@ -186,10 +197,10 @@ def status_value(status: RunStatus | str) -> str:
 
 
 def is_runnable(state: RunState, inbox: int) -> bool:
-    """Whether a worker should pick the run up: it is mid-run, or paused with messages."""
+    """Whether a worker should pick the run up: it is mid-run, or still with messages."""
     if state.status in (RunStatus.NEW, RunStatus.RUNNING, RunStatus.TOOLS):
         return True
-    return state.status is RunStatus.INTERRUPTED and inbox > 0
+    return state.status.value in STILL and inbox > 0
 
 
 def summary_of(state: RunState, updated_at: float) -> RunSummary:
@@ -412,6 +423,18 @@ class Store(abc.ABC):
         """Stage input for a stored run; the model sees it at its next turn."""
         check_json_data(text, "input")
         await self.post(run_id, InputMessage(items=(UserMessage(content=text),)))
+
+    async def pause(self, run_id: str, reason: str = "paused") -> None:
+        """Ask for a stored run to pause at its next safe point (between turns; never while
+        its tools run). A run waiting for decisions is stopped already: the request lapses
+        if it is still waiting when a worker reads it. ``unpause`` lets workers go on."""
+        check_json_data(reason, "the reason", ConfigurationError)
+        await self.post(run_id, PauseMessage(reason=reason))
+
+    async def unpause(self, run_id: str) -> None:
+        """Let workers go on with a paused run (``Runner.resume`` goes on with it at once,
+        here)."""
+        await self.post(run_id, UnpauseMessage())
 
     def _decision_time(self) -> float:
         """When a decision is posted: the store's clock if it has one (tests pass one)."""

@@ -15,6 +15,7 @@ from .._machine import RunStatus
 from .._outcomes import Starter
 from .._state import RunState
 from ._base import (
+    STILL,
     Admission,
     Inbox,
     Inboxes,
@@ -186,7 +187,7 @@ class MemoryStore(Store):
             if not admit(rebuild(run.head, []), [m for m in inbox if m is not None]):
                 return False
         run.inbox[next(self._ids)] = encode_message(message)
-        run.runnable = run.runnable or run.summary.status == RunStatus.INTERRUPTED.value
+        run.runnable = run.runnable or run.summary.status in STILL
         return True
 
     async def inbox(self, run_id: str) -> Inbox:

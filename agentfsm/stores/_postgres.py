@@ -39,6 +39,7 @@ from .._machine import RunStatus
 from .._outcomes import Starter
 from .._state import RunState
 from ._base import (
+    STILL,
     Admission,
     Inbox,
     Inboxes,
@@ -210,7 +211,7 @@ UPDATE {s}.runs AS r SET
     status = %(status)s, version = %(version)s, current_agent = %(current_agent)s,
     turn = %(turn)s, waiting = %(waiting)s, head = %(head)s, n_items = %(n_items)s,
     schema_version = %(schema_version)s, inbox = r.inbox - a.n,
-    runnable = (%(live)s OR (%(interrupted)s AND r.inbox - a.n > 0)),
+    runnable = (%(live)s OR (%(still)s AND r.inbox - a.n > 0)),
     updated_at = %(now)s::float8, failures = 0, parked = NULL
 FROM (SELECT count(*)::integer AS n FROM acked) AS a
 WHERE r.run_id = %(run_id)s
@@ -237,7 +238,8 @@ _POST = """
 WITH added AS (
     INSERT INTO {s}.run_inbox (run_id, message) VALUES (%(run_id)s, %(message)s)
 )
-UPDATE {s}.runs SET inbox = inbox + 1, runnable = (runnable OR status = 'interrupted')
+UPDATE {s}.runs SET inbox = inbox + 1,
+    runnable = (runnable OR status IN ('interrupted', 'paused'))
 WHERE run_id = %(run_id)s
 """
 
@@ -782,7 +784,7 @@ class PostgresStore(Store):
                     "n_items": start + len(items),
                     "schema_version": state.schema_version,
                     "live": summary.status in _LIVE,
-                    "interrupted": summary.status == RunStatus.INTERRUPTED.value,
+                    "still": summary.status in STILL,
                     "now": now,
                 },
             )

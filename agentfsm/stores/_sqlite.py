@@ -388,7 +388,8 @@ class SQLiteStore(Store):
             db.execute(
                 "UPDATE runs SET status = ?, version = ?, current_agent = ?, turn = ?,"
                 " waiting = ?, head = ?, n_items = ?, schema_version = ?, inbox = inbox - ?,"
-                " runnable = (? OR (? = 'interrupted' AND inbox - ? > 0)), updated_at = ?,"
+                " runnable = (? OR (? IN ('interrupted', 'paused') AND inbox - ? > 0)),"
+                " updated_at = ?,"
                 " failures = 0, parked = NULL WHERE run_id = ?",
                 (
                     summary.status,
@@ -532,7 +533,8 @@ class SQLiteStore(Store):
             )
             db.execute(
                 "UPDATE runs SET inbox = inbox + 1,"
-                " runnable = (runnable OR status = 'interrupted') WHERE run_id = ?",
+                " runnable = (runnable OR status IN ('interrupted', 'paused'))"
+                " WHERE run_id = ?",
                 (run_id,),
             )
         return True

@@ -1,0 +1,280 @@
+"""The run's event stream: what happens in a run, in order, as typed values.
+
+Every consumer of a live run (streaming to a caller, lifecycle hooks, tracing, the CLI's
+progress output, watching a run from another process) reads this one sequence.
+
+Two kinds of events share it:
+
+* **Durable** events follow from the saved states alone: the items a step added, the calls
+  that started waiting, the decisions applied, the agent and status changes, the save
+  itself, the end. ``durable_events(previous, state)`` computes them, purely, so every
+  process that sees the same two states derives the same events at the same positions.
+* **Live** events exist only in the process driving the run: the model's text and argument
+  deltas, model calls and tool bodies starting and finishing.
+
+Each event has a ``position``, unique and increasing over the run's whole life: the state
+version the event belongs to, an epoch, and a sequence number. Durable events of version v
+are ``(v, 0, i)``. Live events emitted while the run goes from version v to v+1 are
+``(v, epoch, j)``, where the epoch is the fencing token of the lease the driving process
+holds (1 without a store); a process that takes a run over after a crash holds a higher
+token, so its events follow the dead process's, and none collide. A consumer that reconnects
+or sees a retry keeps order and drops duplicates by comparing positions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import msgspec
+
+from ._decisions import DecisionRecord
+from ._items import Item, Usage
+from ._outcomes import ApprovalRequest
+from ._state import RunState
+
+__all__ = [
+    "AgentChanged",
+    "ApprovalDecided",
+    "ApprovalRequested",
+    "ItemAdded",
+    "ModelCallFinished",
+    "ModelCallStarted",
+    "ModelTextDelta",
+    "ModelToolCallDelta",
+    "Position",
+    "RunEvent",
+    "RunFinished",
+    "RunStarted",
+    "StateSaved",
+    "StatusChanged",
+    "ToolFinished",
+    "ToolStarted",
+    "durable_events",
+]
+
+
+class Position(NamedTuple):
+    """Where an event stands in its run: compare positions to order events and drop
+    duplicates. ``str(position)`` (``"12.0.3"``) is the form for an SSE ``id``;
+    ``Position.parse`` reads it back."""
+
+    version: int
+    epoch: int
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.version}.{self.epoch}.{self.seq}"
+
+    @classmethod
+    def parse(cls, text: str) -> Position:
+        """The position ``str(position)`` wrote; ValueError for anything else."""
+        parts = text.split(".")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"not an event position: {text[:40]!r}")
+        return cls(int(parts[0]), int(parts[1]), int(parts[2]))
+
+
+class _RunEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    run_id: str
+    position: Position
+
+
+# -- live events ---------------------------------------------------------------------------
+
+
+class RunStarted(_RunEvent, frozen=True, tag="run_started"):
+    """A process starts driving the run: a new run (``version`` 0), or one resumed here."""
+
+    agent: str
+    status: str
+    version: int
+
+
+class ModelCallStarted(_RunEvent, frozen=True, tag="model_call_started"):
+    """The driver asks ``agent``'s model (``model``: its name, or its class) for a turn."""
+
+    agent: str
+    model: str
+    turn: int
+
+
+class ModelTextDelta(_RunEvent, frozen=True, tag="model_text_delta"):
+    """The next piece of the model's text, as it arrives."""
+
+    agent: str
+    text: str
+
+
+class ModelToolCallDelta(_RunEvent, frozen=True, tag="model_tool_call_delta"):
+    """The next piece of a tool call's JSON arguments (``name`` is set on its first)."""
+
+    agent: str
+    call_id: str
+    name: str | None
+    arguments: str
+
+
+class ModelCallFinished(_RunEvent, frozen=True, tag="model_call_finished"):
+    """The model answered (``usage`` of this answer), or failed (``error``)."""
+
+    agent: str
+    model: str
+    usage: Usage | None = None
+    error: str | None = None
+
+
+class ToolStarted(_RunEvent, frozen=True, tag="tool_started"):
+    """A tool body starts."""
+
+    agent: str
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+
+
+class ToolFinished(_RunEvent, frozen=True, tag="tool_finished"):
+    """A tool body ended: its result (``is_error`` when it raised or timed out), or
+    ``in_doubt`` when it was given up while it may still take effect."""
+
+    agent: str
+    call_id: str
+    tool: str
+    output: str | None
+    is_error: bool = False
+    in_doubt: bool = False
+
+
+# -- durable events ------------------------------------------------------------------------
+
+
+class ItemAdded(_RunEvent, frozen=True, tag="item_added"):
+    """An item joined the transcript: input, a message, a tool call or result, a handoff."""
+
+    item: Item
+
+
+class ApprovalRequested(_RunEvent, frozen=True, tag="approval_requested"):
+    """A call waits for a decision (``request.reason`` says whether it is in doubt)."""
+
+    request: ApprovalRequest
+
+
+class ApprovalDecided(_RunEvent, frozen=True, tag="approval_decided"):
+    """A decision was applied, refused or expired (``record.decision.expired``)."""
+
+    record: DecisionRecord
+
+
+class AgentChanged(_RunEvent, frozen=True, tag="agent_changed"):
+    """The run handed off from ``source`` to ``target``."""
+
+    source: str
+    target: str
+
+
+class StatusChanged(_RunEvent, frozen=True, tag="status_changed"):
+    """The run's status changed; ``reason`` says why when it stopped (an error, a
+    cancellation, calls waiting)."""
+
+    previous: str
+    status: str
+    reason: str | None = None
+
+
+class StateSaved(_RunEvent, frozen=True, tag="state_saved"):
+    """A step is done, and saved with a store: the run is at ``version``."""
+
+    version: int
+    status: str
+
+
+class RunFinished(_RunEvent, frozen=True, tag="run_finished"):
+    """The run is over: ``completed`` with its output, ``failed`` or ``cancelled``."""
+
+    status: str
+    output: Any = None
+    error: str | None = None
+
+
+#: Every event of a run's stream.
+RunEvent = (
+    RunStarted
+    | ModelCallStarted
+    | ModelTextDelta
+    | ModelToolCallDelta
+    | ModelCallFinished
+    | ToolStarted
+    | ToolFinished
+    | ItemAdded
+    | ApprovalRequested
+    | ApprovalDecided
+    | AgentChanged
+    | StatusChanged
+    | StateSaved
+    | RunFinished
+)
+
+
+def durable_events(previous: RunState, state: RunState) -> list[RunEvent]:
+    """The durable events of the step from ``previous`` to ``state`` (two RunStates of one
+    run, ``state`` the next version), at their positions. Pure."""
+    run_id, version = state.run_id, state.version
+    events: list[RunEvent] = []
+
+    def at() -> Position:
+        return Position(version, 0, len(events))
+
+    if previous.version == 0:
+        events += [ItemAdded(run_id=run_id, position=at(), item=i) for i in state.input]
+    for item in state.items[len(previous.items) :]:
+        events.append(ItemAdded(run_id=run_id, position=at(), item=item))
+    for record in state.audit[len(previous.audit) :]:
+        events.append(ApprovalDecided(run_id=run_id, position=at(), record=record))
+    waited = {(r.call_id, r.digest) for r in previous.interruptions}
+    for request in state.interruptions:
+        if (request.call_id, request.digest) not in waited:
+            events.append(ApprovalRequested(run_id=run_id, position=at(), request=request))
+    if state.current_agent != previous.current_agent:
+        events.append(
+            AgentChanged(
+                run_id=run_id,
+                position=at(),
+                source=previous.current_agent,
+                target=state.current_agent,
+            )
+        )
+    if state.status is not previous.status:
+        events.append(
+            StatusChanged(
+                run_id=run_id,
+                position=at(),
+                previous=previous.status.value,
+                status=state.status.value,
+                reason=_reason(state),
+            )
+        )
+    events.append(
+        StateSaved(run_id=run_id, position=at(), version=version, status=state.status.value)
+    )
+    if state.status.is_terminal and not previous.status.is_terminal:
+        events.append(
+            RunFinished(
+                run_id=run_id,
+                position=at(),
+                status=state.status.value,
+                output=state.final_output,
+                error=None if state.error is None else state.error.message,
+            )
+        )
+    return events
+
+
+def _reason(state: RunState) -> str | None:
+    if state.error is not None:
+        return str(state.error.message)
+    waiting = state.interruptions
+    if waiting:
+        doubt = sum(r.reason == "in_doubt" for r in waiting)
+        text = f"{len(waiting)} call(s) wait for a decision"
+        return text + (f", {doubt} of them in doubt" if doubt else "")
+    return None

@@ -1,0 +1,292 @@
+"""Tool execution: the calls of a turn run at once, each reported as a result or in doubt;
+the calls a process that died had started; a cancellation in the middle of them. Part of
+the driver."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import msgspec
+import pydantic_core
+
+from ._agents import AgentSet
+from ._errors import AgentFSMError, ToolError
+from ._events import ToolOutput, ToolsFinished
+from ._outcomes import Invocation, Starter, ToolCall
+from ._run_events import ToolFinished, ToolStarted
+from ._session import Session
+from ._state import RunState
+from ._step import ToolErrors, pending_outcome
+from ._stream import Control, Emitter
+from ._tools import ToolContext
+
+__all__ = ["ToolRunner", "ToolsCancelled", "as_text", "carrying", "copy_json"]
+
+log = logging.getLogger("agentfsm")
+
+#: How long a cancelled async tool may take to stop before it is given up in doubt.
+CANCEL_GRACE = 1.0
+
+
+class ToolsCancelled(Exception):
+    """The run was cancelled while its tools ran: ``report`` has the results of the calls
+    that finished, and the others in doubt."""
+
+    def __init__(self, report: ToolsFinished) -> None:
+        super().__init__("tools cancelled")
+        self.report = report
+
+
+class ToolRunner:
+    """Runs a turn's tool calls for a runner: ``tool_errors`` says whether a tool that
+    raises is a result the model sees ("feed") or a ToolError ("raise"); ``owner`` names
+    the worker in the calls it leaves in doubt."""
+
+    def __init__(self, *, tool_errors: ToolErrors, owner: str) -> None:
+        self.tool_errors: ToolErrors = tool_errors
+        self.owner = owner
+
+    async def recover(
+        self,
+        agents: AgentSet,
+        state: RunState,
+        session: Session | None,
+        emitter: Emitter | None,
+        control: Control | None,
+    ) -> ToolsFinished:
+        """A state loaded while its tools were running: the process that ran them is gone.
+        Re-run the idempotent calls; the others are in doubt and go to a human, with the
+        worker that started them when the lease it held was taken over."""
+        outcome = pending_outcome(state)
+        assert isinstance(outcome, ToolCall)
+        again = [c for c in outcome.calls if agents.require_tool(c.agent, c.tool).idempotent]
+        doubt = tuple(c.call_id for c in outcome.calls if c not in again)
+        starter = None if session is None else session.lease.taken_from
+        started_by = dict.fromkeys(doubt, starter) if starter is not None else {}
+
+        def with_doubt(ran: ToolsFinished) -> ToolsFinished:
+            return ToolsFinished(
+                results=ran.results,
+                in_doubt=(*ran.in_doubt, *doubt),
+                started_by={**ran.started_by, **started_by},
+            )
+
+        try:
+            ran = await self.run(agents, state, again, session, emitter, control) if again else None
+        except ToolsCancelled as cancelled:
+            raise ToolsCancelled(with_doubt(cancelled.report)) from None
+        return with_doubt(ran or ToolsFinished())
+
+    async def run(
+        self,
+        agents: AgentSet,
+        state: RunState,
+        calls: Sequence[Invocation],
+        session: Session | None,
+        emitter: Emitter | None,
+        control: Control | None,
+    ) -> ToolsFinished:
+        """Run ``calls`` at once. A call whose body may still be running when it is given
+        up (a sync tool past its timeout: its thread cannot be stopped) is reported in
+        doubt, never as not done. When the run is cancelled (``control``), it stops the
+        calls, calls their ``on_cancel`` hooks, and raises ToolsCancelled with what
+        finished."""
+        if session is not None:
+            # A worker that may have lost its lease starts no tool body: another may have
+            # taken the run over, and would find the call in doubt.
+            session.require_lease(calls)
+        finished: dict[str, ToolOutput | None] = {}
+        tasks: list[asyncio.Future[None]] = []
+        try:
+            if len(calls) == 1 and emitter is None:
+                # The common case, without a task per call.
+                call = calls[0]
+                finished[call.call_id] = await self._one(agents, state, call, session, None)
+            else:
+                tasks = [
+                    asyncio.ensure_future(self._into(finished, agents, state, c, session, emitter))
+                    for c in calls
+                ]
+                await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            if control is None or control.cancel_reason is None:
+                raise
+            report = await self._stopped(agents, calls, finished, tasks, emitter)
+            raise ToolsCancelled(report) from None
+        return self._report(calls, finished, session)
+
+    def _report(
+        self,
+        calls: Sequence[Invocation],
+        finished: dict[str, ToolOutput | None],
+        session: Session | None,
+    ) -> ToolsFinished:
+        doubt = tuple(c.call_id for c in calls if finished.get(c.call_id) is None)
+        # This worker started them, and their bodies may still be running in it.
+        until = None if session is None else session.lease.expires_at
+        me = Starter(worker=self.owner, lease_until=until)
+        return ToolsFinished(
+            results=tuple(o for c in calls if (o := finished.get(c.call_id)) is not None),
+            in_doubt=doubt,
+            started_by=dict.fromkeys(doubt, me),
+        )
+
+    async def _stopped(
+        self,
+        agents: AgentSet,
+        calls: Sequence[Invocation],
+        finished: dict[str, ToolOutput | None],
+        tasks: Sequence[asyncio.Future[None]],
+        emitter: Emitter | None,
+    ) -> ToolsFinished:
+        """The calls were cancelled: stop the ones still running, let their tools know,
+        and report; what did not finish is in doubt."""
+        for task in tasks:
+            task.cancel()
+        running = [c for c in calls if c.call_id not in finished]
+        for call in running:
+            await _on_cancel(agents, call)
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_GRACE)
+        for call in running:
+            if emitter is not None and call.call_id not in finished:
+                await emitter.live(
+                    ToolFinished,
+                    agent=call.agent,
+                    call_id=call.call_id,
+                    tool=call.tool,
+                    output=None,
+                    in_doubt=True,
+                )
+        return self._report(calls, finished, None)
+
+    async def _into(
+        self,
+        finished: dict[str, ToolOutput | None],
+        agents: AgentSet,
+        state: RunState,
+        call: Invocation,
+        session: Session | None,
+        emitter: Emitter | None,
+    ) -> None:
+        finished[call.call_id] = await self._one(agents, state, call, session, emitter)
+
+    async def _one(
+        self,
+        agents: AgentSet,
+        state: RunState,
+        call: Invocation,
+        session: Session | None,
+        emitter: Emitter | None,
+    ) -> ToolOutput | None:
+        """The call's result, or None when it is in doubt."""
+        if emitter is not None:
+            await emitter.live(
+                ToolStarted,
+                agent=call.agent,
+                call_id=call.call_id,
+                tool=call.tool,
+                arguments=call.arguments,
+            )
+        output = await self._body(agents, state, call, session)
+        if emitter is not None:
+            await emitter.live(
+                ToolFinished,
+                agent=call.agent,
+                call_id=call.call_id,
+                tool=call.tool,
+                output=None if output is None else output.output,
+                is_error=output is not None and output.is_error,
+                in_doubt=output is None,
+            )
+        return output
+
+    async def _body(
+        self, agents: AgentSet, state: RunState, call: Invocation, session: Session | None
+    ) -> ToolOutput | None:
+        tool = agents.require_tool(call.agent, call.tool)
+        context = None
+        if tool.context_param is not None:
+            context = ToolContext(
+                run_id=state.run_id,
+                call_id=call.call_id,
+                tool=call.tool,
+                agent=call.agent,
+                idempotency_key=call.idempotency_key,
+                context=copy_json(state.context),
+                fencing_token=None if session is None else session.lease.token,
+            )
+        deadline = None if tool.timeout is None else asyncio.timeout(tool.timeout)
+        try:
+            args, kwargs = tool.bind(copy_json(call.arguments), context)
+            async with deadline or contextlib.nullcontext():
+                if tool.is_async:
+                    value = await tool.fn(*args, **kwargs)
+                elif tool.inline:
+                    value = tool.fn(*args, **kwargs)
+                else:
+                    value = await asyncio.to_thread(tool.fn, *args, **kwargs)
+            return ToolOutput(call_id=call.call_id, output=as_text(value))
+        except Exception as exc:
+            cause: BaseException = exc
+            if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
+                if not tool.is_async:
+                    log.warning(
+                        "tool %r (call %s of run %s) timed out after %s seconds; its thread "
+                        "cannot be stopped, so the call is in doubt",
+                        call.tool,
+                        call.call_id,
+                        state.run_id,
+                        tool.timeout,
+                    )
+                    return None
+                message = (
+                    f"Error: tool {call.tool!r} timed out after {tool.timeout} seconds and was "
+                    "stopped; it may have taken effect before it stopped."
+                )
+            else:
+                message = f"Error: tool {call.tool!r} raised {type(exc).__name__}: {exc}"
+        if self.tool_errors == "raise":
+            raise carrying(ToolError(message.removeprefix("Error: ")), state) from cause
+        return ToolOutput(call_id=call.call_id, output=message, is_error=True)
+
+
+async def _on_cancel(agents: AgentSet, call: Invocation) -> None:
+    """Tell a cancelled call's tool, if it asked to know (its ``on_cancel`` hook)."""
+    hook = agents.require_tool(call.agent, call.tool).on_cancel
+    if hook is None:
+        return
+    try:
+        done = hook(call)
+        if inspect.isawaitable(done):
+            await asyncio.wait_for(done, CANCEL_GRACE)
+    except Exception:
+        log.exception("the on_cancel hook of tool %r (call %s) raised", call.tool, call.call_id)
+
+
+def copy_json(value: Any) -> Any:
+    """A copy of JSON data for the user's code (tools, approval rules, instructions): what it
+    does to the copy cannot change a state, stored or held."""
+    if isinstance(value, dict | list):
+        return msgspec.json.decode(msgspec.json.encode(value))
+    return value
+
+
+def as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return pydantic_core.to_json(value).decode()
+
+
+_E = TypeVar("_E", bound=AgentFSMError)
+
+
+def carrying(error: _E, state: RunState) -> _E:
+    """``error``, carrying the run's last consistent state."""
+    error.state = state
+    return error
