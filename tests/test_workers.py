@@ -5,69 +5,24 @@ fork a run. Skipped when PostgreSQL does not answer."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from conftest import DSN
 
-from agentfsm import (
-    ConflictError,
-    PostgresStore,
-    Runner,
-    RunState,
-    SQLiteStore,
-    Store,
-    UnknownCallError,
-    new_run,
-)
+from agentfsm import PostgresStore, Runner, RunState, SQLiteStore, Store, new_run
 from tests.apps.mailer import agent
+from tests.fleet import decide_waiting, effects_of, one_result_per_call, store_dsn
+from tests.fleet import spawn as spawn_agentfsm
 
-ROOT = Path(__file__).resolve().parent.parent
 APP = ["--app", "tests.apps.mailer:agent"]
 
 
-def store_dsn(schema: str) -> str:
-    return f"{DSN}?agentfsm_schema={schema}"
-
-
 def spawn(args: list[str], effects: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "agentfsm", *args],
-        cwd=ROOT,
-        env={**os.environ, "MAILER_EFFECTS": str(effects)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-
-
-def effects_of(path: Path) -> list[str]:
-    return path.read_text().split() if path.exists() else []
-
-
-async def decide_waiting(store: Store, effects: Path) -> None:
-    """The human: approve what waits; for a call in doubt, approve only if it never ran."""
-    done = set(effects_of(effects))
-    for summary in await store.list(status="interrupted"):
-        state = await store.load(summary.run_id)
-        if (await store.inbox(state.run_id)).ids:
-            continue
-        for request in state.interruptions:
-            key = next(c.idempotency_key for c in state.ledger if c.call_id == request.call_id)
-            try:
-                if request.reason == "in_doubt" and key in done:
-                    await store.reject(state.run_id, request, message="Already sent.")
-                else:
-                    await store.approve(state.run_id, request)
-            except (UnknownCallError, ConflictError):
-                # A worker moved the run on since we looked: exactly what a person meets too.
-                continue
+    return spawn_agentfsm(args, {"MAILER_EFFECTS": str(effects)})
 
 
 def test_four_workers_finish_200_runs_exactly_once_though_one_is_killed(
@@ -120,18 +75,9 @@ def test_four_workers_finish_200_runs_exactly_once_though_one_is_killed(
         async with PostgresStore(DSN, schema=schema) as store:
             for n in range(200):
                 state = await store.load(f"run-{n:03}")
-                _one_result_per_call(state)
+                one_result_per_call(state)
 
     asyncio.run(check())
-
-
-def _one_result_per_call(state: RunState) -> None:
-    from agentfsm import ToolCallItem, ToolResultItem
-
-    calls = [i.call_id for i in state.items if isinstance(i, ToolCallItem)]
-    results = [i.call_id for i in state.items if isinstance(i, ToolResultItem)]
-    assert sorted(calls) == sorted(results), state.run_id
-    assert len(set(results)) == len(results), state.run_id
 
 
 @pytest.mark.parametrize("kind", ["postgres", "sqlite"])
@@ -175,7 +121,7 @@ def test_eight_processes_racing_to_resume_one_run_advance_it_once(
 
     state = asyncio.run(final())
     assert state.status.value == "completed"
-    _one_result_per_call(state)
+    one_result_per_call(state)
     # One advance from the pause: approvals, the tool, the model's answer; nothing twice.
     solo = Runner().run_sync(agent(), "mail ada", run_id="race")
     approved = solo.state.approve(solo.interruptions[0].call_id)
