@@ -2,11 +2,8 @@
 tool calls ``time.sleep(6)`` while its ``agentfsm worker`` holds a 2 s lease and a second worker
 polls the same store (a SQLite file, or PostgreSQL). The lease is renewed by something the
 user's code cannot starve (DESIGN.md, "Faults are normal"), so nobody else takes the run over,
-the tool body runs exactly once, and the run completes.
-
-Expected to fail until lease renewal moves off the event loop (to a heartbeat thread with a
-connection of its own): today the blocked loop cannot renew, the lease runs out, the second
-worker takes the run over and finds the call in doubt.
+the tool body runs exactly once, and the run completes. (The runner's heartbeat thread renews
+it, through a connection of its own.)
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ from tests.fleet import one_result_per_call, spawn, store_dsn, wait_until
 RUN = "blocker"
 
 
-@pytest.mark.xfail(reason="lease renewal runs on the event loop", strict=True)
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_a_tool_that_blocks_the_event_loop_keeps_its_lease_and_runs_once(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
