@@ -87,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "approve": _approve,
             "reject": _reject,
             "cancel": _cancel,
+            "pause": _pause,
+            "unpause": _unpause,
             "input": _input,
             "resume": _resume,
             "worker": _worker,
@@ -208,7 +210,7 @@ def _advance(
     from ._runner import Runner
 
     async def work(store: Any) -> int:
-        runner = Runner(store=store)
+        runner = Runner(store=store, hooks=[_event_printer()] if args.events else [])
         received: list[signal.Signals] = []
 
         def on_signal(sig: signal.Signals) -> None:
@@ -236,6 +238,21 @@ def _advance(
         return exit_code(result.status)
 
     return _with_store(args, work)
+
+
+def _event_printer() -> Any:
+    """``--events``: a consumer of the run's events that prints each as a JSON line."""
+    import msgspec
+
+    from ._run_events import RunEvent
+    from ._stream import RunHooks
+
+    class Printer(RunHooks):
+        async def on_event(self, event: RunEvent) -> None:
+            sys.stdout.write(msgspec.json.encode(event).decode() + "\n")
+            sys.stdout.flush()
+
+    return Printer()
 
 
 def _stop_at_once(
@@ -419,6 +436,24 @@ def _cancel(args: argparse.Namespace) -> int:
     async def work(store: Any) -> int:
         await store.cancel(args.run_id, args.reason)
         print(f"asked run {args.run_id} to cancel; it stops at its next step")
+        return 0
+
+    return _with_store(args, work)
+
+
+def _pause(args: argparse.Namespace) -> int:
+    async def work(store: Any) -> int:
+        await store.pause(args.run_id, args.reason)
+        print(f"asked run {args.run_id} to pause; it stops at its next turn")
+        return 0
+
+    return _with_store(args, work)
+
+
+def _unpause(args: argparse.Namespace) -> int:
+    async def work(store: Any) -> int:
+        await store.unpause(args.run_id)
+        print(f"run {args.run_id} may go on; a worker resumes it")
         return 0
 
     return _with_store(args, work)

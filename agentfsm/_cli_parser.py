@@ -116,6 +116,12 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     )
     max_turns = _Parser(add_help=False)
     max_turns.add_argument(
+        "--events",
+        action="store_true",
+        help="print the run's events as they happen, one JSON document a line "
+        "(schemas/run_event.schema.json), before where it stopped",
+    )
+    max_turns.add_argument(
         "--max-turns",
         type=_whole(0),
         metavar="N",
@@ -377,6 +383,31 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         help="why, kept as the run's error (default: %(default)s)",
     )
     cancel.set_defaults(handler=handlers["cancel"])
+
+    pause = command(
+        commands,
+        "pause",
+        "pause a run",
+        "Ask a run to pause. The request goes to the run's inbox; the run stops, as paused, "
+        "at its next turn (never while its tools run). A run waiting for decisions is "
+        "stopped already: the request lapses. 'agentfsm unpause' lets workers go on; "
+        "'agentfsm resume' goes on here.",
+        store,
+    )
+    pause.add_argument("run_id", type=_text, help="the run to pause")
+    pause.add_argument("--reason", type=_text, default="paused", help="why (default: %(default)s)")
+    pause.set_defaults(handler=handlers["pause"])
+
+    unpause = command(
+        commands,
+        "unpause",
+        "let workers go on with a paused run",
+        "Let workers go on with a paused run: the request goes to the run's inbox, and the "
+        "next worker to take the run up resumes it.",
+        store,
+    )
+    unpause.add_argument("run_id", type=_text, help="the paused run")
+    unpause.set_defaults(handler=handlers["unpause"])
 
     staged = command(
         commands,

@@ -228,12 +228,15 @@ def durable_events(previous: RunState, state: RunState) -> list[RunEvent]:
         events += [ItemAdded(run_id=run_id, position=at(), item=i) for i in state.input]
     for item in state.items[len(previous.items) :]:
         events.append(ItemAdded(run_id=run_id, position=at(), item=item))
-    for record in state.audit[len(previous.audit) :]:
-        events.append(ApprovalDecided(run_id=run_id, position=at(), record=record))
-    waited = {(r.call_id, r.digest) for r in previous.interruptions}
-    for request in state.interruptions:
-        if (request.call_id, request.digest) not in waited:
-            events.append(ApprovalRequested(run_id=run_id, position=at(), request=request))
+    if len(state.audit) > len(previous.audit):
+        for record in state.audit[len(previous.audit) :]:
+            events.append(ApprovalDecided(run_id=run_id, position=at(), record=record))
+    waiting = state.interruptions if state.ledger else []
+    if waiting:
+        waited = {(r.call_id, r.digest) for r in previous.interruptions}
+        for request in waiting:
+            if (request.call_id, request.digest) not in waited:
+                events.append(ApprovalRequested(run_id=run_id, position=at(), request=request))
     if state.current_agent != previous.current_agent:
         events.append(
             AgentChanged(
@@ -250,7 +253,7 @@ def durable_events(previous: RunState, state: RunState) -> list[RunEvent]:
                 position=at(),
                 previous=previous.status.value,
                 status=state.status.value,
-                reason=_reason(state),
+                reason=_reason(state, waiting),
             )
         )
     events.append(
@@ -269,10 +272,9 @@ def durable_events(previous: RunState, state: RunState) -> list[RunEvent]:
     return events
 
 
-def _reason(state: RunState) -> str | None:
+def _reason(state: RunState, waiting: list[ApprovalRequest]) -> str | None:
     if state.error is not None:
         return str(state.error.message)
-    waiting = state.interruptions
     if waiting:
         doubt = sum(r.reason == "in_doubt" for r in waiting)
         text = f"{len(waiting)} call(s) wait for a decision"

@@ -121,19 +121,19 @@ class Session:
                 (*unreadable, *(i for i, _ in decisions)),
                 seen,
             )
-        pauses = [(i, m) for i, m in mail if isinstance(m, PauseMessage)]
-        unpauses = tuple(i for i, m in mail if isinstance(m, UnpauseMessage))
-        if pauses and state.status is RunStatus.RUNNING:
-            taken = (*unreadable, *(i for i, _ in pauses), *unpauses)
-            return Paused(reason=pauses[-1][1].reason), taken, seen
-        if unpauses and state.status is RunStatus.PAUSED:
-            return Resumed(), (*unreadable, *(i for i, _ in pauses), *unpauses), seen
+        # Pauses and unpauses: the last one posted says what is wanted; all go together.
+        toggles = [(i, m) for i, m in mail if isinstance(m, PauseMessage | UnpauseMessage)]
+        taken = (*unreadable, *(i for i, _ in toggles))
+        last = toggles[-1][1] if toggles else None
+        if isinstance(last, PauseMessage) and state.status is RunStatus.RUNNING:
+            return Paused(reason=last.reason), taken, seen
+        if isinstance(last, UnpauseMessage) and state.status is RunStatus.PAUSED:
+            return Resumed(), taken, seen
         # What no longer applies (a pause of a run that stopped meanwhile, an unpause of one
         # that is not paused) and what cannot be read go with a step that only acknowledges
         # them, so that they do not keep the run runnable.
-        moot = (*unreadable, *(i for i, _ in pauses), *unpauses)
-        if moot:
-            return Injected(items=()), moot, seen
+        if taken:
+            return Injected(items=()), taken, seen
         return None, (), None
 
 

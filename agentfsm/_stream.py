@@ -161,14 +161,16 @@ class Emitter:
             raise self.failed
 
     async def _deliver(self, event: RunEvent) -> None:
-        targets: list[Listener] = list(self._listeners)
-        hooks = self._agent_hooks.get(_agent_of(event, self.agent))
-        if hooks is not None:
-            targets.append(hooks.on_event)
-        if isinstance(event, AgentChanged):
-            hooks = self._agent_hooks.get(event.target)
+        targets: Sequence[Listener] = self._listeners
+        if self._agent_hooks:
+            targets = list(targets)
+            hooks = self._agent_hooks.get(_agent_of(event, self.agent))
             if hooks is not None:
                 targets.append(hooks.on_event)
+            if isinstance(event, AgentChanged):
+                hooks = self._agent_hooks.get(event.target)
+                if hooks is not None:
+                    targets.append(hooks.on_event)
         for listener in targets:
             if self.failed is not None:
                 return

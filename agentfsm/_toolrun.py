@@ -103,10 +103,10 @@ class ToolRunner:
         finished: dict[str, ToolOutput | None] = {}
         tasks: list[asyncio.Future[None]] = []
         try:
-            if len(calls) == 1 and emitter is None:
+            if len(calls) == 1:
                 # The common case, without a task per call.
                 call = calls[0]
-                finished[call.call_id] = await self._one(agents, state, call, session, None)
+                finished[call.call_id] = await self._one(agents, state, call, session, emitter)
             else:
                 tasks = [
                     asyncio.ensure_future(self._into(finished, agents, state, c, session, emitter))

@@ -445,6 +445,46 @@ def reference(report: Report) -> None:
     )
 
 
+# -- 5. the event stream ---------------------------------------------------------------------
+
+
+def streamed_per_turn(turns: int = 100) -> tuple[dict[int, Timing], int]:
+    """``Runner().run_streamed`` of whole runs with a consumer reading every event, per
+    turn; and how many events a run of ``turns`` turns yields."""
+    runner = Runner()
+    counted: list[int] = []
+
+    async def run_once(n: int) -> int:
+        agent = Agent(name="bench", model=script(n), tools=[noop_async])
+        start = time.perf_counter_ns()
+        handle = runner.run_streamed(agent, "go", max_turns=n, run_id="bench")
+        events = 0
+        async for _ in handle.events():
+            events += 1
+        result = await handle.result()
+        elapsed = time.perf_counter_ns() - start
+        assert result.status == "completed", result.error
+        counted.append(events)
+        return elapsed
+
+    return per_turn_async(run_once, (turns,)), counted[-1]
+
+
+def stream(report: Report) -> None:
+    quiet = runner_per_turn(noop_async, lengths=(100,))[100]
+    loud, events = streamed_per_turn(100)
+    per_event = (loud[100].median - quiet.median) * 100 / events
+    best_per_event = (loud[100].best - quiet.best) * 100 / events
+    rows = [
+        Row("Runner.run, no consumer, per turn", us(quiet.median), us(quiet.best)),
+        Row("run_streamed, every event read, per turn", us(loud[100].median), us(loud[100].best)),
+        Row(
+            f"added per event ({events / 100:.1f} events a turn)", us(per_event), us(best_per_event)
+        ),
+    ]
+    report.section("5. The event stream (100-turn runs, async tool)", rows)
+
+
 def main() -> int:
     started = time.perf_counter()
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("msgspec", "pydantic"))
@@ -459,6 +499,7 @@ def main() -> int:
     codec(report)
     approval(report)
     reference(report)
+    stream(report)
     elapsed = time.perf_counter() - started
     if report.misses:
         print(f"\n{len(report.misses)} goal(s) missed: {'; '.join(report.misses)}")

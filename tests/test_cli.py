@@ -4,6 +4,7 @@ file."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import itertools
 import json
@@ -615,3 +616,33 @@ def test_runs_show_lists_a_cancellation_posted_and_not_applied(tmp_path: Path) -
     assert "posted, not applied yet:\n  cancel: not needed" in shown.stdout
     document = one_document(cli(tmp_path, "runs", "show", "k1", "--json"), RunDocument)
     assert document.cancelling == "not needed"
+
+
+def test_run_prints_its_events_as_json_lines_with_events(tmp_path: Path) -> None:
+    done = cli(tmp_path, "run", *APP, "mail ada", "--run-id", "ev1", "--events", "--json")
+    assert done.returncode == ExitCode.INTERRUPTED, done.stderr
+    *lines, last = done.stdout.splitlines()
+    events = [msgspec.json.decode(line, type=agentfsm.RunEvent) for line in lines]
+    assert isinstance(events[0], agentfsm.RunStarted)
+    assert any(isinstance(e, agentfsm.ApprovalRequested) for e in events)
+    assert [e.position for e in events] == sorted(e.position for e in events)
+    assert json.loads(last)["status"] == "interrupted"
+
+
+def test_pause_and_unpause_steer_a_run_that_workers_drive(tmp_path: Path) -> None:
+    from agentfsm import SQLiteStore, new_run
+    from tests.apps.mailer import agent
+
+    store = SQLiteStore(tmp_path / "runs.db")
+    asyncio.run(store.create(new_run(agent(), "mail ada", run_id="pw")))
+    asyncio.run(store.close())
+    paused = cli(tmp_path, "pause", "pw", "--reason", "audit")
+    assert paused.returncode == 0, paused.stderr
+    assert "asked run pw to pause" in paused.stdout
+    assert cli(tmp_path, "worker", *APP, "--until-idle").returncode == 0
+    assert "paused" in cli(tmp_path, "runs", "list", "--status", "paused").stdout
+    assert cli(tmp_path, "unpause", "pw").returncode == 0
+    assert cli(tmp_path, "worker", *APP, "--until-idle").returncode == 0
+    shown = cli(tmp_path, "runs", "show", "pw").stdout
+    assert "status:  interrupted" in shown  # it went on, to the approval the mailer needs
+    assert cli(tmp_path, "pause", "nope").returncode == ExitCode.ERROR

@@ -572,3 +572,23 @@ def test_events_of_a_waiting_run_say_what_it_waits_for() -> None:
 def test_run_streamed_needs_a_running_loop() -> None:
     with pytest.raises(agentfsm.ConfigurationError, match="running event loop"):
         Runner().run_streamed(adder(say("x")), "go")
+
+
+def test_the_last_of_a_pause_and_an_unpause_wins() -> None:
+    store = MemoryStore()
+    agent = adder(call("add", a=1, b=2), say("3"))
+
+    async def main() -> None:
+        await store.create(agentfsm.new_run(agent, "go", run_id="t1"))
+        await store.pause("t1")
+        await store.unpause("t1")  # changed their mind before any worker saw it
+        assert await Runner(store=store).work(agent, until_idle=True) == 1
+        assert (await store.load("t1")).status is RunStatus.COMPLETED
+        await store.create(agentfsm.new_run(agent, "go", run_id="t2"))
+        await store.unpause("t2")
+        await store.pause("t2", "for real")
+        assert await Runner(store=store).work(agent, until_idle=True) == 1
+        assert (await store.load("t2")).status is RunStatus.PAUSED
+        assert (await store.inbox("t2")).ids == ()
+
+    asyncio.run(main())
