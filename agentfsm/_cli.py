@@ -50,6 +50,8 @@ class ExitCode(enum.IntEnum):
     FAILED = 4
     #: The run was cancelled.
     CANCELLED = 5
+    #: The run was paused (``agentfsm pause``); ``unpause`` or ``resume`` goes on.
+    PAUSED = 6
     #: Stopped by Ctrl-C (128 + SIGINT, as shells report it). ``run`` and ``resume`` stop the
     #: run after its current step, saved, and say how to continue it.
     KEYBOARD_INTERRUPT = 130
@@ -65,6 +67,7 @@ _BY_STATUS = {
     "interrupted": ExitCode.INTERRUPTED,
     "failed": ExitCode.FAILED,
     "cancelled": ExitCode.CANCELLED,
+    "paused": ExitCode.PAUSED,
 }
 
 

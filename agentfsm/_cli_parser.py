@@ -177,8 +177,9 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         "start a run",
         "Start a run of the app's agent on a user message, store it, and advance it until it "
         "completes, fails or waits for a decision; then print where it stopped. The exit "
-        "status says which: 0 completed, 3 waiting, 4 failed, 5 cancelled. Ctrl-C or SIGTERM "
-        "stops it after its current step, saved (exit 130 or 143); a second one at once.",
+        "status says which: 0 completed, 3 waiting, 4 failed, 5 cancelled, 6 paused. Ctrl-C "
+        "or SIGTERM stops it after its current step, saved (exit 130 or 143); a second one "
+        "at once.",
         store,
         app,
         max_turns,

@@ -92,7 +92,8 @@ Checkpoint = Callable[[RunState], Awaitable[None] | None]
 class RunResult:
     """Where a run stands after ``Runner.run`` returns.
 
-    ``status`` is ``"completed"``, ``"interrupted"``, ``"failed"`` or ``"cancelled"``;
+    ``status`` is ``"completed"``, ``"interrupted"``, ``"paused"``, ``"failed"`` or
+    ``"cancelled"``;
     ``interruptions`` lists the calls waiting for a decision; ``items`` are the items the run
     generated (its input is ``state.input``).
     """
