@@ -28,6 +28,7 @@ from ._errors import (
     ConfigurationError,
     ConflictError,
     InboxChanged,
+    LeaseLost,
     ModelBehaviorError,
     ModelError,
     StoreError,
@@ -382,6 +383,9 @@ class Runner:
                     agents, state, None, lease, claimed_at, worker=True, since=since, live=None
                 )
                 advanced += 1
+            except LeaseLost as exc:
+                # Another worker may have the run now (this one was slow, frozen or cut off).
+                log.warning("run %s: worker %s gave it up: %s", lease.run_id, self.owner, exc)
             except StoreError as exc:
                 # The store's trouble, not the run's: it is retried when the lease expires.
                 log.error("run %s: store error in worker %s: %s", lease.run_id, self.owner, exc)

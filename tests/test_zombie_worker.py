@@ -98,7 +98,7 @@ def _freeze_and_take_over(tmp_path: Path, freeze: str) -> Ending:
         asyncio.run(decide_until_completed())
         assert _stopped(a), "A stayed frozen while B finished the run"
         a.send_signal(signal.SIGCONT)
-        gave_up = "store error in worker"  # how a worker logs a run it had to leave
+        gave_up = "gave it up"  # how a worker logs a run it had to leave
         wait_until(lambda: gave_up in logs["a"][1].read_text(), 30, "A to give the run up")
     finally:
         for worker in workers:
