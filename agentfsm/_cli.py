@@ -435,40 +435,47 @@ def _login_name() -> str:
         return f"uid:{os.getuid()}"
 
 
-def _cancel(args: argparse.Namespace) -> int:
+def _posting(args: argparse.Namespace, post: Callable[[Any], Awaitable[None]], said: str) -> int:
+    """Post a message to a run's inbox with ``post(store)``, and say ``said``."""
+
     async def work(store: Any) -> int:
-        await store.cancel(args.run_id, args.reason)
-        print(f"asked run {args.run_id} to cancel; it stops at its next step")
+        await post(store)
+        print(said)
         return 0
 
     return _with_store(args, work)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    return _posting(
+        args,
+        lambda store: store.cancel(args.run_id, args.reason),
+        f"asked run {args.run_id} to cancel; it stops at its next step",
+    )
 
 
 def _pause(args: argparse.Namespace) -> int:
-    async def work(store: Any) -> int:
-        await store.pause(args.run_id, args.reason)
-        print(f"asked run {args.run_id} to pause; it stops at its next turn")
-        return 0
-
-    return _with_store(args, work)
+    return _posting(
+        args,
+        lambda store: store.pause(args.run_id, args.reason),
+        f"asked run {args.run_id} to pause; it stops at its next turn",
+    )
 
 
 def _unpause(args: argparse.Namespace) -> int:
-    async def work(store: Any) -> int:
-        await store.unpause(args.run_id)
-        print(f"run {args.run_id} may go on; a worker resumes it")
-        return 0
-
-    return _with_store(args, work)
+    return _posting(
+        args,
+        lambda store: store.unpause(args.run_id),
+        f"run {args.run_id} may go on; a worker resumes it",
+    )
 
 
 def _input(args: argparse.Namespace) -> int:
-    async def work(store: Any) -> int:
-        await store.add_input(args.run_id, args.text)
-        print(f"added input to run {args.run_id}; the model sees it at its next turn")
-        return 0
-
-    return _with_store(args, work)
+    return _posting(
+        args,
+        lambda store: store.add_input(args.run_id, args.text),
+        f"added input to run {args.run_id}; the model sees it at its next turn",
+    )
 
 
 def _resume(args: argparse.Namespace) -> int:
