@@ -193,11 +193,13 @@ class AgentChanged(_RunEvent, frozen=True, tag="agent_changed"):
 
 class StatusChanged(_RunEvent, frozen=True, tag="status_changed"):
     """The run's status changed; ``reason`` says why when it stopped (an error, a
-    cancellation, calls waiting)."""
+    cancellation, calls waiting), and ``error_type`` names the kind of error
+    (``RunError.kind``) when it stopped on one."""
 
     previous: str
     status: str
     reason: str | None = None
+    error_type: str | None = None
 
 
 class StateSaved(_RunEvent, frozen=True, tag="state_saved"):
@@ -271,6 +273,7 @@ def durable_events(previous: RunState, state: RunState) -> list[RunEvent]:
                 previous=previous.status.value,
                 status=state.status.value,
                 reason=_reason(state),
+                error_type=None if state.error is None else state.error.kind,
             )
         )
     events.append(
