@@ -221,6 +221,7 @@ class OpenTelemetryHooks(RunHooks):
         self._provider = provider_name if provider_name is not None else provider_from_model
         self.capture_content = capture_content
         self._runs: dict[str, _Run] = {}
+        self._providers: dict[str, str] = {}  # by model name
 
     # -- the stream ------------------------------------------------------------------------
 
@@ -229,28 +230,25 @@ class OpenTelemetryHooks(RunHooks):
 
     def handle(self, event: RunEvent) -> None:
         """Record ``event`` (what ``on_event`` does, without awaiting)."""
-        match event:
-            case RunStarted():
-                self._started(event)
-                return
-            case RunStopped():
-                self._stopped(event)
-                return
+        kind = type(event)
+        if kind is RunStarted:
+            self._started(event)  # type: ignore[arg-type]
+            return
+        if kind is RunStopped:
+            self._stopped(event)  # type: ignore[arg-type]
+            return
+        record = _RECORDERS.get(kind)
         run = self._runs.get(event.run_id)
-        if run is None:
-            return  # a run that started before these hooks were attached to the stream
-        match event:
-            case ModelCallStarted():
-                self._model_started(run, event)
-            case ModelCallFinished():
-                self._model_finished(run, event)
-            case ToolStarted():
-                self._tool_started(run, event)
-            case ToolFinished():
-                self._tool_finished(run, event)
-            case ItemAdded(item=AssistantMessage(content=text)) if run.answer is not None:
+        if record is not None and run is not None:  # else a run started before these hooks
+            record(self, run, event)
+
+    def _item_added(self, run: _Run, event: ItemAdded) -> None:
+        if run.answer is None:
+            return
+        match event.item:
+            case AssistantMessage(content=text):
                 run.answer.parts.append({"type": "text", "content": text})
-            case ItemAdded(item=ToolCallItem() as call) if run.answer is not None:
+            case ToolCallItem() as call:
                 run.answer.parts.append(
                     {
                         "type": "tool_call",
@@ -259,25 +257,25 @@ class OpenTelemetryHooks(RunHooks):
                         "arguments": _json_or_text(call.arguments),
                     }
                 )
-            case ApprovalRequested():
-                self._approval_requested(run, event)
-            case ApprovalDecided():
-                self._approval_decided(run, event)
-            case AgentChanged(target=target):
-                self._flush_answer(run)
-                self._end_stretch(run, None, None)
-                run.agent = target
-                self._stretch(run)
-            case StatusChanged(status=status) if status in _STOPS:
-                self._flush_answer(run)
-                if run.stretch is not None:
-                    run.stretch.set_attribute(RUN_STATUS, status)
-                error = (event.error_type or "_OTHER") if status == "failed" else None
-                self._end_stretch(run, error, event.reason)
-            case StateSaved():
-                self._flush_answer(run)
-            case _:
-                pass
+
+    def _agent_changed(self, run: _Run, event: AgentChanged) -> None:
+        self._flush_answer(run)
+        self._end_stretch(run, None, None)
+        run.agent = event.target
+        self._stretch(run)
+
+    def _status_changed(self, run: _Run, event: StatusChanged) -> None:
+        status = event.status
+        if status not in _STOPS:
+            return
+        self._flush_answer(run)
+        if run.stretch is not None:
+            run.stretch.set_attribute(RUN_STATUS, status)
+        error = (event.error_type or "_OTHER") if status == "failed" else None
+        self._end_stretch(run, error, event.reason)
+
+    def _state_saved(self, run: _Run, event: StateSaved) -> None:
+        self._flush_answer(run)
 
     def trace_context(self, run_id: str) -> Mapping[str, str] | None:
         """The context of the run's first ``invoke_agent`` span, for the run to keep."""
@@ -351,9 +349,12 @@ class OpenTelemetryHooks(RunHooks):
     def _model_started(self, run: _Run, event: ModelCallStarted) -> None:
         self._flush_answer(run)
         stretch = self._stretch(run)
-        provider = (
-            self._provider if isinstance(self._provider, str) else self._provider(event.model)
-        )
+        provider = self._providers.get(event.model)
+        if provider is None:
+            name = self._provider
+            provider = name if isinstance(name, str) else name(event.model)
+            if len(self._providers) < 1024:
+                self._providers[event.model] = provider
         if run.model is None:
             run.model = event.model
             stretch.set_attribute(REQUEST_MODEL, event.model)
@@ -509,6 +510,22 @@ class OpenTelemetryHooks(RunHooks):
             self._release(each)
             _finish(each.span, error or "abandoned", description)
         self._end_stretch(run, error, description)
+
+
+#: What the hooks do with each kind of event of a run they follow (dispatch by type: this
+#: runs for every event of every traced run).
+_RECORDERS: dict[type[Any], Callable[[OpenTelemetryHooks, _Run, Any], None]] = {
+    ModelCallStarted: OpenTelemetryHooks._model_started,
+    ModelCallFinished: OpenTelemetryHooks._model_finished,
+    ToolStarted: OpenTelemetryHooks._tool_started,
+    ToolFinished: OpenTelemetryHooks._tool_finished,
+    ItemAdded: OpenTelemetryHooks._item_added,
+    ApprovalRequested: OpenTelemetryHooks._approval_requested,
+    ApprovalDecided: OpenTelemetryHooks._approval_decided,
+    AgentChanged: OpenTelemetryHooks._agent_changed,
+    StatusChanged: OpenTelemetryHooks._status_changed,
+    StateSaved: OpenTelemetryHooks._state_saved,
+}
 
 
 def _finish(span: Span, error: str | None, description: str | None) -> None:
