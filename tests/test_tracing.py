@@ -51,7 +51,7 @@ def _sdk_problem() -> str | None:
     try:
         import opentelemetry.sdk.trace  # noqa: F401
     except ImportError as exc:
-        return f"the OpenTelemetry SDK is not installed ({exc})"
+        return f"the OpenTelemetry SDK cannot be imported ({exc})"
     api = importlib.metadata.version("opentelemetry-api")
     sdk = importlib.metadata.version("opentelemetry-sdk")
     if api != sdk:
