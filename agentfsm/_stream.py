@@ -104,7 +104,8 @@ class RunHooks:
 
     def trace_context(self, run_id: str) -> Mapping[str, str] | None:
         """A trace context for the run to keep, or None (the default): a W3C Trace Context
-        carrier (``traceparent``, and ``tracestate`` if any), at most 16 string entries.
+        carrier (``traceparent``, and ``tracestate`` if any): at most 16 string entries of
+        4,096 characters in all.
 
         Asked of the runner's hooks when a run starts with none kept yet, right after its
         ``RunStarted``; the first hook that gives one wins. The run stores it
@@ -213,10 +214,11 @@ class Emitter:
                     isinstance(given, Mapping)
                     and len(given) <= _MAX_TRACE_ENTRIES
                     and all(isinstance(k, str) and isinstance(v, str) for k, v in given.items())
+                    and sum(len(k) + len(v) for k, v in given.items()) <= _MAX_TRACE_CHARS
                 ):
                     raise TypeError(
                         f"a trace context is a mapping of at most {_MAX_TRACE_ENTRIES} strings "
-                        f"to strings, not {given!r:.80}"
+                        f"to strings, {_MAX_TRACE_CHARS} characters in all, not {given!r:.80}"
                     )
             except Exception as exc:
                 self.failed = HookError(
@@ -260,7 +262,10 @@ class Emitter:
                 self.failed.__cause__ = exc
 
 
+# A carrier is kept in the run's state: small (W3C's traceparent is 55 characters, its
+# tracestate at most 512), so a hook cannot bloat every saved state.
 _MAX_TRACE_ENTRIES = 16
+_MAX_TRACE_CHARS = 4096
 
 
 def _agent_of(event: RunEvent, current: str) -> str:

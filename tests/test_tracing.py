@@ -159,7 +159,8 @@ def _approval(result: agentfsm.RunResult, by: str = "") -> agentfsm.Decision:
 
 
 @pytest.mark.parametrize(
-    "given", [{"traceparent": 1}, ["traceparent"], {str(i): "" for i in range(17)}]
+    "given",
+    [{"traceparent": 1}, ["traceparent"], {str(i): "" for i in range(17)}, {"t": "x" * 5000}],
 )
 def test_a_trace_context_that_is_not_strings_stops_the_run_with_a_hook_error(given: Any) -> None:
     class Bad(RunHooks):
