@@ -63,13 +63,14 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/stores.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/decisions.py
+	$(BIN)/python bench/tracing.py
 
 # Rewrite the locks after a change to pyproject.toml, keeping every pin that still fits;
 # lock-upgrade moves every pin to the newest release allowed.
 lock: $(VENV)/.dev
-	$(COMPILE) $(UPGRADE) --extra postgres --group dev -o requirements/dev.txt
+	$(COMPILE) $(UPGRADE) --extra postgres --extra otel --group dev -o requirements/dev.txt
 	$(COMPILE) --group build -c requirements/dev.txt -o requirements/demo.txt
-	$(COMPILE) $(UPGRADE) --extra postgres --resolution lowest-direct -o requirements/oldest.txt
+	$(COMPILE) $(UPGRADE) --extra postgres --extra otel --resolution lowest-direct -o requirements/oldest.txt
 
 lock-upgrade:
 	$(MAKE) lock UPGRADE=--upgrade

@@ -34,7 +34,8 @@ __all__ = [
 #:   1: first release.
 #:   2: the decisions' audit trail (``audit``); decisions say who decided, when, and whether
 #:      the call expired; waiting calls keep their tool's argument schema.
-#:   3: a call in doubt says who started it (``started_by``: the worker, and its lease's end).
+#:   3: a call in doubt says who started it (``started_by``: the worker, and its lease's end);
+#:      the run keeps its trace context (``trace``) for tracing consumers.
 SCHEMA_VERSION = 3
 
 
@@ -46,6 +47,8 @@ def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
 
 def _v2_to_v3(document: dict[str, Any]) -> dict[str, Any]:
     # ``started_by`` has a default: nobody knew who started the calls in doubt of version 2.
+    # Runs of version 2 kept no trace context.
+    document["trace"] = {}
     return document
 
 

@@ -70,9 +70,11 @@ class _Event(Record, frozen=True, tag_field="type"):
 
 class Started(_Event, frozen=True, tag="started"):
     """Start a new run, or restart one that failed on its turn limit with a higher
-    ``max_turns``."""
+    ``max_turns``. ``trace`` becomes the run's trace context if it has none yet (a run's
+    trace never changes once set)."""
 
     max_turns: int | None = None
+    trace: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class ModelResponded(_Event, frozen=True, tag="model_responded"):

@@ -45,6 +45,7 @@ __all__ = [
     "RunEvent",
     "RunFinished",
     "RunStarted",
+    "RunStopped",
     "StateSaved",
     "StatusChanged",
     "ToolFinished",
@@ -83,11 +84,25 @@ class _RunEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
 
 class RunStarted(_RunEvent, frozen=True, tag="run_started"):
-    """A process starts driving the run: a new run (``version`` 0), or one resumed here."""
+    """A process starts driving the run: a new run (``version`` 0), or one resumed here.
+    ``trace`` is the trace context the run keeps (``RunState.trace``; empty if none yet), so
+    that a tracing consumer continues the run's trace in whichever process resumes it."""
 
     agent: str
     status: str
     version: int
+    trace: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class RunStopped(_RunEvent, frozen=True, tag="run_stopped"):
+    """The process stops driving the run; the last event of every ``RunStarted``. The run
+    waits, is paused, ended, or was stopped (``Runner.stop``) at ``status``; or the driver
+    raised ``error`` (an exception of type ``error_type``), and the run stays at its last
+    saved state (``status``, when known), to be resumed or retried."""
+
+    status: str | None = None
+    error: str | None = None
+    error_type: str | None = None
 
 
 class ModelCallStarted(_RunEvent, frozen=True, tag="model_call_started"):
@@ -115,12 +130,14 @@ class ModelToolCallDelta(_RunEvent, frozen=True, tag="model_tool_call_delta"):
 
 
 class ModelCallFinished(_RunEvent, frozen=True, tag="model_call_finished"):
-    """The model answered (``usage`` of this answer), or failed (``error``)."""
+    """The model answered (``usage`` of this answer), or failed (``error``; ``error_type``
+    names the exception, ``"cancelled"`` when the call was cancelled)."""
 
     agent: str
     model: str
     usage: Usage | None = None
     error: str | None = None
+    error_type: str | None = None
 
 
 class ToolStarted(_RunEvent, frozen=True, tag="tool_started"):
@@ -133,8 +150,9 @@ class ToolStarted(_RunEvent, frozen=True, tag="tool_started"):
 
 
 class ToolFinished(_RunEvent, frozen=True, tag="tool_finished"):
-    """A tool body ended: its result (``is_error`` when it raised or timed out), or
-    ``in_doubt`` when it was given up while it may still take effect."""
+    """A tool body ended: its result (``is_error`` when it raised or timed out, with
+    ``error_type``: the exception's name, or ``"timeout"``), or ``in_doubt`` when it was
+    given up while it may still take effect."""
 
     agent: str
     call_id: str
@@ -142,6 +160,7 @@ class ToolFinished(_RunEvent, frozen=True, tag="tool_finished"):
     output: str | None
     is_error: bool = False
     in_doubt: bool = False
+    error_type: str | None = None
 
 
 # -- durable events ------------------------------------------------------------------------
@@ -174,11 +193,13 @@ class AgentChanged(_RunEvent, frozen=True, tag="agent_changed"):
 
 class StatusChanged(_RunEvent, frozen=True, tag="status_changed"):
     """The run's status changed; ``reason`` says why when it stopped (an error, a
-    cancellation, calls waiting)."""
+    cancellation, calls waiting), and ``error_type`` names the kind of error
+    (``RunError.kind``) when it stopped on one."""
 
     previous: str
     status: str
     reason: str | None = None
+    error_type: str | None = None
 
 
 class StateSaved(_RunEvent, frozen=True, tag="state_saved"):
@@ -212,6 +233,7 @@ RunEvent = (
     | StatusChanged
     | StateSaved
     | RunFinished
+    | RunStopped
 )
 
 
@@ -254,6 +276,7 @@ def durable_events(previous: RunState, state: RunState) -> list[RunEvent]:
                 previous=previous.status.value,
                 status=state.status.value,
                 reason=_reason(state, waiting),
+                error_type=None if state.error is None else state.error.kind,
             )
         )
     events.append(

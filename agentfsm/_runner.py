@@ -72,7 +72,6 @@ from ._run_events import (
     ModelCallStarted,
     ModelTextDelta,
     ModelToolCallDelta,
-    RunStarted,
 )
 from ._session import Heartbeat, Session, backoff
 from ._state import RunState
@@ -507,6 +506,36 @@ class Runner:
         live: Live | None,
         worker: bool = False,
     ) -> RunResult:
+        """``_loop``, with the run's event stream: it ends with RunStopped, whatever ends
+        the loop, so that its consumers know this process no longer drives the run."""
+        emitter = self._emitter(agents, state, session, live)
+        control = None if live is None else live.control
+        if emitter is None:
+            return await self._loop(
+                agents, state, max_turns, session, None, control, given, since, worker
+            )
+        try:
+            result = await self._loop(
+                agents, state, max_turns, session, emitter, control, given, since, worker
+            )
+        except BaseException as exc:
+            await emitter.stop(None, exc)
+            raise
+        await emitter.stop(result.state, None)
+        return result
+
+    async def _loop(
+        self,
+        agents: AgentSet,
+        state: RunState,
+        max_turns: int | None,
+        session: Session | None,
+        emitter: Emitter | None,
+        control: Control | None,
+        given: bool,
+        since: int,
+        worker: bool,
+    ) -> RunResult:
         """Step the run until it stops (waits, pauses or ends), or until ``stop()`` is called
         again (it had been called ``since`` times when the work started). A paused state
         ``given`` by the caller that has no decision to apply raises UndecidedError: the
@@ -519,7 +548,6 @@ class Runner:
         mail = session is not None
         stepped = False
         recovering = False
-        control = None if live is None else live.control
         if max_turns is not None:
             check_max_turns(max_turns)
         if (
@@ -547,14 +575,14 @@ class Runner:
                 outcome, recovering = pending_outcome(state), True
             case _:
                 outcome = pending_outcome(state)
-        emitter = self._emitter(agents, state, session, live)
         if emitter is not None:
-            await emitter.live(
-                RunStarted,
-                agent=state.current_agent,
-                status=state.status.value,
-                version=state.version,
-            )
+            await emitter.start(state)
+            if isinstance(event, Started) and not state.trace:
+                # The run's trace context, from whoever traces it, is kept with the run as
+                # data of the step that starts it.
+                trace = emitter.trace_context()
+                if trace:
+                    event = msgspec.structs.replace(event, trace=trace)
         seen: int | None = None
         while True:
             if event is None and control is not None:
@@ -645,7 +673,7 @@ class Runner:
         # Positions: the lease's fencing token orders this process's events after those of
         # any process that drove the run before; without a store, the clock does.
         epoch = session.lease.token if session is not None else max(1, int(self.clock() * 1000))
-        return Emitter(state, epoch, listeners, agent_hooks)
+        return Emitter(state, epoch, listeners, agent_hooks, self.hooks)
 
     def _step(self, agents: AgentSet, state: RunState, event: Event) -> tuple[RunState, Outcome]:
         try:
@@ -718,8 +746,14 @@ class Runner:
             try:
                 response = await _answer(model, request, agent.name, state, emitter)
             except BaseException as exc:
-                error = "cancelled" if isinstance(exc, asyncio.CancelledError) else str(exc)
-                await emitter.live(ModelCallFinished, agent=agent.name, model=name, error=error)
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                await emitter.live(
+                    ModelCallFinished,
+                    agent=agent.name,
+                    model=name,
+                    error="cancelled" if cancelled else str(exc),
+                    error_type="cancelled" if cancelled else _error_type(exc),
+                )
                 raise
             usage = response.usage if isinstance(response, ModelResponse) else None
             await emitter.live(ModelCallFinished, agent=agent.name, model=name, usage=usage)
@@ -832,6 +866,15 @@ async def _answer(
         raise
     except Exception as exc:
         raise carrying(ModelError(f"model of agent {agent!r} failed: {exc!r}"), state) from exc
+
+
+def _error_type(exc: BaseException) -> str:
+    """What failed, in few words: the exception's name, or for our ModelError, the name of
+    the exception it translated (the model client's own)."""
+    cause = exc.__cause__
+    if isinstance(exc, ModelError) and cause is not None and type(exc) is ModelError:
+        return type(cause).__name__
+    return type(exc).__name__
 
 
 def _model_name(model: Any) -> str:

@@ -186,6 +186,10 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     staged: tuple[Item, ...]
     version: int
     audit: tuple[DecisionRecord, ...]
+    #: The run's trace context, kept for tracing consumers (a W3C Trace Context carrier:
+    #: ``traceparent``, ``tracestate``), so that a run resumed in another process continues
+    #: its trace. Set once, by the ``Started`` event; the core never reads it.
+    trace: dict[str, str] = msgspec.field(default_factory=dict)
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -221,7 +221,10 @@ def _started(state: RunState, event: Started) -> tuple[RunState, Outcome]:
     max_turns = state.max_turns if event.max_turns is None else event.max_turns
     if max_turns < 0:
         raise InvalidEvent("max_turns must not be negative")
-    return _next_turn(_replace(state, max_turns=max_turns, error=None, final_output=None))
+    trace = state.trace or event.trace
+    return _next_turn(
+        _replace(state, max_turns=max_turns, error=None, final_output=None, trace=trace)
+    )
 
 
 def _model_responded(

@@ -20,6 +20,7 @@ from ._run_events import (
     Position,
     RunEvent,
     RunStarted,
+    RunStopped,
     StatusChanged,
     ToolFinished,
     ToolStarted,
@@ -101,6 +102,19 @@ class RunHooks:
     def on_status_changed(self, event: StatusChanged) -> Any:
         """The run's status changed."""
 
+    def trace_context(self, run_id: str) -> Mapping[str, str] | None:
+        """A trace context for the run to keep, or None (the default): a W3C Trace Context
+        carrier (``traceparent``, and ``tracestate`` if any): at most 16 string entries of
+        4,096 characters in all.
+
+        Asked of the runner's hooks when a run starts with none kept yet, right after its
+        ``RunStarted``; the first hook that gives one wins. The run stores it
+        (``RunState.trace``) and every later ``RunStarted`` of the run, in any process,
+        carries it: that is how ``agentfsm.tracing`` continues a run's trace after a pause or
+        a restart. The driver never reads it.
+        """
+        return None
+
 
 async def _call(method: Callable[..., Any], *args: Any) -> None:
     done = method(*args)
@@ -122,6 +136,7 @@ class Emitter:
         epoch: int,
         listeners: Sequence[Listener],
         agent_hooks: Mapping[str, RunHooks],
+        tracers: Sequence[RunHooks] = (),
     ) -> None:
         self.run_id = state.run_id
         self.epoch = epoch
@@ -131,6 +146,8 @@ class Emitter:
         self._seq = 0
         self._listeners = listeners
         self._agent_hooks = agent_hooks
+        self._tracers = tracers
+        self._started = False
         self._turns = asyncio.Lock()  # concurrent tools: each event numbered and delivered in turn
 
     async def live(self, kind: type[RunEvent], **fields: Any) -> None:
@@ -143,6 +160,35 @@ class Emitter:
             self._seq += 1
             await self._deliver(event)
 
+    async def start(self, state: RunState) -> None:
+        """Say that this process starts driving the run (RunStarted)."""
+        self._started = True
+        await self.live(
+            RunStarted,
+            agent=state.current_agent,
+            status=state.status.value,
+            version=state.version,
+            trace=dict(state.trace),
+        )
+
+    async def stop(self, state: RunState | None, error: BaseException | None) -> None:
+        """Say that this process no longer drives the run (RunStopped), at ``state``, or
+        because the driver raised ``error``; nothing if it never said it started."""
+        if not self._started:
+            return
+        self._started = False
+        if error is None:
+            assert state is not None
+            await self.live(RunStopped, status=state.status.value)
+            return
+        known = getattr(error, "state", None)
+        await self.live(
+            RunStopped,
+            status=known.status.value if isinstance(known, RunState) else None,
+            error=str(error) or type(error).__name__,
+            error_type=type(error).__name__,
+        )
+
     async def stepped(self, previous: RunState, state: RunState) -> None:
         """The durable events of a step just saved; raises a listener's failure."""
         async with self._turns:
@@ -152,6 +198,38 @@ class Emitter:
                     await self._deliver(event)
             self.agent = state.current_agent
         self.check(state)
+
+    def trace_context(self) -> dict[str, str]:
+        """The trace context the first of the runner's hooks gives for the run (empty if
+        none does). A hook that raises or gives something else stops the stream, as a
+        listener that raises does."""
+        if self.failed is not None:
+            return {}
+        for hooks in self._tracers:
+            try:
+                given = hooks.trace_context(self.run_id)
+                if given is None:
+                    continue
+                if not (
+                    isinstance(given, Mapping)
+                    and len(given) <= _MAX_TRACE_ENTRIES
+                    and all(isinstance(k, str) and isinstance(v, str) for k, v in given.items())
+                    and sum(len(k) + len(v) for k, v in given.items()) <= _MAX_TRACE_CHARS
+                ):
+                    raise TypeError(
+                        f"a trace context is a mapping of at most {_MAX_TRACE_ENTRIES} strings "
+                        f"to strings, {_MAX_TRACE_CHARS} characters in all, not {given!r:.80}"
+                    )
+            except Exception as exc:
+                self.failed = HookError(
+                    f"run {self.run_id}: hook {type(hooks).__name__}.trace_context raised: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                self.failed.__cause__ = exc
+                return {}
+            if given:
+                return dict(given)
+        return {}
 
     def check(self, state: RunState) -> None:
         """Raise the first listener's failure, if one failed, carrying ``state`` (the run's
@@ -184,6 +262,12 @@ class Emitter:
                     f"at {event.position}: {type(exc).__name__}: {exc}"
                 )
                 self.failed.__cause__ = exc
+
+
+# A carrier is kept in the run's state: small (W3C's traceparent is 55 characters, its
+# tracestate at most 512), so a hook cannot bloat every saved state.
+_MAX_TRACE_ENTRIES = 16
+_MAX_TRACE_CHARS = 4096
 
 
 def _agent_of(event: RunEvent, current: str) -> str:

@@ -193,7 +193,7 @@ class ToolRunner:
                 tool=call.tool,
                 arguments=call.arguments,
             )
-        output = await self._body(agents, state, call, session)
+        output, error_type = await self._body(agents, state, call, session)
         if emitter is not None:
             await emitter.live(
                 ToolFinished,
@@ -203,12 +203,15 @@ class ToolRunner:
                 output=None if output is None else output.output,
                 is_error=output is not None and output.is_error,
                 in_doubt=output is None,
+                error_type=error_type,
             )
         return output
 
     async def _body(
         self, agents: AgentSet, state: RunState, call: Invocation, session: Session | None
-    ) -> ToolOutput | None:
+    ) -> tuple[ToolOutput | None, str | None]:
+        """The call's result (None when it is in doubt), and the kind of error it ended
+        with, if any: the exception's name, or ``"timeout"``."""
         tool = agents.require_tool(call.agent, call.tool)
         context = None
         if tool.context_param is not None:
@@ -231,7 +234,7 @@ class ToolRunner:
                     value = tool.fn(*args, **kwargs)
                 else:
                     value = await asyncio.to_thread(tool.fn, *args, **kwargs)
-            return ToolOutput(call_id=call.call_id, output=as_text(value))
+            return ToolOutput(call_id=call.call_id, output=as_text(value)), None
         except Exception as exc:
             cause: BaseException = exc
             if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():
@@ -244,16 +247,18 @@ class ToolRunner:
                         state.run_id,
                         tool.timeout,
                     )
-                    return None
+                    return None, "timeout"
+                error_type = "timeout"
                 message = (
                     f"Error: tool {call.tool!r} timed out after {tool.timeout} seconds and was "
                     "stopped; it may have taken effect before it stopped."
                 )
             else:
-                message = f"Error: tool {call.tool!r} raised {type(exc).__name__}: {exc}"
+                error_type = type(exc).__name__
+                message = f"Error: tool {call.tool!r} raised {error_type}: {exc}"
         if self.tool_errors == "raise":
             raise carrying(ToolError(message.removeprefix("Error: ")), state) from cause
-        return ToolOutput(call_id=call.call_id, output=message, is_error=True)
+        return ToolOutput(call_id=call.call_id, output=message, is_error=True), error_type
 
 
 async def _on_cancel(agents: AgentSet, call: Invocation) -> None:

@@ -37,6 +37,7 @@ from agentfsm import (
     Runner,
     RunStarted,
     RunStatus,
+    RunStopped,
     SQLiteStore,
     StateSaved,
     StatusChanged,
@@ -117,13 +118,17 @@ def test_a_streamed_run_yields_its_events_in_order_and_its_result() -> None:
         "StatusChanged",
         "StateSaved",
         "RunFinished",
+        "RunStopped",
     ]
     assert_increasing(events)
     assert {e.run_id for e in events} == {result.run_id}
     finished = [e for e in events if isinstance(e, ToolFinished)]
     assert finished[0].output == "3" and not finished[0].in_doubt
-    assert events[-1] == RunFinished(
-        run_id=result.run_id, position=events[-1].position, status="completed", output="3"
+    assert events[-2] == RunFinished(
+        run_id=result.run_id, position=events[-2].position, status="completed", output="3"
+    )
+    assert events[-1] == RunStopped(
+        run_id=result.run_id, position=events[-1].position, status="completed"
     )
     saved = [e.version for e in events if isinstance(e, StateSaved)]
     assert saved == list(range(1, result.state.version + 1))
@@ -307,7 +312,7 @@ def test_cancel_during_a_long_tool_calls_its_hook_and_ends_the_run_in_doubt(
     assert not [i for i in stored.items if isinstance(i, ToolResultItem)]
     [done] = [e for e in events if isinstance(e, ToolFinished)]
     assert done.in_doubt
-    assert isinstance(events[-1], RunFinished) and events[-1].status == "cancelled"
+    assert isinstance(events[-2], RunFinished) and events[-2].status == "cancelled"
     asyncio.run(store.close())
 
 
@@ -554,7 +559,7 @@ def test_positions_keep_increasing_across_a_crash_and_a_restart(tmp_path: Path) 
     assert isinstance(before[-1], ToolStarted)
     assert_increasing([*before, *after])
     assert after[0].position > before[-1].position
-    assert isinstance(after[-1], RunFinished) and after[-1].status == "completed"
+    assert isinstance(after[-2], RunFinished) and after[-2].status == "completed"
 
 
 def test_events_of_a_waiting_run_say_what_it_waits_for() -> None:
