@@ -426,7 +426,8 @@ def test_calls_on_a_run_locked_by_a_frozen_process_fail_within_the_lock_timeout(
             calls: dict[str, Callable[[], Awaitable[object]]] = {
                 "cancel": lambda: store.cancel("r"),
                 "approve": lambda: store.approve("r", request, by="ada"),
-                "resume": lambda: Runner(store=store).resume(agent(), "r"),
+                # Tried again while the lock holds, for up to store_wait, then given up.
+                "resume": lambda: Runner(store=store, store_wait=0.5).resume(agent(), "r"),
             }
             for name, call in calls.items():
                 started = time.monotonic()
