@@ -360,7 +360,17 @@ class Runner:
         and retried later (see ``retry``); a store that fails (a database restart, a dropped
         connection) is retried with a growing delay, and never stops the worker: looking for
         work, for as long as it takes; inside a run, for up to ``store_wait`` seconds per
-        call, after which the run is left leased, and retried when its lease runs out."""
+        call, after which the run is left leased, and retried when its lease runs out.
+        ``poll_interval`` is the pause between looks when there is no work: a positive,
+        finite number of seconds (ConfigurationError otherwise)."""
+        if (
+            isinstance(poll_interval, bool)
+            or not isinstance(poll_interval, int | float)
+            or not 0 < poll_interval < math.inf
+        ):
+            raise ConfigurationError(
+                f"poll_interval must be a positive number of seconds, not {poll_interval!r}"
+            )
         store = self._require_store()
         agents = AgentSet(agent)
         advanced = 0

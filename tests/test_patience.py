@@ -296,3 +296,10 @@ def test_a_decision_posted_before_its_answer_was_lost_counts_as_posted() -> None
 def test_store_wait_must_be_a_finite_number_of_seconds_of_0_or_more(wait: Any) -> None:
     with pytest.raises(ConfigurationError, match="store_wait"):
         Runner(store=MemoryStore(), store_wait=wait)
+
+
+@pytest.mark.parametrize("interval", [0, -1, math.nan, math.inf, "1", True])
+def test_poll_interval_must_be_a_positive_finite_number_of_seconds(interval: Any) -> None:
+    runner = Runner(store=MemoryStore())
+    with pytest.raises(ConfigurationError, match="poll_interval"):
+        asyncio.run(runner.work(mailer(), poll_interval=interval, until_idle=True))
