@@ -1,8 +1,10 @@
 """The ``agentfsm`` command line.
 
 Every command that touches runs takes ``--store`` (default: $AGENTFSM_STORE, else the SQLite
-file ``agentfsm.db`` in the current directory). Errors print one line and exit non-zero;
-``ExitCode`` lists the exit statuses scripts can branch on (docs/cli.md documents them).
+file ``agentfsm.db`` in the current directory), and ``--store-wait``: how long each of its
+calls of the store is tried again while the store is unavailable. Errors print one line and
+exit non-zero; ``ExitCode`` lists the exit statuses scripts can branch on (docs/cli.md
+documents them).
 
 ``run``, ``resume`` and ``worker`` handle SIGINT and SIGTERM: the first stops the run after
 its current step (``Runner.stop``); for ``run`` and ``resume`` a second one exits at once.
@@ -139,15 +141,24 @@ def _with_store(
     work: Callable[[Any], Coroutine[Any, Any, int]],
     *,
     create: bool = True,
+    quiet: bool = True,
 ) -> int:
     """Run ``work`` on the store named by ``--store``; ``create=False`` for commands that only
-    read, so that a mistyped store is an error rather than a new empty database."""
+    read, so that a mistyped store is an error rather than a new empty database. Every call
+    of the store, opening it included, is tried again while the store is unavailable, for
+    up to ``--store-wait`` seconds: ``quiet``ly for a command whose result is its one report
+    (it prints one line if it gives up), with a warning per episode for the long-running
+    ones (``quiet=False``)."""
+    from ._patience import PatientStore, patiently
     from .stores import open_store
 
+    async def opened() -> Any:
+        return open_store(args.store, create=create)
+
     async def main() -> int:
-        store = open_store(args.store, create=create)
+        store = await patiently(opened, args.store_wait, "opening the store", quiet=quiet)
         try:
-            return await work(store)
+            return await work(PatientStore(store, args.store_wait, quiet=quiet))
         finally:
             await store.close()
 
@@ -213,7 +224,11 @@ def _advance(
     from ._runner import Runner
 
     async def work(store: Any) -> int:
-        runner = Runner(store=store, hooks=[_event_printer()] if args.events else [])
+        runner = Runner(
+            store=store,
+            hooks=[_event_printer()] if args.events else [],
+            store_wait=args.store_wait,
+        )
         received: list[signal.Signals] = []
 
         def on_signal(sig: signal.Signals) -> None:
@@ -240,7 +255,7 @@ def _advance(
             return 128 + received[0]
         return exit_code(result.status)
 
-    return _with_store(args, work)
+    return _with_store(args, work, quiet=False)
 
 
 def _event_printer() -> Any:
@@ -493,7 +508,7 @@ def _worker(args: argparse.Namespace) -> int:
     agent = load_app(args.app)
 
     async def work(store: Any) -> int:
-        runner = Runner(store=store, lease_seconds=args.lease)
+        runner = Runner(store=store, lease_seconds=args.lease, store_wait=args.store_wait)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, runner.stop)
@@ -503,7 +518,7 @@ def _worker(args: argparse.Namespace) -> int:
         print(f"worker {runner.owner} stopped after advancing {advanced} runs")
         return 0
 
-    return _with_store(args, work)
+    return _with_store(args, work, quiet=False)
 
 
 def _demo(args: argparse.Namespace) -> int:
