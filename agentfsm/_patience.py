@@ -99,7 +99,7 @@ async def patiently(
                 )
             await asyncio.sleep(min(backoff(failures), left))
             continue
-        except BaseException:
+        except Exception:  # the store answered, with another error
             if failures and not quiet:
                 _answered(what, failures, started)
             raise
