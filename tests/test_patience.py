@@ -236,6 +236,21 @@ def test_run_and_resume_go_on_through_a_network_cut(
     assert said(caplog, "claiming run m: the store is unavailable, retrying") == 1
 
 
+def test_the_runs_of_a_runner_share_one_heartbeat_through_the_patient_store(
+    tmp_path: Path,
+) -> None:
+    def beating() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "agentfsm-heartbeat"}
+
+    before = beating()
+    store = SQLiteStore(tmp_path / "runs.db")
+    runner = Runner(store=store)
+    for n in range(3):
+        assert runner.run_sync(mailer(), "mail ada", run_id=f"r{n}").status == "interrupted"
+    assert len(beating() - before) == 1
+    asyncio.run(store.close())
+
+
 # -- writes whose answer was lost --------------------------------------------------------------
 
 
