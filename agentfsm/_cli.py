@@ -1,17 +1,20 @@
 """The ``agentfsm`` command line.
 
 Every command that touches runs takes ``--store`` (default: $AGENTFSM_STORE, else the SQLite
-file ``agentfsm.db`` in the current directory). Errors print one line and exit non-zero;
-``ExitCode`` lists the exit statuses scripts can branch on (docs/cli.md documents them).
+file ``agentfsm.db`` in the current directory), and ``--store-wait``: how long each of its
+calls of the store is tried again while the store is unavailable. Errors print one line and
+exit non-zero; ``ExitCode`` lists the exit statuses scripts can branch on (docs/cli.md
+documents them).
 
 ``run``, ``resume`` and ``worker`` handle SIGINT and SIGTERM: the first stops the run after
-its current step (``Runner.stop``); for ``run`` and ``resume`` a second one exits at once.
+its current step (``Runner.stop``); a second one exits at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import enum
 import importlib
 import json
@@ -20,7 +23,7 @@ import shlex
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._cli_parser import build_parser
@@ -139,15 +142,24 @@ def _with_store(
     work: Callable[[Any], Coroutine[Any, Any, int]],
     *,
     create: bool = True,
+    quiet: bool = True,
 ) -> int:
     """Run ``work`` on the store named by ``--store``; ``create=False`` for commands that only
-    read, so that a mistyped store is an error rather than a new empty database."""
+    read, so that a mistyped store is an error rather than a new empty database. Every call
+    of the store, opening it included, is tried again while the store is unavailable, for
+    up to ``--store-wait`` seconds: ``quiet``ly for a command whose result is its one report
+    (it prints one line if it gives up), with a warning per episode for the long-running
+    ones (``quiet=False``)."""
+    from ._patience import PatientStore, patiently
     from .stores import open_store
 
+    async def opened() -> Any:
+        return open_store(args.store, create=create)
+
     async def main() -> int:
-        store = open_store(args.store, create=create)
+        store = await patiently(opened, args.store_wait, "opening the store", quiet=quiet)
         try:
-            return await work(store)
+            return await work(PatientStore(store, args.store_wait, quiet=quiet))
         finally:
             await store.close()
 
@@ -213,23 +225,22 @@ def _advance(
     from ._runner import Runner
 
     async def work(store: Any) -> int:
-        runner = Runner(store=store, hooks=[_event_printer()] if args.events else [])
-        received: list[signal.Signals] = []
+        runner = Runner(
+            store=store,
+            hooks=[_event_printer()] if args.events else [],
+            store_wait=args.store_wait,
+        )
 
-        def on_signal(sig: signal.Signals) -> None:
-            if received:
-                _stop_at_once(args, run_id, sig, runner.lease_seconds)
-            received.append(sig)
-            runner.stop()
+        def at_once(sig: signal.Signals) -> NoReturn:
+            _stop_at_once(
+                f"stopped run {run_id} at once ({sig.name}); a call that was running is in "
+                f"doubt, and the run is leased for up to {runner.lease_seconds:g} s more; then "
+                f"`{_resume_command(args, run_id)}` continues it",
+                sig,
+            )
 
-        loop = asyncio.get_running_loop()
-        for sig in _STOP_SIGNALS:
-            loop.add_signal_handler(sig, on_signal, sig)
-        try:
+        with _stopping(runner, at_once) as received:
             result = await start(runner)
-        finally:
-            for sig in _STOP_SIGNALS:
-                loop.remove_signal_handler(sig)
         _print_run(result.state, args.json)
         if received and result.status not in _BY_STATUS:  # stopped by the signal, not done
             print(
@@ -240,7 +251,7 @@ def _advance(
             return 128 + received[0]
         return exit_code(result.status)
 
-    return _with_store(args, work)
+    return _with_store(args, work, quiet=False)
 
 
 def _event_printer() -> Any:
@@ -258,19 +269,36 @@ def _event_printer() -> Any:
     return Printer()
 
 
-def _stop_at_once(
-    args: argparse.Namespace, run_id: str, sig: signal.Signals, lease_seconds: float
-) -> NoReturn:
-    """Exit now, on a second signal, without waiting for the step under way. The run stays
-    leased to this process until the lease runs out; a tool that was running may or may not
-    have taken effect, so on resume its call is in doubt, and a person decides."""
-    print(
-        f"agentfsm: stopped run {run_id} at once ({sig.name}); a call that was running is in "
-        f"doubt, and the run is leased for up to {lease_seconds:g} s more; then "
-        f"`{_resume_command(args, run_id)}` continues it",
-        file=sys.stderr,
-        flush=True,
-    )
+@contextlib.contextmanager
+def _stopping(
+    runner: Runner, at_once: Callable[[signal.Signals], NoReturn]
+) -> Iterator[list[signal.Signals]]:
+    """Handle SIGINT and SIGTERM while the block runs: the first stops ``runner`` after its
+    current step, a second calls ``at_once``. Yields the signals received."""
+    received: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if received:
+            at_once(sig)
+        received.append(sig)
+        runner.stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        yield received
+    finally:
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+def _stop_at_once(message: str, sig: signal.Signals) -> NoReturn:
+    """Exit now, on a second signal, without waiting for the step under way, saying
+    ``message``. A run under way stays leased to this process until the lease runs out; a
+    tool that was running may or may not have taken effect, so on resume its call is in
+    doubt, and a person decides."""
+    print(f"agentfsm: {message}", file=sys.stderr, flush=True)
     os._exit(128 + sig)
 
 
@@ -493,17 +521,24 @@ def _worker(args: argparse.Namespace) -> int:
     agent = load_app(args.app)
 
     async def work(store: Any) -> int:
-        runner = Runner(store=store, lease_seconds=args.lease)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, runner.stop)
-        # Said once the signals are handled: a supervisor (or a test) may stop it from here on.
-        print(f"worker {runner.owner} started", flush=True)
-        advanced = await runner.work(agent, poll_interval=args.poll, until_idle=args.until_idle)
+        runner = Runner(store=store, lease_seconds=args.lease, store_wait=args.store_wait)
+
+        def at_once(sig: signal.Signals) -> NoReturn:
+            _stop_at_once(
+                f"worker {runner.owner} stopped at once ({sig.name}); the run it was "
+                f"advancing, if any, stays leased for up to {runner.lease_seconds:g} s more, "
+                "then another worker takes it up, and a call that was running is in doubt",
+                sig,
+            )
+
+        with _stopping(runner, at_once):
+            # Said once the signals are handled: a supervisor (or a test) may stop it now.
+            print(f"worker {runner.owner} started", flush=True)
+            advanced = await runner.work(agent, poll_interval=args.poll, until_idle=args.until_idle)
         print(f"worker {runner.owner} stopped after advancing {advanced} runs")
         return 0
 
-    return _with_store(args, work)
+    return _with_store(args, work, quiet=False)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -68,13 +68,25 @@ def _whole(least: int, most: int | None = None) -> Callable[[str], int]:
 
 def _seconds(value: str) -> float:
     """A positive, finite number of seconds."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
+    seconds = _number(value)
     if not 0 < seconds < math.inf:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {value!r}")
     return seconds
+
+
+def _wait(value: str) -> float:
+    """A finite number of seconds, 0 or more."""
+    seconds = _number(value)
+    if not 0 <= seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds of 0 or more, not {value!r}")
+    return seconds
+
+
+def _number(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan
 
 
 def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
@@ -99,6 +111,15 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         default=os.environ.get("AGENTFSM_STORE", DEFAULT_STORE),
         help="where the runs are: postgresql://..., sqlite:///path or a file path (default: "
         f"%(default)s, which is $AGENTFSM_STORE if set, else {DEFAULT_STORE})",
+    )
+    store.add_argument(
+        "--store-wait",
+        type=_wait,
+        metavar="SECONDS",
+        default=30.0,
+        help="how long to keep trying a store that cannot be reached or is too busy (a "
+        "restart, a dropped connection, a lock held too long) before giving up, in seconds; "
+        "0 gives up at once (default: %(default)s)",
     )
     app = _Parser(add_help=False)
     app.add_argument(

@@ -28,6 +28,7 @@ bare. The tree::
     ├── ConfigurationError     agents or runner set up in a way that cannot work
     ├── HookError              a lifecycle hook or event listener raised (the run stopped)
     └── StoreError             a store could not do what was asked
+        ├── StoreUnavailable   unreachable or too busy for now; trying again later may work
         ├── ConflictError      a write based on a stale version (nothing was written)
         │   ├── LeaseLost      a write by a worker whose lease on the run has passed
         │   └── InboxChanged   a step from the inbox, saved after more was posted to it
@@ -60,6 +61,7 @@ __all__ = [
     "ResolutionError",
     "StateFormatError",
     "StoreError",
+    "StoreUnavailable",
     "ToolArgumentsError",
     "ToolDefinitionError",
     "ToolError",
@@ -165,7 +167,17 @@ class HookError(AgentFSMError):
 
 
 class StoreError(AgentFSMError):
-    """A store could not do what was asked (the database is unreachable, say)."""
+    """A store could not do what was asked. Raised as it is, the cause will not pass by
+    itself: a file that is not a store, a corrupted one, a full disk, missing tables, a
+    closed store, a DSN or credentials the server refuses."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached, or was too busy, for now: the connection was lost or
+    refused, the server is shutting down or starting up, a lock or statement timeout ran
+    out, SQLite's database stayed locked. Trying again later may succeed; ``Runner`` and the
+    CLI do, for up to ``store_wait`` seconds. A write that raised it may still have been
+    committed (the connection died before the answer came back)."""
 
 
 class ConflictError(StoreError):

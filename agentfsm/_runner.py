@@ -67,6 +67,7 @@ from ._outcomes import (
     RunAgain,
     ToolCall,
 )
+from ._patience import PatientStore, check_wait
 from ._run_events import (
     ModelCallFinished,
     ModelCallStarted,
@@ -139,6 +140,12 @@ class Runner:
             until someone resumes it by id (default: ``RetryPolicy()``, 5 attempts).
         hooks: lifecycle hooks (``RunHooks``) for every run of this runner; they consume
             the run's event stream (see ``run_streamed``).
+        store_wait: how long each call of the store is tried again while the store is
+            unavailable (StoreUnavailable: a lost connection, a server restart, a lock
+            timeout, a busy database), in seconds, with a growing, jittered delay (default
+            30; 0 does not retry). After that the call raises StoreUnavailable, saying it
+            gave up. ``run``, ``resume`` and ``work`` wait so, and a write tried again
+            is never applied twice (docs/durability.md says how).
     """
 
     def __init__(
@@ -154,6 +161,7 @@ class Runner:
         clock: Callable[[], float] = time.time,
         retry: RetryPolicy | None = None,
         hooks: RunHooks | Sequence[RunHooks] = (),
+        store_wait: float = 30.0,
     ):
         if tool_errors not in ("feed", "raise"):
             raise ConfigurationError("tool_errors must be 'feed' or 'raise'")
@@ -163,6 +171,7 @@ class Runner:
             raise ConfigurationError(
                 f"lease_seconds must be a positive number of seconds, not {lease_seconds!r}"
             )
+        self.store_wait = check_wait(store_wait)
         self.approval_timeout = approval_timeout
         self.clock = clock
         self.retry = retry or RetryPolicy()
@@ -226,7 +235,8 @@ class Runner:
         the model turns; resuming a run that failed on its limit with a higher one goes on.
         With a store, the run is stored and checkpointed after every step.
 
-        Raises ContextError for a context that is not JSON data, ConfigurationError for a
+        Raises ContextError for a context that is not JSON data, StoreUnavailable when the
+        store stays unavailable for longer than ``store_wait``, ConfigurationError for a
         ``max_turns`` that is not an int of at least 0, ResolutionError when the
         state names an agent or tool that no longer exists, ModelError when the model fails,
         ToolError (with ``tool_errors="raise"``), ConflictError when the stored run is being
@@ -300,7 +310,7 @@ class Runner:
                 max_turns=10 if max_turns is None else max_turns,
             )
             if self.store is not None:
-                await self.store.create(state)
+                await self._require_store().create(state)
         given = isinstance(input, RunState)
         if self.store is None:
             return await self._drive(
@@ -330,7 +340,7 @@ class Runner:
             agents = AgentSet(agent)
             agents.check(state)
         except BaseException:
-            await store.release(lease)
+            await _release(store, lease, failed=True)
             raise
         return await self._with_lease(
             agents, state, max_turns, lease, claimed_at, since=since, live=live
@@ -347,7 +357,19 @@ class Runner:
         arrived, ones whose worker died) until ``stop()`` is called, or, with ``until_idle``,
         until none is left. Returns how many runs it advanced. A run that raises is logged
         and retried later (see ``retry``); a store that fails (a database restart, a dropped
-        connection) is retried with a growing delay, and never stops the worker."""
+        connection) is retried with a growing delay, and never stops the worker: looking for
+        work, for as long as it takes; inside a run, for up to ``store_wait`` seconds per
+        call, after which the run is left leased, and retried when its lease runs out.
+        ``poll_interval`` is the pause between looks when there is no work: a positive,
+        finite number of seconds (ConfigurationError otherwise)."""
+        if (
+            isinstance(poll_interval, bool)
+            or not isinstance(poll_interval, int | float)
+            or not 0 < poll_interval < math.inf
+        ):
+            raise ConfigurationError(
+                f"poll_interval must be a positive number of seconds, not {poll_interval!r}"
+            )
         store = self._require_store()
         agents = AgentSet(agent)
         advanced = 0
@@ -356,7 +378,8 @@ class Runner:
         while self._stops == since:
             claimed_at = time.monotonic()
             try:
-                lease = await store.claim(
+                # Not patiently: this loop waits out a failing store for as long as it takes.
+                lease = await store.inner.claim(
                     self.owner, lease_seconds=self.lease_seconds, starting_agent=agents.starting
                 )
             except StoreError as exc:
@@ -413,10 +436,11 @@ class Runner:
         else:
             log.error("run %s failed in worker %s, will retry: %s", lease.run_id, self.owner, error)
 
-    def _require_store(self) -> Store:
+    def _require_store(self) -> PatientStore:
+        """The store, its calls tried again while it is unavailable (``store_wait``)."""
         if self.store is None:
             raise ConfigurationError("this needs a Runner with a store: Runner(store=...)")
-        return self.store
+        return PatientStore.of(self.store, self.store_wait)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -449,12 +473,12 @@ class Runner:
             try:
                 state = await self._adopt(store, state)
             except BaseException:
-                await store.release(lease)
+                await _release(store, lease, failed=True)
                 raise
         session = Session(store, lease, self.lease_seconds, claimed_at)
         heartbeat = self._heartbeat
-        if heartbeat is None or heartbeat.store is not store:
-            heartbeat = self._heartbeat = Heartbeat(store)
+        if heartbeat is None or heartbeat.store is not store.inner:
+            heartbeat = self._heartbeat = Heartbeat(store.inner)
         heartbeat.watch(session)
         failed = True
         try:
@@ -473,7 +497,7 @@ class Runner:
         finally:
             heartbeat.forget(session)
             if not (failed and worker):
-                await store.release(session.lease)
+                await _release(store, session.lease, failed=failed)
 
     async def _adopt(self, store: Store, state: RunState) -> RunState:
         """The stored run that ``state`` stands for. Decisions recorded on ``state`` since it
@@ -880,6 +904,18 @@ def _error_type(exc: BaseException) -> str:
 def _model_name(model: Any) -> str:
     name = getattr(model, "model", None)
     return name if isinstance(name, str) else type(model).__name__
+
+
+async def _release(store: PatientStore, lease: Lease, *, failed: bool) -> None:
+    """Give the lease up. A lease that cannot be given up runs out by itself, so a store
+    that fails here is logged, never raised over the run's result or error; and when the
+    run failed (perhaps for the store's trouble) it is tried once, not waited for."""
+    try:
+        await (store.inner if failed else store).release(lease)
+    except StoreError as exc:
+        log.warning(
+            "run %s: could not give its lease up, so it runs out by itself: %s", lease.run_id, exc
+        )
 
 
 def _controlled(state: RunState, control: Control) -> Event | None:

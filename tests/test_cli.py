@@ -378,6 +378,9 @@ def test_with_json_an_error_is_still_one_line_on_stderr_and_nothing_on_stdout(
         (["worker", *APP, "--lease", "nan"], "not 'nan'"),
         (["worker", *APP, "--poll", "0"], "--poll: must be a positive number of seconds"),
         (["worker", *APP, "--poll", "inf"], "not 'inf'"),
+        (["runs", "list", "--store-wait", "-1"], "--store-wait: must be a number of seconds of 0"),
+        (["approve", "r1", "c1", "--store-wait", "soon"], "--store-wait: must be a number of"),
+        (["worker", *APP, "--store-wait", "inf"], "not 'inf'"),
         # Bytes that are not UTF-8 reach Python as lone surrogates (here: the byte 0xff).
         (["run", *APP, "hi\udcff"], "argument input: not valid UTF-8 text: b'hi\\xff'"),
         (["run", *APP, "hi", "--run-id", "\udcff"], "--run-id: not valid UTF-8"),

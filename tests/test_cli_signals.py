@@ -1,5 +1,6 @@
-"""``agentfsm run`` and ``resume`` stopped by SIGINT or SIGTERM, as real processes: the first
-signal lets the running tool finish and keeps its result, the second exits at once."""
+"""``agentfsm run``, ``resume`` and ``worker`` stopped by SIGINT or SIGTERM, as real
+processes: the first signal lets the running tool finish and keeps its result, the second
+exits at once."""
 
 from __future__ import annotations
 
@@ -114,4 +115,32 @@ def test_a_second_signal_exits_at_once_leaving_the_call_in_doubt(tmp_path: Path)
     assert err.startswith("agentfsm: stopped run s2 at once (SIGINT); a call that was running ")
     assert err.count("\n") == 1 and "Traceback" not in err
     assert out == ""
+    assert effects(tmp_path) == ["started"]
+
+
+def test_a_second_signal_stops_a_worker_at_once(tmp_path: Path) -> None:
+    import asyncio
+
+    from agentfsm import SQLiteStore, new_run
+    from tests.apps.sleeper import agent
+
+    async def create() -> None:
+        async with SQLiteStore(tmp_path / "runs.db") as store:
+            await store.create(new_run(agent(), "go", run_id="w1"))
+
+    asyncio.run(create())
+    # The tool sleeps far longer than finished() waits: only exiting at once gets done.
+    process = agentfsm(tmp_path, "worker", *APP, seconds=600)
+    try:
+        when_the_tool_runs(tmp_path, process)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        returncode, out, err = finished(process)
+    finally:
+        process.kill()
+    assert returncode == ExitCode.TERMINATED
+    assert err.startswith("agentfsm: worker ") and " stopped at once (SIGTERM); " in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert out.startswith("worker ") and out.count("\n") == 1  # "started", and nothing after
     assert effects(tmp_path) == ["started"]

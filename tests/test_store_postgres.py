@@ -426,7 +426,8 @@ def test_calls_on_a_run_locked_by_a_frozen_process_fail_within_the_lock_timeout(
             calls: dict[str, Callable[[], Awaitable[object]]] = {
                 "cancel": lambda: store.cancel("r"),
                 "approve": lambda: store.approve("r", request, by="ada"),
-                "resume": lambda: Runner(store=store).resume(agent(), "r"),
+                # Tried again while the lock holds, for up to store_wait, then given up.
+                "resume": lambda: Runner(store=store, store_wait=0.5).resume(agent(), "r"),
             }
             for name, call in calls.items():
                 started = time.monotonic()
@@ -492,7 +493,7 @@ def test_the_cli_cancelling_a_locked_run_fails_in_one_line_within_the_timeout(
     try:
         started = time.monotonic()
         done = subprocess.run(
-            [sys.executable, "-m", "agentfsm", "cancel", "r", "--store", dsn],
+            [sys.executable, "-m", "agentfsm", "cancel", "r", "--store", dsn, "--store-wait", "1"],
             capture_output=True,
             text=True,
             cwd=Path(__file__).resolve().parent.parent,
@@ -507,6 +508,7 @@ def test_the_cli_cancelling_a_locked_run_fails_in_one_line_within_the_timeout(
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("agentfsm: error: ") and done.stderr.count("\n") == 1
     assert "locked by another transaction" in done.stderr
+    assert "gave up after" in done.stderr
 
 
 def test_the_blocking_renewer_has_its_own_connection_and_reconnects(schema: str) -> None:

@@ -33,6 +33,7 @@ from .._errors import (
     InboxChanged,
     LeaseLost,
     StoreError,
+    StoreUnavailable,
     UnknownRunError,
 )
 from .._machine import RunStatus
@@ -324,7 +325,7 @@ class PostgresStore(Store):
 
     No call waits forever on a run that another transaction keeps locked (a process frozen
     in the middle of a write, say): after ``lock_timeout`` seconds waiting for a lock, or
-    ``statement_timeout`` seconds in one statement, it fails with StoreError. And a
+    ``statement_timeout`` seconds in one statement, it fails with StoreUnavailable. And a
     transaction of this store left idle for ``idle_in_transaction_timeout`` seconds (its own
     process frozen) is ended by the server, so that its locks do not stop everyone else.
     None leaves that setting to the server; one set in the DSN's ``options`` (or in
@@ -332,7 +333,8 @@ class PostgresStore(Store):
     timeout, as building an index on a large table may take longer.
 
     Needs psycopg 3: ``pip install 'agentfsm[postgres]'``. Every database error is raised
-    as a StoreError.
+    as a StoreError; one that may pass when tried again (a connection lost or refused, a
+    server restarting, a lock or statement timeout) as a StoreUnavailable.
     """
 
     def __init__(
@@ -522,8 +524,10 @@ class PostgresStore(Store):
         if self._timeouts:
             try:
                 await conn.execute(self._q_timeouts, self._timeout_settings())
-            except BaseException:
+            except BaseException as exc:
                 await _close_quietly(conn)
+                if isinstance(exc, psycopg.Error):  # the connection broke at once, say
+                    self._fail(exc)
                 raise
         return conn
 
@@ -544,10 +548,12 @@ class PostgresStore(Store):
         return conn
 
     def _cannot_connect(self, exc: Exception) -> StoreError:
-        # Not chained: libpq's own text may spell out the DSN; this one is redacted.
-        return StoreError(
-            f"cannot connect to the PostgreSQL store {self._where!r}: "
-            f"{_redact_text(str(exc).strip())}"
+        """A StoreUnavailable if the server could not be reached for now, else a StoreError.
+        Not to be chained: libpq's own text may spell out the DSN; this one is redacted."""
+        message = _one_line(str(exc))
+        kind = StoreUnavailable if _unreachable(message) else StoreError
+        return kind(
+            f"cannot connect to the PostgreSQL store {self._where!r}: {_redact_text(message)}"
         )
 
     def _timeout_settings(self) -> list[str]:
@@ -582,8 +588,7 @@ class PostgresStore(Store):
         from psycopg import errors
 
         # One line (the server adds CONTEXT and DETAIL lines), for logs and the CLI.
-        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        message = message or type(exc).__name__
+        message = _one_line(str(exc)) or type(exc).__name__
         meaning = ""
         if isinstance(exc, errors.LockNotAvailable):
             meaning = (
@@ -595,7 +600,8 @@ class PostgresStore(Store):
             meaning = f"the statement ran longer than {self._limit('statement_timeout')}"
         if meaning:
             message = f"{meaning}: {message}"
-        raise StoreError(f"PostgreSQL store {self._where!r}: {message}") from exc
+        kind = StoreUnavailable if _transient(exc) else StoreError
+        raise kind(f"PostgreSQL store {self._where!r}: {message}") from exc
 
     def _limit(self, name: str) -> str:
         seconds = self._timeouts.get(name)
@@ -1034,6 +1040,68 @@ async def _one(cursor: psycopg.AsyncCursor[TupleRow]) -> TupleRow:
 async def _close_quietly(conn: Connection) -> None:
     with contextlib.suppress(Exception):
         await conn.close()
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+#: The SQLSTATEs of faults that pass: the server is shutting down, restarting or starting
+#: (57P01-57P03), it ended an idle session or our frozen transaction (57P05, 25P03), a lock
+#: was not granted in time (55P03), a transaction lost a race with another (40001, 40P01),
+#: too many connections (53300). Class 08 (the connection failed) too; and 57014, a
+#: cancelled statement, when the statement timeout cancelled it.
+_TRANSIENT_STATES = frozenset(
+    {"57P01", "57P02", "57P03", "57P05", "25P03", "55P03", "40001", "40P01", "53300"}
+)
+
+
+def _transient(exc: Exception) -> bool:
+    """Whether the error of a call on an open connection may pass if the call is tried
+    again. psycopg's errors without a SQLSTATE are its own: an OperationalError among them
+    is a connection that broke (the server closed it, the network dropped it)."""
+    import psycopg
+
+    state = getattr(exc, "sqlstate", None)
+    if state is None:
+        return isinstance(exc, psycopg.OperationalError)
+    if state == "57014":
+        return "statement timeout" in str(exc)
+    return state.startswith("08") or state in _TRANSIENT_STATES
+
+
+#: What libpq (or psycopg) says when a connection cannot be made for now: the network, or a
+#: server that is restarting or full. libpq gives no SQLSTATE for a failed connection, so
+#: this is read from its message; anything else (a database or role that does not exist, a
+#: refused password, a host name that does not resolve) is a StoreError at once.
+_UNREACHABLE = re.compile(
+    "|".join(
+        (
+            "connection refused",
+            "timeout expired",
+            "timed out",
+            "connection reset",
+            "no route to host",
+            "network is unreachable",
+            "server closed the connection unexpectedly",
+            "could not receive data from server",
+            "could not send data to server",
+            "ssl syscall error",
+            "ssl connection has been closed unexpectedly",
+            "temporary failure in name resolution",
+            "the database system is (starting up|shutting down|in recovery mode|not yet "
+            "accepting connections|not accepting connections)",
+            "too many clients already",
+            "remaining connection slots are reserved",
+            "terminating connection",
+        )
+    ),
+    re.IGNORECASE,
+)
+
+
+def _unreachable(message: str) -> bool:
+    return _UNREACHABLE.search(message) is not None
 
 
 def _text(value: str) -> str:

@@ -118,7 +118,7 @@ class SQLiteStore(Store):
     ``synchronous`` is SQLite's durability setting: ``"NORMAL"`` (default) survives a crash
     of the process; ``"FULL"`` also survives a power cut, at the cost of an fsync per step.
     ``timeout`` is how long a call waits for another process's write to finish before it
-    fails with StoreError ("the database is locked").
+    fails with StoreUnavailable ("the database is locked").
 
     ``create=False`` opens only an existing store, for readers that must not leave an empty
     file behind: a missing file raises StoreError. Whatever ``create``, a file that is not an

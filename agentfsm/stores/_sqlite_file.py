@@ -7,7 +7,9 @@ file is reported, as a StoreError saying the file is corrupted, by the call that
 
 Every ``sqlite3.Error`` becomes a StoreError that says what happened in words (the disk is
 full, the file is corrupted, the database stayed locked) followed by SQLite's own message,
-and chains the original as its ``__cause__``.
+and chains the original as its ``__cause__``. A database that stayed locked is a
+StoreUnavailable: it may be free when tried again. SQLite never commits a write that fails
+that way, so a retry cannot write twice.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from .._errors import StoreError
+from .._errors import StoreError, StoreUnavailable
 
 __all__ = ["check_file", "create_file", "store_error"]
 
@@ -114,7 +116,12 @@ def store_error(
     detail = str(exc) or type(exc).__name__
     if meaning is None:
         return StoreError(f"{where}: {detail}")
-    return StoreError(f"{where}: {meaning.format(timeout=timeout)} ({detail})")
+    kind = StoreUnavailable if isinstance(code, int) and code & 0xFF in _BUSY else StoreError
+    return kind(f"{where}: {meaning.format(timeout=timeout)} ({detail})")
+
+
+#: SQLITE_BUSY and SQLITE_LOCKED: another connection holds the lock, and may let it go.
+_BUSY = frozenset({5, 6})
 
 
 # By SQLite's primary result code (the low byte of an extended code).
