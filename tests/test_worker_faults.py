@@ -8,10 +8,12 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import DSN
 
 from agentfsm import (
     Agent,
@@ -19,6 +21,7 @@ from agentfsm import (
     ModelRequest,
     ModelResponse,
     ModelToolCall,
+    PostgresStore,
     Runner,
     SQLiteStore,
     Store,
@@ -190,5 +193,47 @@ def test_a_tool_that_blocks_the_event_loop_keeps_the_lease(tmp_path: Path) -> No
     assert done.status == "completed"
     assert len(BODIES) == 1
     assert len(taken) >= 10 and not any(taken), "another worker took the run over"
+    for s in (store, other):
+        asyncio.run(s.close())
+
+
+def test_the_lease_outlives_dropped_connections_during_a_long_tool(schema: str) -> None:
+    """PostgreSQL: every connection of the worker is dropped, twice, during a tool that takes
+    longer than the lease; the heartbeat reconnects, the worker keeps its lease, nobody else
+    takes the run, and the tool runs once."""
+    import psycopg
+
+    BODIES.clear()
+    name = f"agentfsm_{uuid.uuid4().hex[:8]}"
+    store = PostgresStore(f"{DSN}?application_name={name}", schema=schema)
+    other = PostgresStore(DSN, schema=schema)
+    running = threading.Event()
+    running.set()
+
+    def cut() -> None:
+        for _ in range(2):
+            time.sleep(1.0)
+            with psycopg.connect(DSN, autocommit=True) as conn:
+                conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name = %s",
+                    (name,),
+                )
+
+    asyncio.run(other.create(new_run("a", "go", run_id="p1")))
+    cutter = threading.Thread(target=cut)
+    cutter.start()
+    thread, taken = thieves(other, "p1", running)
+    try:
+        done = Runner(store=store, lease_seconds=1.5).resume_sync(
+            agent(call("slow", seconds=3.5), say("ok")), "p1"
+        )
+    finally:
+        running.clear()
+        cutter.join(timeout=10)
+        thread.join(timeout=10)
+    assert done.status == "completed"
+    assert len(BODIES) == 1
+    assert taken and not any(taken), "another worker took the run over"
     for s in (store, other):
         asyncio.run(s.close())
