@@ -19,11 +19,9 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import re
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
@@ -64,6 +62,44 @@ from ._base import (
     summary_of,
     waiting_rows,
 )
+from ._postgres_sql import (
+    _CLAIM,
+    _CLAIM_NEXT,
+    _CLEAR_ITEMS,
+    _CREATE,
+    _DATABASE_NOW,
+    _DELETE,
+    _FAIL,
+    _INBOX,
+    _INBOX_MESSAGES,
+    _LAYOUT,
+    _LAYOUT_2,
+    _LIVE,
+    _LOAD,
+    _LOCK_FOR_CLAIM,
+    _LOCK_FOR_POST,
+    _LOCK_FOR_SAVE,
+    _NEWEST_MESSAGE,
+    _POST,
+    _POSTED,
+    _RELEASE,
+    _RENEW,
+    _SAVE,
+    _SET_WAITING,
+    _SUMMARY,
+    _TERMINAL,
+    _WAITING,
+    LAYOUT_VERSION,
+)
+from ._postgres_text import (
+    one_line,
+    redact,
+    redact_text,
+    text,
+    transient,
+    unreachable,
+    untext,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -71,241 +107,7 @@ if TYPE_CHECKING:
 
     Connection = psycopg.AsyncConnection[TupleRow]
 
-__all__ = ["PostgresStore"]
-
-#: This store's own table layout version (``agentfsm_schema``), migrated on first use.
-#:   1: runs, their items and their inbox.
-#:   2: the calls waiting for a decision, indexed for the inbox query; deadlines; parked runs.
-LAYOUT_VERSION = 2
-
-# Statements are templates: ``{s}`` is the quoted schema, ``{now}`` the store's clock.
-_LAYOUT = """
-CREATE TABLE {s}.runs (
-    run_id text PRIMARY KEY,
-    seq bigint GENERATED ALWAYS AS IDENTITY,
-    status text NOT NULL,
-    version bigint NOT NULL,
-    starting_agent text NOT NULL,
-    current_agent text NOT NULL,
-    turn bigint NOT NULL,
-    waiting integer NOT NULL,
-    head bytea NOT NULL,
-    n_items bigint NOT NULL,
-    schema_version integer NOT NULL,
-    runnable boolean NOT NULL,
-    inbox integer NOT NULL DEFAULT 0,
-    lease_owner text,
-    lease_token bigint NOT NULL DEFAULT 0,
-    lease_until double precision NOT NULL DEFAULT 0,
-    created_at double precision NOT NULL,
-    updated_at double precision NOT NULL
-);
-CREATE INDEX runs_by_updated ON {s}.runs (updated_at DESC, seq);
-CREATE INDEX runs_by_status ON {s}.runs (status, updated_at DESC, seq);
-CREATE INDEX runs_runnable ON {s}.runs (updated_at, seq) WHERE runnable;
-CREATE INDEX runs_runnable_by_agent ON {s}.runs (starting_agent, updated_at, seq)
-    WHERE runnable;
-CREATE TABLE {s}.run_items (
-    run_id text NOT NULL REFERENCES {s}.runs (run_id) ON DELETE CASCADE,
-    idx bigint NOT NULL,
-    item bytea NOT NULL,
-    PRIMARY KEY (run_id, idx)
-);
-CREATE TABLE {s}.run_inbox (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    run_id text NOT NULL REFERENCES {s}.runs (run_id) ON DELETE CASCADE,
-    message bytea NOT NULL
-);
-CREATE INDEX run_inbox_by_run ON {s}.run_inbox (run_id, id);
-"""
-
-_LAYOUT_2 = """
-CREATE TABLE {s}.run_waiting (
-    run_id text NOT NULL REFERENCES {s}.runs (run_id) ON DELETE CASCADE,
-    call_id text NOT NULL,
-    tool text NOT NULL,
-    agent text NOT NULL,
-    request bytea NOT NULL,
-    since double precision NOT NULL,
-    PRIMARY KEY (run_id, call_id)
-);
-CREATE INDEX run_waiting_by_since ON {s}.run_waiting (since, run_id, call_id);
-CREATE INDEX run_waiting_by_tool ON {s}.run_waiting (tool, since, run_id, call_id);
-CREATE INDEX run_waiting_by_agent ON {s}.run_waiting (agent, since, run_id, call_id);
-ALTER TABLE {s}.runs ADD COLUMN deadline double precision;
-ALTER TABLE {s}.runs ADD COLUMN failures integer NOT NULL DEFAULT 0;
-ALTER TABLE {s}.runs ADD COLUMN parked text;
-CREATE INDEX runs_by_deadline ON {s}.runs (deadline) WHERE deadline IS NOT NULL;
-"""
-
-# Calls that still wait keep the time they started waiting; the run keeps its earliest
-# deadline, when a worker takes it up.
-_SET_WAITING = """
-WITH gone AS (
-    DELETE FROM {s}.run_waiting
-    WHERE run_id = %(run_id)s AND NOT (call_id = ANY(%(calls)s::text[]))
-), due AS (
-    UPDATE {s}.runs SET deadline = %(deadline)s::float8 WHERE run_id = %(run_id)s
-)
-INSERT INTO {s}.run_waiting (run_id, call_id, tool, agent, request, since)
-SELECT %(run_id)s, c, t, a, r, %(since)s::float8
-FROM unnest(%(calls)s::text[], %(tools)s::text[], %(agents)s::text[], %(requests)s::bytea[])
-    AS x(c, t, a, r)
-ON CONFLICT (run_id, call_id) DO UPDATE SET
-    tool = excluded.tool, agent = excluded.agent, request = excluded.request
-"""
-
-_WAITING = "SELECT run_id, request, since FROM {s}.run_waiting"
-_AFTER = " AND (since, run_id, call_id) > (%(since)s::float8, %(run)s, %(call)s)"
-
-_POSTED = """
-SELECT run_id, message FROM {s}.run_inbox WHERE run_id = ANY(%(runs)s::text[]) ORDER BY id
-"""
-
-_APPEND = """
-INSERT INTO {s}.run_items (run_id, idx, item)
-SELECT %(run_id)s, %(start)s::bigint + t.n - 1, t.item
-FROM unnest(%(items)s::bytea[]) WITH ORDINALITY AS t(item, n)
-"""
-
-_CREATE = (
-    """
-WITH run AS (
-    INSERT INTO {s}.runs (run_id, status, version, starting_agent, current_agent, turn,
-                          waiting, head, n_items, schema_version, runnable, created_at,
-                          updated_at)
-    VALUES (%(run_id)s, %(status)s, %(version)s, %(starting_agent)s, %(current_agent)s,
-            %(turn)s, %(waiting)s, %(head)s, %(n_items)s, %(schema_version)s, %(runnable)s,
-            {now}, {now})
-    RETURNING run_id
-), added AS ("""
-    + _APPEND
-    + """)
-SELECT 1 FROM run
-"""
-)
-
-_LOAD = """
-SELECT r.head, ARRAY(
-    SELECT i.item FROM {s}.run_items AS i
-    WHERE i.run_id = r.run_id AND i.idx < r.n_items ORDER BY i.idx
-)
-FROM {s}.runs AS r WHERE r.run_id = %(run_id)s
-"""
-
-_LOCK_FOR_SAVE = """
-SELECT version, n_items, lease_owner, lease_token, lease_until, inbox, {now}, schema_version,
-    waiting
-FROM {s}.runs WHERE run_id = %(run_id)s FOR UPDATE
-"""
-
-_SAVE = (
-    """
-WITH acked AS (
-    DELETE FROM {s}.run_inbox
-    WHERE run_id = %(run_id)s AND id = ANY(%(acknowledge)s::bigint[])
-    RETURNING 1
-), added AS ("""
-    + _APPEND
-    + """)
-UPDATE {s}.runs AS r SET
-    status = %(status)s, version = %(version)s, current_agent = %(current_agent)s,
-    turn = %(turn)s, waiting = %(waiting)s, head = %(head)s, n_items = %(n_items)s,
-    schema_version = %(schema_version)s, inbox = r.inbox - a.n,
-    runnable = (%(live)s OR (%(still)s AND r.inbox - a.n > 0)),
-    updated_at = %(now)s::float8, failures = 0, parked = NULL
-FROM (SELECT count(*)::integer AS n FROM acked) AS a
-WHERE r.run_id = %(run_id)s
-RETURNING r.inbox
-"""
-)
-
-_SUMMARY = (
-    "SELECT run_id, status, version, starting_agent, current_agent, turn, waiting, updated_at,"
-    " inbox, parked FROM {s}.runs"
-)
-
-_DELETE = "DELETE FROM {s}.runs WHERE run_id = %(run_id)s RETURNING 1"
-
-_CLEAR_ITEMS = "DELETE FROM {s}.run_items WHERE run_id = %(run_id)s"
-
-_LOCK_FOR_POST = "SELECT status, head FROM {s}.runs WHERE run_id = %(run_id)s FOR UPDATE"
-
-_INBOX_MESSAGES = "SELECT message FROM {s}.run_inbox WHERE run_id = %(run_id)s ORDER BY id"
-
-_NEWEST_MESSAGE = "SELECT max(id) FROM {s}.run_inbox WHERE run_id = %(run_id)s"
-
-_POST = """
-WITH added AS (
-    INSERT INTO {s}.run_inbox (run_id, message) VALUES (%(run_id)s, %(message)s)
-)
-UPDATE {s}.runs SET inbox = inbox + 1,
-    runnable = (runnable OR status IN ('interrupted', 'paused'))
-WHERE run_id = %(run_id)s
-"""
-
-# One row per message, or one row of NULLs for a run with an empty inbox; none for no run.
-_INBOX = """
-SELECT i.id, i.message FROM {s}.runs AS r
-LEFT JOIN {s}.run_inbox AS i ON i.run_id = r.run_id
-WHERE r.run_id = %(run_id)s ORDER BY i.id
-"""
-
-_CLAIM_NEXT = """
-UPDATE {s}.runs AS r SET
-    lease_owner = %(owner)s, lease_token = r.lease_token + 1,
-    lease_until = {now} + %(seconds)s::float8
-FROM (
-    SELECT run_id, lease_owner, lease_until FROM {s}.runs
-    WHERE lease_until < {now} {agent} AND (runnable OR deadline <= {now}) AND parked IS NULL
-    ORDER BY updated_at, seq
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
-) AS old
-WHERE r.run_id = old.run_id
-RETURNING r.run_id, r.lease_token, r.lease_until, old.lease_owner, old.lease_until
-"""
-
-_LOCK_FOR_CLAIM = """
-SELECT lease_until < {now}, {now}, lease_owner, lease_until FROM {s}.runs
-WHERE run_id = %(run_id)s FOR UPDATE
-"""
-
-_CLAIM = """
-UPDATE {s}.runs SET
-    lease_owner = %(owner)s, lease_token = lease_token + 1,
-    lease_until = %(now)s::float8 + %(seconds)s::float8
-WHERE run_id = %(run_id)s
-RETURNING lease_token, lease_until
-"""
-
-_RENEW = """
-UPDATE {s}.runs SET lease_until = {now} + %(seconds)s::float8
-WHERE run_id = %(run_id)s AND lease_owner = %(owner)s AND lease_token = %(token)s
-    AND lease_until >= {now}
-RETURNING lease_until
-"""
-
-_FAIL = """
-UPDATE {s}.runs SET
-    failures = failures + 1,
-    lease_owner = NULL,
-    parked = CASE WHEN failures + 1 >= %(attempts)s THEN %(error)s END,
-    lease_until = CASE WHEN failures + 1 >= %(attempts)s THEN 0::float8
-        ELSE {now} + least(%(max_backoff)s::float8,
-                           %(backoff)s::float8 * power(2, least(failures, 60))) END
-WHERE run_id = %(run_id)s AND lease_owner = %(owner)s AND lease_token = %(token)s
-RETURNING parked IS NOT NULL
-"""
-
-_RELEASE = """
-UPDATE {s}.runs SET lease_owner = NULL, lease_until = 0
-WHERE run_id = %(run_id)s AND lease_token = %(token)s
-"""
-
-_DATABASE_NOW = "extract(epoch from statement_timestamp())::float8"
-_TERMINAL = frozenset(status.value for status in RunStatus if status.is_terminal)
-_LIVE = ("new", "running", "tools")
+__all__ = ["LAYOUT_VERSION", "PostgresStore", "redact"]
 
 
 class PostgresStore(Store):
@@ -379,7 +181,7 @@ class PostgresStore(Store):
             options = conninfo.conninfo_to_dict(dsn)
         except psycopg.Error as exc:
             raise ConfigurationError(
-                f"invalid PostgreSQL DSN {self._where!r}: {_redact_text(str(exc))}"
+                f"invalid PostgreSQL DSN {self._where!r}: {redact_text(str(exc))}"
             ) from None
         self._connect_options: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in options:
@@ -550,10 +352,10 @@ class PostgresStore(Store):
     def _cannot_connect(self, exc: Exception) -> StoreError:
         """A StoreUnavailable if the server could not be reached for now, else a StoreError.
         Not to be chained: libpq's own text may spell out the DSN; this one is redacted."""
-        message = _one_line(str(exc))
-        kind = StoreUnavailable if _unreachable(message) else StoreError
+        message = one_line(str(exc))
+        kind = StoreUnavailable if unreachable(message) else StoreError
         return kind(
-            f"cannot connect to the PostgreSQL store {self._where!r}: {_redact_text(message)}"
+            f"cannot connect to the PostgreSQL store {self._where!r}: {redact_text(message)}"
         )
 
     def _timeout_settings(self) -> list[str]:
@@ -588,7 +390,7 @@ class PostgresStore(Store):
         from psycopg import errors
 
         # One line (the server adds CONTEXT and DETAIL lines), for logs and the CLI.
-        message = _one_line(str(exc)) or type(exc).__name__
+        message = one_line(str(exc)) or type(exc).__name__
         meaning = ""
         if isinstance(exc, errors.LockNotAvailable):
             meaning = (
@@ -600,7 +402,7 @@ class PostgresStore(Store):
             meaning = f"the statement ran longer than {self._limit('statement_timeout')}"
         if meaning:
             message = f"{meaning}: {message}"
-        kind = StoreUnavailable if _transient(exc) else StoreError
+        kind = StoreUnavailable if transient(exc) else StoreError
         raise kind(f"PostgreSQL store {self._where!r}: {message}") from exc
 
     def _limit(self, name: str) -> str:
@@ -654,10 +456,10 @@ class PostgresStore(Store):
         await conn.execute(
             self._q_set_waiting,
             {
-                "run_id": _text(state.run_id),
-                "calls": [_text(row[0]) for row in rows],
-                "tools": [_text(row[1]) for row in rows],
-                "agents": [_text(row[2]) for row in rows],
+                "run_id": text(state.run_id),
+                "calls": [text(row[0]) for row in rows],
+                "tools": [text(row[1]) for row in rows],
+                "agents": [text(row[2]) for row in rows],
                 "requests": [row[3] for row in rows],
                 "deadline": min((row[4] for row in rows if row[4] is not None), default=None),
                 "since": since,
@@ -699,11 +501,11 @@ class PostgresStore(Store):
         head, items, _ = parts(state, 0, state.schema_version)
         summary = summary_of(state, 0.0)
         params = {
-            "run_id": _text(state.run_id),
+            "run_id": text(state.run_id),
             "status": summary.status,
             "version": summary.version,
-            "starting_agent": _text(summary.starting_agent),
-            "current_agent": _text(summary.current_agent),
+            "starting_agent": text(summary.starting_agent),
+            "current_agent": text(summary.current_agent),
             "turn": summary.turn,
             "waiting": summary.waiting,
             "head": head,
@@ -722,14 +524,14 @@ class PostgresStore(Store):
             if summary.waiting:
                 cursor = await conn.execute(
                     f"SELECT updated_at FROM {self._quoted}.runs WHERE run_id = %s".encode(),
-                    (_text(state.run_id),),
+                    (text(state.run_id),),
                 )
                 (since,) = await _one(cursor)
                 await self._set_waiting(conn, state, since, 0)
 
     async def load(self, run_id: str) -> RunState:
         async with self._connection() as conn:
-            cursor = await conn.execute(self._q_load, {"run_id": _text(run_id)}, binary=True)
+            cursor = await conn.execute(self._q_load, {"run_id": text(run_id)}, binary=True)
             row = await cursor.fetchone()
         if row is None:
             raise UnknownRunError(f"no run {run_id!r} in the store")
@@ -746,7 +548,7 @@ class PostgresStore(Store):
     ) -> int:
         expected = state.version - 1 if expected_version is None else expected_version
         summary = summary_of(state, 0.0)
-        run_id = _text(state.run_id)
+        run_id = text(state.run_id)
         async with self._connection() as conn, conn.transaction():
             cursor = await conn.execute(
                 self._q_lock_for_save, {"run_id": run_id, "now": self._now()}
@@ -756,7 +558,7 @@ class PostgresStore(Store):
                 raise UnknownRunError(f"no run {state.run_id!r} in the store")
             version, stored_items, owner, token, until, _, now, stored_schema, was_waiting = row
             if lease is not None and not (
-                owner == _text(lease.owner) and token == lease.token and until >= now
+                owner == text(lease.owner) and token == lease.token and until >= now
             ):
                 raise LeaseLost(
                     f"run {state.run_id}: the lease of {lease.owner!r} is no longer held"
@@ -783,7 +585,7 @@ class PostgresStore(Store):
                     "items": items,
                     "status": summary.status,
                     "version": summary.version,
-                    "current_agent": _text(summary.current_agent),
+                    "current_agent": text(summary.current_agent),
                     "turn": summary.turn,
                     "waiting": summary.waiting,
                     "head": head,
@@ -809,23 +611,23 @@ class PostgresStore(Store):
         start = check_page(limit, after)
         params: dict[str, object] = {"limit": limit + 1}
         if tool is not None:
-            params["tool"] = _text(tool)
+            params["tool"] = text(tool)
         if agent is not None:
-            params["agent"] = _text(agent)
+            params["agent"] = text(agent)
         if start is not None:
-            params.update(since=start[0], run=_text(start[1]), call=_text(start[2]))
+            params.update(since=start[0], run=text(start[1]), call=text(start[2]))
         query = self._q_waiting[tool is not None, agent is not None, start is not None]
         async with self._connection() as conn:
             cursor = await conn.execute(query, params, binary=True)
-            rows = [(_untext(r), request, since) for r, request, since in await cursor.fetchall()]
-            runs = sorted({_text(row[0]) for row in rows[:limit]})
+            rows = [(untext(r), request, since) for r, request, since in await cursor.fetchall()]
+            runs = sorted({text(row[0]) for row in rows[:limit]})
             posted: Inboxes = {}
             if runs:
                 cursor = await conn.execute(self._q_posted, {"runs": runs}, binary=True)
                 for run_id, data in await cursor.fetchall():
                     message = decode_message(data)
                     if message is not None:
-                        posted.setdefault(_untext(run_id), []).append(message)
+                        posted.setdefault(untext(run_id), []).append(message)
         return page_of(rows, limit, posted)
 
     async def list(
@@ -843,16 +645,16 @@ class PostgresStore(Store):
             rows = await cursor.fetchall()
         return [
             RunSummary(
-                run_id=_untext(run_id),
+                run_id=untext(run_id),
                 status=status_,
                 version=version,
-                starting_agent=_untext(starting_agent),
-                current_agent=_untext(current_agent),
+                starting_agent=untext(starting_agent),
+                current_agent=untext(current_agent),
                 turn=turn,
                 waiting=waiting,
                 updated_at=updated_at,
                 posted=posted,
-                parked=None if parked is None else _untext(parked),
+                parked=None if parked is None else untext(parked),
             )
             for (
                 run_id,
@@ -871,7 +673,7 @@ class PostgresStore(Store):
     async def delete(self, run_id: str) -> None:
         # The run's transcript and inbox go with it (ON DELETE CASCADE).
         async with self._connection() as conn:
-            cursor = await conn.execute(self._q_delete, {"run_id": _text(run_id)})
+            cursor = await conn.execute(self._q_delete, {"run_id": text(run_id)})
             found = await cursor.fetchone()
         if found is None:
             raise UnknownRunError(f"no run {run_id!r} in the store")
@@ -881,7 +683,7 @@ class PostgresStore(Store):
     async def post(
         self, run_id: str, message: InboxMessage, *, admit: Admission | None = None
     ) -> bool:
-        params = {"run_id": _text(run_id), "message": encode_message(message)}
+        params = {"run_id": text(run_id), "message": encode_message(message)}
         async with self._connection() as conn, conn.transaction():
             cursor = await conn.execute(self._q_lock_for_post, params, binary=True)
             row = await cursor.fetchone()
@@ -901,7 +703,7 @@ class PostgresStore(Store):
 
     async def inbox(self, run_id: str) -> Inbox:
         async with self._connection() as conn:
-            cursor = await conn.execute(self._q_inbox, {"run_id": _text(run_id)}, binary=True)
+            cursor = await conn.execute(self._q_inbox, {"run_id": text(run_id)}, binary=True)
             rows = await cursor.fetchall()
         return inbox_of(run_id, rows)
 
@@ -916,7 +718,7 @@ class PostgresStore(Store):
         starting_agent: str | None = None,
     ) -> Lease | None:
         params: dict[str, object] = {
-            "owner": _text(owner),
+            "owner": text(owner),
             "seconds": float(lease_seconds),
             "now": self._now(),
         }
@@ -925,20 +727,20 @@ class PostgresStore(Store):
                 query = self._q_claim_next
             else:
                 query = self._q_claim_next_of
-                params["agent"] = _text(starting_agent)
+                params["agent"] = text(starting_agent)
             async with self._connection() as conn:
                 cursor = await conn.execute(query, params)
                 row = await cursor.fetchone()
             if row is None:
                 return None
             return Lease(
-                run_id=_untext(row[0]),
+                run_id=untext(row[0]),
                 owner=owner,
                 token=row[1],
                 expires_at=row[2],
                 taken_from=_taken_from(row[3], row[4]),
             )
-        params["run_id"] = _text(run_id)
+        params["run_id"] = text(run_id)
         async with self._connection() as conn, conn.transaction():
             cursor = await conn.execute(self._q_lock_for_claim, params)
             row = await cursor.fetchone()
@@ -987,8 +789,8 @@ class PostgresStore(Store):
 
     def _renew_params(self, lease: Lease, lease_seconds: float) -> dict[str, Any]:
         return {
-            "run_id": _text(lease.run_id),
-            "owner": _text(lease.owner),
+            "run_id": text(lease.run_id),
+            "owner": text(lease.owner),
             "token": lease.token,
             "seconds": float(lease_seconds),
             "now": self._now(),
@@ -996,10 +798,10 @@ class PostgresStore(Store):
 
     async def fail(self, lease: Lease, error: str, *, retry: RetryPolicy) -> bool:
         params = {
-            "run_id": _text(lease.run_id),
-            "owner": _text(lease.owner),
+            "run_id": text(lease.run_id),
+            "owner": text(lease.owner),
             "token": lease.token,
-            "error": _text(error),
+            "error": text(error),
             "attempts": retry.attempts,
             "backoff": retry.backoff,
             "max_backoff": retry.max_backoff,
@@ -1013,7 +815,7 @@ class PostgresStore(Store):
     async def release(self, lease: Lease) -> None:
         async with self._connection() as conn:
             await conn.execute(
-                self._q_release, {"run_id": _text(lease.run_id), "token": lease.token}
+                self._q_release, {"run_id": text(lease.run_id), "token": lease.token}
             )
 
 
@@ -1021,7 +823,7 @@ class PostgresStore(Store):
 
 
 def _taken_from(owner: str | None, until: float) -> Starter | None:
-    return None if owner is None else Starter(worker=_untext(owner), lease_until=until)
+    return None if owner is None else Starter(worker=untext(owner), lease_until=until)
 
 
 def _renewed(lease: Lease, row: TupleRow | None) -> Lease:
@@ -1040,113 +842,3 @@ async def _one(cursor: psycopg.AsyncCursor[TupleRow]) -> TupleRow:
 async def _close_quietly(conn: Connection) -> None:
     with contextlib.suppress(Exception):
         await conn.close()
-
-
-def _one_line(text: str) -> str:
-    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
-
-
-#: The SQLSTATEs of faults that pass: the server is shutting down, restarting or starting
-#: (57P01-57P03), it ended an idle session or our frozen transaction (57P05, 25P03), a lock
-#: was not granted in time (55P03), a transaction lost a race with another (40001, 40P01),
-#: too many connections (53300). Class 08 (the connection failed) too; and 57014, a
-#: cancelled statement, when the statement timeout cancelled it.
-_TRANSIENT_STATES = frozenset(
-    {"57P01", "57P02", "57P03", "57P05", "25P03", "55P03", "40001", "40P01", "53300"}
-)
-
-
-def _transient(exc: Exception) -> bool:
-    """Whether the error of a call on an open connection may pass if the call is tried
-    again. psycopg's errors without a SQLSTATE are its own: an OperationalError among them
-    is a connection that broke (the server closed it, the network dropped it)."""
-    import psycopg
-
-    state = getattr(exc, "sqlstate", None)
-    if state is None:
-        return isinstance(exc, psycopg.OperationalError)
-    if state == "57014":
-        return "statement timeout" in str(exc)
-    return state.startswith("08") or state in _TRANSIENT_STATES
-
-
-#: What libpq (or psycopg) says when a connection cannot be made for now: the network, or a
-#: server that is restarting or full. libpq gives no SQLSTATE for a failed connection, so
-#: this is read from its message; anything else (a database or role that does not exist, a
-#: refused password, a host name that does not resolve) is a StoreError at once.
-_UNREACHABLE = re.compile(
-    "|".join(
-        (
-            "connection refused",
-            "timeout expired",
-            "timed out",
-            "connection reset",
-            "no route to host",
-            "network is unreachable",
-            "server closed the connection unexpectedly",
-            "could not receive data from server",
-            "could not send data to server",
-            "ssl syscall error",
-            "ssl connection has been closed unexpectedly",
-            "temporary failure in name resolution",
-            "the database system is (starting up|shutting down|in recovery mode|not yet "
-            "accepting connections|not accepting connections)",
-            "too many clients already",
-            "remaining connection slots are reserved",
-            "terminating connection",
-        )
-    ),
-    re.IGNORECASE,
-)
-
-
-def _unreachable(message: str) -> bool:
-    return _UNREACHABLE.search(message) is not None
-
-
-def _text(value: str) -> str:
-    """``value`` as PostgreSQL text, which cannot hold NUL: NUL becomes ``\\x01\\x02`` and
-    ``\\x01`` is doubled, so every string keeps a distinct, reversible spelling (and names
-    without these two control characters, that is all real ones, are stored as they are)."""
-    if "\x00" in value or "\x01" in value:
-        return value.replace("\x01", "\x01\x01").replace("\x00", "\x01\x02")
-    return value
-
-
-_ESCAPED = re.compile("\x01(.)", re.DOTALL)
-
-
-def _untext(value: str) -> str:
-    if "\x01" in value:
-        return _ESCAPED.sub(lambda m: "\x01" if m[1] == "\x01" else "\x00", value)
-    return value
-
-
-_PASSWORD_IN_TEXT = re.compile(r"""(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)""", re.I)
-
-
-def _redact_text(text: str) -> str:
-    return _PASSWORD_IN_TEXT.sub(r"\1***", text)
-
-
-def redact(dsn: str) -> str:
-    """``dsn`` with its password, if any, replaced by ``***``."""
-    if "://" not in dsn:
-        return _redact_text(dsn)
-    try:
-        parts = urlsplit(dsn)
-        netloc = parts.netloc
-        if "@" in netloc:
-            users, hosts = netloc.rsplit("@", 1)
-            if ":" in users:
-                users = users.split(":", 1)[0] + ":***"
-            netloc = f"{users}@{hosts}"
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode(
-                [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*"
-            )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "<unparsable DSN>"
