@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pydantic
 
 from ._errors import ConfigurationError, UnknownAgentError, UnknownToolError
+from ._guardrails import Guardrail, guardrail_list
 from ._tools import Tool, ToolSpec, tool
 
 if TYPE_CHECKING:
@@ -32,6 +33,10 @@ class Agent:
     ``instructions`` is a str or a function of the run's context returning one. ``model`` is a
     model object (see ``agentfsm.testing.ScriptedModel``). Plain functions in ``tools`` are
     wrapped with ``@tool``.
+
+    ``input_guardrails`` check the run's input (when this agent starts the run) and input
+    injected while it is the current agent; ``output_guardrails`` check its final output.
+    Plain functions are wrapped as guardrails (see docs/guardrails.md).
     """
 
     name: str
@@ -42,11 +47,20 @@ class Agent:
     output_type: Any = None
     #: Lifecycle hooks (``RunHooks``) for what happens while this agent is the current one.
     hooks: Any = None
+    input_guardrails: list[Guardrail] = field(default_factory=list)
+    output_guardrails: list[Guardrail] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigurationError("an agent needs a non-empty str name")
         self.tools = [t if isinstance(t, Tool) else tool(t) for t in self.tools]
+        where = f"agent {self.name!r}"
+        self.input_guardrails = list(
+            guardrail_list(self.input_guardrails, "input", f"{where} input_guardrails")
+        )
+        self.output_guardrails = list(
+            guardrail_list(self.output_guardrails, "output", f"{where} output_guardrails")
+        )
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r})"

@@ -35,7 +35,10 @@ __all__ = [
 #:   2: the decisions' audit trail (``audit``); decisions say who decided, when, and whether
 #:      the call expired; waiting calls keep their tool's argument schema.
 #:   3: a call in doubt says who started it (``started_by``: the worker, and its lease's end);
-#:      the run keeps its trace context (``trace``) for tracing consumers.
+#:      the run keeps its trace context (``trace``) for tracing consumers; a new status,
+#:      ``paused``. Guardrails: their verdicts in the transcript (``GuardrailItem``, tag
+#:      ``guardrail``), a waiting call's ``recheck`` (its input guardrails check it again
+#:      before it runs), and ``guardrail_tripped`` runs.
 SCHEMA_VERSION = 3
 
 

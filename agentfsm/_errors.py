@@ -27,6 +27,7 @@ bare. The tree::
     │                                    BadRequestError, ServerError
     ├── ConfigurationError     agents or runner set up in a way that cannot work
     ├── HookError              a lifecycle hook or event listener raised (the run stopped)
+    ├── GuardrailTripped       a guardrail tripped or raised: the run ended failed, saved
     └── StoreError             a store could not do what was asked
         ├── StoreUnavailable   unreachable or too busy for now; trying again later may work
         ├── ConflictError      a write based on a stale version (nothing was written)
@@ -51,6 +52,7 @@ __all__ = [
     "ConflictError",
     "ContextError",
     "DecisionRefused",
+    "GuardrailTripped",
     "HookError",
     "IllegalTransition",
     "InboxChanged",
@@ -164,6 +166,33 @@ class HookError(AgentFSMError):
     """A consumer of a run's events (a lifecycle hook, a listener) raised. The run stopped
     between two steps, its last state saved (``error.state``); it resumes once the hook is
     fixed. The hook's own exception is the ``__cause__``."""
+
+
+class GuardrailTripped(AgentFSMError):
+    """A guardrail tripped (or raised, which counts as tripping): the run ended ``failed``,
+    its state saved and loadable (``state``), the verdict in its transcript. Driving the run
+    again raises this again; it cannot be restarted.
+
+    ``guardrail`` names it, ``kind`` says what it checked (``"input"``, ``"output"``,
+    ``"tool_input"``, ``"tool_output"``), ``call_id`` and ``tool`` the call for a tool
+    guardrail, ``info`` its ``output_info``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        guardrail: str = "",
+        kind: str = "",
+        call_id: str | None = None,
+        tool: str | None = None,
+        info: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.guardrail = guardrail
+        self.kind = kind
+        self.call_id = call_id
+        self.tool = tool
+        self.info = info
 
 
 class StoreError(AgentFSMError):

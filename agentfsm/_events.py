@@ -7,13 +7,14 @@ from typing import Any
 
 import msgspec
 
-from ._items import Item, ModelResponse, Record
+from ._items import GuardrailItem, Item, ModelResponse, Record
 from ._outcomes import Starter
 
 __all__ = [
     "ApprovalsDecided",
     "Cancelled",
     "Decision",
+    "ErrorHandled",
     "Event",
     "Injected",
     "ModelResponded",
@@ -71,32 +72,52 @@ class _Event(Record, frozen=True, tag_field="type"):
 class Started(_Event, frozen=True, tag="started"):
     """Start a new run, or restart one that failed on its turn limit with a higher
     ``max_turns``. ``trace`` becomes the run's trace context if it has none yet (a run's
-    trace never changes once set)."""
+    trace never changes once set). A new run's input guardrails' verdicts come in
+    ``guardrails`` (a trip fails the run); ``input``, when set, replaces the run's input (a
+    guardrail replaced it)."""
 
     max_turns: int | None = None
     trace: dict[str, str] = msgspec.field(default_factory=dict)
+    guardrails: tuple[GuardrailItem, ...] = ()
+    input: tuple[Item, ...] | None = None
 
 
 class ModelResponded(_Event, frozen=True, tag="model_responded"):
     """The model answered. ``needs_approval`` holds the driver's answers for tools whose
     approval rule is a function (a call missing from it is treated as needing approval);
     ``deadlines`` when each call expires if it must wait for a decision (seconds since the
-    epoch: the driver's clock, so the step stays pure)."""
+    epoch: the driver's clock, so the step stays pure).
+
+    ``guardrails`` holds the verdicts of the called tools' input guardrails (``tool_input``,
+    before anyone is asked to approve a call) and of the agent's output guardrails on a final
+    output (``output``). ``arguments`` holds, by call id, the arguments a guardrail replaced;
+    ``final_output`` the final output when a guardrail replaced it."""
 
     response: ModelResponse
     needs_approval: dict[str, bool] = msgspec.field(default_factory=dict)
     deadlines: dict[str, float] = msgspec.field(default_factory=dict)
+    guardrails: tuple[GuardrailItem, ...] = ()
+    arguments: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    final_output: Any = None
 
 
 class ToolsFinished(_Event, frozen=True, tag="tools_finished"):
     """Every started call of the turn finished (``results``) or is in doubt (``in_doubt``:
     started in an earlier process that died before committing its result, or given up
     while its body could still be running). ``started_by`` says, for calls in doubt, which
-    worker started them, when the driver knows."""
+    worker started them, when the driver knows.
+
+    ``guardrails`` holds the verdicts of the tools' guardrails: input guardrails that checked
+    approved calls again before they ran (``recheck``), and output guardrails on the results
+    (the results already hold what they replaced). ``arguments`` holds the calls that did not
+    run because an input guardrail replaced their arguments after they were approved: they
+    wait for a decision again, on these arguments."""
 
     results: tuple[ToolOutput, ...] = ()
     in_doubt: tuple[str, ...] = ()
     started_by: dict[str, Starter] = msgspec.field(default_factory=dict)
+    guardrails: tuple[GuardrailItem, ...] = ()
+    arguments: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
 
 class ApprovalsDecided(_Event, frozen=True, tag="approvals_decided"):
@@ -113,13 +134,15 @@ class Cancelled(_Event, frozen=True, tag="cancelled"):
 
     A run cancelled while its tools ran reports every started call, as ``ToolsFinished``
     does: the ones that finished with their ``results`` (they join the transcript), the
-    others ``in_doubt`` (they may have taken effect; the ledger keeps them started)."""
+    others ``in_doubt`` (they may have taken effect; the ledger keeps them started), with
+    the verdicts of their ``guardrails``."""
 
     reason: str = "cancelled"
     decisions: tuple[Decision, ...] = ()
     results: tuple[ToolOutput, ...] = ()
     in_doubt: tuple[str, ...] = ()
     started_by: dict[str, Starter] = msgspec.field(default_factory=dict)
+    guardrails: tuple[GuardrailItem, ...] = ()
 
 
 class Paused(_Event, frozen=True, tag="paused"):
@@ -133,9 +156,26 @@ class Resumed(_Event, frozen=True, tag="resumed"):
 
 
 class Injected(_Event, frozen=True, tag="injected"):
-    """New input from the user, given to the model at its next turn."""
+    """New input from the user, given to the model at its next turn. ``guardrails`` holds
+    the verdicts of the current agent's input guardrails on it (``items`` already hold what
+    they replaced); a trip fails the run, and the input is not kept."""
 
     items: tuple[Item, ...]
+    guardrails: tuple[GuardrailItem, ...] = ()
+
+
+class ErrorHandled(_Event, frozen=True, tag="error_handled"):
+    """The runner's error handler for a run that failed on its turn limit answered: the run
+    ends ``completed`` with ``output`` (added to the transcript as the agent's message when
+    ``include_in_history``). ``guardrails`` holds the output guardrails' verdicts on it
+    (``output`` already holds what they replaced; a trip fails the run for good). With
+    ``failure`` (the handler raised, or gave an output that does not fit), the run stays
+    failed and its error says why."""
+
+    output: Any = None
+    include_in_history: bool = True
+    failure: str | None = None
+    guardrails: tuple[GuardrailItem, ...] = ()
 
 
 Event = (
@@ -147,4 +187,5 @@ Event = (
     | Injected
     | Paused
     | Resumed
+    | ErrorHandled
 )

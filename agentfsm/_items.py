@@ -7,13 +7,14 @@ dict.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 __all__ = [
     "AssistantMessage",
     "Feedback",
+    "GuardrailItem",
     "HandoffItem",
     "Item",
     "ModelResponse",
@@ -86,7 +87,39 @@ class Feedback(_Item, frozen=True, tag="feedback"):
     content: str
 
 
-Item = UserMessage | AssistantMessage | ToolCallItem | ToolResultItem | HandoffItem | Feedback
+class GuardrailItem(_Item, frozen=True, tag="guardrail"):
+    """A guardrail's verdict, kept in the transcript for the audit (never sent to the model).
+
+    ``kind`` says what was checked: the run's or injected ``input``, the final ``output``, a
+    call's arguments (``tool_input``; ``recheck`` when checked again right before an approved
+    call runs) or its result (``tool_output``). ``behavior`` is what the guardrail decided:
+    ``allow``, ``replace`` (the content was replaced, as a redaction does), ``reject`` (the call
+    was not run; the model was told ``message``) or ``trip`` (the run failed). A guardrail that
+    raised counts as a trip, its error in ``message``. ``info`` is the guardrail's
+    ``output_info`` as JSON data. The replaced content itself is never kept here: a redaction
+    must not keep what it redacted.
+    """
+
+    guardrail: str
+    kind: Literal["input", "output", "tool_input", "tool_output"]
+    behavior: Literal["allow", "replace", "reject", "trip"]
+    agent: str
+    message: str | None = None
+    info: Any = None
+    call_id: str | None = None
+    tool: str | None = None
+    recheck: bool = False
+
+
+Item = (
+    UserMessage
+    | AssistantMessage
+    | ToolCallItem
+    | ToolResultItem
+    | HandoffItem
+    | Feedback
+    | GuardrailItem
+)
 
 
 class Usage(Record, frozen=True):

@@ -12,7 +12,14 @@ A run's ``status`` says what the run is waiting for:
 * ``interrupted``: paused; some calls wait for a human's decision.
 * ``paused``: stopped between turns at someone's request (``Paused``); ``Resumed`` goes on.
 * ``completed``, ``failed``, ``cancelled``: over. A run that failed on its turn limit accepts
-  ``Started`` again, with a higher limit.
+  ``Started`` again, with a higher limit, or ``ErrorHandled``: the runner's error handler
+  ends it with an output instead. A run that a guardrail failed accepts neither (the step
+  refuses them: InvalidEvent).
+
+Guardrails add no status: their verdicts ride on the events that carry what they checked
+(``Started`` and ``Injected`` the input, ``ModelResponded`` a call's arguments and the final
+output, ``ToolsFinished`` an approved call's arguments again and the results), and a trip is
+one more way for those events to end the run ``failed``.
 
 An event moves a run only along a row of ``TRANSITIONS`` below. Several rows may share a source
 and an event: the step function chooses among their destinations from the event's content
@@ -39,6 +46,7 @@ from ._errors import IllegalTransition
 from ._events import (
     ApprovalsDecided,
     Cancelled,
+    ErrorHandled,
     Event,
     Injected,
     ModelResponded,
@@ -78,6 +86,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Injected,
     Paused,
     Resumed,
+    ErrorHandled,
 )
 
 _S = RunStatus
@@ -86,14 +95,17 @@ _LIVE = [_S.NEW, _S.RUNNING, _S.TOOLS, _S.INTERRUPTED, _S.PAUSED]
 #: (event, sources, destinations): every legal move of a run.
 TRANSITIONS: tuple[tuple[type[Event], list[RunStatus], list[RunStatus]], ...] = (
     # Start, or restart after hitting the turn limit (which may be hit again at once).
+    # An input guardrail's trip fails a new run at once.
     (Started, [_S.NEW, _S.FAILED], [_S.RUNNING, _S.FAILED]),
-    # The model answered: call it again (feedback, handoff), run tools, ask a human, or finish.
+    # The model answered: call it again (feedback, handoff), run tools, ask a human, or finish
+    # (or fail: out of turns, or a guardrail tripped on a call's arguments or the output).
     (
         ModelResponded,
         [_S.RUNNING],
         [_S.RUNNING, _S.TOOLS, _S.INTERRUPTED, _S.COMPLETED, _S.FAILED],
     ),
-    # Every started call reported: next turn, or pause for calls still waiting or in doubt.
+    # Every started call reported: next turn, or pause for calls still waiting or in doubt (or
+    # sent back to a person by a guardrail), or fail (out of turns, or a guardrail tripped).
     (ToolsFinished, [_S.TOOLS], [_S.RUNNING, _S.INTERRUPTED, _S.FAILED]),
     # Decisions applied: run the approved calls, keep waiting, or go on to the next turn.
     (
@@ -102,13 +114,17 @@ TRANSITIONS: tuple[tuple[type[Event], list[RunStatus], list[RunStatus]], ...] = 
         [_S.TOOLS, _S.INTERRUPTED, _S.RUNNING, _S.FAILED],
     ),
     (Cancelled, _LIVE, [_S.CANCELLED]),
-    # Input between turns joins the transcript now; input while calls wait, at the resume.
-    (Injected, [_S.RUNNING], [_S.RUNNING]),
-    (Injected, [_S.INTERRUPTED], [_S.INTERRUPTED]),
-    (Injected, [_S.PAUSED], [_S.PAUSED]),
+    # Input between turns joins the transcript now; input while calls wait, at the resume. An
+    # input guardrail's trip fails the run instead.
+    (Injected, [_S.RUNNING], [_S.RUNNING, _S.FAILED]),
+    (Injected, [_S.INTERRUPTED], [_S.INTERRUPTED, _S.FAILED]),
+    (Injected, [_S.PAUSED], [_S.PAUSED, _S.FAILED]),
     # Paused between turns (never while tools run), and resumed where it stopped.
     (Paused, [_S.RUNNING], [_S.PAUSED]),
     (Resumed, [_S.PAUSED], [_S.RUNNING]),
+    # Out of turns: the error handler's output completes the run (unless an output guardrail
+    # trips on it, or the handler failed).
+    (ErrorHandled, [_S.FAILED], [_S.COMPLETED, _S.FAILED]),
 )
 
 

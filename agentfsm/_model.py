@@ -7,7 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from ._items import Item, ModelResponse
+from ._items import GuardrailItem, Item, ModelResponse
 from ._tools import ToolSpec
 
 __all__ = [
@@ -41,8 +41,12 @@ class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
     turn: int
 
     def conversation(self) -> Iterator[Item]:
+        """The input and the transcript, as the model sees them: guardrail verdicts (kept for
+        the audit) are left out."""
         yield from self.input
-        yield from self.items
+        for item in self.items:
+            if not isinstance(item, GuardrailItem):
+                yield item
 
 
 # -- streaming ---------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ __all__ = [
 
 
 class RunError(Record, frozen=True):
-    """Why a run ended without an output. ``kind`` is ``"max_turns_exceeded"`` or
-    ``"cancelled"``."""
+    """Why a run ended without an output. ``kind`` is ``"max_turns_exceeded"``,
+    ``"guardrail_tripped"`` or ``"cancelled"``."""
 
     kind: str
     message: str
@@ -31,7 +31,8 @@ class Invocation(Record, frozen=True):
     """One tool call the driver must execute, with validated arguments.
 
     ``idempotency_key`` is stable for this call across processes and retries; tools can pass it
-    on to the services they call.
+    on to the services they call. ``recheck``: the call waited for a decision, so the tool's
+    input guardrails check it again before it runs.
     """
 
     call_id: str
@@ -39,6 +40,7 @@ class Invocation(Record, frozen=True):
     agent: str
     arguments: dict[str, Any]
     idempotency_key: str
+    recheck: bool = False
 
 
 class Starter(Record, frozen=True):

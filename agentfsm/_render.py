@@ -7,7 +7,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from ._decisions import describe
-from ._items import AssistantMessage, Feedback, HandoffItem, Item, ToolCallItem, ToolResultItem
+from ._items import (
+    AssistantMessage,
+    Feedback,
+    GuardrailItem,
+    HandoffItem,
+    Item,
+    ToolCallItem,
+    ToolResultItem,
+)
 from ._outcomes import ApprovalRequest
 from ._state import RunState
 from .stores._base import (
@@ -44,6 +52,10 @@ def _line(item: Item) -> str:
             return f"  == handoff {source} -> {target}"
         case Feedback(content=content):
             return f"  (feedback) {content}"
+        case GuardrailItem(guardrail=name, kind=kind, behavior=behavior, message=message):
+            about = f" [{item.call_id}]" if item.call_id is not None else ""
+            why = f": {message}" if message else ""
+            return f"  (guardrail {name}, {kind}{about}) {behavior}{why}"
         case _:
             return f"  user: {item.content}"
 

@@ -5,7 +5,8 @@ progress output, watching a run from another process) reads this one sequence.
 
 Two kinds of events share it:
 
-* **Durable** events follow from the saved states alone: the items a step added, the calls
+* **Durable** events follow from the saved states alone: the items a step added (a
+  guardrail's verdict as ``GuardrailChecked``, every other item as ``ItemAdded``), the calls
   that started waiting, the decisions applied, the agent and status changes, the save
   itself, the end. ``durable_events(previous, state)`` computes them, purely, so every
   process that sees the same two states derives the same events at the same positions.
@@ -28,7 +29,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from ._decisions import DecisionRecord
-from ._items import Item, Usage
+from ._items import GuardrailItem, Item, Usage
 from ._outcomes import ApprovalRequest
 from ._state import RunState
 
@@ -36,6 +37,7 @@ __all__ = [
     "AgentChanged",
     "ApprovalDecided",
     "ApprovalRequested",
+    "GuardrailChecked",
     "ItemAdded",
     "ModelCallFinished",
     "ModelCallStarted",
@@ -172,6 +174,13 @@ class ItemAdded(_RunEvent, frozen=True, tag="item_added"):
     item: Item
 
 
+class GuardrailChecked(_RunEvent, frozen=True, tag="guardrail_checked"):
+    """A guardrail's verdict was recorded: ``verdict.behavior`` says whether it allowed,
+    replaced, rejected a call, or tripped (the run failed: a ``RunFinished`` follows)."""
+
+    verdict: GuardrailItem
+
+
 class ApprovalRequested(_RunEvent, frozen=True, tag="approval_requested"):
     """A call waits for a decision (``request.reason`` says whether it is in doubt)."""
 
@@ -227,6 +236,7 @@ RunEvent = (
     | ToolStarted
     | ToolFinished
     | ItemAdded
+    | GuardrailChecked
     | ApprovalRequested
     | ApprovalDecided
     | AgentChanged
@@ -249,7 +259,10 @@ def durable_events(previous: RunState, state: RunState) -> list[RunEvent]:
     if previous.version == 0:
         events += [ItemAdded(run_id=run_id, position=at(), item=i) for i in state.input]
     for item in state.items[len(previous.items) :]:
-        events.append(ItemAdded(run_id=run_id, position=at(), item=item))
+        if isinstance(item, GuardrailItem):
+            events.append(GuardrailChecked(run_id=run_id, position=at(), verdict=item))
+        else:
+            events.append(ItemAdded(run_id=run_id, position=at(), item=item))
     if len(state.audit) > len(previous.audit):
         for record in state.audit[len(previous.audit) :]:
             events.append(ApprovalDecided(run_id=run_id, position=at(), record=record))

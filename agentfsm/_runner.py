@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from ._errors import (
     AgentFSMError,
     ConfigurationError,
     ConflictError,
+    GuardrailTripped,
     InboxChanged,
     LeaseLost,
     ModelBehaviorError,
@@ -47,7 +48,14 @@ from ._events import (
     Started,
     ToolOutput,
 )
-from ._items import Item, ModelResponse, Usage
+from ._guardrun import (
+    ERROR_KINDS,
+    ErrorHandler,
+    check_input,
+    check_response,
+    handle_error,
+)
+from ._items import GuardrailItem, Item, ModelResponse, Usage
 from ._machine import RunStatus
 from ._model import (
     ModelProvider,
@@ -65,6 +73,7 @@ from ._outcomes import (
     Interruption,
     Outcome,
     RunAgain,
+    RunError,
     ToolCall,
 )
 from ._patience import PatientStore, check_wait
@@ -76,9 +85,16 @@ from ._run_events import (
 )
 from ._session import Heartbeat, Session, backoff
 from ._state import RunState
-from ._step import ToolErrors, check_max_turns, new_run, pending_outcome, step
+from ._step import (
+    ToolErrors,
+    check_max_turns,
+    new_run,
+    pending_outcome,
+    step,
+    storable_response,
+)
 from ._stream import Control, Emitter, Listener, Live, RunHandle, RunHooks
-from ._toolrun import ToolRunner, ToolsCancelled, carrying, copy_json
+from ._toolrun import NOT_RUN, ToolRunner, ToolsCancelled, carrying, copy_json
 from .stores._base import Lease, RetryPolicy, Store
 
 __all__ = ["RunResult", "Runner"]
@@ -146,6 +162,11 @@ class Runner:
             30; 0 does not retry). After that the call raises StoreUnavailable, saying it
             gave up. ``run``, ``resume`` and ``work`` wait so, and a write tried again
             is never applied twice (docs/durability.md says how).
+        error_handlers: ``{"max_turns": handler}``: when a run uses all its turns, the
+            handler (sync or async, given a ``RunErrorHandlerInput``) may end it with a final
+            output instead (a ``RunErrorHandlerResult``, or the output itself), which the
+            output guardrails check; None leaves the run failed. A handler that raises
+            leaves it failed, and its error says so (see docs/guardrails.md).
     """
 
     def __init__(
@@ -162,6 +183,7 @@ class Runner:
         retry: RetryPolicy | None = None,
         hooks: RunHooks | Sequence[RunHooks] = (),
         store_wait: float = 30.0,
+        error_handlers: Mapping[str, ErrorHandler] | None = None,
     ):
         if tool_errors not in ("feed", "raise"):
             raise ConfigurationError("tool_errors must be 'feed' or 'raise'")
@@ -188,6 +210,16 @@ class Runner:
         self._models: dict[str, Any] = {}
         self._stops = 0  # calls of stop(): work started before the latest one stops
         self._heartbeat: Heartbeat | None = None  # renews the leases of this runner's runs
+        handlers = dict(error_handlers or {})
+        unknown = sorted(set(handlers) - set(ERROR_KINDS))
+        if unknown or not all(callable(h) for h in handlers.values()):
+            raise ConfigurationError(
+                f"error_handlers maps {', '.join(map(repr, ERROR_KINDS))} to a function "
+                f"(unknown: {unknown})"
+                if unknown
+                else "error_handlers values are functions"
+            )
+        self.error_handlers: dict[str, ErrorHandler] = handlers
 
     def stop(self) -> None:
         """Stop the work under way: its runs stop after their current step, which is saved
@@ -243,7 +275,9 @@ class Runner:
         run elsewhere or changed since the state was loaded, UndecidedError for a paused state
         with no decision to apply (``approve`` returns a new state: pass that one),
         DecisionRefused when the state's decisions conflict with ones posted to the store.
-        Errors raised mid-run carry the last state in ``error.state``.
+        GuardrailTripped when a guardrail trips or raises (the run is saved ``failed``; a run
+        that one failed raises it again whenever it is driven). Errors raised mid-run carry
+        the last state in ``error.state``.
         """
         return await self._run(
             agent, input, context=context, max_turns=max_turns, run_id=run_id, live=None
@@ -411,6 +445,10 @@ class Runner:
             except StoreError as exc:
                 # The store's trouble, not the run's: it is retried when the lease expires.
                 log.error("run %s: store error in worker %s: %s", lease.run_id, self.owner, exc)
+            except GuardrailTripped as exc:
+                # The run ended, failed and saved: nothing to retry.
+                log.warning("run %s: %s", lease.run_id, exc)
+                advanced += 1
             except AgentFSMError as exc:
                 await self._failed(store, lease, exc)
             except Exception:
@@ -494,6 +532,9 @@ class Runner:
             )
             failed = False
             return result
+        except GuardrailTripped:
+            failed = False  # the run ended, saved: its lease goes
+            raise
         finally:
             heartbeat.forget(session)
             if not (failed and worker):
@@ -590,7 +631,9 @@ class Runner:
                 max_turns is not None and max_turns != state.max_turns
             ):
                 event = ApprovalsDecided(max_turns=max_turns)
-            case RunStatus.FAILED if max_turns is not None and max_turns > state.turn:
+            case RunStatus.FAILED if (
+                max_turns is not None and max_turns > state.turn and _out_of_turns(state)
+            ):
                 event = Started(max_turns=max_turns)
             case RunStatus.PAUSED if not worker:
                 event = Resumed()
@@ -608,6 +651,7 @@ class Runner:
                 if trace:
                     event = msgspec.structs.replace(event, trace=trace)
         seen: int | None = None
+        handled = False  # the error handler was called in this drive
         while True:
             if event is None and control is not None:
                 event = _controlled(state, control)
@@ -615,6 +659,7 @@ class Runner:
                 event, acknowledge, seen = await session.take_mail(state)
                 mail = event is not None
             if event is not None:
+                event = await self._checked(agents, state, event)
                 previous = state
                 state, outcome = self._step(agents, state, event)
                 try:
@@ -675,10 +720,17 @@ class Runner:
                     event = ApprovalsDecided(decisions=expired)
                 case Interruption(requests=requests) if requests and given and not stepped:
                     raise carrying(_undecided(state, requests), state)
+                case FinalOutput() if (
+                    (handler := self.error_handlers.get("max_turns"))
+                    and _out_of_turns(state)
+                    and not handled
+                ):
+                    handled = True
+                    event = await handle_error(handler, agents, state)
+                    if event is None:
+                        return self._finished(agents, state, emitter)
                 case Interruption() | FinalOutput():
-                    if emitter is not None:
-                        emitter.check(state)
-                    return _result(agents, state)
+                    return self._finished(agents, state, emitter)
             if event is None:  # the model call was cancelled
                 assert control is not None
                 assert control.cancel_reason is not None
@@ -698,6 +750,35 @@ class Runner:
         # any process that drove the run before; without a store, the clock does.
         epoch = session.lease.token if session is not None else max(1, int(self.clock() * 1000))
         return Emitter(state, epoch, listeners, agent_hooks, self.hooks)
+
+    def _finished(self, agents: AgentSet, state: RunState, emitter: Emitter | None) -> RunResult:
+        """The result of a run that stopped; raises GuardrailTripped for one a guardrail
+        failed."""
+        if emitter is not None:
+            emitter.check(state)
+        if state.error is not None and state.error.kind == "guardrail_tripped":
+            raise carrying(_tripped(state, state.error), state)
+        return _result(agents, state)
+
+    async def _checked(self, agents: AgentSet, state: RunState, event: Event) -> Event:
+        """``event`` with the verdicts of the input guardrails on the input it brings: a new
+        run's input (the starting agent's guardrails), or injected input (the current
+        agent's)."""
+        match event:
+            case Started() if state.status is RunStatus.NEW:
+                agent, items = agents.agent(state.starting_agent), state.input
+            case Injected(items=items) if items and not event.guardrails:
+                agent = agents.agent(state.current_agent)
+            case _:
+                return event
+        if not agent.input_guardrails:
+            return event
+        verdicts, replaced = await check_input(agent, items, copy_json(state.context))
+        if isinstance(event, Started):
+            return msgspec.structs.replace(event, guardrails=verdicts, input=replaced)
+        tripped = any(v.behavior == "trip" for v in verdicts)
+        items = replaced if replaced is not None and not tripped else items
+        return msgspec.structs.replace(event, items=items, guardrails=verdicts)
 
     def _step(self, agents: AgentSet, state: RunState, event: Event) -> tuple[RunState, Outcome]:
         try:
@@ -789,10 +870,19 @@ class Runner:
                 ),
                 state,
             )
+        response = storable_response(response)
+        checks = await check_response(
+            agents, agent.name, state.run_id, copy_json(state.context), response
+        )
         return ModelResponded(
             response=response,
-            needs_approval=await self._approval_rules(agents, state, response),
+            needs_approval=await self._approval_rules(
+                agents, state, response, checks.arguments, checks.blocked
+            ),
             deadlines=self._deadlines(agents, state, response),
+            guardrails=tuple(checks.verdicts),
+            arguments=checks.arguments,
+            final_output=checks.final_output,
         )
 
     def _deadlines(
@@ -827,17 +917,23 @@ class Runner:
         return model
 
     async def _approval_rules(
-        self, agents: AgentSet, state: RunState, response: ModelResponse
+        self,
+        agents: AgentSet,
+        state: RunState,
+        response: ModelResponse,
+        replaced: Mapping[str, dict[str, Any]],
+        blocked: set[str],
     ) -> dict[str, bool]:
         """Evaluate the approval functions of the called tools (the step cannot: they are the
-        user's code and may await). A function that raises counts as 'needs approval'."""
+        user's code and may await), on the arguments the guardrails left, for the calls they
+        did not block. A function that raises counts as 'needs approval'."""
         answers: dict[str, bool] = {}
         for call in response.tool_calls:
             tool = agents.tool(state.current_agent, call.name)
-            if tool is None or isinstance(tool.needs_approval, bool):
+            if tool is None or isinstance(tool.needs_approval, bool) or call.call_id in blocked:
                 continue
             try:
-                arguments = tool.validate_json(call.arguments)
+                arguments = replaced.get(call.call_id) or tool.validate_json(call.arguments)
             except ToolArgumentsError:
                 continue
             try:
@@ -946,10 +1042,6 @@ def _controlled(state: RunState, control: Control) -> Event | None:
     return None
 
 
-#: The result of a call that the run's cancellation stopped before it began.
-NOT_RUN = "Error: the run was cancelled before this call ran; it did not run."
-
-
 async def _guarded(control: Control | None, work: Coroutine[Any, Any, _T]) -> _T | None:
     """``await work`` (the model call, or the tools) so that the handle's ``cancel`` can stop
     it: None when it did. A cancellation of the caller's own task goes on as usual."""
@@ -998,6 +1090,28 @@ def _expired(
         Decision(call_id=r.call_id, digest=r.digest, approved=False, expired=True, at=now)
         for r in requests
         if r.deadline is not None and r.deadline <= now
+    )
+
+
+def _out_of_turns(state: RunState) -> bool:
+    return state.error is not None and state.error.kind == "max_turns_exceeded"
+
+
+def _tripped(state: RunState, error: RunError) -> GuardrailTripped:
+    """The error of a run a guardrail failed, from the trip recorded in its transcript."""
+    trip = next(
+        (i for i in reversed(state.items) if isinstance(i, GuardrailItem) and i.behavior == "trip"),
+        None,
+    )
+    if trip is None:
+        return GuardrailTripped(f"run {state.run_id} failed: {error.message}")
+    return GuardrailTripped(
+        f"run {state.run_id} failed: {error.message}",
+        guardrail=trip.guardrail,
+        kind=trip.kind,
+        call_id=trip.call_id,
+        tool=trip.tool,
+        info=trip.info,
     )
 
 

@@ -126,6 +126,9 @@ class CallRecord(Record, frozen=True):
     deadline: float | None = None
     #: Who started the call, when it is in doubt (see ApprovalRequest.started_by).
     started_by: Starter | None = None
+    #: The call waited for a decision: its tool's input guardrails check it again right
+    #: before it runs (see Invocation.recheck).
+    recheck: bool = False
 
     def invocation(self) -> Invocation:
         return Invocation(
@@ -134,6 +137,7 @@ class CallRecord(Record, frozen=True):
             agent=self.agent,
             arguments=self.arguments,
             idempotency_key=self.idempotency_key,
+            recheck=self.recheck,
         )
 
     def request(self) -> ApprovalRequest:

@@ -1,9 +1,10 @@
 """The pure core: ``step(state, event, agents) -> Step(state, outcome)``.
 
 No await, no clock, no ids, no randomness, no I/O: the same inputs always give the same
-outputs. Everything from outside (the model's answer, tool results, decisions) arrives on the
-event; the agents supply only code that is itself deterministic (argument and output
-validation). Which statuses a step may move the run to is decided in ``_machine``.
+outputs. Everything from outside (the model's answer, tool results, decisions, the verdicts of the
+user's guardrails and error handler) arrives on the event; the agents supply only code that is
+itself deterministic (argument and output validation). Which statuses a step may move the run
+to is decided in ``_machine``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ._events import (
     ApprovalsDecided,
     Cancelled,
     Decision,
+    ErrorHandled,
     Event,
     Injected,
     ModelResponded,
@@ -39,8 +41,10 @@ from ._events import (
 from ._items import (
     AssistantMessage,
     Feedback,
+    GuardrailItem,
     HandoffItem,
     Item,
+    ModelResponse,
     ModelToolCall,
     ToolCallItem,
     ToolResultItem,
@@ -63,6 +67,7 @@ from ._state import CallRecord, Policy, RunState, Transcript
 __all__ = [
     "DEFAULT_REJECTION",
     "EXPIRED_REJECTION",
+    "GUARDRAIL_REJECTION",
     "IN_DOUBT_REJECTION",
     "Step",
     "ToolErrors",
@@ -71,6 +76,7 @@ __all__ = [
     "new_run",
     "pending_outcome",
     "step",
+    "storable_response",
 ]
 
 ToolErrors = Literal["feed", "raise"]
@@ -80,6 +86,13 @@ EXPIRED_REJECTION = "No one decided on this tool call in time; it was not run."
 IN_DOUBT_REJECTION = (
     "This call was interrupted before its result was recorded, and a human chose not to run "
     "it again; whether it took effect is unknown."
+)
+
+GUARDRAIL_REJECTION = "A guardrail blocked this call; it was not run."
+NOT_RUN_TRIPPED = "This call was not run: the run stopped when a guardrail tripped."
+IN_DOUBT_TRIPPED = (
+    "The run stopped when a guardrail tripped; whether this call took effect before it was "
+    "interrupted is unknown."
 )
 
 _replace = msgspec.structs.replace
@@ -175,13 +188,15 @@ def step(
         case ModelResponded():
             new, outcome = _model_responded(state, event, spec, tool_errors)
         case ToolsFinished():
-            new, outcome = _tools_finished(state, event)
+            new, outcome = _tools_finished(state, event, spec)
         case ApprovalsDecided():
             new, outcome = _approvals_decided(state, event, spec)
         case Cancelled():
-            new, outcome = _cancelled(state, event)
+            new, outcome = _cancelled(state, event, spec)
         case Injected():
             new, outcome = _injected(state, event)
+        case ErrorHandled():
+            new, outcome = _error_handled(state, event, spec)
         case Paused():
             new, outcome = state, Interruption(requests=(), paused=True)
         case Resumed():
@@ -218,13 +233,24 @@ def pending_outcome(state: RunState) -> Outcome:
 
 
 def _started(state: RunState, event: Started) -> tuple[RunState, Outcome]:
+    if state.status is RunStatus.FAILED:
+        _require_out_of_turns(state, "restarted")
+        if event.guardrails or event.input is not None:
+            raise InvalidEvent("input guardrails check a new run's input; a restart has none")
     max_turns = state.max_turns if event.max_turns is None else event.max_turns
     if max_turns < 0:
         raise InvalidEvent("max_turns must not be negative")
+    verdicts = _verdicts(event.guardrails, "Started", {"input"})
     trace = state.trace or event.trace
-    return _next_turn(
-        _replace(state, max_turns=max_turns, error=None, final_output=None, trace=trace)
-    )
+    state = _replace(state, max_turns=max_turns, error=None, final_output=None, trace=trace)
+    if event.input is not None:
+        _require_replaced(verdicts, "Started.input")
+        state = _replace(state, input=event.input)
+    state = _replace(state, items=state.items.extend(verdicts))
+    tripped = _first_trip(verdicts)
+    if tripped is not None:
+        return _trip(state, tripped)
+    return _next_turn(state)
 
 
 def _model_responded(
@@ -238,36 +264,50 @@ def _model_responded(
         raise ModelBehaviorError(f"the model's tool calls need distinct, non-empty ids: {ids}")
     turn = state.turn + 1
     usage = state.usage + response.usage
+    verdicts = _verdicts(event.guardrails, "ModelResponded", {"tool_input", "output"})
+    output_checks = [v for v in verdicts if v.kind == "output"]
+    call_checks: dict[str, list[GuardrailItem]] = {}
+    for verdict in verdicts:
+        if verdict.kind == "tool_input":
+            if verdict.recheck:
+                raise InvalidEvent("a model's answer carries no rechecks of approved calls")
+            call_checks.setdefault(str(verdict.call_id), []).append(verdict)
 
     if not response.tool_calls:
+        if call_checks or event.arguments:
+            raise InvalidEvent("tool guardrail verdicts for an answer without tool calls")
         text = response.text or ""
-        done = _replace(
-            state,
-            turn=turn,
-            usage=usage,
-            items=state.items.extend([AssistantMessage(content=text, agent=agent)]),
-        )
+        done = _replace(state, turn=turn, usage=usage)
         adapter = spec.output_adapter(agent)
-        if adapter is None:
-            return _replace(done, final_output=text), FinalOutput(output=text)
-        try:
-            output = adapter.dump_python(adapter.validate_json(text), mode="json")
-            check_json_data(output, "the final output", InvalidEvent)
-        except (pydantic.ValidationError, InvalidEvent) as exc:
-            problem = _explain(exc) if isinstance(exc, pydantic.ValidationError) else str(exc)
-            feedback = Feedback(
-                content=(
-                    "Your final answer does not match the required output schema: "
-                    f"{problem}. Answer again with output that matches it."
+        output: Any = text
+        if adapter is not None:
+            try:
+                output = adapter.dump_python(adapter.validate_json(text), mode="json")
+                check_json_data(output, "the final output", InvalidEvent)
+            except (pydantic.ValidationError, InvalidEvent) as exc:
+                if output_checks:
+                    raise InvalidEvent(
+                        "output guardrail verdicts for an answer that is not a valid final output"
+                    ) from None
+                problem = _explain(exc) if isinstance(exc, pydantic.ValidationError) else str(exc)
+                feedback = Feedback(
+                    content=(
+                        "Your final answer does not match the required output schema: "
+                        f"{problem}. Answer again with output that matches it."
+                    )
                 )
-            )
-            return _next_turn(_replace(done, items=done.items.extend([feedback])))
-        return _replace(done, final_output=output), FinalOutput(output=output)
+                said = AssistantMessage(content=text, agent=agent)
+                return _next_turn(_replace(done, items=done.items.extend([said, feedback])))
+        return _final(done, agent, text, output, output_checks, event.final_output, spec)
+    if output_checks or event.final_output is not None:
+        raise InvalidEvent("output guardrail verdicts for an answer with tool calls")
 
     new_items: list[Item] = []
     results: list[Item] = []
     ledger: list[CallRecord] = []
     handoff = state.pending_handoff
+    tripped: GuardrailItem | None = None
+    replaced = set(event.arguments)
     if response.text:
         new_items.append(AssistantMessage(content=response.text, agent=agent))
     for call in response.tool_calls:
@@ -303,6 +343,26 @@ def _model_responded(
                 raise ModelBehaviorError(str(exc)) from None
             results.append(_answer(call, agent, f"Error: {exc}", is_error=True))
             continue
+        checks = call_checks.pop(call.call_id, [])
+        results.extend(checks)
+        tripped = tripped or _first_trip(checks)
+        reject = next((v for v in checks if v.behavior == "reject"), None)
+        if reject is not None and _first_trip(checks) is None:
+            results.append(_answer(call, agent, reject.message or GUARDRAIL_REJECTION))
+            continue
+        edited = call.call_id in event.arguments
+        if edited:
+            _require_replaced(checks, f"ModelResponded.arguments[{call.call_id!r}]")
+            replaced.discard(call.call_id)
+            try:
+                arguments = tool.validate(event.arguments[call.call_id])
+            except ToolArgumentsError as exc:
+                raise InvalidEvent(f"a guardrail's replaced arguments do not fit: {exc}") from None
+        elif any(v.behavior == "replace" for v in checks) and _first_trip(checks) is None:
+            raise InvalidEvent(
+                f"call {call.call_id}: a guardrail replaced its arguments, and "
+                "the event does not carry them"
+            )
         needs = (
             tool.needs_approval
             if isinstance(tool.needs_approval, bool)
@@ -327,45 +387,122 @@ def _model_responded(
                 status=status,
                 schema=tool.parameters,
                 deadline=event.deadlines.get(call.call_id) if needs else None,
+                edited=edited,
+                recheck=status == "awaiting_approval",
             )
         )
-    return _advance(
-        _replace(
-            state,
-            turn=turn,
-            usage=usage,
-            items=state.items.extend(new_items + results),
-            ledger=tuple(ledger),
-            pending_handoff=handoff,
+    if call_checks or replaced:
+        unchecked = sorted({*call_checks, *replaced})
+        raise InvalidEvent(
+            f"tool guardrail verdicts or arguments for calls no guardrail could check (unknown "
+            f"tools, invalid arguments, handoffs, or not in the answer): {unchecked}"
         )
+    new = _replace(
+        state,
+        turn=turn,
+        usage=usage,
+        items=state.items.extend(new_items + results),
+        ledger=tuple(ledger),
+        pending_handoff=handoff,
     )
+    if tripped is not None:
+        return _trip(new, tripped)
+    return _advance(new)
 
 
-def _tools_finished(state: RunState, event: ToolsFinished) -> tuple[RunState, Outcome]:
-    return _advance(_record_tools(state, event))
+def _final(
+    state: RunState,
+    agent: str,
+    text: str,
+    output: Any,
+    verdicts: Sequence[GuardrailItem],
+    replacement: Any,
+    spec: AgentSet,
+) -> tuple[RunState, Outcome]:
+    """The model's final answer, as the output guardrails leave it: through, replaced (the
+    transcript then holds the replacement, not what it replaced), or tripped."""
+    tripped = _first_trip(verdicts)
+    if any(v.behavior == "replace" for v in verdicts):
+        if tripped is None:
+            output = _valid_output(spec, agent, replacement)
+            text = output if isinstance(output, str) else msgspec.json.encode(output).decode()
+    elif replacement is not None:
+        _require_replaced(verdicts, "ModelResponded.final_output")
+    items: list[Item] = [AssistantMessage(content=text, agent=agent), *verdicts]
+    state = _replace(state, items=state.items.extend(items))
+    if tripped is not None:
+        return _trip(state, tripped)
+    return _replace(state, final_output=output), FinalOutput(output=output)
 
 
-def _record_tools(state: RunState, event: ToolsFinished) -> RunState:
-    """The started calls' results in the transcript, and the calls in doubt waiting."""
+def _valid_output(spec: AgentSet, agent: str, value: Any) -> Any:
+    """``value`` as a final output of ``agent``, as JSON data; InvalidEvent if it does not
+    fit the agent's output type."""
+    adapter = spec.output_adapter(agent)
+    if adapter is None:
+        if not isinstance(value, str):
+            raise InvalidEvent(f"agent {agent!r} answers with text, not {type(value).__name__}")
+        check_json_data(value, "the final output", InvalidEvent)
+        return value
+    try:
+        output = adapter.dump_python(adapter.validate_json(msgspec.json.encode(value)), mode="json")
+    except (pydantic.ValidationError, TypeError, ValueError) as exc:
+        raise InvalidEvent(
+            f"the final output does not fit agent {agent!r}'s output type: {exc}"
+        ) from None
+    check_json_data(output, "the final output", InvalidEvent)
+    return output
+
+
+def _tools_finished(
+    state: RunState, event: ToolsFinished, spec: AgentSet
+) -> tuple[RunState, Outcome]:
+    new = _record_tools(state, event, spec)
+    tripped = _first_trip(event.guardrails)
+    if tripped is not None:
+        return _trip(new, tripped)
+    return _advance(new)
+
+
+def _record_tools(state: RunState, event: ToolsFinished, spec: AgentSet) -> RunState:
+    """The started calls' results in the transcript with their guardrails' verdicts, the
+    calls in doubt waiting, and the calls whose arguments a guardrail replaced after their
+    approval waiting for a decision on the new ones."""
     started = {call.call_id for call in state.ledger if call.status == "started"}
     results = {result.call_id: result for result in event.results}
     doubt = set(event.in_doubt)
+    returned = event.arguments
     if (
         len(results) != len(event.results)
         or len(doubt) != len(event.in_doubt)
         or results.keys() & doubt
-        or results.keys() | doubt != started
+        or returned.keys() & (results.keys() | doubt)
+        or results.keys() | doubt | returned.keys() != started
         or not event.started_by.keys() <= doubt
     ):
         reported = [result.call_id for result in event.results] + list(event.in_doubt)
         raise InvalidEvent(
             f"ToolsFinished must report each started call exactly once, and say who started "
             f"only calls in doubt (started: {sorted(started)}; reported: {reported}; "
-            f"started_by: {sorted(event.started_by)})"
+            f"sent back for approval: {sorted(returned)}; started_by: "
+            f"{sorted(event.started_by)})"
         )
+    checks: dict[str, list[GuardrailItem]] = {}
+    for verdict in _verdicts(event.guardrails, type(event).__name__, {"tool_input", "tool_output"}):
+        if verdict.call_id not in started or verdict.recheck != (verdict.kind == "tool_input"):
+            raise InvalidEvent(
+                f"a guardrail verdict on call {verdict.call_id} does not fit: only started "
+                "calls are checked here, their arguments again (recheck) and their results"
+            )
+        checks.setdefault(verdict.call_id, []).append(verdict)
     items: list[Item] = []
     ledger: list[CallRecord] = []
     for call in state.ledger:
+        items.extend(checks.get(call.call_id, ()))
+        if call.call_id in returned:
+            _require_replaced(checks.get(call.call_id, ()), "ToolsFinished.arguments")
+            ledger.append(_sent_back(call, returned[call.call_id], spec))
+            continue
         result = results.get(call.call_id)
         if result is not None:
             items.append(
@@ -388,6 +525,37 @@ def _record_tools(state: RunState, event: ToolsFinished) -> RunState:
             )
         ledger.append(call)
     return _replace(state, items=state.items.extend(items), ledger=tuple(ledger))
+
+
+def _sent_back(call: CallRecord, arguments: dict[str, Any], spec: AgentSet) -> CallRecord:
+    """An approved call whose arguments a guardrail replaced right before it ran: a person
+    approved other arguments, so it waits for a decision on these."""
+    tool = spec.tool(call.agent, call.tool)
+    if tool is None:
+        raise InvalidEvent(f"tool {call.tool!r} of call {call.call_id} no longer exists")
+    try:
+        arguments = tool.validate(arguments)
+    except ToolArgumentsError as exc:
+        raise InvalidEvent(f"a guardrail's replaced arguments do not fit: {exc}") from None
+    new_digest = digest(arguments)
+    return _replace(
+        call,
+        status="awaiting_approval",
+        reason="approval",
+        arguments=arguments,
+        digest=new_digest,
+        idempotency_key=_edited_key(call.idempotency_key, new_digest),
+        edited=True,
+        schema=tool.parameters,
+        deadline=None,
+        recheck=True,
+    )
+
+
+def _edited_key(key: str, new_digest: str) -> str:
+    # Other arguments make another operation: services that dedupe on the key must not
+    # mistake it for the call that may already have run with the old ones.
+    return hashlib.sha256(f"{key}\x1f{new_digest}".encode()).hexdigest()[:32]
 
 
 def _approvals_decided(
@@ -483,16 +651,13 @@ def _settle(
             f"pass ({exc}); the approval is void: decide again"
         )
     new_digest = digest(arguments)
-    # Other arguments make another operation: services that dedupe on the key must not
-    # mistake it for the call that may already have run with the old ones.
-    key = hashlib.sha256(f"{call.idempotency_key}\x1f{new_digest}".encode()).hexdigest()[:32]
     return (
         _replace(
             call,
             status="started",
             arguments=arguments,
             digest=new_digest,
-            idempotency_key=key,
+            idempotency_key=_edited_key(call.idempotency_key, new_digest),
             edited=True,
             schema=tool.parameters,
         ),
@@ -500,7 +665,7 @@ def _settle(
     )
 
 
-def _cancelled(state: RunState, event: Cancelled) -> tuple[RunState, Outcome]:
+def _cancelled(state: RunState, event: Cancelled, spec: AgentSet) -> tuple[RunState, Outcome]:
     error = RunError(kind="cancelled", message=event.reason)
     calls = {c.call_id: c for c in state.ledger}
     why = f"the run was cancelled before this decision was applied ({event.reason})"
@@ -511,9 +676,12 @@ def _cancelled(state: RunState, event: Cancelled) -> tuple[RunState, Outcome]:
     if state.status is RunStatus.TOOLS:
         # The calls that were running: the finished ones committed, the others in doubt.
         report = ToolsFinished(
-            results=event.results, in_doubt=event.in_doubt, started_by=event.started_by
+            results=event.results,
+            in_doubt=event.in_doubt,
+            started_by=event.started_by,
+            guardrails=event.guardrails,
         )
-        state = _record_tools(state, report)
+        state = _record_tools(state, report, spec)
         state = _replace(
             state,
             ledger=tuple(
@@ -521,7 +689,7 @@ def _cancelled(state: RunState, event: Cancelled) -> tuple[RunState, Outcome]:
                 for c in state.ledger
             ),
         )
-    elif event.results or event.in_doubt or event.started_by:
+    elif event.results or event.in_doubt or event.started_by or event.guardrails:
         raise InvalidEvent("only a run whose tools are running reports calls when cancelled")
     new = _replace(state, error=error, decisions=(), audit=audit)
     return new, FinalOutput(error=error)
@@ -549,6 +717,11 @@ def _refusal_text(call: CallRecord, decision: Decision) -> str:
 
 
 def _injected(state: RunState, event: Injected) -> tuple[RunState, Outcome]:
+    verdicts = _verdicts(event.guardrails, "Injected", {"input"})
+    state = _replace(state, items=state.items.extend(verdicts))
+    tripped = _first_trip(verdicts)
+    if tripped is not None:
+        return _trip(state, tripped)  # the input it tripped on is not kept
     if state.status is RunStatus.RUNNING:
         return _replace(state, items=state.items.extend(event.items)), RunAgain(
             agent=state.current_agent
@@ -561,6 +734,133 @@ def _injected(state: RunState, event: Injected) -> tuple[RunState, Outcome]:
     )
 
 
+def _error_handled(
+    state: RunState, event: ErrorHandled, spec: AgentSet
+) -> tuple[RunState, Outcome]:
+    _require_out_of_turns(state, "ended by its error handler")
+    verdicts = _verdicts(event.guardrails, "ErrorHandled", {"output"})
+    if event.failure is not None:
+        if verdicts:
+            raise InvalidEvent("a failed error handler gave no output to check")
+        error = RunError(
+            kind="max_turns_exceeded",
+            message=f"{_out_of_turns(state.max_turns)}; its max_turns error handler failed: "
+            f"{event.failure}",
+        )
+        return _replace(state, error=error), FinalOutput(error=error)
+    agent = state.current_agent
+    spec.agent(agent)
+    tripped = _first_trip(verdicts)
+    if tripped is not None:
+        return _trip(_replace(state, items=state.items.extend(verdicts)), tripped)
+    output = _valid_output(spec, agent, event.output)
+    # Input staged for a turn that never came joins the transcript: a completed run holds
+    # nothing staged.
+    items: list[Item] = [*state.staged, *verdicts]
+    if event.include_in_history:
+        text = output if isinstance(output, str) else msgspec.json.encode(output).decode()
+        items.append(AssistantMessage(content=text, agent=agent))
+    new = _replace(
+        state, items=state.items.extend(items), staged=(), error=None, final_output=output
+    )
+    return new, FinalOutput(output=output)
+
+
+# -- guardrails --------------------------------------------------------------------------------
+
+_CALL_KINDS = frozenset({"tool_input", "tool_output"})
+
+
+def _verdicts(
+    verdicts: Sequence[GuardrailItem], event: str, kinds: set[str]
+) -> tuple[GuardrailItem, ...]:
+    """The verdicts an event carries, checked to fit it: the kinds of guardrail that check
+    what it carries, with a call for tool guardrails only, ``reject`` from tool input
+    guardrails only."""
+    for verdict in verdicts:
+        if verdict.kind not in kinds:
+            raise InvalidEvent(f"{event} carries no {verdict.kind} guardrail verdicts")
+        if (verdict.kind in _CALL_KINDS) != (verdict.call_id is not None):
+            raise InvalidEvent(
+                f"guardrail {verdict.guardrail!r}: a tool guardrail's verdict names its call, "
+                "others none"
+            )
+        if verdict.behavior == "reject" and verdict.kind != "tool_input":
+            raise InvalidEvent(
+                f"guardrail {verdict.guardrail!r}: only a tool input guardrail rejects a call"
+            )
+    return tuple(verdicts)
+
+
+def _first_trip(verdicts: Sequence[GuardrailItem]) -> GuardrailItem | None:
+    return next((v for v in verdicts if v.behavior == "trip"), None)
+
+
+def _require_replaced(verdicts: Sequence[GuardrailItem], what: str) -> None:
+    if not any(v.behavior == "replace" for v in verdicts):
+        raise InvalidEvent(f"{what} is set, and no guardrail replaced it")
+
+
+def _trip(state: RunState, verdict: GuardrailItem) -> tuple[RunState, Outcome]:
+    """The run fails on a guardrail's trip. Every call of the turn that has no result gets one
+    saying it did not run (so the transcript stays a valid conversation), the ledger is
+    emptied, and decisions posted and not applied go to the audit trail as refused."""
+    items: list[Item] = []
+    for call in state.ledger:
+        if call.status != "committed":
+            text = IN_DOUBT_TRIPPED if call.reason == "in_doubt" else NOT_RUN_TRIPPED
+            items.append(
+                ToolResultItem(
+                    call_id=call.call_id,
+                    tool=call.tool,
+                    output=text,
+                    agent=call.agent,
+                    is_error=True,
+                )
+            )
+    calls = {c.call_id: c for c in state.ledger}
+    why = "the run failed (a guardrail tripped) before this decision was applied"
+    audit = (*state.audit, *(_record(d, calls.get(d.call_id), why) for d in state.decisions))
+    error = RunError(kind="guardrail_tripped", message=_trip_message(verdict))
+    new = _replace(
+        state,
+        items=state.items.extend(items),
+        ledger=(),
+        pending_handoff=None,
+        decisions=(),
+        audit=audit,
+        error=error,
+        final_output=None,
+    )
+    return new, FinalOutput(error=error)
+
+
+def _trip_message(verdict: GuardrailItem) -> str:
+    match verdict.kind:
+        case "input":
+            where = "the input"
+        case "output":
+            where = "the final output"
+        case "tool_input":
+            where = f"the arguments of call {verdict.call_id} ({verdict.tool})"
+            if verdict.recheck:
+                where += ", checked again after its approval"
+        case _:
+            where = f"the result of call {verdict.call_id} ({verdict.tool})"
+    return (
+        f"guardrail {verdict.guardrail!r} tripped on {where}: "
+        f"{verdict.message or 'no reason given'}"
+    )
+
+
+def _require_out_of_turns(state: RunState, what: str) -> None:
+    if state.error is None or state.error.kind != "max_turns_exceeded":
+        kind = state.error.kind if state.error is not None else "unknown"
+        raise InvalidEvent(
+            f"run {state.run_id} failed ({kind}), not on its turn limit; it cannot be {what}"
+        )
+
+
 # -- shared moves ------------------------------------------------------------------------------
 
 
@@ -570,28 +870,57 @@ def _all_valid(*texts: str) -> bool:
 
 def _storable(event: Event) -> Event:
     """The event with text that cannot be stored as JSON (lone surrogates, from a model's
-    broken output or a tool's file names) made valid; input from a person is refused."""
+    broken output or a tool's file names) made valid; input from a person, and what the
+    user's guardrails and error handler gave, is refused unless it is JSON data."""
+    event = _valid_texts(event)
     match event:
-        case ModelResponded(response=response) if not _all_valid(
-            response.text or "",
-            *(text for c in response.tool_calls for text in (c.call_id, c.name, c.arguments)),
-        ):
-            text = None if response.text is None else valid_text(response.text)
-            calls = tuple(
-                _replace(
-                    call,
-                    call_id=valid_text(call.call_id),
-                    name=valid_text(call.name),
-                    arguments=valid_text(call.arguments),
-                )
-                for call in response.tool_calls
-            )
-            return _replace(event, response=_replace(response, text=text, tool_calls=calls))
+        case Injected(items=items):
+            check_json_data(msgspec.to_builtins(list(items)), "injected items", InvalidEvent)
+        case Started(input=items) if items is not None:
+            check_json_data(msgspec.to_builtins(list(items)), "replaced input", InvalidEvent)
+        case ModelResponded(final_output=output) if output is not None:
+            check_json_data(output, "the replaced final output", InvalidEvent)
+        case ErrorHandled(output=output):
+            check_json_data(output, "the error handler's output", InvalidEvent)
+    for verdict in getattr(event, "guardrails", ()):
+        check_json_data(
+            [verdict.guardrail, verdict.agent, verdict.message, verdict.tool, verdict.call_id],
+            "a guardrail verdict",
+            InvalidEvent,
+        )
+        check_json_data(verdict.info, "a guardrail verdict's info", InvalidEvent)
+    return event
+
+
+def storable_response(response: ModelResponse) -> ModelResponse:
+    """``response`` with text that cannot be stored as JSON (lone surrogates, from a model's
+    broken output) made valid. The driver reads a response through it before it runs the
+    user's code on it, so that code sees what the step will record."""
+    if _all_valid(
+        response.text or "",
+        *(text for c in response.tool_calls for text in (c.call_id, c.name, c.arguments)),
+    ):
+        return response
+    text = None if response.text is None else valid_text(response.text)
+    calls = tuple(
+        _replace(
+            call,
+            call_id=valid_text(call.call_id),
+            name=valid_text(call.name),
+            arguments=valid_text(call.arguments),
+        )
+        for call in response.tool_calls
+    )
+    return _replace(response, text=text, tool_calls=calls)
+
+
+def _valid_texts(event: Event) -> Event:
+    match event:
+        case ModelResponded(response=response) if storable_response(response) is not response:
+            return _replace(event, response=storable_response(response))
         case ToolsFinished(results=results) if not _all_valid(*(r.output for r in results)):
             outputs = tuple(_replace(r, output=valid_text(r.output)) for r in results)
             return _replace(event, results=outputs)
-        case Injected(items=items):
-            check_json_data(msgspec.to_builtins(list(items)), "injected items", InvalidEvent)
     return event
 
 
@@ -616,17 +945,18 @@ def _advance(state: RunState) -> tuple[RunState, Outcome]:
 
 def _next_turn(state: RunState, handoff: Handoff | None = None) -> tuple[RunState, Outcome]:
     if state.turn >= state.max_turns:
-        error = RunError(
-            kind="max_turns_exceeded",
-            message=(
-                f"the run used all {state.max_turns} of its turns without a final output; "
-                "resume it with a higher max_turns to go on"
-            ),
-        )
+        error = RunError(kind="max_turns_exceeded", message=_out_of_turns(state.max_turns))
         return _replace(state, error=error), FinalOutput(error=error)
     if state.staged:
         state = _replace(state, items=state.items.extend(state.staged), staged=())
     return state, handoff or RunAgain(agent=state.current_agent)
+
+
+def _out_of_turns(max_turns: int) -> str:
+    return (
+        f"the run used all {max_turns} of its turns without a final output; resume it with a "
+        "higher max_turns to go on"
+    )
 
 
 def _invocations(ledger: Sequence[CallRecord]) -> tuple[Any, ...]:

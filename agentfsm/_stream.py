@@ -15,6 +15,7 @@ from ._items import Item, UserMessage
 from ._run_events import (
     AgentChanged,
     ApprovalRequested,
+    GuardrailChecked,
     ModelCallFinished,
     ModelCallStarted,
     Position,
@@ -69,6 +70,8 @@ class RunHooks:
                 await _call(self.on_tool_end, event)
             case ApprovalRequested():
                 await _call(self.on_approval_requested, event)
+            case GuardrailChecked():
+                await _call(self.on_guardrail, event)
             case StatusChanged():
                 await _call(self.on_status_changed, event)
                 if event.status in ("completed", "failed", "cancelled", "paused", "interrupted"):
@@ -114,6 +117,9 @@ class RunHooks:
         a restart. The driver never reads it.
         """
         return None
+
+    def on_guardrail(self, event: GuardrailChecked) -> Any:
+        """A guardrail's verdict was recorded (``event.verdict``)."""
 
 
 async def _call(method: Callable[..., Any], *args: Any) -> None:
@@ -278,6 +284,8 @@ def _agent_of(event: RunEvent, current: str) -> str:
         return event.source
     if isinstance(event, ApprovalRequested):
         return event.request.agent
+    if isinstance(event, GuardrailChecked):
+        return event.verdict.agent
     return current
 
 

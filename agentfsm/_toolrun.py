@@ -17,20 +17,28 @@ import pydantic_core
 from ._agents import AgentSet
 from ._errors import AgentFSMError, ToolError
 from ._events import ToolOutput, ToolsFinished
+from ._guardrun import check_call, check_result, withheld
+from ._items import GuardrailItem
 from ._outcomes import Invocation, Starter, ToolCall
 from ._run_events import ToolFinished, ToolStarted
 from ._session import Session
 from ._state import RunState
-from ._step import ToolErrors, pending_outcome
+from ._step import GUARDRAIL_REJECTION, NOT_RUN_TRIPPED, ToolErrors, pending_outcome
 from ._stream import Control, Emitter
 from ._tools import ToolContext
 
-__all__ = ["ToolRunner", "ToolsCancelled", "as_text", "carrying", "copy_json"]
+__all__ = ["NOT_RUN", "ToolRunner", "ToolsCancelled", "as_text", "carrying", "copy_json"]
 
 log = logging.getLogger("agentfsm")
 
 #: How long a cancelled async tool may take to stop before it is given up in doubt.
 CANCEL_GRACE = 1.0
+
+#: The result of a call that the run's cancellation stopped before it began.
+NOT_RUN = "Error: the run was cancelled before this call ran; it did not run."
+
+#: A call's guardrail verdicts, by call id.
+Verdicts = dict[str, list[GuardrailItem]]
 
 
 class ToolsCancelled(Exception):
@@ -95,38 +103,111 @@ class ToolRunner:
         up (a sync tool past its timeout: its thread cannot be stopped) is reported in
         doubt, never as not done. When the run is cancelled (``control``), it stops the
         calls, calls their ``on_cancel`` hooks, and raises ToolsCancelled with what
-        finished."""
+        finished.
+
+        First, the input guardrails check again the calls that waited for a decision: a
+        rejected call does not run (the model is told), one whose arguments were replaced
+        goes back to a person, and a trip runs no call at all. The output guardrails check
+        each result before it is reported (or emitted)."""
         if session is not None:
             # A worker that may have lost its lease starts no tool body: another may have
             # taken the run over, and would find the call in doubt.
             session.require_lease(calls)
         finished: dict[str, ToolOutput | None] = {}
+        verdicts: Verdicts = {}
+        returned: dict[str, dict[str, Any]] = {}
         tasks: list[asyncio.Future[None]] = []
+        checking = True
         try:
-            if len(calls) == 1:
+            runnable = await self._recheck(agents, state, calls, finished, verdicts, returned)
+            checking = False
+            if len(runnable) == 1:
                 # The common case, without a task per call.
-                call = calls[0]
-                finished[call.call_id] = await self._one(agents, state, call, session, emitter)
-            else:
+                call = runnable[0]
+                finished[call.call_id] = await self._one(
+                    agents, state, call, session, emitter, verdicts
+                )
+            elif runnable:
                 tasks = [
-                    asyncio.ensure_future(self._into(finished, agents, state, c, session, emitter))
-                    for c in calls
+                    asyncio.ensure_future(
+                        self._into(finished, agents, state, c, session, emitter, verdicts)
+                    )
+                    for c in runnable
                 ]
                 await asyncio.gather(*tasks)
         except asyncio.CancelledError:
             if control is None or control.cancel_reason is None:
                 raise
-            report = await self._stopped(agents, calls, finished, tasks, emitter)
+            # What was sent back to a person, or never began (cancelled while the guardrails
+            # checked), did not run.
+            for call in calls:
+                if call.call_id in returned or (checking and call.call_id not in finished):
+                    finished[call.call_id] = ToolOutput(
+                        call_id=call.call_id, output=NOT_RUN, is_error=True
+                    )
+            returned.clear()
+            report = await self._stopped(agents, calls, finished, tasks, emitter, verdicts)
             raise ToolsCancelled(report) from None
-        return self._report(calls, finished, session)
+        return self._report(calls, finished, session, verdicts, returned)
+
+    async def _recheck(
+        self,
+        agents: AgentSet,
+        state: RunState,
+        calls: Sequence[Invocation],
+        finished: dict[str, ToolOutput | None],
+        verdicts: Verdicts,
+        returned: dict[str, dict[str, Any]],
+    ) -> list[Invocation]:
+        """Check the calls that waited for a decision again (policy may have changed while
+        they waited); the calls that may run."""
+        again = [
+            c
+            for c in calls
+            if c.recheck and agents.require_tool(c.agent, c.tool).tool_input_guardrails
+        ]
+        if not again:
+            return list(calls)
+        context = copy_json(state.context)
+        checks = await asyncio.gather(
+            *(
+                check_call(
+                    agents.require_tool(c.agent, c.tool), c, state.run_id, context, recheck=True
+                )
+                for c in again
+            )
+        )
+        for call, checked in zip(again, checks, strict=True):
+            verdicts[call.call_id] = list(checked.verdicts)
+        if any(checked.behavior == "trip" for checked in checks):
+            for call in calls:
+                finished[call.call_id] = ToolOutput(
+                    call_id=call.call_id, output=NOT_RUN_TRIPPED, is_error=True
+                )
+            return []
+        for call, checked in zip(again, checks, strict=True):
+            decided = checked.verdict
+            if checked.behavior == "reject" and decided is not None:
+                finished[call.call_id] = ToolOutput(
+                    call_id=call.call_id, output=decided.message or GUARDRAIL_REJECTION
+                )
+            elif checked.behavior == "replace" and checked.replacement != call.arguments:
+                returned[call.call_id] = checked.replacement
+        return [c for c in calls if c.call_id not in finished and c.call_id not in returned]
 
     def _report(
         self,
         calls: Sequence[Invocation],
         finished: dict[str, ToolOutput | None],
         session: Session | None,
+        verdicts: Verdicts,
+        returned: dict[str, dict[str, Any]],
     ) -> ToolsFinished:
-        doubt = tuple(c.call_id for c in calls if finished.get(c.call_id) is None)
+        doubt = tuple(
+            c.call_id
+            for c in calls
+            if finished.get(c.call_id) is None and c.call_id not in returned
+        )
         # This worker started them, and their bodies may still be running in it.
         until = None if session is None else session.lease.expires_at
         me = Starter(worker=self.owner, lease_until=until)
@@ -134,6 +215,8 @@ class ToolRunner:
             results=tuple(o for c in calls if (o := finished.get(c.call_id)) is not None),
             in_doubt=doubt,
             started_by=dict.fromkeys(doubt, me),
+            guardrails=tuple(v for c in calls for v in verdicts.get(c.call_id, ())),
+            arguments=dict(returned),
         )
 
     async def _stopped(
@@ -143,6 +226,7 @@ class ToolRunner:
         finished: dict[str, ToolOutput | None],
         tasks: Sequence[asyncio.Future[None]],
         emitter: Emitter | None,
+        verdicts: Verdicts,
     ) -> ToolsFinished:
         """The calls were cancelled: stop the ones still running, let their tools know,
         and report; what did not finish is in doubt."""
@@ -163,7 +247,7 @@ class ToolRunner:
                     output=None,
                     in_doubt=True,
                 )
-        return self._report(calls, finished, None)
+        return self._report(calls, finished, None, verdicts, {})
 
     async def _into(
         self,
@@ -173,8 +257,9 @@ class ToolRunner:
         call: Invocation,
         session: Session | None,
         emitter: Emitter | None,
+        verdicts: Verdicts,
     ) -> None:
-        finished[call.call_id] = await self._one(agents, state, call, session, emitter)
+        finished[call.call_id] = await self._one(agents, state, call, session, emitter, verdicts)
 
     async def _one(
         self,
@@ -183,6 +268,7 @@ class ToolRunner:
         call: Invocation,
         session: Session | None,
         emitter: Emitter | None,
+        verdicts: Verdicts,
     ) -> ToolOutput | None:
         """The call's result, or None when it is in doubt."""
         if emitter is not None:
@@ -194,6 +280,8 @@ class ToolRunner:
                 arguments=call.arguments,
             )
         output, error_type = await self._body(agents, state, call, session)
+        if output is not None:
+            output = await self._check_result(agents, state, call, output, verdicts)
         if emitter is not None:
             await emitter.live(
                 ToolFinished,
@@ -204,6 +292,33 @@ class ToolRunner:
                 is_error=output is not None and output.is_error,
                 in_doubt=output is None,
                 error_type=error_type,
+            )
+        return output
+
+    async def _check_result(
+        self,
+        agents: AgentSet,
+        state: RunState,
+        call: Invocation,
+        output: ToolOutput,
+        verdicts: Verdicts,
+    ) -> ToolOutput:
+        """The result as the tool's output guardrails leave it: through, replaced, or
+        withheld when one trips (the run then fails)."""
+        tool = agents.require_tool(call.agent, call.tool)
+        if not tool.tool_output_guardrails:
+            return output
+        context = copy_json(state.context)
+        checked = await check_result(
+            tool, call, state.run_id, context, output.output, output.is_error
+        )
+        verdicts.setdefault(call.call_id, []).extend(checked.verdicts)
+        decided = checked.verdict
+        if checked.behavior == "trip" and decided is not None:
+            return ToolOutput(call_id=call.call_id, output=withheld(decided), is_error=True)
+        if checked.behavior == "replace":
+            return ToolOutput(
+                call_id=call.call_id, output=checked.replacement, is_error=output.is_error
             )
         return output
 

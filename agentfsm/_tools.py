@@ -6,7 +6,7 @@ import inspect
 import re
 import sys
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -15,6 +15,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict
 
 from ._errors import ToolArgumentsError, ToolDefinitionError
+from ._guardrails import Guardrail, guardrail_list
 from ._items import Record
 from ._json import check_json_data
 
@@ -69,6 +70,8 @@ class Tool:
         inline: bool = False,
         approval_timeout: float | None = None,
         on_cancel: Callable[[Any], Any] | None = None,
+        tool_input_guardrails: Sequence[Guardrail | Callable[..., Any]] | None = None,
+        tool_output_guardrails: Sequence[Guardrail | Callable[..., Any]] | None = None,
     ) -> None:
         if not callable(fn):
             raise ToolDefinitionError(f"a tool needs a function, got {fn!r}")
@@ -87,6 +90,19 @@ class Tool:
         if on_cancel is not None and not callable(on_cancel):
             raise ToolDefinitionError("on_cancel must be a function of the call")
         self.on_cancel = on_cancel
+        where = f"tool {self.name!r}"
+        self.tool_input_guardrails = guardrail_list(
+            tool_input_guardrails,
+            "tool_input",
+            f"{where} tool_input_guardrails",
+            ToolDefinitionError,
+        )
+        self.tool_output_guardrails = guardrail_list(
+            tool_output_guardrails,
+            "tool_output",
+            f"{where} tool_output_guardrails",
+            ToolDefinitionError,
+        )
         self.approval_timeout = approval_timeout
         self.needs_approval = needs_approval
         self.timeout = timeout
@@ -185,6 +201,8 @@ def tool(
     inline: bool = False,
     approval_timeout: float | None = None,
     on_cancel: Callable[[Any], Any] | None = None,
+    tool_input_guardrails: Sequence[Guardrail | Callable[..., Any]] | None = None,
+    tool_output_guardrails: Sequence[Guardrail | Callable[..., Any]] | None = None,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -198,6 +216,8 @@ def tool(
     inline: bool = False,
     approval_timeout: float | None = None,
     on_cancel: Callable[[Any], Any] | None = None,
+    tool_input_guardrails: Sequence[Guardrail | Callable[..., Any]] | None = None,
+    tool_output_guardrails: Sequence[Guardrail | Callable[..., Any]] | None = None,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a sync or async function into a Tool.
 
@@ -223,6 +243,12 @@ def tool(
             arguments, idempotency key), called when the run is cancelled while the call
             runs: to stop the work it started (a sync tool's thread cannot be stopped from
             outside), or to tell the service it called. The call is in doubt all the same.
+        tool_input_guardrails: guardrails on a call's arguments (``@tool_input_guardrail``):
+            they check each call before anyone is asked to approve it, and an approved call
+            again right before it runs. They allow, replace the arguments, reject the call
+            (the model is told why) or trip (the run fails).
+        tool_output_guardrails: guardrails on a call's result (``@tool_output_guardrail``):
+            they allow, replace it (a redaction), or trip.
     """
 
     def wrap(function: Callable[..., Any]) -> Tool:
@@ -236,6 +262,8 @@ def tool(
             inline=inline,
             approval_timeout=approval_timeout,
             on_cancel=on_cancel,
+            tool_input_guardrails=tool_input_guardrails,
+            tool_output_guardrails=tool_output_guardrails,
         )
 
     return wrap(fn) if fn is not None else wrap

@@ -26,6 +26,7 @@ CORE = [
     "_codec",
     "_step",
     "_tools",
+    "_guardrails",
     "_agents",
 ]
 THIRD_PARTY_ALLOWED = {"msgspec", "pydantic", "pydantic_core", "transitions"}

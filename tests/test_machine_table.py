@@ -12,6 +12,8 @@ from agentfsm import (
     Agent,
     ApprovalsDecided,
     Cancelled,
+    ErrorHandled,
+    GuardrailItem,
     IllegalTransition,
     Injected,
     ModelResponded,
@@ -82,6 +84,7 @@ def _event(kind: type, state: agentfsm.RunState) -> agentfsm.Event:
         Injected: Injected(items=(UserMessage(content="more"),)),
         Paused: Paused(reason="lunch"),
         Resumed: Resumed(),
+        ErrorHandled: ErrorHandled(output="handled"),
     }
     return examples[kind]
 
@@ -114,10 +117,62 @@ def test_every_status_event_pair_moves_as_the_table_says_or_raises(
     assert state.to_json() == before, "the old state value must not change"
 
 
-def test_terminal_statuses_accept_nothing_but_a_restart_after_the_turn_limit() -> None:
+def test_terminal_statuses_accept_nothing_but_a_restart_or_handler_after_the_turn_limit() -> None:
     for status in (RunStatus.COMPLETED, RunStatus.CANCELLED):
         assert not [key for key in TABLE if key[0] is status]
-    assert [key[1] for key in TABLE if key[0] is RunStatus.FAILED] == [Started]
+    assert [key[1] for key in TABLE if key[0] is RunStatus.FAILED] == [Started, ErrorHandled]
+
+
+def _trip(kind: str = "input", **fields: object) -> GuardrailItem:
+    return GuardrailItem(guardrail="g", kind=kind, behavior="trip", agent="a", **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("status", "event", "dest"),
+    [
+        (RunStatus.NEW, Started(guardrails=(_trip(),)), RunStatus.FAILED),
+        (RunStatus.RUNNING, Injected(items=(), guardrails=(_trip(),)), RunStatus.FAILED),
+        (RunStatus.INTERRUPTED, Injected(items=(), guardrails=(_trip(),)), RunStatus.FAILED),
+        (RunStatus.PAUSED, Injected(items=(), guardrails=(_trip(),)), RunStatus.FAILED),
+        (
+            RunStatus.RUNNING,
+            ModelResponded(response=ModelResponse(text="x"), guardrails=(_trip("output"),)),
+            RunStatus.FAILED,
+        ),
+        (
+            RunStatus.TOOLS,
+            ToolsFinished(
+                results=(ToolOutput(call_id="c1", output="ok"),),
+                guardrails=(_trip("tool_output", call_id="c1", tool="noop"),),
+            ),
+            RunStatus.FAILED,
+        ),
+        (RunStatus.FAILED, ErrorHandled(output="ok"), RunStatus.COMPLETED),
+        (RunStatus.FAILED, ErrorHandled(failure="it raised"), RunStatus.FAILED),
+        (
+            RunStatus.FAILED,
+            ErrorHandled(output="ok", guardrails=(_trip("output"),)),
+            RunStatus.FAILED,
+        ),
+    ],
+    ids=lambda v: v.value if isinstance(v, RunStatus) else type(v).__name__,
+)
+def test_guardrails_and_error_handlers_reach_their_rows(
+    status: RunStatus, event: agentfsm.Event, dest: RunStatus
+) -> None:
+    """Each move that a guardrail's trip or an error handler adds to the table is taken."""
+    state = _reach(status)
+    assert dest in TABLE[status, type(event)]
+    new, outcome = step(state, event, AGENT)
+    assert new.status is dest
+    assert status_of(outcome) is dest
+    if any(v.behavior == "trip" for v in getattr(event, "guardrails", ())):
+        assert new.error is not None and new.error.kind == "guardrail_tripped"
+        assert new.ledger == ()
+        # A run a guardrail failed cannot be restarted, nor ended by an error handler.
+        for again in (Started(max_turns=99), ErrorHandled(output="x")):
+            with pytest.raises(agentfsm.InvalidEvent, match="guardrail_tripped"):
+                step(new, again, AGENT)
 
 
 def test_table_is_compiled_from_the_declared_transitions() -> None:

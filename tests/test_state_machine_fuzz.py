@@ -6,8 +6,11 @@ Three parts:
   (``agentfsm.step``) directly. The test plays the model (random text, random tool calls with
   unknown names, malformed or invalid arguments, handoffs, parallel calls), the tool executor,
   the human (approve, approve always, approve with edited arguments, reject, decide with a
-  stale digest, resume without deciding), the user (inject input, cancel, raise max_turns) and
-  the process crashing (serialize, load, continue; a crash while tools run puts them in doubt).
+  stale digest, resume without deciding), the user (inject input, cancel, raise max_turns),
+  the user's guardrails (verdicts that allow, replace, reject or trip on the input, calls
+  before their approval and again before they run, results and final outputs) and error
+  handler (an output for a run out of turns, or a failure), and the process crashing
+  (serialize, load, continue; a crash while tools run puts them in doubt).
 * ``test_resume_from_any_checkpoint_matches_the_uninterrupted_run``: a scripted multi-agent
   run through the ``Runner``, resumed in a fresh Runner from every checkpoint it wrote, ends
   in the same state with no committed tool call executed again.
@@ -48,8 +51,10 @@ from agentfsm import (
     Cancelled,
     Decision,
     DecisionRefused,
+    ErrorHandled,
     Feedback,
     FinalOutput,
+    GuardrailItem,
     Handoff,
     HandoffItem,
     IllegalTransition,
@@ -86,7 +91,7 @@ from agentfsm import (
 from agentfsm._decisions import same_decision
 from agentfsm._json import digest
 from agentfsm._machine import EVENT_TYPES, TABLE, status_of
-from agentfsm._step import DEFAULT_REJECTION, IN_DOUBT_REJECTION
+from agentfsm._step import DEFAULT_REJECTION, IN_DOUBT_REJECTION, NOT_RUN_TRIPPED
 from agentfsm.testing import ScriptedCall, ScriptedModel, call, handoff, say
 
 # -- tools that count their executions ---------------------------------------------------------
@@ -329,6 +334,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.started: Counter[str] = Counter()  # times the engine asked to run a key
         self.doubted: Counter[str] = Counter()  # times a crash put a key in doubt
         self.committed: dict[str, int] = {}  # key -> executions when its result was recorded
+        self.blocked: set[str] = set()  # call ids a guardrail rejected or tripped on
         # Per run.
         self.injected: list[str] = []
         self.model_steps = 0
@@ -405,6 +411,7 @@ class EngineMachine(RuleBasedStateMachine):
         if isinstance(outcome, ToolCall):
             assert outcome.calls, "a ToolCall outcome with nothing to run"
             for invocation in outcome.calls:
+                assert invocation.call_id not in self.blocked, "a blocked call was started"
                 key = invocation.idempotency_key
                 record = next(c for c in new.ledger if c.call_id == invocation.call_id)
                 if record.edited and key != self.key_of[invocation.call_id]:
@@ -678,10 +685,17 @@ class EngineMachine(RuleBasedStateMachine):
     # current status (separate rules with preconditions leave hypothesis retrying most draws).
 
     ACTIONS: ClassVar[dict[RunStatus, list[tuple[str, int]]]] = {
-        RunStatus.NEW: [("start", 8), ("start_with_negative_turns", 1), ("restart", 1)],
+        RunStatus.NEW: [
+            ("start", 8),
+            ("start_guarded", 3),
+            ("start_with_negative_turns", 1),
+            ("restart", 1),
+        ],
         RunStatus.RUNNING: [
             ("model_responds", 12),
+            ("model_responds_guarded", 6),
             ("inject", 2),
+            ("inject_guarded", 1),
             ("model_misbehaves", 1),
             ("restart", 2),
             ("cancel", 1),
@@ -690,11 +704,13 @@ class EngineMachine(RuleBasedStateMachine):
         RunStatus.PAUSED: [
             ("resume_paused", 4),
             ("inject", 1),
+            ("inject_guarded", 1),
             ("restart", 1),
             ("cancel", 1),
         ],
         RunStatus.TOOLS: [
             ("tools_finish", 6),
+            ("tools_finish_guarded", 4),
             ("crash_while_tools_run", 3),
             ("tools_misreported", 1),
             ("approve", 1),
@@ -708,6 +724,7 @@ class EngineMachine(RuleBasedStateMachine):
             ("resume_with_new_turn_limit", 1),
             ("decide_with_stale_digest", 1),
             ("inject", 1),
+            ("inject_guarded", 1),
             ("restart", 2),
             ("cancel", 1),
         ],
@@ -715,6 +732,8 @@ class EngineMachine(RuleBasedStateMachine):
             ("raise_max_turns", 5),
             ("restart_without_enough_turns", 1),
             ("start_with_negative_turns", 1),
+            ("error_handled", 3),
+            ("restart_tripped_run", 2),
             ("restart", 1),
             ("next_run", 1),
         ],
@@ -725,6 +744,10 @@ class EngineMachine(RuleBasedStateMachine):
     def enabled(self, action: str) -> bool:
         if action in ("approve", "reject"):
             return bool(self.waiting())
+        if action in _OUT_OF_TURNS_ACTIONS:
+            return self.out_of_turns()
+        if action == "restart_tripped_run":
+            return not self.out_of_turns()
         if action == "decide_with_stale_digest":
             return not self.state.decisions
         return True
@@ -856,6 +879,7 @@ class EngineMachine(RuleBasedStateMachine):
             Injected: Injected(items=(UserMessage(content="late"),)),
             Paused: Paused(),
             Resumed: Resumed(),
+            ErrorHandled: ErrorHandled(output="x"),
         }[kind]
         before = self.state
         text = before.to_json()
@@ -868,6 +892,312 @@ class EngineMachine(RuleBasedStateMachine):
 
     def restart(self, data: st.DataObject) -> None:
         self.state = self.reload(data)
+
+    def out_of_turns(self) -> bool:
+        error = self.state.error
+        return error is not None and error.kind == "max_turns_exceeded"
+
+    # -- actions: guardrails and error handlers ---------------------------------------------
+    #
+    # The test plays the driver: it draws the verdicts the user's guardrails would give, and
+    # the content they replaced, and puts them on the events, as the Runner does.
+
+    def draw_verdicts(
+        self,
+        data: st.DataObject,
+        kind: str,
+        behaviors: list[str],
+        label: str,
+        *,
+        call: Invocation | ModelToolCall | None = None,
+        tool: str | None = None,
+        recheck: bool = False,
+    ) -> tuple[GuardrailItem, ...]:
+        drawn = data.draw(
+            st.lists(st.sampled_from(behaviors), min_size=0 if call else 1, max_size=2),
+            label=label,
+        )
+        call_id = None if call is None else call.call_id
+        return tuple(
+            GuardrailItem(
+                guardrail=f"{kind}_{i}",
+                kind=kind,  # type: ignore[arg-type]
+                behavior=b,  # type: ignore[arg-type]
+                agent=self.state.current_agent,
+                message=f"{b} by {kind}_{i}",
+                info={"check": i} if i else None,
+                call_id=call_id,
+                tool=tool,
+                recheck=recheck,
+            )
+            for i, b in enumerate(drawn)
+        )
+
+    def expect_tripped(self, old: RunState, verdicts: tuple[GuardrailItem, ...]) -> None:
+        trip = next(v for v in verdicts if v.behavior == "trip")
+        assert self.status is RunStatus.FAILED
+        assert self.state.error is not None
+        assert self.state.error.kind == "guardrail_tripped"
+        assert repr(trip.guardrail) in self.state.error.message
+        assert self.outcome == FinalOutput(error=self.state.error)
+        assert self.state.ledger == ()
+        assert self.state.decisions == ()
+        for v in verdicts:
+            assert v in self.state.items[len(old.items) :]
+        event(f"guardrail trip on {trip.kind}{' (recheck)' if trip.recheck else ''}")
+
+    def start_guarded(self, data: st.DataObject) -> None:
+        verdicts = self.draw_verdicts(
+            data, "input", ["allow", "allow", "allow", "replace", "trip"], "input checks"
+        )
+        behaviors = {v.behavior for v in verdicts}
+        replaced = None
+        if "replace" in behaviors and "trip" not in behaviors:
+            replaced = (UserMessage(content=f"redacted request {self.runs}"),)
+        old = self.state
+        self.apply(Started(guardrails=verdicts, input=replaced))
+        if "trip" in behaviors:
+            self.expect_tripped(old, verdicts)
+            return
+        assert self.status is RunStatus.RUNNING
+        assert tuple(self.state.items) == verdicts
+        assert self.state.input == (replaced or old.input)
+
+    def inject_guarded(self, data: st.DataObject) -> None:
+        verdicts = self.draw_verdicts(data, "input", ["allow", "replace", "trip"], "input checks")
+        behaviors = {v.behavior for v in verdicts}
+        text = f"injected {len(self.injected)} in run {self.runs}"
+        if "replace" in behaviors:
+            text += " (redacted)"
+        old = self.state
+        self.apply(Injected(items=(UserMessage(content=text),), guardrails=verdicts))
+        if "trip" in behaviors:
+            self.expect_tripped(old, verdicts)
+            contents = [
+                i for i in (*self.state.items, *self.state.staged) if i == UserMessage(content=text)
+            ]
+            assert not contents, "input a guardrail tripped on was kept"
+            return
+        self.injected.append(text)
+        assert self.state.items[len(old.items) : len(old.items) + len(verdicts)] == verdicts
+
+    def model_responds_guarded(self, data: st.DataObject) -> None:
+        """An answer whose calls (of known tools, with valid arguments) and final output the
+        guardrails checked."""
+        self.responses += 1
+        r = self.responses
+        agent = self.state.current_agent
+        old = self.state
+        if data.draw(st.booleans(), label="final answer"):
+            verdicts = self.draw_verdicts(
+                data, "output", ["allow", "allow", "replace", "trip"], "output checks"
+            )
+            behaviors = {v.behavior for v in verdicts}
+            typed = self.agents.output_adapter(agent) is not None
+            replaced = None
+            if "replace" in behaviors and "trip" not in behaviors:
+                replaced = 8 if typed else "redacted"
+            response = ModelResponse(text="7", usage=USAGE)
+            self.apply(
+                ModelResponded(response=response, guardrails=verdicts, final_output=replaced)
+            )
+            self.model_steps += 1
+            if "trip" in behaviors:
+                self.expect_tripped(old, verdicts)
+                return
+            expected = replaced if replaced is not None else (7 if typed else "7")
+            assert self.outcome == FinalOutput(output=expected)
+            said = self.state.items[len(old.items)]
+            assert said == AssistantMessage(content=str(expected), agent=agent)
+            event(f"final output {'replaced' if replaced is not None else 'allowed'}")
+            return
+        names = [n for n in VALID_ARGS if self.agents.tool(agent, n) is not None]
+        picked = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=3), label="tools")
+        calls = tuple(
+            ModelToolCall(
+                call_id=f"c{r}_{i}",
+                name=name,
+                arguments=json.dumps(data.draw(VALID_ARGS[name], label=f"arguments of {name}")),
+            )
+            for i, name in enumerate(picked)
+        )
+        verdicts: list[GuardrailItem] = []
+        replaced_args: dict[str, dict[str, Any]] = {}
+        blocked: set[str] = set()
+        for c in calls:
+            checks = self.draw_verdicts(
+                data,
+                "tool_input",
+                ["allow", "allow", "allow", "replace", "reject", "trip"],
+                f"checks of {c.call_id}",
+                call=c,
+                tool=c.name,
+            )
+            verdicts += checks
+            behaviors = {v.behavior for v in checks}
+            if behaviors & {"reject", "trip"}:
+                blocked.add(c.call_id)
+            elif "replace" in behaviors:
+                replaced_args[c.call_id] = data.draw(VALID_ARGS[c.name], label="replaced")
+        response = ModelResponse(tool_calls=calls, usage=USAGE)
+        for c in calls:
+            self.key_of[c.call_id] = idempotency_key(old.run_id, old.turn + 1, c.call_id)
+        self.blocked |= blocked
+        answers = self.approval_answers(response, data)
+        self.apply(
+            ModelResponded(
+                response=response,
+                needs_approval=answers,
+                guardrails=tuple(verdicts),
+                arguments=replaced_args,
+            )
+        )
+        self.model_steps += 1
+        added = self.state.items[len(old.items) :]
+        assert [v for v in added if isinstance(v, GuardrailItem)] == verdicts
+        if any(v.behavior == "trip" for v in verdicts):
+            self.expect_tripped(old, tuple(verdicts))
+            answered = {i.call_id for i in added if isinstance(i, ToolResultItem)}
+            assert answered == {c.call_id for c in calls}, "a call was left without a result"
+            return
+        ledger = {c.call_id: c for c in self.state.ledger}
+        results = {i.call_id: i for i in added if isinstance(i, ToolResultItem)}
+        for c in calls:
+            if c.call_id in blocked:
+                assert c.call_id not in ledger or ledger[c.call_id].status == "committed"
+                reject = next(
+                    v for v in verdicts if v.call_id == c.call_id and v.behavior == "reject"
+                )
+                assert results[c.call_id].output == reject.message
+                event("call rejected by a guardrail")
+            elif c.call_id in replaced_args and c.call_id in ledger:
+                record = ledger[c.call_id]
+                assert record.arguments == TOOLS[c.name].validate(replaced_args[c.call_id])
+                assert record.edited
+                event("arguments replaced by a guardrail")
+            if c.call_id in ledger:
+                record = ledger[c.call_id]
+                assert record.recheck == (record.status == "awaiting_approval")
+
+    def tools_finish_guarded(self, data: st.DataObject) -> None:
+        """The tools ran as the Runner runs them with guardrails: approved calls checked
+        again first (a trip runs nothing), then each result checked."""
+        calls = self.outcome.calls
+        rechecks: dict[str, tuple[GuardrailItem, ...]] = {}
+        for c in calls:
+            if c.recheck:
+                rechecks[c.call_id] = self.draw_verdicts(
+                    data,
+                    "tool_input",
+                    ["allow", "replace", "reject", "trip"],
+                    f"rechecks of {c.call_id}",
+                    call=c,
+                    tool=c.tool,
+                    recheck=True,
+                )
+        old = self.state
+        verdicts = [v for c in calls for v in rechecks.get(c.call_id, ())]
+        if any(v.behavior == "trip" for v in verdicts):
+            self.blocked |= {v.call_id for v in verdicts if v.call_id is not None}
+            results = tuple(
+                ToolOutput(call_id=c.call_id, output=NOT_RUN_TRIPPED, is_error=True) for c in calls
+            )
+            self.apply(ToolsFinished(results=results, guardrails=tuple(verdicts)))
+            self.expect_tripped(old, tuple(verdicts))
+            return
+        outputs: list[ToolOutput] = []
+        returned: dict[str, dict[str, Any]] = {}
+        verdicts = []
+        tripped = False
+        for c in calls:
+            checks = rechecks.get(c.call_id, ())
+            verdicts += checks
+            behaviors = {v.behavior for v in checks}
+            if "reject" in behaviors:
+                self.blocked.add(c.call_id)
+                outputs.append(ToolOutput(call_id=c.call_id, output="blocked on recheck"))
+                continue
+            if "replace" in behaviors:
+                returned[c.call_id] = data.draw(VALID_ARGS[c.tool], label="replaced on recheck")
+                continue
+            result = execute(self.agents, self.state, c)
+            after = self.draw_verdicts(
+                data,
+                "tool_output",
+                ["allow", "allow", "replace", "trip"],
+                f"result checks of {c.call_id}",
+                call=c,
+                tool=c.tool,
+            )
+            verdicts += after
+            kinds = {v.behavior for v in after}
+            if "trip" in kinds:
+                tripped = True
+                result = ToolOutput(call_id=c.call_id, output="withheld", is_error=True)
+            elif "replace" in kinds:
+                result = ToolOutput(call_id=c.call_id, output="redacted", is_error=result.is_error)
+            outputs.append(result)
+        self.apply(
+            ToolsFinished(results=tuple(outputs), guardrails=tuple(verdicts), arguments=returned)
+        )
+        if tripped:
+            self.expect_tripped(old, tuple(verdicts))
+            return
+        ledger = {c.call_id: c for c in self.state.ledger}
+        for call_id, arguments in returned.items():
+            record = ledger[call_id]
+            assert record.status == "awaiting_approval"
+            assert record.recheck and record.edited
+            assert record.arguments == TOOLS[record.tool].validate(arguments)
+            assert record.digest == digest(record.arguments)
+            self.key_of[call_id] = record.idempotency_key
+            event("sent back to a person by a guardrail")
+
+    def error_handled(self, data: st.DataObject) -> None:
+        choice = data.draw(
+            st.sampled_from(["output", "output", "no history", "failure", "trip", "replace"]),
+            label="error handler",
+        )
+        old = self.state
+        agent = old.current_agent
+        typed = self.agents.output_adapter(agent) is not None
+        output: Any = 3 if typed else "out of turns"
+        verdicts: tuple[GuardrailItem, ...] = ()
+        if choice in ("trip", "replace"):
+            verdicts = self.draw_verdicts(data, "output", [choice], "output checks")
+            if choice == "replace":
+                output = 4 if typed else "replaced"
+        if choice == "failure":
+            self.apply(ErrorHandled(failure="it raised"))
+            assert self.status is RunStatus.FAILED
+            assert self.state.error is not None
+            assert self.state.error.kind == "max_turns_exceeded"
+            assert "it raised" in self.state.error.message
+            return
+        self.apply(
+            ErrorHandled(
+                output=output, include_in_history=choice != "no history", guardrails=verdicts
+            )
+        )
+        if choice == "trip":
+            self.expect_tripped(old, verdicts)
+            return
+        assert self.status is RunStatus.COMPLETED
+        assert self.outcome == FinalOutput(output=output)
+        assert self.state.staged == ()
+        said = AssistantMessage(content=str(output), agent=agent)
+        added = self.state.items[len(old.items) :]
+        assert (bool(added) and added[-1] == said) == (choice != "no history")
+        event(f"error handler: {choice}")
+
+    def restart_tripped_run(self, data: st.DataObject) -> None:
+        before = self.state
+        ev = data.draw(
+            st.sampled_from([Started(max_turns=99), ErrorHandled(output="x")]), label="event"
+        )
+        with pytest.raises(InvalidEvent, match="guardrail_tripped"):
+            self.apply(ev)
+        assert self.state is before
 
     # -- actions: the model ------------------------------------------------------------------
 
@@ -1148,8 +1478,9 @@ class EngineMachine(RuleBasedStateMachine):
             case RunStatus.FAILED:
                 assert state.ledger == ()
                 assert state.error is not None
-                assert state.error.kind == "max_turns_exceeded"
-                assert state.turn >= state.max_turns
+                assert state.error.kind in ("max_turns_exceeded", "guardrail_tripped")
+                if state.error.kind == "max_turns_exceeded":
+                    assert state.turn >= state.max_turns
             case RunStatus.CANCELLED:
                 assert state.error is not None
                 assert state.error.kind == "cancelled"
@@ -1167,6 +1498,35 @@ class EngineMachine(RuleBasedStateMachine):
                 assert count == self.committed[key], f"{key} ran after its result was recorded"
 
     @invariant()
+    def a_trip_is_on_the_record(self) -> None:
+        error = self.state.error
+        if error is not None and error.kind == "guardrail_tripped":
+            trips = [
+                i for i in self.state.items if isinstance(i, GuardrailItem) and i.behavior == "trip"
+            ]
+            assert trips, "a run failed by a guardrail with no trip in its transcript"
+            assert any(repr(t.guardrail) in error.message for t in trips)
+
+    @invariant()
+    def no_one_is_asked_about_a_blocked_call(self) -> None:
+        for request in self.state.interruptions:
+            assert request.call_id not in self.blocked, f"{request.call_id} waits, blocked"
+
+    @invariant()
+    def verdicts_never_reach_the_model(self) -> None:
+        request = agentfsm.ModelRequest(
+            run_id=self.state.run_id,
+            agent=self.state.current_agent,
+            instructions="",
+            input=self.state.input,
+            items=self.state.items,
+            tools=(),
+            output_schema=None,
+            turn=self.state.turn,
+        )
+        assert not any(isinstance(i, GuardrailItem) for i in request.conversation())
+
+    @invariant()
     def injected_input_is_never_lost(self) -> None:
         contents = [
             i.content for i in (*self.state.items, *self.state.staged) if isinstance(i, UserMessage)
@@ -1182,6 +1542,11 @@ EngineMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 TestEngineMachine = EngineMachine.TestCase
+
+
+_OUT_OF_TURNS_ACTIONS = frozenset(
+    {"raise_max_turns", "restart_without_enough_turns", "error_handled"}
+)
 
 
 # -- resuming from any checkpoint ----------------------------------------------------------------
