@@ -215,6 +215,18 @@ def openapi() -> dict[str, Any]:
     )
     after = _query("after", "the position of the last event seen (as Last-Event-ID)", _TEXT)
     paths: dict[str, Any] = {
+        "/api/openapi.json": {
+            "get": {
+                "summary": "this document",
+                "responses": {
+                    **_problems(),
+                    "200": {
+                        "description": "the OpenAPI document",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                },
+            }
+        },
         "/api/me": {"get": _operation("who the caller is", 200, "IdentityDocument")},
         "/api/approvals": {
             "get": _operation(

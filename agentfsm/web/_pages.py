@@ -153,7 +153,11 @@ async def run(request: Request) -> Response:
     state, posted, cancelling = await inbox.run(request.path_params["run_id"])
     page = page_of(request, session)
     calls = inbox.run_calls(session.identity, state, posted)
-    events = page.url(f"/api/runs/{quote(state.run_id, safe='')}/events", after=str(state.version))
+    events = (
+        None
+        if state.status.is_terminal
+        else page.url(f"/api/runs/{quote(state.run_id, safe='')}/events", after=str(state.version))
+    )
     return _html(run_page(page, state, calls, posted, cancelling, events=events))
 
 

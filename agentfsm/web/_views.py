@@ -417,7 +417,7 @@ def run_page(
     posted: Sequence[Decision],
     cancelling: str | None,
     *,
-    events: str,
+    events: str | None,
 ) -> str:
     status = state.status.value
     facts = [

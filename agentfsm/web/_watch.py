@@ -75,7 +75,8 @@ class Memory:
         key = (state.run_id, state.version)
         self._states[key] = state
         self._states.move_to_end(key)
-        if base is not None and base.version < state.version:
+        if base is not None and base.version < state.version and key not in self._bases:
+            # The first derivation of a version's events wins: clients hold its positions.
             self._bases[key] = base.version
             self._bases.move_to_end(key)
         if self._latest.get(state.run_id, -1) < state.version:
@@ -114,7 +115,7 @@ async def watch_run(
 ) -> AsyncIterator[Watched]:
     """The events of ``head``'s run from the position ``after`` on (None: from ``head`` on),
     polling the store every ``interval`` seconds. It ends when the run is deleted, and stops
-    polling once the run has ended."""
+    polling (but not streaming) once the run has ended."""
     memory.remember(head)
     for event in _catch_up(head, after, memory):
         yield event
@@ -136,31 +137,37 @@ async def watch_run(
                 yield event
         memory.remember(state, head)
         head = state
+    # An ended run changes no more; the stream stays open (quiet) rather than end, since
+    # an EventSource reconnects to a stream that ends.
+    while True:
+        await sleep(3600)
 
 
 def _catch_up(head: RunState, after: Position | None, memory: Memory) -> list[Watched]:
-    """What a client that saw the events up to ``after`` missed, as of ``head``."""
+    """What a client that saw the events up to ``after`` missed, as of ``head``: the rest
+    of the batch it was reading, then the diff from that version to ``head``."""
     if after is None:
         return []
+    run_id = head.run_id
     if after.version > head.version:
-        return [Reset("the stream is ahead of the stored run", head.run_id, head.version)]
-    base = (
-        memory.base(head.run_id, head.version)
-        if after.version == head.version
-        else memory.state(head.run_id, after.version)
-    )
-    if base is None:
-        if after.version == head.version:
-            return []  # the client has this version; a batch arrives whole or not at all
-        return [
-            Reset(
-                f"the events after {after} are no longer known here; reload the run",
-                head.run_id,
-                head.version,
-            )
-        ]
-    memory.remember(head, base)
-    return [e for e in durable_events(base, head) if e.position > after]
+        return [Reset("the stream is ahead of the stored run", run_id, head.version)]
+    seen = memory.state(run_id, after.version)
+    base = memory.base(run_id, after.version)
+    events: list[Watched] = []
+    if seen is not None and base is not None:
+        events += [e for e in durable_events(base, seen) if e.position > after]
+    if after.version < head.version:
+        if seen is None:
+            return [
+                Reset(
+                    f"the events after {after} are no longer known here; reload the run",
+                    run_id,
+                    head.version,
+                )
+            ]
+        events += durable_events(seen, head)
+        memory.remember(head, seen)
+    return events
 
 
 #: The events of the approvals feed.
