@@ -541,6 +541,7 @@ def _serve(args: argparse.Namespace) -> int:
             lifespan="off",
             proxy_headers=True,
             forwarded_allow_ips=args.forwarded_allow_ips,
+            root_path=args.root_path.rstrip("/"),
             server_header=False,
         )
         host = f"[{args.host}]" if family == socket.AF_INET6 else args.host

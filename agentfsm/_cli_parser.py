@@ -530,6 +530,14 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         help="seconds between two looks at the store for live updates (default: %(default)s)",
     )
     serve.add_argument(
+        "--root-path",
+        type=_text,
+        default="",
+        metavar="PATH",
+        help="the path the inbox is served under, when a reverse proxy forwards, say, "
+        "/inbox/ to it with the prefix taken off (default: none)",
+    )
+    serve.add_argument(
         "--forwarded-allow-ips",
         type=_text,
         default="127.0.0.1",
