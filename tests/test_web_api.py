@@ -133,6 +133,7 @@ def test_the_waiting_calls_are_listed_with_what_a_person_needs() -> None:
             ]
             email = page["calls"][0]
             assert email["description"].startswith("Send an email to a customer.")
+            assert email["said"] is None  # the model called its tools without a word
             assert email["request"]["schema"]["properties"]["priority"]["type"] == "integer"
             assert [c["may_decide"] for c in page["calls"]] == [True, False, True, False]
             assert page["next"] is None

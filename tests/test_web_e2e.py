@@ -150,7 +150,8 @@ def test_a_person_decides_a_paused_run_in_the_browser(
 
     worker = _worker(env)
     try:
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(base_url=base, headers=auth, trust_env=False) as api:
             started = api.post("/api/runs", json={"input": "Pay the invoice of Café Ōsaka"})
         assert started.status_code == 201, started.text
         run_id = started.json()["run_id"]

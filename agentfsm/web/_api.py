@@ -91,6 +91,7 @@ async def approvals(request: Request) -> Response:
                     since=c.since or 0.0,
                     posted=c.posted,
                     description=c.description,
+                    said=c.said,
                     may_decide=c.may_decide,
                 )
                 for c in calls

@@ -82,13 +82,15 @@ class InputBody(_Body, frozen=True):
 class CallDocument(msgspec.Struct, frozen=True):
     """A call waiting for a decision: the run, the request (tool, agent, arguments, digest,
     schema, deadline), since when it waits, the decisions posted and not applied yet, the
-    tool's description (when the inbox knows the agent), and whether the caller may decide."""
+    tool's description (when the inbox knows the agent), what the agent said last before
+    it asked, and whether the caller may decide."""
 
     run_id: str
     request: ApprovalRequest
     since: float
     posted: tuple[Decision, ...]
     description: str | None
+    said: str | None
     may_decide: bool
 
 
