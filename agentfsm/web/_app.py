@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib import resources
+from urllib.parse import quote
 
 import msgspec
 from starlette.applications import Starlette
@@ -139,8 +140,6 @@ def _guarded(handler: Handler) -> Handler:
 
 
 def _quoted(path: str) -> str:
-    from urllib.parse import quote
-
     return quote(path, safe="/")
 
 

@@ -16,15 +16,8 @@ from ._auth import Session, Sessions
 from ._forms import WHOLE, fields_for, read_arguments
 from ._inbox import Inbox, local_path, query_int, read_form
 from ._problems import HTTPProblem
-from ._views import (
-    CallView,
-    Page,
-    edit_page,
-    inbox_page,
-    login_page,
-    run_page,
-    runs_page,
-)
+from ._run_views import run_page, runs_page
+from ._views import CallView, Page, edit_page, inbox_page, login_page
 
 __all__ = ["page_of", "page_routes", "session_of"]
 

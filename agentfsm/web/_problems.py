@@ -14,12 +14,9 @@ import msgspec
 
 from .._errors import (
     AgentFSMError,
-    ConfigurationError,
     ConflictError,
-    ContextError,
     DecisionRefused,
     StoreError,
-    ToolArgumentsError,
     UnknownCallError,
     UnknownRunError,
 )
@@ -94,7 +91,7 @@ def _kind(exc: BaseException) -> str:
             return "conflict"
         case StoreError():
             return "store-unavailable"
-        case ConfigurationError() | ContextError() | ToolArgumentsError() | AgentFSMError():
+        case AgentFSMError():  # bad input: a limit, a cursor, a context, arguments
             return "invalid-request"
         case _:
             return "internal"
