@@ -87,23 +87,35 @@ OPERATIONS = [
 
 
 @pytest.fixture(scope="module")
-def world() -> Iterator[tuple[asyncio.AbstractEventLoop, Any, Any, list[str]]]:
-    """One event loop, a store with a paused run and a completed one, and the app."""
+def world() -> Iterator[tuple[asyncio.AbstractEventLoop, Any, Any, list[str], list[Any]]]:
+    """One event loop, a store with a paused run and a completed one, the app, and bodies
+    of real decisions on the paused run's calls (so that some requests are posted, and
+    later ones repeat or contradict them)."""
     loop = asyncio.new_event_loop()
 
-    async def build() -> tuple[Any, Any]:
+    async def build() -> tuple[Any, Any, list[Any]]:
         from agentfsm import MemoryStore
 
         store = MemoryStore()
-        await paused(store, "waiting")
+        waiting = await paused(store, "waiting")
+        real = [
+            {"call_id": r.call_id, "digest": r.digest, **verdict}
+            for r in waiting.interruptions
+            for verdict in (
+                {"action": "approve"},
+                {"action": "reject", "message": "no"},
+                {"action": "approve", "arguments": dict(r.arguments)},
+            )
+        ]
         done = await paused(store, "done")
         for request in done.interruptions:
             await store.approve("done", request, by="ada")
         await Runner(store=store).resume(agent(), "done")
-        return store, create_app(store, auth=TOKENS, agent=agent(), permissions={"refund": ["bob"]})
+        app = create_app(store, auth=TOKENS, agent=agent(), permissions={"refund": ["bob"]})
+        return store, app, real
 
-    store, app = loop.run_until_complete(build())
-    yield loop, store, app, ["waiting", "done"]
+    store, app, real = loop.run_until_complete(build())
+    yield loop, store, app, ["waiting", "done"], real
     loop.close()
 
 
@@ -115,7 +127,7 @@ async def snapshot(store: Any) -> list[tuple[str, int, tuple[int, ...]]]:
 
 
 def request_for(
-    method: str, path: str, operation: dict[str, Any], runs: list[str]
+    method: str, path: str, operation: dict[str, Any], runs: list[str], real: list[Any]
 ) -> st.SearchStrategy[dict[str, Any]]:
     run_ids = st.sampled_from([*runs, "nope"]) | st.text(min_size=1, max_size=12)
     parameters = {
@@ -128,6 +140,9 @@ def request_for(
         schema = operation["requestBody"]["content"]["application/json"]["schema"]
         body = st.one_of(
             from_schema(schema).map(lambda b: ("json", b)),
+            st.sampled_from(real if path.endswith("/decisions") else [{}]).map(
+                lambda b: ("json", b)
+            ),
             JSON.map(lambda b: ("json", b)),
             st.binary(max_size=64).map(lambda b: ("raw", b)),
         )
@@ -150,14 +165,14 @@ def request_for(
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_no_request_gets_a_500_and_no_refused_one_changes_a_run(
-    world: tuple[asyncio.AbstractEventLoop, Any, Any, list[str]],
+    world: tuple[asyncio.AbstractEventLoop, Any, Any, list[str], list[Any]],
     method: str,
     path: str,
     operation: dict[str, Any],
     data: st.DataObject,
 ) -> None:
-    loop, store, app, runs = world
-    drawn = data.draw(request_for(method, path, operation, runs))
+    loop, store, app, runs, real = world
+    drawn = data.draw(request_for(method, path, operation, runs, real))
     url = path.replace("{run_id}", quote(drawn["run_id"], safe=""))
     query = {
         k: v if isinstance(v, str) else json.dumps(v)
