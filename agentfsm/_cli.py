@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "input": _input,
             "resume": _resume,
             "worker": _worker,
+            "serve": _serve,
             "schema": _schema,
             "graph": _graph,
         }
@@ -539,6 +540,79 @@ def _worker(args: argparse.Namespace) -> int:
         return 0
 
     return _with_store(args, work, quiet=False)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """``agentfsm serve``: the inbox on uvicorn, on a socket bound here so that the line
+    announcing it names the real port (``--port 0``)."""
+    try:
+        import uvicorn
+
+        from .web import Permissions, create_app, load_tokens
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"agentfsm serve needs the web extra: pip install 'agentfsm[web]' ({exc})"
+        ) from None
+    import socket
+
+    auth = load_tokens(args.tokens)
+    agent = load_app(args.app) if args.app else None
+    permissions = Permissions.from_file(args.permissions) if args.permissions else None
+    secret = _session_secret(args.secret_file)
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((args.host, args.port))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+
+    async def work(store: Any) -> int:
+        app = create_app(
+            store,
+            auth=auth,
+            agent=agent,
+            permissions=permissions,
+            secret=secret,
+            poll_interval=args.poll,
+        )
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            http="h11",
+            ws="none",
+            lifespan="off",
+            proxy_headers=True,
+            forwarded_allow_ips=args.forwarded_allow_ips,
+            root_path=args.root_path.rstrip("/"),
+            server_header=False,
+        )
+        host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+        print(f"agentfsm inbox at http://{host}:{port}/", flush=True)
+        if args.host not in ("127.0.0.1", "::1", "localhost"):
+            print(
+                f"agentfsm: listening on {args.host}, beyond this machine: serve it over "
+                "HTTPS (a reverse proxy) so that tokens and cookies never cross a network "
+                "in clear",
+                file=sys.stderr,
+                flush=True,
+            )
+        await uvicorn.Server(config).serve(sockets=[listener])
+        return 0
+
+    try:
+        return _with_store(args, work)
+    finally:
+        listener.close()
+
+
+def _session_secret(path: Any) -> bytes | None:
+    if path is not None:
+        try:
+            return bytes(path.read_bytes().strip())
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the secret file {str(path)!r}: {exc}") from None
+    text = os.environ.get("AGENTFSM_SESSION_SECRET")
+    return text.encode() if text else None
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -488,6 +488,86 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     )
     worker.set_defaults(handler=handlers["worker"])
 
+    serve = command(
+        commands,
+        "serve",
+        "serve the approval inbox (web page and JSON API)",
+        "Serve the approval inbox: a web page where people decide on the calls that wait, "
+        "watch runs live and steer them, and the JSON API behind it (/api/openapi.json). "
+        "Everyone must authenticate with a token: --tokens FILE or $AGENTFSM_TOKENS, lines "
+        "of IDENTITY TOKEN. It listens on the loopback interface unless --host says "
+        "otherwise; put it behind an HTTPS reverse proxy to reach it from elsewhere "
+        "(docs/inbox.md). Needs the web extra: pip install 'agentfsm[web]'.",
+        store,
+    )
+    serve.add_argument(
+        "--app",
+        type=_text,
+        default=None,
+        metavar="MODULE:ATTR",
+        help="the starting agent the workers run: with it the inbox shows the tools' "
+        "descriptions and can start runs (default: none)",
+    )
+    serve.add_argument(
+        "--host",
+        type=_text,
+        default="127.0.0.1",
+        help="the address to listen on (default: %(default)s, this machine only)",
+    )
+    serve.add_argument(
+        "--port",
+        type=_whole(0, 65535),
+        default=8000,
+        help="the port to listen on; 0 picks a free one (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--tokens",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the access tokens: lines of IDENTITY TOKEN (default: $AGENTFSM_TOKENS)",
+    )
+    serve.add_argument(
+        "--permissions",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help='who may decide on which tool\'s calls: a JSON object such as {"refund": '
+        '["ada"], "*": ["ada", "bob"]} (default: anyone with a token decides on anything)',
+    )
+    serve.add_argument(
+        "--secret-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the key that signs session cookies, to keep people logged in across restarts "
+        "and processes (default: $AGENTFSM_SESSION_SECRET, else a random key per process)",
+    )
+    serve.add_argument(
+        "--poll",
+        type=_seconds,
+        metavar="SECONDS",
+        default=0.3,
+        help="seconds between two looks at the store for live updates (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--root-path",
+        type=_text,
+        default="",
+        metavar="PATH",
+        help="the path the inbox is served under, when a reverse proxy forwards, say, "
+        "/inbox/ to it with the prefix taken off (default: none)",
+    )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        type=_text,
+        default="127.0.0.1",
+        metavar="IPS",
+        help="the reverse proxies whose X-Forwarded-Proto and X-Forwarded-For are believed, "
+        "comma-separated (default: %(default)s)",
+    )
+    serve.set_defaults(handler=handlers["serve"])
+
     schema = command(
         commands,
         "schema",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -80,3 +81,67 @@ def test_errors_are_all_agentfsm_errors() -> None:
             assert issubclass(value, agentfsm.AgentFSMError), name
     assert issubclass(agentfsm.IllegalTransition, agentfsm.AgentFSMError)
     assert issubclass(agentfsm.StateFormatError, agentfsm.AgentFSMError)
+
+
+# -- the web inbox: an outer ring that nothing else depends on ------------------------------
+
+WEB_ONLY = {"starlette", "uvicorn"}
+
+
+def _all_imports(path: Path, *, top_level_only: bool = False) -> set[str]:
+    """Every module ``path`` imports, as dotted names relative to the package (``.web``,
+    ``..stores``) or absolute (``starlette.requests``)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            dots = "." * node.level
+            if node.module:
+                found.add(dots + node.module)
+            else:
+                found.update(dots + alias.name for alias in node.names)
+    return found
+
+
+def _outside_web() -> list[Path]:
+    return [p for p in PACKAGE.rglob("*.py") if "web" not in p.relative_to(PACKAGE).parts]
+
+
+@pytest.mark.parametrize("path", _outside_web(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_nothing_outside_the_web_package_depends_on_it(path: Path) -> None:
+    # The CLI's serve command imports the inbox when it runs, never when the CLI loads.
+    imports = _all_imports(path, top_level_only=path.name == "_cli.py")
+    web = {m for m in imports if m.lstrip(".").split(".")[0] in WEB_ONLY}
+    web |= {m for m in imports if m.startswith(".") and m.lstrip(".").split(".")[0] == "web"}
+    web |= {m for m in imports if m.startswith("agentfsm.web")}
+    assert not web, f"{path.relative_to(PACKAGE)} imports {web}"
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "web").glob("*.py")), ids=lambda p: p.name)
+def test_the_web_package_uses_the_library_not_the_command_line(path: Path) -> None:
+    # _cli_json is shared on purpose: the API answers with the documents `--json` prints.
+    imports = _all_imports(path)
+    cli = {m for m in imports if m.lstrip(".").split(".")[0] in ("_cli", "_cli_parser", "_demo")}
+    assert not cli, f"web/{path.name} imports {cli}"
+
+
+def test_importing_agentfsm_loads_no_web_framework() -> None:
+    code = "import sys, agentfsm, agentfsm.stores; print(sorted(m for m in sys.modules))"
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert not [m for m in WEB_ONLY if f"'{m}'" in loaded]
+
+
+@pytest.mark.parametrize(
+    "module", sorted(p.stem for p in (PACKAGE / "web").glob("_*.py") if p.stem != "__init__")
+)
+def test_every_web_module_declares_its_exports(module: str) -> None:
+    pytest.importorskip("starlette")
+    loaded = importlib.import_module(f"agentfsm.web.{module}")
+    assert isinstance(getattr(loaded, "__all__", None), list), module
+    for name in loaded.__all__:
+        assert hasattr(loaded, name), f"web.{module}.{name}"

@@ -77,6 +77,8 @@ def test_the_wheel_carries_complete_metadata(dist: Path) -> None:
         entry_points = archive.read(f"{info}/entry_points.txt").decode()
     assert "agentfsm/py.typed" in names
     assert f"{info}/licenses/LICENSE" in names
+    # The inbox's script and style ship with it (they are not Python files).
+    assert {"agentfsm/web/static/inbox.js", "agentfsm/web/static/inbox.css"} <= names
     assert metadata["Version"] == agentfsm.__version__
     assert metadata["License-Expression"] == "MIT"
     assert metadata["Requires-Python"] == ">=3.11"
@@ -95,6 +97,7 @@ def test_the_wheel_carries_complete_metadata(dist: Path) -> None:
     assert requires, "the wheel names no dependencies"
     assert not [r for r in requires if "==" in r.split(";")[0]], "a library must not pin its users"
     assert 'psycopg[binary]>=3.1; extra == "postgres"' in requires
+    assert 'starlette>=0.40; extra == "web"' in requires
     assert "agentfsm = agentfsm._cli:main" in entry_points
     # The index page is the README: it must not lean on files of the repository.
     description = metadata.get_payload()
