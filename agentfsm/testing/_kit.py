@@ -193,6 +193,13 @@ class AgentMachine(RuleBasedStateMachine):
     def approval_rules_answer(self) -> None:
         self._holds("approval_rules_answer")
 
+    def _event(self, text: str) -> None:
+        """A statistic for ``--hypothesis-show-statistics``, while hypothesis explores."""
+        if isinstance(self._oracle, Explorer):
+            from hypothesis import event
+
+            event(text)
+
     def _holds(self, name: str) -> None:
         found = self.violations.get(name)
         if found:
@@ -282,6 +289,8 @@ class AgentMachine(RuleBasedStateMachine):
         if self._over:
             return False
         if state.status.is_terminal:
+            if not self._resume_checked:
+                self._event(f"run ended {state.status.value} after {state.turn} turns")
             self._check_resume()
             return False
         if state.status is RunStatus.INTERRUPTED and not self._posted:
@@ -347,6 +356,9 @@ class AgentMachine(RuleBasedStateMachine):
                     f"a decision with a {what} on {made.call_id} was accepted",
                 )
             self._posted += 1
+            self._event(
+                f"decision: {made.kind}{' always' if made.always else ''} ({request.reason})"
+            )
             self._remember(made, request)
         if state is not self.state:
             self._saved = state.to_json()
@@ -392,6 +404,7 @@ class AgentMachine(RuleBasedStateMachine):
             if isinstance(self._oracle, Explorer):
                 self.plan.crashes.append(name)
             self._last_crash_at = len(self.checkpoints)
+            self._event(f"crash {point.split(':')[0]}")
             raise Crash(name)
 
     def _observe(self, state: RunState) -> None:
@@ -596,6 +609,7 @@ class AgentMachine(RuleBasedStateMachine):
             return
         if isinstance(self._oracle, Explorer):
             self.plan.resume_from = index
+        self._event(f"resumed from a checkpoint in status {self.checkpoints[index].status.value}")
         final = self.state
         try:
             ended = self._shared.run(self._resumed(index))
