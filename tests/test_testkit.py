@@ -8,16 +8,22 @@ same counterexample on every run, within the stated budget.
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import enum
+import uuid
 from typing import Annotated, Any, ClassVar, Literal
 
+import msgspec
 import pydantic
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.stateful import invariant, run_state_machine_as_test
 
-from agentfsm import Agent, HandoffItem, ToolContext, tool
+from agentfsm import Agent, HandoffItem, Tool, ToolArgumentsError, ToolContext, tool
 from agentfsm._demo import build_agent as build_demo_agent
-from agentfsm.testing import AgentMachine
+from agentfsm.testing import AgentMachine, arguments_for, from_schema, outputs_for
+from agentfsm.testing._schema_strategies import exact_schema
 
 #: The budget for each search: within hypothesis' default of 100 examples.
 BUDGET = settings(
@@ -244,3 +250,83 @@ def test_the_kit_runs_on_sqlite() -> None:
         SQLiteDemo,
         settings=settings(max_examples=30, stateful_step_count=8, deadline=None, database=None),
     )
+
+
+# -- strategies from schemas ----------------------------------------------------------------
+
+
+class Address(pydantic.BaseModel):
+    street: str
+    zip_code: Annotated[str, pydantic.Field(min_length=4, max_length=6)]
+
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@tool
+def rich(
+    when: datetime.datetime,
+    day: datetime.date,
+    ref: uuid.UUID,
+    color: Color,
+    address: Address,
+    tags: set[int],
+    pair: tuple[int, str],
+    scores: dict[str, float],
+    level: Annotated[int, pydantic.Field(ge=1, le=5)] = 3,
+    note: str | None = None,
+    others: list[Address] | None = None,
+) -> str:
+    """A tool with many kinds of arguments."""
+    return "ok"
+
+
+SCHEMA_TOOLS = [rich, lookup_order, refund_agent(paid_rule).tools[1]]
+
+
+@pytest.mark.parametrize("target", SCHEMA_TOOLS, ids=lambda t: t.name)
+def test_arguments_from_the_schema_fit_the_tool(target: Tool) -> None:
+    assert exact_schema(target.parameters)
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(arguments_for(target))
+    def fits(arguments: dict[str, Any]) -> None:
+        assert msgspec.json.decode(msgspec.json.encode(arguments)) == arguments
+        target.validate(arguments)
+
+    fits()
+
+
+@pytest.mark.parametrize("target", SCHEMA_TOOLS, ids=lambda t: t.name)
+def test_invalid_arguments_are_refused_by_the_tool(target: Tool) -> None:
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(arguments_for(target, valid=False))
+    def refused(raw: str) -> None:
+        with pytest.raises(ToolArgumentsError):
+            target.validate_json(raw)
+
+    refused()
+
+
+def test_outputs_from_the_schema_fit_the_output_type() -> None:
+    judge = Agent("judge", output_type=FixedVerdict)
+    adapter = pydantic.TypeAdapter(FixedVerdict)
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(outputs_for(judge), outputs_for(judge, valid=False))
+    def check(good: str, bad: str) -> None:
+        adapter.validate_json(good)
+        with pytest.raises(pydantic.ValidationError):
+            adapter.validate_json(bad)
+
+    check()
+
+
+def test_schemas_the_generator_cannot_honour_exactly_are_not_exact() -> None:
+    assert exact_schema(pydantic.TypeAdapter(FixedVerdict).json_schema())
+    assert not exact_schema(pydantic.TypeAdapter(decimal.Decimal).json_schema())
+    assert not exact_schema({"type": "string", "pattern": "^a+$"})
+    assert not exact_schema({"type": "string", "format": "ipv4"})
+    assert from_schema(False).is_empty

@@ -38,25 +38,23 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from .._agents import Agent, AgentSet
-from .._errors import AgentFSMError, ConfigurationError, DecisionRefused, ToolArgumentsError
-from .._events import Decision
+from .._errors import ConfigurationError, DecisionRefused, ToolArgumentsError
 from .._items import AssistantMessage, Feedback, ToolCallItem, ToolResultItem
 from .._json import digest
 from .._jsonschema import schema_errors
 from .._machine import RunStatus
 from .._model import ModelRequest
 from .._outcomes import ApprovalRequest
-from .._runner import Runner
 from .._state import CallRecord, RunState
 from .._step import new_run
 from .._tools import Tool, ToolContext
 from ._kit_choices import Explorer, KitModel, Replayer
-from ._kit_plan import PersonDecision, Plan, regression_source
+from ._kit_plan import PersonDecision, Plan, decision_of, regression_source
+from ._kit_resume import check_resume
 from ._kit_shared import shared
-from ._kit_world import Crash, EndOfScript, Execution, copy_agents, fake_of, wrap_tool
+from ._kit_world import Crash, EndOfScript, Escaped, Execution, copy_agents, fake_of, wrap_tool
 from ._schema_strategies import exact_schema
-from ._scripted import ScriptedModel, Turn, _Say
-from ._store_suite import FakeClock
+from ._scripted import Turn, _Say
 
 __all__ = ["AgentMachine"]
 
@@ -319,6 +317,8 @@ class AgentMachine(RuleBasedStateMachine):
             pass
         except EndOfScript:
             self._over = True
+        except Escaped as escaped:
+            raise escaped.error from None
         finally:
             self._advancing = False
         if self.plan.persistence == "store":
@@ -338,7 +338,7 @@ class AgentMachine(RuleBasedStateMachine):
             request = waiting.get(made.call_id)
             if request is None:
                 continue
-            decision = _decision(made, request)
+            decision = decision_of(made, request)
             bad_edit = made.arguments is not None and bool(
                 schema_errors(made.arguments, request.schema or {})
             )
@@ -584,118 +584,14 @@ class AgentMachine(RuleBasedStateMachine):
     # -- resuming from a checkpoint ------------------------------------------------------
 
     def _check_resume(self) -> None:
-        """The run is over: resume a copy from one of its checkpoints (through JSON, in a
-        new runner, with the same answers, decisions and tool results) and check that it
-        ends the same. Checkpoints before the last crash are left out (a crash changes the
-        path: calls in doubt), and so are ones taken while calls that may not run twice
-        were running."""
-        if self._resume_checked:
-            return
-        self._resume_checked = True
-        eligible = [
-            index
-            for index, state in enumerate(self.checkpoints)
-            if index >= self._last_crash_at
-            and not state.status.is_terminal
-            and state.status is not RunStatus.NEW
-            and all(
-                self._agents.require_tool(c.agent, c.tool).idempotent
-                for c in state.ledger
-                if c.status == "started"
-            )
-        ]
-        index = self._oracle.resume_from(eligible)
-        if index is None:
-            return
-        if isinstance(self._oracle, Explorer):
-            self.plan.resume_from = index
-        self._event(f"resumed from a checkpoint in status {self.checkpoints[index].status.value}")
-        final = self.state
-        try:
-            ended = self._shared.run(self._resumed(index))
-        except AgentFSMError as exc:
-            self._violation(
-                "resuming_from_a_checkpoint_ends_the_same",
-                f"resumed from checkpoint {index} (version {self.checkpoints[index].version}), "
-                f"the run failed: {type(exc).__name__}: {exc}",
-            )
-            return
-        same = (
-            list(ended.items) == list(final.items)
-            and ended.status == final.status
-            and ended.final_output == final.final_output
-        )
-        if not same:
-            at = next(
-                (
-                    i
-                    for i, (a, b) in enumerate(zip(ended.items, final.items, strict=False))
-                    if a != b
-                ),
-                min(len(ended.items), len(final.items)),
-            )
-            self._violation(
-                "resuming_from_a_checkpoint_ends_the_same",
-                f"resumed from checkpoint {index} (version {self.checkpoints[index].version}), "
-                f"the run ended {ended.status.value} with {len(ended.items)} items, not "
-                f"{final.status.value} with {len(final.items)}; first difference at item {at}",
-            )
-
-    async def _resumed(self, index: int) -> RunState:
-        state = RunState.from_json(self.checkpoints[index].to_json())
-        rounds = [list(r) for at, r in self.plan.rounds if at >= index]
-
-        async def recorded(
-            tool: Tool, fn: Callable[..., Any], ctx: ToolContext, args: Any, kwargs: Any
-        ) -> Any:
-            if ctx.idempotency_key in self._outputs:
-                output = self._outputs[ctx.idempotency_key]
-                if isinstance(output, Exception):
-                    raise output
-                return output
-            result = fn(*args, **kwargs)
-            return await result if inspect.isawaitable(result) else result
-
-        def tools(tool: Tool) -> Tool:
-            body, _, _ = fake_of(self.fakes, tool)
-            return wrap_tool(tool, body, recorded)
-
-        agent = copy_agents(type(self).agent, tools, ScriptedModel(self.plan.script))
-        runner = Runner(clock=FakeClock())
-        for _ in range(2 * len(self.checkpoints) + 2):
-            if state.status.is_terminal:
-                break
-            if state.status is RunStatus.INTERRUPTED and not state.decisions:
-                if not rounds:
-                    break
-                waiting = {r.call_id: r for r in state.interruptions}
-                for made in rounds.pop(0):
-                    request = waiting.get(made.call_id)
-                    if request is not None:
-                        with contextlib.suppress(DecisionRefused):
-                            state = state.decide(_decision(made, request))
-                continue
-            state = (await runner.run(agent, state)).state
-        return state
+        """The run is over: check that resuming it from one of its checkpoints ends the
+        same (see ``check_resume``)."""
+        if not self._resume_checked:
+            self._resume_checked = True
+            check_resume(self)
 
 
 _RUN_IDS = itertools.count(1)
-
-
-def _decision(made: PersonDecision, request: ApprovalRequest) -> Decision:
-    if made.kind == "expire":
-        return Decision(call_id=made.call_id, digest=request.digest, approved=False, expired=True)
-    if made.kind == "stale":
-        return Decision(call_id=made.call_id, digest="0" * 64, approved=True)
-    return Decision(
-        call_id=made.call_id,
-        digest=request.digest,
-        approved=made.kind == "approve",
-        always=made.always,
-        arguments=made.arguments,
-        message=made.message,
-        by="agentfsm.testing",
-    )
 
 
 _ORIGINALS: dict[type, AgentSet] = {}

@@ -16,7 +16,7 @@ from .._model import ModelRequest
 from .._outcomes import ApprovalRequest
 from .._tools import Tool
 from ._kit_plan import PersonDecision
-from ._kit_world import EndOfScript
+from ._kit_world import EndOfScript, Escaped
 from ._schema_strategies import arguments_for, output_adapter, outputs_for
 from ._scripted import ScriptedCall, Turn, _response, handoff, say
 
@@ -189,7 +189,12 @@ class KitModel:
         if request.turn < len(script):
             turn = script[request.turn]
         else:
-            turn = kit._oracle.new_turn(kit, request)
+            try:
+                turn = kit._oracle.new_turn(kit, request)
+            except Exception as exc:
+                # hypothesis' own errors (flaky data generation, say) must reach hypothesis,
+                # not become the model's failure in the driver.
+                raise Escaped(exc) from exc
             script.append(turn)
         kit._note_answer(request.agent, turn)
         return _response(turn, request.turn)

@@ -12,13 +12,16 @@ from typing import Any, Literal
 
 import msgspec
 
+from .._events import Decision
 from .._items import ModelResponse
+from .._outcomes import ApprovalRequest
 from ._scripted import ScriptedCall, Turn, _Say
 
 __all__ = [
     "PersonDecision",
     "Plan",
     "approve",
+    "decision_of",
     "expire",
     "regression_source",
     "reject",
@@ -72,6 +75,23 @@ def stale(call_id: str) -> PersonDecision:
     """A person approves ``call_id`` as it was shown earlier, with other arguments than it
     waits with now (the decision must be refused)."""
     return PersonDecision("stale", call_id)
+
+
+def decision_of(made: PersonDecision, request: ApprovalRequest) -> Decision:
+    """The decision record ``made`` stands for, on ``request`` as it waits."""
+    if made.kind == "expire":
+        return Decision(call_id=made.call_id, digest=request.digest, approved=False, expired=True)
+    if made.kind == "stale":
+        return Decision(call_id=made.call_id, digest="0" * 64, approved=True)
+    return Decision(
+        call_id=made.call_id,
+        digest=request.digest,
+        approved=made.kind == "approve",
+        always=made.always,
+        arguments=made.arguments,
+        message=made.message,
+        by="agentfsm.testing",
+    )
 
 
 @dataclass

@@ -13,7 +13,16 @@ from typing import Any
 from .._agents import Agent
 from .._tools import Tool, ToolContext
 
-__all__ = ["Crash", "EndOfScript", "Execution", "Keyed", "copy_agents", "keyed", "wrap_tool"]
+__all__ = [
+    "Crash",
+    "EndOfScript",
+    "Escaped",
+    "Execution",
+    "Keyed",
+    "copy_agents",
+    "keyed",
+    "wrap_tool",
+]
 
 #: The keyword the kit passes a ToolContext under to a tool that takes none.
 _CONTEXT = "_agentfsm_kit_context"
@@ -22,6 +31,15 @@ _CONTEXT = "_agentfsm_kit_context"
 class Crash(BaseException):
     """The simulated process dies here. A BaseException, so that nothing in the driver
     treats it as a failure of a tool or a model: it unwinds everything, like SIGKILL."""
+
+
+class Escaped(BaseException):
+    """An error of the kit's own (or hypothesis') carried out through the driver, which
+    would otherwise take it for the model's or a tool's failure."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class EndOfScript(BaseException):

@@ -125,9 +125,11 @@ def exact_schema(schema: Any, root: dict[str, Any] | None = None, depth: int = 0
     for key in ("anyOf", "oneOf"):
         options = schema.get(key, [])
         # pydantic writes Decimal as "a number or any string"; only numeric strings pass.
-        if len(options) > 1 and any(
+        kinds = {o.get("type") for o in options if isinstance(o, dict)}
+        bare = any(
             isinstance(o, dict) and o.get("type") == "string" and len(o) == 1 for o in options
-        ):
+        )
+        if bare and kinds & {"number", "integer"}:
             return False
     ref = schema.get("$ref")
     if isinstance(ref, str):
