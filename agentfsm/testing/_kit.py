@@ -262,7 +262,9 @@ class AgentMachine(RuleBasedStateMachine):
         cls = type(self)
         name = "test_" + re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower() + "_regression"
         failures = [m for found in self.violations.values() for m in found]
-        return regression_source(name, cls.__qualname__, self.plan, failures[0] if failures else "")
+        # A class defined in a function is named by its own name: the test sits beside it.
+        where = cls.__name__ if "<locals>" in cls.__qualname__ else cls.__qualname__
+        return regression_source(name, where, self.plan, failures[0] if failures else "")
 
     # -- one step ------------------------------------------------------------------------
 
