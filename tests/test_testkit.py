@@ -22,7 +22,7 @@ from hypothesis.stateful import invariant, run_state_machine_as_test
 
 from agentfsm import Agent, HandoffItem, Tool, ToolArgumentsError, ToolContext, tool
 from agentfsm._demo import build_agent as build_demo_agent
-from agentfsm.testing import AgentMachine, arguments_for, from_schema, outputs_for
+from agentfsm.testing import AgentMachine, arguments_for, from_schema, keyed, outputs_for
 from agentfsm.testing._schema_strategies import exact_schema
 
 #: The budget for each search: within hypothesis' default of 100 examples.
@@ -330,3 +330,31 @@ def test_schemas_the_generator_cannot_honour_exactly_are_not_exact() -> None:
     assert not exact_schema({"type": "string", "pattern": "^a+$"})
     assert not exact_schema({"type": "string", "format": "ipv4"})
     assert from_schema(False).is_empty
+
+
+# -- more of what the kit checks ------------------------------------------------------------
+
+
+def test_a_keyed_fake_makes_a_tool_declared_idempotent_pass() -> None:
+    class KeyedCharges(Charges):
+        fakes: ClassVar[dict[str, Any]] = {"charge_card": keyed(fake_charge)}
+
+    run_state_machine_as_test(KeyedCharges, settings=BUDGET)
+
+
+def test_the_kit_finds_an_approval_rule_that_raises() -> None:
+    def rule(context: Any, arguments: dict[str, Any]) -> bool:
+        return bool(arguments["note"].startswith("urgent"))  # note may be None
+
+    @tool(needs_approval=rule)
+    def escalate(order_id: OrderId, note: str | None = None) -> str:
+        """Escalate an order."""
+        return "escalated"
+
+    class Escalations(AgentMachine):
+        agent = Agent("desk", tools=[escalate])
+
+    error, source = find_failure(Escalations)
+    assert "approval rules answer" in str(error)
+    with pytest.raises(AssertionError, match="approval rules answer"):
+        run_regression(source, Escalations, "Escalations")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,7 +35,7 @@ class Shared:
         # One event loop for every step of every example: a loop per step costs more than
         # the step.
         self.loop = asyncio.new_event_loop()
-        atexit.register(self.loop.close)
+        atexit.register(self._close)
         self.store = self._open(kind)
         inner = self.store.save
 
@@ -64,6 +65,13 @@ class Shared:
                 task.cancel()
             if left:
                 loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+
+    def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.loop.run_until_complete(self.store.close())
+        self.loop.close()
+        if self._folder is not None:
+            self._folder.cleanup()
 
     def _open(self, kind: Any) -> Store:
         if kind == "memory":
