@@ -64,6 +64,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/decisions.py
 	$(BIN)/python bench/tracing.py
+	$(BIN)/python bench/kit.py
 
 # Rewrite the locks after a change to pyproject.toml, keeping every pin that still fits;
 # lock-upgrade moves every pin to the newest release allowed.

@@ -1,25 +1,57 @@
-"""Test helpers that ship with agentfsm: a scripted model and hypothesis strategies.
+"""Test helpers that ship with agentfsm: a scripted model, hypothesis strategies, the store
+conformance suite, and ``AgentMachine``, a stateful property-test kit for your own agents.
 
 ``ScriptedModel`` runs agents deterministically without a model server; the strategies
-generate items, model responses and run states for property tests of your own agents.
+generate items, model responses, run states, tool arguments and final outputs for property
+tests of your own agents. hypothesis is imported only by what needs it (the strategies when
+built, ``AgentMachine`` when first used), so ``ScriptedModel`` works without it.
 """
 
+from typing import TYPE_CHECKING, Any
+
+from ._kit_plan import PersonDecision, approve, expire, reject, stale
+from ._kit_world import Crash, Execution, keyed
+from ._schema_strategies import arguments_for, from_schema, outputs_for
 from ._scripted import ScriptedCall, ScriptedModel, ScriptExhausted, Turn, call, handoff, say
 from ._store_suite import FakeClock, StoreConformance
 from ._strategies import items, json_values, model_responses, run_states
 
+if TYPE_CHECKING:
+    from ._kit import AgentMachine
+
 __all__ = [
+    "AgentMachine",
+    "Crash",
+    "Execution",
     "FakeClock",
+    "PersonDecision",
     "ScriptExhausted",
     "ScriptedCall",
     "ScriptedModel",
     "StoreConformance",
     "Turn",
+    "approve",
+    "arguments_for",
     "call",
+    "expire",
+    "from_schema",
     "handoff",
     "items",
     "json_values",
+    "keyed",
     "model_responses",
+    "outputs_for",
+    "reject",
     "run_states",
     "say",
+    "stale",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # AgentMachine subclasses hypothesis' RuleBasedStateMachine: import it on first use.
+    if name == "AgentMachine":
+        from ._kit import AgentMachine
+
+        return AgentMachine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
