@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from ._errors import ConfigurationError, UnknownAgentError, UnknownToolError
+from ._errors import ConfigurationError, ToolChangedError, UnknownAgentError, UnknownToolError
 from ._guardrails import Guardrail, guardrail_list
 from ._tools import Tool, ToolSpec, tool
 
@@ -189,11 +189,54 @@ class AgentSet(Mapping[str, Agent]):
     def check(self, state: RunState) -> None:
         """Raise ResolutionError unless every agent ``state`` names, and every tool it must
         run, resolves. A waiting call's tool may be gone: the call can still be rejected,
-        expired or cancelled, and approving it is refused with the reason."""
+        expired or cancelled, and approving it is refused with the reason. A waiting or
+        started call of a pinned tool (an MCP tool) needs that tool with the schema it was
+        recorded with, else ToolChangedError."""
         self.agent(state.starting_agent)
         self.agent(state.current_agent)
         if state.pending_handoff is not None:
             self.agent(state.pending_handoff)
         for call in state.ledger:
-            if call.status == "started":
+            if call.pinned and call.status != "committed":
+                self._check_pinned(call.agent, call.tool, call.call_id, call.schema)
+            elif call.status == "started":
                 self.require_tool(call.agent, call.tool)
+
+    def _check_pinned(
+        self, agent: str, name: str, call_id: str, schema: dict[str, Any] | None
+    ) -> None:
+        self.agent(agent)
+        found = self.tool(agent, name)
+        if found is None:
+            raise ToolChangedError(
+                f"call {call_id} of the run names tool {name!r} (agent {agent!r}), which is "
+                "gone: its server no longer lists it. Restore it, or reject the call, or "
+                "cancel the run",
+                tool=name,
+                call_id=call_id,
+            )
+        if schema is not None and found.parameters != schema:
+            raise ToolChangedError(
+                f"tool {name!r} (agent {agent!r}) changed its argument schema since call "
+                f"{call_id} was recorded ({_schema_change(schema, found.parameters)}); the run "
+                "was paused with the old tool. Restore it, or reject the call, or cancel "
+                "the run",
+                tool=name,
+                call_id=call_id,
+            )
+
+
+def _schema_change(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """A short account of how an object schema changed."""
+    old, new = before.get("properties") or {}, after.get("properties") or {}
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
+    parts = [
+        f"{label}: {', '.join(names)}"
+        for label, names in (("added", added), ("removed", removed), ("changed", changed))
+        if names
+    ]
+    if set(before.get("required") or ()) != set(after.get("required") or ()):
+        parts.append("required arguments changed")
+    return "; ".join(parts) or "other keywords changed"

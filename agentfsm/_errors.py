@@ -11,6 +11,7 @@ bare. The tree::
     ├── ResolutionError        a name in the state that the code no longer defines
     │   ├── UnknownAgentError
     │   └── UnknownToolError
+    │       └── ToolChangedError   a pinned tool (an MCP tool) gone or changed under a call
     ├── DecisionRefused        a decision that cannot be taken (says why; nothing changed)
     │   ├── UnknownCallError   a decision for a call that is not awaiting one
     │   └── UndecidedError     a paused run resumed with no decision to apply
@@ -18,6 +19,7 @@ bare. The tree::
     ├── ToolDefinitionError    a function that cannot become a tool
     ├── ToolArgumentsError     tool arguments that fail the tool's schema
     ├── ToolError              a tool raised or timed out (when configured to raise)
+    ├── ToolInDoubt            raised by a tool: it may or may not have acted (call in doubt)
     ├── ModelError             the model failed, or answered something unusable
     │   ├── ModelBehaviorError
     │   │   └── ModelOutputError        (agentfsm.models) an answer the API does not define
@@ -65,8 +67,10 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "ToolArgumentsError",
+    "ToolChangedError",
     "ToolDefinitionError",
     "ToolError",
+    "ToolInDoubt",
     "UndecidedError",
     "UnknownAgentError",
     "UnknownCallError",
@@ -116,6 +120,18 @@ class UnknownToolError(ResolutionError):
     """The state names a tool that its agent no longer has."""
 
 
+class ToolChangedError(UnknownToolError):
+    """A call recorded against a pinned tool (an MCP server's tool) that is waiting or must
+    run, whose tool is gone or has another argument schema now: the run was paused with one
+    tool and would resume with another. The message names the tool, the call and what
+    changed; ``tool`` and ``call_id`` say it too."""
+
+    def __init__(self, message: str, *, tool: str = "", call_id: str = "") -> None:
+        super().__init__(message)
+        self.tool = tool
+        self.call_id = call_id
+
+
 class DecisionRefused(AgentFSMError):
     """A decision that cannot be taken: the call is not waiting, its arguments changed since
     they were shown, the edited arguments fail the tool's schema, or someone else decided
@@ -147,6 +163,12 @@ class ToolArgumentsError(AgentFSMError):
 class ToolError(AgentFSMError):
     """A tool raised or timed out, and the runner was told to raise instead of telling the
     model."""
+
+
+class ToolInDoubt(AgentFSMError):
+    """Raised by a tool whose call may or may not have taken effect (the service it called
+    went away mid-call). The call is in doubt, like one a crash interrupted: re-run if the
+    tool is idempotent, else a person decides."""
 
 
 class ModelError(AgentFSMError):

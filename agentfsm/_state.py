@@ -129,6 +129,8 @@ class CallRecord(Record, frozen=True):
     #: The call waited for a decision: its tool's input guardrails check it again right
     #: before it runs (see Invocation.recheck).
     recheck: bool = False
+    #: The tool is pinned (an MCP tool): on resume it must still exist with ``schema``.
+    pinned: bool = False
 
     def invocation(self) -> Invocation:
         return Invocation(

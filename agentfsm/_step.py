@@ -389,6 +389,7 @@ def _model_responded(
                 deadline=event.deadlines.get(call.call_id) if needs else None,
                 edited=edited,
                 recheck=status == "awaiting_approval",
+                pinned=tool.pinned,
             )
         )
     if call_checks or replaced:

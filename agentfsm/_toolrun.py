@@ -15,7 +15,7 @@ import msgspec
 import pydantic_core
 
 from ._agents import AgentSet
-from ._errors import AgentFSMError, ToolError
+from ._errors import AgentFSMError, ToolError, ToolInDoubt
 from ._events import ToolOutput, ToolsFinished
 from ._guardrun import check_call, check_result, withheld
 from ._items import GuardrailItem
@@ -350,6 +350,16 @@ class ToolRunner:
                 else:
                     value = await asyncio.to_thread(tool.fn, *args, **kwargs)
             return ToolOutput(call_id=call.call_id, output=as_text(value)), None
+        except ToolInDoubt as exc:
+            log.warning(
+                "tool %r (call %s of run %s) may or may not have taken effect (%s); the call "
+                "is in doubt",
+                call.tool,
+                call.call_id,
+                state.run_id,
+                exc,
+            )
+            return None, "in_doubt"
         except Exception as exc:
             cause: BaseException = exc
             if isinstance(exc, TimeoutError) and deadline is not None and deadline.expired():

@@ -18,6 +18,7 @@ from ._errors import ToolArgumentsError, ToolDefinitionError
 from ._guardrails import Guardrail, guardrail_list
 from ._items import Record
 from ._json import check_json_data
+from ._jsonschema import schema_errors
 
 __all__ = ["ApprovalRule", "Tool", "ToolContext", "ToolSpec", "tool"]
 
@@ -72,6 +73,8 @@ class Tool:
         on_cancel: Callable[[Any], Any] | None = None,
         tool_input_guardrails: Sequence[Guardrail | Callable[..., Any]] | None = None,
         tool_output_guardrails: Sequence[Guardrail | Callable[..., Any]] | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        pinned: bool = False,
     ) -> None:
         if not callable(fn):
             raise ToolDefinitionError(f"a tool needs a function, got {fn!r}")
@@ -119,16 +122,63 @@ class Tool:
                 "it while it blocks the event loop)"
             )
         self.inline = inline
-        summary, params_doc = _parse_docstring(inspect.getdoc(fn) or "")
-        self.description = description if description is not None else summary
-        self._positional, self.context_param, self.arguments_model = _arguments_model(
-            fn, self.name, params_doc, _definer_locals()
-        )
-        self._validator = self.arguments_model.__pydantic_validator__
-        self._serializer = self.arguments_model.__pydantic_serializer__
-        self.parameters: dict[str, Any] = self.arguments_model.model_json_schema()
+        self.pinned = pinned
+        #: What else is known about the tool (for an MCP tool: the server's annotations and
+        #: ``open_world``); approval rules and interfaces may read it.
+        self.annotations: dict[str, Any] = {}
+        self.arguments_model: type[BaseModel] | None = None
+        self.parameters: dict[str, Any]
+        self._positional: tuple[str, ...]
+        self.context_param: str | None
+        if parameters is not None:
+            # The function takes the validated arguments as one dict, and the ToolContext.
+            self.description = description or ""
+            self.parameters = _object_schema(parameters, self.name)
+            self._positional, self.context_param = (), "context"
+        else:
+            summary, params_doc = _parse_docstring(inspect.getdoc(fn) or "")
+            self.description = description if description is not None else summary
+            self._positional, self.context_param, model = _arguments_model(
+                fn, self.name, params_doc, _definer_locals()
+            )
+            self.arguments_model = model
+            self._validator = model.__pydantic_validator__
+            self._serializer = model.__pydantic_serializer__
+            self.parameters = model.model_json_schema()
         self.spec = ToolSpec(
             name=self.name, description=self.description, parameters=self.parameters
+        )
+
+    @classmethod
+    def from_schema(
+        cls,
+        fn: Callable[..., Any],
+        parameters: Mapping[str, Any],
+        *,
+        name: str,
+        description: str = "",
+        pinned: bool = False,
+        **options: Any,
+    ) -> Tool:
+        """A tool whose arguments are described by a given JSON Schema (an object schema)
+        instead of a Python signature: a remote tool, an MCP server's tool.
+
+        ``fn`` (sync or async) is called as ``fn(arguments, context)`` with the validated
+        arguments as a dict and the call's ToolContext. Arguments are checked against the
+        schema with agentfsm's JSON Schema checker (types, required, additionalProperties,
+        enums, bounds, local ``$ref``s; unknown keywords are left to the tool itself).
+        ``pinned``: a call recorded against this tool must find the same schema when the run
+        is resumed (else ToolChangedError), instead of being re-validated against the new
+        one. ``options`` are those of ``Tool``: needs_approval, timeout, idempotent, ...
+        Raises ToolDefinitionError for a schema that does not describe an object.
+        """
+        return cls(
+            fn,
+            name=name,
+            description=description,
+            parameters=parameters,
+            pinned=pinned,
+            **options,
         )
 
     def __repr__(self) -> str:
@@ -157,6 +207,8 @@ class Tool:
     def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         """Validate arguments given as data; returns them as JSON data.
         Raises ToolArgumentsError."""
+        if self.arguments_model is None:
+            return self._validate_schema(arguments)
         try:
             model = self._validator.validate_python(arguments)
         except pydantic.ValidationError as exc:
@@ -170,6 +222,8 @@ class Tool:
         self, arguments: Mapping[str, Any], context: ToolContext | None
     ) -> tuple[list[Any], dict[str, Any]]:
         """The positional and keyword arguments to call the function with."""
+        if self.arguments_model is None:
+            return [self._validate_schema(arguments), context], {}
         try:
             model = self._validator.validate_python(arguments)
         except pydantic.ValidationError as exc:
@@ -179,6 +233,22 @@ class Tool:
             values[self.context_param] = context
         args = [values.pop(name) for name in self._positional if name in values]
         return args, values
+
+    def _validate_schema(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(arguments, Mapping):
+            raise ToolArgumentsError(
+                f"invalid arguments for tool {self.name!r}: expected a JSON object"
+            )
+        data = dict(arguments)
+        check_json_data(data, f"arguments of tool {self.name!r}", ToolArgumentsError)
+        problems = schema_errors(data, self.parameters)
+        if problems:
+            raise ToolArgumentsError(
+                f"invalid arguments for tool {self.name!r}: {'; '.join(problems)}"
+            )
+        # A copy through JSON: what the caller does to its dict later cannot change them.
+        copied: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(data))
+        return copied
 
     def _explain(self, exc: pydantic.ValidationError) -> str:
         problems = "; ".join(
@@ -267,6 +337,22 @@ def tool(
         )
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _object_schema(schema: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A copy of ``schema`` as JSON data, checked to describe the object of a call's
+    arguments."""
+    try:
+        data = msgspec.json.decode(msgspec.json.encode(schema))
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise ToolDefinitionError(f"tool {name!r}: its schema is not JSON data ({exc})") from None
+    if not isinstance(data, dict) or data.get("type", "object") != "object":
+        raise ToolDefinitionError(
+            f"tool {name!r}: its schema must describe an object (the call's arguments)"
+        )
+    data.setdefault("type", "object")
+    data.setdefault("properties", {})
+    return data
 
 
 def _definer_locals() -> dict[str, Any]:

@@ -67,7 +67,7 @@ def test_the_block_finder_sees_fences_and_no_run() -> None:
 
 
 #: Docs whose examples need an optional package, and the module they import.
-NEEDS = {"tracing.md": "opentelemetry.sdk.trace"}
+NEEDS = {"tracing.md": "opentelemetry.sdk.trace", "mcp.md": "mcp"}
 
 
 @pytest.mark.parametrize("path", DOCS, ids=[str(p.relative_to(ROOT)) for p in DOCS])
