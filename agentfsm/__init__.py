@@ -33,6 +33,7 @@ from ._errors import (
     UnknownCallError,
     UnknownRunError,
     UnknownToolError,
+    UnknownVersionError,
 )
 from ._events import (
     ApprovalsDecided,
@@ -129,6 +130,7 @@ from .stores import (
     PostgresStore,
     RetryPolicy,
     RunSummary,
+    RunVersion,
     SQLiteStore,
     Store,
     WaitingCall,
@@ -213,6 +215,7 @@ __all__ = [
     "RunStatus",
     "RunStopped",
     "RunSummary",
+    "RunVersion",
     "Runner",
     "SQLiteStore",
     "Started",
@@ -249,6 +252,7 @@ __all__ = [
     "UnknownCallError",
     "UnknownRunError",
     "UnknownToolError",
+    "UnknownVersionError",
     "Usage",
     "UserMessage",
     "WaitingCall",

@@ -385,7 +385,8 @@ def test_a_layout_1_schema_gets_its_waiting_calls_indexed_on_first_use(schema: s
         await Runner(store=store).run(agent(), "pay", run_id="old")
 
     run(schema, pause)
-    sql(f'DROP TABLE "{schema}".run_waiting')  # as agentfsm 0.1 left it
+    sql(f'DROP TABLE "{schema}".run_versions')  # as agentfsm 0.1 left it
+    sql(f'DROP TABLE "{schema}".run_waiting')
     for column in ("deadline", "failures", "parked"):
         sql(f'ALTER TABLE "{schema}".runs DROP COLUMN {column}')
     sql(f'DELETE FROM "{schema}".agentfsm_schema WHERE version > 1')

@@ -48,6 +48,7 @@ def test_a_layout_1_sqlite_store_gets_its_waiting_calls_indexed_on_open(tmp_path
     waiting = _paused(store)
     asyncio.run(store.close())
     with sqlite3.connect(tmp_path / "runs.db") as db:  # as agentfsm 0.1 left it
+        db.execute("DROP TABLE run_versions")
         db.execute("DROP TABLE run_waiting")
         db.execute("DROP INDEX runs_by_deadline")
         for column in ("deadline", "failures", "parked"):
