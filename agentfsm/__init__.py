@@ -35,6 +35,7 @@ from ._errors import (
     UnknownCallError,
     UnknownRunError,
     UnknownToolError,
+    UnknownVersionError,
 )
 from ._events import (
     ApprovalsDecided,
@@ -131,6 +132,7 @@ from .stores import (
     PostgresStore,
     RetryPolicy,
     RunSummary,
+    RunVersion,
     SQLiteStore,
     Store,
     WaitingCall,
@@ -215,6 +217,7 @@ __all__ = [
     "RunStatus",
     "RunStopped",
     "RunSummary",
+    "RunVersion",
     "Runner",
     "SQLiteStore",
     "Started",
@@ -253,6 +256,7 @@ __all__ = [
     "UnknownCallError",
     "UnknownRunError",
     "UnknownToolError",
+    "UnknownVersionError",
     "Usage",
     "UserMessage",
     "WaitingCall",

@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "run": _run,
             "runs list": _list,
             "runs show": _show,
+            "runs history": _history,
             "runs export": _export,
             "approvals": _approvals,
             "approve": _approve,
@@ -344,9 +345,27 @@ def _list(args: argparse.Namespace) -> int:
 
 def _show(args: argparse.Namespace) -> int:
     async def work(store: Any) -> int:
+        if args.version is not None:
+            _print_run(await store.load(args.run_id, version=args.version), args.json)
+            return 0
         state = await store.load(args.run_id)
         inbox = await store.inbox(args.run_id)
         _print_run(state, args.json, [m for m in inbox.messages if m is not None])
+        return 0
+
+    return _with_store(args, work, create=False)
+
+
+def _history(args: argparse.Namespace) -> int:
+    from ._cli_json import RunHistoryDocument, encode
+    from ._render import render_history
+
+    async def work(store: Any) -> int:
+        versions = await store.history(args.run_id)
+        if args.json:
+            print(encode(RunHistoryDocument(run_id=args.run_id, versions=tuple(versions))))
+        else:
+            print(render_history(versions))
         return 0
 
     return _with_store(args, work, create=False)

@@ -3,8 +3,9 @@
 They are for scripts, so they are explicit (every field always present, ``null`` when it
 does not apply) and reuse the encodings the state JSON already has: transcript items are
 the tagged items of ``schemas/item.schema.json``, waiting calls are ``ApprovalRequest``
-values, listed runs are ``RunSummary`` values. Their JSON Schemas are generated into
-``schemas/cli_run.schema.json`` and ``schemas/cli_run_list.schema.json``.
+values, listed runs are ``RunSummary`` values, a run's versions ``RunVersion`` values. Their
+JSON Schemas are generated into ``schemas/cli_run.schema.json``,
+``schemas/cli_run_list.schema.json`` and ``schemas/cli_run_history.schema.json``.
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from ._state import RunState
 from .stores._base import (
     InboxMessage,
     RunSummary,
+    RunVersion,
     WaitingPage,
     posted_cancellation,
     posted_decisions,
 )
 
-__all__ = ["RunDocument", "RunListDocument", "encode", "run_document"]
+__all__ = ["RunDocument", "RunHistoryDocument", "RunListDocument", "encode", "run_document"]
 
 
 class RunDocument(Record, frozen=True):
@@ -67,6 +69,15 @@ class RunListDocument(Record, frozen=True):
     runs: tuple[RunSummary, ...]
 
 
+class RunHistoryDocument(Record, frozen=True):
+    """Every kept version of a run, oldest first, as ``runs history --json`` prints them.
+    ``event`` is null for the version the run was created with and for versions stored
+    before history was kept."""
+
+    run_id: str
+    versions: tuple[RunVersion, ...]
+
+
 def run_document(state: RunState, posted: Sequence[InboxMessage] = ()) -> RunDocument:
     """``state`` as a document, with the inbox messages ``posted`` and not applied yet."""
     return RunDocument(
@@ -89,6 +100,8 @@ def run_document(state: RunState, posted: Sequence[InboxMessage] = ()) -> RunDoc
     )
 
 
-def encode(document: RunDocument | RunListDocument | WaitingPage) -> str:
+def encode(
+    document: RunDocument | RunListDocument | RunHistoryDocument | WaitingPage,
+) -> str:
     """``document`` as one line of JSON."""
     return msgspec.json.encode(document).decode()

@@ -226,8 +226,9 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     runs = command(
         commands,
         "runs",
-        "list, show or export stored runs",
-        "Read the stored runs: list them, show one, or export one's state JSON. These "
+        "list, show or export stored runs, or their history",
+        "Read the stored runs: list them, show one (now or at a past version), list one's "
+        "versions, or export one's state JSON. These "
         "commands only read: a store that does not exist is an error, never created.",
     )
     what = runs.add_subparsers(dest="what", required=True, metavar="ACTION", help="one of:")
@@ -271,7 +272,31 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         as_json,
     )
     show.add_argument("run_id", type=_text, help="the run to show")
+    show.add_argument(
+        "--version",
+        type=_whole(0),
+        default=None,
+        metavar="K",
+        help="show the run as it was saved at version K (see `agentfsm runs history`), "
+        "without the messages posted to it since (default: as it is now)",
+    )
     show.set_defaults(handler=handlers["runs show"])
+    history = command(
+        what,
+        "history",
+        "every kept version of a run",
+        "List every kept version of one run, oldest first: the version, the status it had, "
+        "the event whose step made it, when it was saved and how many items its transcript "
+        "held. `agentfsm runs show RUN --version K` shows one of them whole.",
+        store,
+    )
+    history.add_argument("run_id", type=_text, help="the run")
+    history.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document (schemas/cli_run_history.schema.json) instead of a table",
+    )
+    history.set_defaults(handler=handlers["runs history"])
     export = command(
         what,
         "export",

@@ -36,6 +36,7 @@ bare. The tree::
         │   ├── LeaseLost      a write by a worker whose lease on the run has passed
         │   └── InboxChanged   a step from the inbox, saved after more was posted to it
         └── UnknownRunError    no run with that id
+            └── UnknownVersionError  no such version of a run (never saved, or pruned)
 
 Errors raised by the runner while a run is under way carry the run's last consistent state
 in ``state``, so nothing is lost: it can be saved and resumed.
@@ -76,6 +77,7 @@ __all__ = [
     "UnknownCallError",
     "UnknownRunError",
     "UnknownToolError",
+    "UnknownVersionError",
 ]
 
 
@@ -249,3 +251,8 @@ class InboxChanged(ConflictError):
 
 class UnknownRunError(StoreError):
     """No run with that id in the store."""
+
+
+class UnknownVersionError(UnknownRunError):
+    """The run is stored, but not that version of it: it was never saved, or its history
+    was pruned (``Store.prune``)."""

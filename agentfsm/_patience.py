@@ -47,6 +47,7 @@ from .stores._base import (
     Renewer,
     RetryPolicy,
     RunSummary,
+    RunVersion,
     Store,
     WaitingPage,
 )
@@ -170,8 +171,30 @@ class PatientStore(Store):
             lambda: self.inner.create(state), state, landed, f"creating run {state.run_id}"
         )
 
-    async def load(self, run_id: str) -> RunState:
-        return await self._try(lambda: self.inner.load(run_id), f"loading run {run_id}")
+    async def load(self, run_id: str, *, version: int | None = None) -> RunState:
+        return await self._try(
+            lambda: self.inner.load(run_id, version=version), f"loading run {run_id}"
+        )
+
+    async def history(self, run_id: str) -> list[RunVersion]:
+        return await self._try(
+            lambda: self.inner.history(run_id), f"reading the history of run {run_id}"
+        )
+
+    async def prune(
+        self,
+        *,
+        keep_versions: int | None = None,
+        older_than: float | None = None,
+        run_id: str | None = None,
+    ) -> int:
+        # Dropping versions twice drops nothing more: a retry is safe.
+        return await self._try(
+            lambda: self.inner.prune(
+                keep_versions=keep_versions, older_than=older_than, run_id=run_id
+            ),
+            "pruning the history of runs",
+        )
 
     async def save(
         self,
@@ -181,6 +204,7 @@ class PatientStore(Store):
         lease: Lease | None = None,
         acknowledge: Sequence[int] = (),
         seen: int | None = None,
+        event: str | None = None,
     ) -> int:
         async def write() -> int:
             return await self.inner.save(
@@ -189,6 +213,7 @@ class PatientStore(Store):
                 lease=lease,
                 acknowledge=acknowledge,
                 seen=seen,
+                event=event,
             )
 
         async def landed() -> int:

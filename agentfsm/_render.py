@@ -21,6 +21,7 @@ from ._state import RunState
 from .stores._base import (
     InboxMessage,
     RunSummary,
+    RunVersion,
     WaitingPage,
     posted_cancellation,
     posted_decisions,
@@ -29,6 +30,7 @@ from .stores._base import (
 __all__ = [
     "DIGEST_SHOWN",
     "in_doubt",
+    "render_history",
     "render_run",
     "render_summaries",
     "render_transcript",
@@ -121,6 +123,23 @@ def render_summaries(summaries: list[RunSummary]) -> str:
             str(s.posted) if s.posted else "",
         )
         for s in summaries
+    ]
+    return _table(rows)
+
+
+def render_history(versions: Sequence[RunVersion]) -> str:
+    if not versions:
+        return "no versions kept"
+    rows = [("VERSION", "STATUS", "EVENT", "SAVED", "ITEMS")]
+    rows += [
+        (
+            str(v.version),
+            v.status,
+            v.event or "-",
+            _when(v.at),
+            str(v.n_items),
+        )
+        for v in versions
     ]
     return _table(rows)
 

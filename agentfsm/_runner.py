@@ -663,7 +663,9 @@ class Runner:
                 previous = state
                 state, outcome = self._step(agents, state, event)
                 try:
-                    waiting = await self._checkpoint(previous, state, session, acknowledge, seen)
+                    waiting = await self._checkpoint(
+                        previous, state, session, acknowledge, seen, type(event).__name__
+                    )
                 except InboxChanged:
                     # Something was posted while this step was taken from the inbox: take
                     # it again, with everything posted, so no decision is passed over.
@@ -794,9 +796,11 @@ class Runner:
         session: Session | None,
         acknowledge: Sequence[int],
         seen: int | None,
+        event: str,
     ) -> bool:
         """Persist the step; True if the run's inbox has messages waiting. ``seen`` is the
-        newest inbox message the step was taken from (None for a step not from the inbox)."""
+        newest inbox message the step was taken from (None for a step not from the inbox);
+        ``event`` the type name of the event it took, for the run's history."""
         waiting = 0
         if session is not None:
             try:
@@ -806,6 +810,7 @@ class Runner:
                     lease=session.lease,
                     acknowledge=acknowledge,
                     seen=seen,
+                    event=event,
                 )
             except AgentFSMError as exc:
                 exc.state = previous

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from ._cli_json import RunDocument, RunListDocument
+from ._cli_json import RunDocument, RunHistoryDocument, RunListDocument
 from ._codec import SCHEMA_VERSION, wire_type
 from ._events import Event
 from ._items import Item
@@ -91,6 +91,9 @@ def artifacts(root: Path) -> dict[Path, str]:
             RunListDocument, "RunListDocument"
         ),
         root / "schemas" / "cli_approvals.schema.json": schema_text(WaitingPage, "WaitingPage"),
+        root / "schemas" / "cli_run_history.schema.json": schema_text(
+            RunHistoryDocument, "RunHistoryDocument"
+        ),
     }
     doc = root / "docs" / "state-machine.md"
     if doc.exists():

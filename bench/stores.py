@@ -6,10 +6,12 @@ repetitions). SQLite always; PostgreSQL too when ``AGENTFSM_BENCH_PG`` (default
 ``postgresql://postgres@127.0.0.1:5432/test``) answers and ``PostgresStore`` is available.
 
 * checkpoint per step: one ``save`` of a step that adds a tool call and its result, on runs
-  that already hold 10, 1,000 and 10,000 items. The goal: flat (within 1.5x from the
-  smallest to the largest).
+  that already hold 10, 1,000 and 10,000 items, every version kept in the run's history. The
+  goal: flat (within 1.5x from the smallest to the largest).
 * bytes per step: the head row plus the item rows one such step writes.
 * resume among 10,000 runs: load one run plus its first step, with 10,000 runs stored.
+* load a past version: ``load(run_id, version=k)`` of the version in the middle of a run of
+  10,000 items saved step by step (its history kept). The goal: at most 20 ms on SQLite.
 * the floor: a plain SQLite WAL transaction that checks a version and appends a small row.
 """
 
@@ -127,6 +129,30 @@ async def resume_among_many(store: Store) -> list[float]:
     return timings
 
 
+async def load_past_version(store: Store) -> list[float]:
+    """µs per ``load(version=k)`` of the middle version of a 10,000-item run saved step by
+    step, so that its history holds every version."""
+    state = grown(f"versions-{uuid.uuid4().hex[:6]}", 0)
+    await store.create(state)
+    middle = None
+    turn = 0
+    while len(state.items) < SIZES[-1]:
+        turn += 1
+        for nxt in half_steps(state, turn):
+            await store.save(nxt)
+            state = nxt
+            if middle is None and len(state.items) >= SIZES[-1] // 2:
+                middle = state
+    assert middle is not None
+    timings = []
+    for _ in range(max(10, REPS // 4)):
+        started = time.perf_counter_ns()
+        loaded = await store.load(middle.run_id, version=middle.version)
+        timings.append((time.perf_counter_ns() - started) / 1000)
+    assert loaded == middle
+    return timings
+
+
 def sqlite_floor(path: Path) -> list[float]:
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
@@ -172,6 +198,13 @@ async def bench_store(name: str, make: Any) -> None:
         print(
             line(f"resume (load + first step) among {MANY:,} runs", await resume_among_many(store))
         )
+    finally:
+        await store.close()
+    store = await make()
+    try:
+        if hasattr(store, "history"):
+            timings = [t / 1000 for t in await load_past_version(store)]
+            print(line("load(version=k), middle of a 10,000-item run", timings, "ms", "≤ 20 ms"))
     finally:
         await store.close()
 

@@ -649,3 +649,37 @@ def test_pause_and_unpause_steer_a_run_that_workers_drive(tmp_path: Path) -> Non
     shown = cli(tmp_path, "runs", "show", "pw").stdout
     assert "status:  interrupted" in shown  # it went on, to the approval the mailer needs
     assert cli(tmp_path, "pause", "nope").returncode == ExitCode.ERROR
+
+
+def test_runs_history_lists_every_version_and_show_prints_any_of_them(tmp_path: Path) -> None:
+    from agentfsm._cli_json import RunHistoryDocument
+
+    assert cli(tmp_path, "run", *APP, "mail ada", "--run-id", "h1").returncode == (
+        ExitCode.INTERRUPTED
+    )
+    table = cli(tmp_path, "runs", "history", "h1")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["VERSION", "STATUS", "EVENT", "SAVED", "ITEMS"]
+    assert lines[1].split()[:3] == ["0", "new", "-"]
+    assert lines[2].split()[:3] == ["1", "running", "Started"]
+    assert lines[-1].split()[1] == "interrupted"
+
+    document = msgspec.json.decode(
+        cli(tmp_path, "runs", "history", "h1", "--json").stdout, type=RunHistoryDocument
+    )
+    assert document.run_id == "h1"
+    assert [v.version for v in document.versions] == list(range(len(document.versions)))
+    assert [v.event for v in document.versions][:2] == [None, "Started"]
+    schema = json.loads((ROOT / "schemas" / "cli_run_history.schema.json").read_text())
+    assert schema["$ref"].endswith("RunHistoryDocument")
+
+    first = msgspec.json.decode(
+        cli(tmp_path, "runs", "show", "h1", "--version", "1", "--json").stdout, type=RunDocument
+    )
+    assert (first.version, first.status, first.items) == (1, "running", ())
+    assert "status:  new" in cli(tmp_path, "runs", "show", "h1", "--version", "0").stdout
+    missing = cli(tmp_path, "runs", "show", "h1", "--version", "99")
+    assert missing.returncode != 0
+    assert "no version 99" in missing.stderr
+    assert cli(tmp_path, "runs", "history", "nope").returncode != 0

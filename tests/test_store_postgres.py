@@ -385,7 +385,8 @@ def test_a_layout_1_schema_gets_its_waiting_calls_indexed_on_first_use(schema: s
         await Runner(store=store).run(agent(), "pay", run_id="old")
 
     run(schema, pause)
-    sql(f'DROP TABLE "{schema}".run_waiting')  # as agentfsm 0.1 left it
+    sql(f'DROP TABLE "{schema}".run_versions')  # as agentfsm 0.1 left it
+    sql(f'DROP TABLE "{schema}".run_waiting')
     for column in ("deadline", "failures", "parked"):
         sql(f'ALTER TABLE "{schema}".runs DROP COLUMN {column}')
     sql(f'DELETE FROM "{schema}".agentfsm_schema WHERE version > 1')
@@ -396,6 +397,26 @@ def test_a_layout_1_schema_gets_its_waiting_calls_indexed_on_first_use(schema: s
 
     run(schema, listed)
     assert found == ["call_0_0", "call_0_1", "call_0_2"]
+
+
+def test_a_layout_2_schema_starts_each_runs_history_at_its_current_version(schema: str) -> None:
+    from agentfsm import Runner
+    from tests.apps.payments import agent
+
+    async def pause(store: PostgresStore) -> None:
+        await Runner(store=store).run(agent(), "pay", run_id="old")
+
+    run(schema, pause)
+    sql(f'DROP TABLE "{schema}".run_versions')  # as layout 2 left it
+    sql(f'DELETE FROM "{schema}".agentfsm_schema WHERE version > 2')
+
+    async def check(store: PostgresStore) -> None:
+        current = await store.load("old")
+        (kept,) = await store.history("old")
+        assert (kept.version, kept.event, kept.status) == (current.version, None, "interrupted")
+        assert await store.load("old", version=current.version) == current
+
+    run(schema, check)
 
 
 # -- a run locked by a process that stopped mid-write -------------------------------------------

@@ -48,6 +48,7 @@ def test_a_layout_1_sqlite_store_gets_its_waiting_calls_indexed_on_open(tmp_path
     waiting = _paused(store)
     asyncio.run(store.close())
     with sqlite3.connect(tmp_path / "runs.db") as db:  # as agentfsm 0.1 left it
+        db.execute("DROP TABLE run_versions")
         db.execute("DROP TABLE run_waiting")
         db.execute("DROP INDEX runs_by_deadline")
         for column in ("deadline", "failures", "parked"):
@@ -96,3 +97,32 @@ def test_a_store_that_fails_to_open_closes_its_connection(
     for db in opened:  # a file refused by its header is never even opened
         with pytest.raises(sqlite3.ProgrammingError, match="closed"):
             db.execute("SELECT 1")
+
+
+def test_a_layout_2_sqlite_store_starts_each_runs_history_at_its_current_version(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import sqlite3
+
+    store = SQLiteStore(tmp_path / "runs.db")
+    _paused(store)
+    asyncio.run(store.close())
+    with sqlite3.connect(tmp_path / "runs.db") as db:  # as layout 2 left it
+        db.execute("DROP TABLE run_versions")
+        db.execute("DELETE FROM agentfsm_schema WHERE version > 2")
+        ((run_id, version),) = db.execute("SELECT run_id, version FROM runs").fetchall()
+    db.close()
+
+    async def reopened() -> None:
+        async with SQLiteStore(tmp_path / "runs.db") as store:
+            (kept,) = await store.history(run_id)
+            assert (kept.version, kept.event, kept.status) == (version, None, "interrupted")
+            current = await store.load(run_id)
+            assert await store.load(run_id, version=version) == current
+            assert kept.n_items == len(current.items)
+
+    asyncio.run(reopened())
+    with sqlite3.connect(tmp_path / "runs.db") as db:
+        assert db.execute("SELECT max(version) FROM agentfsm_schema").fetchone() == (3,)
+    db.close()

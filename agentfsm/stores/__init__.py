@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from .._errors import ConfigurationError
-from ._base import Inbox, Lease, RetryPolicy, RunSummary, Store, WaitingCall, WaitingPage
+from ._base import (
+    Inbox,
+    Lease,
+    RetryPolicy,
+    RunSummary,
+    RunVersion,
+    Store,
+    WaitingCall,
+    WaitingPage,
+)
 from ._memory import MemoryStore
 from ._sqlite import SQLiteStore
 
@@ -24,6 +33,7 @@ __all__ = [
     "PostgresStore",
     "RetryPolicy",
     "RunSummary",
+    "RunVersion",
     "SQLiteStore",
     "Store",
     "WaitingCall",

@@ -2,7 +2,15 @@
 
 A store keeps each run as a small head row (the state without its transcript, rewritten at
 every step under compare-and-swap on ``version``) plus the transcript as append-only rows, so
-a checkpoint costs the same at step 10 and at step 10,000. Decisions, cancellations and
+a checkpoint costs the same at step 10 and at step 10,000.
+
+Every version of a run is kept too: each checkpoint also appends its head row, with the
+number of items it had, to the run's history. As items are only ever appended, version k is
+its head and the first ``n_items`` item rows, so keeping history adds one small row per step
+and ``load(run_id, version=k)`` reads what ``load(run_id)`` reads. The one step that writes
+items again is a save after a schema migration (every row in the new schema version): then
+older heads are read in their schema version and their items in the rows' (see
+``rebuild_version``). ``prune`` drops old versions. Decisions, cancellations and
 input from other processes go to the run's inbox, which never conflicts with the worker that
 is advancing the run; the driver takes them in at its next step.
 """
@@ -21,7 +29,13 @@ import msgspec
 
 from .._codec import decode_parts, encode_head, encode_items
 from .._decisions import admit, bound
-from .._errors import ConfigurationError, ConflictError, DecisionRefused, UnknownRunError
+from .._errors import (
+    ConfigurationError,
+    ConflictError,
+    DecisionRefused,
+    UnknownRunError,
+    UnknownVersionError,
+)
 from .._events import Decision
 from .._items import Item, UserMessage
 from .._json import check_json_data
@@ -39,6 +53,7 @@ __all__ = [
     "Renewer",
     "RetryPolicy",
     "RunSummary",
+    "RunVersion",
     "Store",
     "WaitingCall",
     "WaitingPage",
@@ -81,6 +96,20 @@ class RunSummary(msgspec.Struct, frozen=True):
     posted: int = 0
     #: Why a worker set the run aside after it failed again and again, or None.
     parked: str | None = None
+
+
+class RunVersion(msgspec.Struct, frozen=True):
+    """One saved version of a run, as ``Store.history`` lists it: the ``version``, the
+    ``status`` the run had then, the type name of the ``event`` whose step made it (such as
+    ``"ModelResponded"``; None for the version a run was created with, for versions stored
+    before history was kept, and for saves that did not say), when it was saved (``at``, the
+    store's clock) and how many items its transcript held (``n_items``)."""
+
+    version: int
+    status: str
+    event: str | None
+    at: float
+    n_items: int
 
 
 class WaitingCall(msgspec.Struct, frozen=True):
@@ -231,8 +260,30 @@ class Store(abc.ABC):
         """Store a run that is not stored yet; ConflictError if its id is taken."""
 
     @abc.abstractmethod
-    async def load(self, run_id: str) -> RunState:
-        """The stored run; UnknownRunError if there is none."""
+    async def load(self, run_id: str, *, version: int | None = None) -> RunState:
+        """The stored run, or with ``version`` the run exactly as it was saved at that
+        version. UnknownRunError if there is no such run; UnknownVersionError (one) if the
+        run has no such version (never saved, or pruned)."""
+
+    @abc.abstractmethod
+    async def history(self, run_id: str) -> list[RunVersion]:
+        """Every kept version of the run, oldest first (the last is the current one).
+        UnknownRunError if there is no such run."""
+
+    @abc.abstractmethod
+    async def prune(
+        self,
+        *,
+        keep_versions: int | None = None,
+        older_than: float | None = None,
+        run_id: str | None = None,
+    ) -> int:
+        """Drop old versions of runs from their history (of one run, with ``run_id``): the
+        versions beyond the newest ``keep_versions`` of each run, and the versions saved
+        before ``older_than`` (a time on the store's clock, such as ``time.time() - 86400``).
+        A run's current version is always kept. Returns how many versions were dropped.
+        Raises ConfigurationError unless one of the two is given, ``keep_versions`` an int
+        of at least 1 (call ``check_prune``)."""
 
     @abc.abstractmethod
     async def save(
@@ -243,6 +294,7 @@ class Store(abc.ABC):
         lease: Lease | None = None,
         acknowledge: Sequence[int] = (),
         seen: int | None = None,
+        event: str | None = None,
     ) -> int:
         """Replace the stored run by ``state`` if the stored version is ``expected_version``
         (default: ``state.version - 1``, the version one step earlier), appending only the
@@ -250,7 +302,9 @@ class Store(abc.ABC):
         current one (else LeaseLost). ``acknowledge`` removes those inbox messages in the
         same transaction. ``seen`` is the newest inbox message id that the step's author
         read: if a newer one was posted since, the write fails with InboxChanged, so that a
-        decision posted while a step was taken from the inbox is never passed over. Returns
+        decision posted while a step was taken from the inbox is never passed over. The
+        version saved joins the run's history, with ``event``, the type name of the event
+        whose step made it (the driver passes it). Returns
         the number of messages left in the run's inbox. Raises ConflictError (nothing
         written) or UnknownRunError."""
 
@@ -533,6 +587,42 @@ def parts(state: RunState, stored_items: int, stored_schema: int) -> tuple[bytes
 
 def rebuild(head: bytes, items: Sequence[bytes]) -> RunState:
     return decode_parts(head, items)
+
+
+def rebuild_version(
+    head: bytes, schema: int, items: Sequence[bytes], current_head: bytes, current_schema: int
+) -> RunState:
+    """A past version of a run from its head (written in schema version ``schema``) and the
+    first item rows of the run as stored now, which the run's current head
+    (``current_head``, of ``current_schema``) describes.
+
+    The two schema versions differ only when the run was migrated on load after that version
+    was saved, and its rows were written again in the new one (``parts``): then the head and
+    the items are each brought to this code's schema version on their own."""
+    if schema == current_schema:
+        return decode_parts(head, items)
+    state = decode_parts(head, [])
+    return msgspec.structs.replace(state, items=decode_parts(current_head, items).items)
+
+
+def check_prune(keep_versions: int | None, older_than: float | None) -> None:
+    """ConfigurationError for a ``prune`` that names no limit, or a bad one."""
+    if keep_versions is None and older_than is None:
+        raise ConfigurationError("prune needs keep_versions, older_than, or both")
+    if keep_versions is not None and (type(keep_versions) is not int or keep_versions < 1):
+        raise ConfigurationError(
+            f"keep_versions must be an int of at least 1, not {keep_versions!r}"
+        )
+    if older_than is not None and (
+        isinstance(older_than, bool) or not isinstance(older_than, int | float)
+    ):
+        raise ConfigurationError(f"older_than must be a time in seconds, not {older_than!r}")
+
+
+def unknown_version(run_id: str, version: int) -> UnknownVersionError:
+    return UnknownVersionError(
+        f"run {run_id!r} has no version {version} in the store (never saved, or pruned)"
+    )
 
 
 def inbox_of(run_id: str, rows: Sequence[Sequence[Any]]) -> Inbox:

@@ -23,18 +23,22 @@ from ._base import (
     Lease,
     RetryPolicy,
     RunSummary,
+    RunVersion,
     Store,
     WaitingPage,
     check_limit,
     check_page,
+    check_prune,
     decode_message,
     encode_message,
     is_runnable,
     page_of,
     parts,
     rebuild,
+    rebuild_version,
     status_value,
     summary_of,
+    unknown_version,
     waiting_rows,
 )
 
@@ -58,6 +62,21 @@ class _Run:
     deadline: float | None = None
     failures: int = 0
     parked: str | None = None
+    #: The run's history: version -> (head, its schema version, the entry listed).
+    versions: dict[int, tuple[bytes, int, RunVersion]] = field(default_factory=dict)
+
+    def keep(self, head: bytes, state: RunState, event: str | None) -> None:
+        self.versions[state.version] = (
+            head,
+            state.schema_version,
+            RunVersion(
+                version=state.version,
+                status=state.status.value,
+                event=event,
+                at=self.summary.updated_at,
+                n_items=len(self.items),
+            ),
+        )
 
     def set_waiting(self, state: RunState, now: float) -> None:
         """Calls that still wait keep the time they started waiting."""
@@ -99,10 +118,44 @@ class MemoryStore(Store):
             schema_version=state.schema_version,
         )
         run.set_waiting(state, run.summary.updated_at)
+        run.keep(head, state, None)
 
-    async def load(self, run_id: str) -> RunState:
+    async def load(self, run_id: str, *, version: int | None = None) -> RunState:
         run = self._run(run_id)
-        return rebuild(run.head, run.items)
+        if version is None:
+            return rebuild(run.head, run.items)
+        if version not in run.versions:
+            raise unknown_version(run_id, version)
+        head, schema, entry = run.versions[version]
+        return rebuild_version(
+            head, schema, run.items[: entry.n_items], run.head, run.schema_version
+        )
+
+    async def history(self, run_id: str) -> list[RunVersion]:
+        run = self._run(run_id)
+        return [run.versions[v][2] for v in sorted(run.versions)]
+
+    async def prune(
+        self,
+        *,
+        keep_versions: int | None = None,
+        older_than: float | None = None,
+        run_id: str | None = None,
+    ) -> int:
+        check_prune(keep_versions, older_than)
+        runs = [self._run(run_id)] if run_id is not None else list(self._runs.values())
+        dropped = 0
+        for run in runs:
+            newest = sorted(run.versions, reverse=True)
+            for rank, version in enumerate(newest):
+                at = run.versions[version][2].at
+                old = (keep_versions is not None and rank >= keep_versions) or (
+                    older_than is not None and at < older_than
+                )
+                if old and version != run.summary.version:
+                    del run.versions[version]
+                    dropped += 1
+        return dropped
 
     async def save(
         self,
@@ -112,6 +165,7 @@ class MemoryStore(Store):
         lease: Lease | None = None,
         acknowledge: Sequence[int] = (),
         seen: int | None = None,
+        event: str | None = None,
     ) -> int:
         run = self._run(state.run_id)
         expected = state.version - 1 if expected_version is None else expected_version
@@ -134,6 +188,7 @@ class MemoryStore(Store):
         run.runnable = is_runnable(state, len(run.inbox))
         run.set_waiting(state, run.summary.updated_at)
         run.failures, run.parked = 0, None
+        run.keep(head, state, event)
         return len(run.inbox)
 
     async def waiting(

@@ -47,10 +47,12 @@ from ._base import (
     Renewer,
     RetryPolicy,
     RunSummary,
+    RunVersion,
     Store,
     WaitingPage,
     check_limit,
     check_page,
+    check_prune,
     decode_message,
     encode_message,
     inbox_of,
@@ -58,8 +60,10 @@ from ._base import (
     page_of,
     parts,
     rebuild,
+    rebuild_version,
     status_value,
     summary_of,
+    unknown_version,
     waiting_rows,
 )
 from ._postgres_sql import (
@@ -70,18 +74,22 @@ from ._postgres_sql import (
     _DATABASE_NOW,
     _DELETE,
     _FAIL,
+    _HISTORY,
     _INBOX,
     _INBOX_MESSAGES,
     _LAYOUT,
     _LAYOUT_2,
+    _LAYOUT_3,
     _LIVE,
     _LOAD,
+    _LOAD_VERSION,
     _LOCK_FOR_CLAIM,
     _LOCK_FOR_POST,
     _LOCK_FOR_SAVE,
     _NEWEST_MESSAGE,
     _POST,
     _POSTED,
+    _PRUNE,
     _RELEASE,
     _RENEW,
     _SAVE,
@@ -214,7 +222,7 @@ class PostgresStore(Store):
 
         self._q_layouts = [
             (version, [query(s) for s in layout.split(";") if s.strip()])
-            for version, layout in ((1, _LAYOUT), (2, _LAYOUT_2))
+            for version, layout in ((1, _LAYOUT), (2, _LAYOUT_2), (3, _LAYOUT_3))
         ]
         self._q_set_waiting = query(_SET_WAITING)
         self._q_posted = query(_POSTED)
@@ -243,6 +251,10 @@ class PostgresStore(Store):
         self._q_add_version = f"INSERT INTO {quoted}.agentfsm_schema (version) VALUES (%s)".encode()
         self._q_create = query(_CREATE)
         self._q_load = query(_LOAD)
+        self._q_load_version = query(_LOAD_VERSION)
+        self._q_history = query(_HISTORY)
+        self._q_prune = query(_PRUNE)
+        self._q_exists = query("SELECT 1 FROM {s}.runs WHERE run_id = %(run_id)s")
         self._q_lock_for_save = query(_LOCK_FOR_SAVE)
         self._q_save = query(_SAVE)
         self._q_delete = query(_DELETE)
@@ -515,6 +527,7 @@ class PostgresStore(Store):
             "now": self._now(),
             "start": 0,
             "items": items,
+            "event": None,
         }
         async with self._connection() as conn, conn.transaction():
             try:
@@ -529,13 +542,68 @@ class PostgresStore(Store):
                 (since,) = await _one(cursor)
                 await self._set_waiting(conn, state, since, 0)
 
-    async def load(self, run_id: str) -> RunState:
+    async def load(self, run_id: str, *, version: int | None = None) -> RunState:
+        if version is not None:
+            return await self._load_version(run_id, version)
         async with self._connection() as conn:
             cursor = await conn.execute(self._q_load, {"run_id": text(run_id)}, binary=True)
             row = await cursor.fetchone()
         if row is None:
             raise UnknownRunError(f"no run {run_id!r} in the store")
         return rebuild(row[0], row[1])
+
+    async def _load_version(self, run_id: str, version: int) -> RunState:
+        if type(version) is not int:
+            raise ConfigurationError(f"version must be an int, not {version!r}")
+        params = {"run_id": text(run_id), "version": version}
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._q_load_version, params, binary=True)
+            row = await cursor.fetchone()
+        if row is None:
+            raise UnknownRunError(f"no run {run_id!r} in the store")
+        head, schema, items, current_head, current_schema = row
+        if head is None:
+            raise unknown_version(run_id, version)
+        return rebuild_version(head, schema, items, current_head, current_schema)
+
+    async def history(self, run_id: str) -> list[RunVersion]:
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._q_history, {"run_id": text(run_id)})
+            rows = await cursor.fetchall()
+        if not rows:
+            raise UnknownRunError(f"no run {run_id!r} in the store")
+        return [
+            RunVersion(
+                version=version,
+                status=status,
+                event=None if event is None else untext(event),
+                at=at,
+                n_items=n_items,
+            )
+            for version, status, event, at, n_items in rows
+            if version is not None
+        ]
+
+    async def prune(
+        self,
+        *,
+        keep_versions: int | None = None,
+        older_than: float | None = None,
+        run_id: str | None = None,
+    ) -> int:
+        check_prune(keep_versions, older_than)
+        params = {
+            "run_id": None if run_id is None else text(run_id),
+            "keep": keep_versions,
+            "before": None if older_than is None else float(older_than),
+        }
+        async with self._connection() as conn, conn.transaction():
+            if run_id is not None:
+                cursor = await conn.execute(self._q_exists, params)
+                if await cursor.fetchone() is None:
+                    raise UnknownRunError(f"no run {run_id!r} in the store")
+            cursor = await conn.execute(self._q_prune, params)
+            return max(cursor.rowcount, 0)
 
     async def save(
         self,
@@ -545,6 +613,7 @@ class PostgresStore(Store):
         lease: Lease | None = None,
         acknowledge: Sequence[int] = (),
         seen: int | None = None,
+        event: str | None = None,
     ) -> int:
         expected = state.version - 1 if expected_version is None else expected_version
         summary = summary_of(state, 0.0)
@@ -594,6 +663,7 @@ class PostgresStore(Store):
                     "live": summary.status in _LIVE,
                     "still": summary.status in STILL,
                     "now": now,
+                    "event": None if event is None else text(event),
                 },
             )
             (left,) = await _one(cursor)
@@ -671,7 +741,7 @@ class PostgresStore(Store):
         ]
 
     async def delete(self, run_id: str) -> None:
-        # The run's transcript and inbox go with it (ON DELETE CASCADE).
+        # The run's transcript, history and inbox go with it (ON DELETE CASCADE).
         async with self._connection() as conn:
             cursor = await conn.execute(self._q_delete, {"run_id": text(run_id)})
             found = await cursor.fetchone()

@@ -8,7 +8,9 @@ from .._machine import RunStatus
 #: This store's own table layout version (``agentfsm_schema``), migrated on first use.
 #:   1: runs, their items and their inbox.
 #:   2: the calls waiting for a decision, indexed for the inbox query; deadlines; parked runs.
-LAYOUT_VERSION = 2
+#:   3: every version of a run (its head row, at each step); runs stored before it start
+#:      their history at the version they were at.
+LAYOUT_VERSION = 3
 
 # Statements are templates: ``{s}`` is the quoted schema, ``{now}`` the store's clock.
 _LAYOUT = """
@@ -70,6 +72,72 @@ ALTER TABLE {s}.runs ADD COLUMN parked text;
 CREATE INDEX runs_by_deadline ON {s}.runs (deadline) WHERE deadline IS NOT NULL;
 """
 
+_LAYOUT_3 = """
+CREATE TABLE {s}.run_versions (
+    run_id text NOT NULL REFERENCES {s}.runs (run_id) ON DELETE CASCADE,
+    version bigint NOT NULL,
+    status text NOT NULL,
+    event text,
+    at double precision NOT NULL,
+    head bytea NOT NULL,
+    n_items bigint NOT NULL,
+    schema_version integer NOT NULL,
+    PRIMARY KEY (run_id, version)
+);
+INSERT INTO {s}.run_versions (run_id, version, status, event, at, head, n_items,
+                              schema_version)
+SELECT run_id, version, status, NULL, updated_at, head, n_items, schema_version
+FROM {s}.runs
+"""
+
+# A version joins the run's history in the statement that saves it (a CTE of it).
+_KEEP_VERSION = """
+kept AS (
+    INSERT INTO {s}.run_versions (run_id, version, status, event, at, head, n_items,
+                                  schema_version)
+    VALUES (%(run_id)s, %(version)s, %(status)s, %(event)s, {at}, %(head)s, %(n_items)s,
+            %(schema_version)s)
+    ON CONFLICT (run_id, version) DO UPDATE SET
+        status = excluded.status, event = excluded.event, at = excluded.at,
+        head = excluded.head, n_items = excluded.n_items,
+        schema_version = excluded.schema_version
+)"""
+
+# One row for a run (none for no run); NULLs in the first three columns for no such version.
+_LOAD_VERSION = """
+SELECT v.head, v.schema_version, ARRAY(
+    SELECT i.item FROM {s}.run_items AS i
+    WHERE i.run_id = r.run_id AND i.idx < v.n_items ORDER BY i.idx
+), r.head, r.schema_version
+FROM {s}.runs AS r
+LEFT JOIN {s}.run_versions AS v ON v.run_id = r.run_id AND v.version = %(version)s
+WHERE r.run_id = %(run_id)s
+"""
+
+# One row per version (one of NULLs for a run without history; none for no run).
+_HISTORY = """
+SELECT v.version, v.status, v.event, v.at, v.n_items FROM {s}.runs AS r
+LEFT JOIN {s}.run_versions AS v ON v.run_id = r.run_id
+WHERE r.run_id = %(run_id)s ORDER BY v.version
+"""
+
+# The versions to drop: beyond the newest ``keep`` of a run, or saved before ``before``;
+# never a run's current version.
+_PRUNE = """
+DELETE FROM {s}.run_versions AS d USING (
+    SELECT v.run_id, v.version FROM (
+        SELECT run_id, version, at,
+            row_number() OVER (PARTITION BY run_id ORDER BY version DESC) AS rank
+        FROM {s}.run_versions
+        WHERE %(run_id)s::text IS NULL OR run_id = %(run_id)s::text
+    ) AS v JOIN {s}.runs AS r ON r.run_id = v.run_id
+    WHERE v.version <> r.version AND (
+        (%(keep)s::bigint IS NOT NULL AND v.rank > %(keep)s::bigint)
+        OR (%(before)s::float8 IS NOT NULL AND v.at < %(before)s::float8))
+) AS old
+WHERE d.run_id = old.run_id AND d.version = old.version
+"""
+
 # Calls that still wait keep the time they started waiting; the run keeps its earliest
 # deadline, when a worker takes it up.
 _SET_WAITING = """
@@ -112,7 +180,9 @@ WITH run AS (
     RETURNING run_id
 ), added AS ("""
     + _APPEND
-    + """)
+    + """), """
+    + _KEEP_VERSION.format(s="{s}", at="{now}")
+    + """
 SELECT 1 FROM run
 """
 )
@@ -139,7 +209,9 @@ WITH acked AS (
     RETURNING 1
 ), added AS ("""
     + _APPEND
-    + """)
+    + """), """
+    + _KEEP_VERSION.format(s="{s}", at="%(now)s::float8")
+    + """
 UPDATE {s}.runs AS r SET
     status = %(status)s, version = %(version)s, current_agent = %(current_agent)s,
     turn = %(turn)s, waiting = %(waiting)s, head = %(head)s, n_items = %(n_items)s,

@@ -28,10 +28,12 @@ from ._base import (
     Renewer,
     RetryPolicy,
     RunSummary,
+    RunVersion,
     Store,
     WaitingPage,
     check_limit,
     check_page,
+    check_prune,
     decode_message,
     encode_message,
     inbox_of,
@@ -39,8 +41,10 @@ from ._base import (
     page_of,
     parts,
     rebuild,
+    rebuild_version,
     status_value,
     summary_of,
+    unknown_version,
     waiting_rows,
 )
 from ._sqlite_file import check_file, create_file, store_error
@@ -52,7 +56,9 @@ __all__ = ["SQLiteStore"]
 #: This store's own table layout version (``agentfsm_schema``), migrated on open.
 #:   1: runs, their items and their inbox.
 #:   2: the calls waiting for a decision, indexed for the inbox query; deadlines; parked runs.
-LAYOUT_VERSION = 2
+#:   3: every version of a run (its head row, at each step); runs stored before it start
+#:      their history at the version they were at.
+LAYOUT_VERSION = 3
 
 _LAYOUT = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -107,6 +113,42 @@ ALTER TABLE runs ADD COLUMN deadline REAL;
 ALTER TABLE runs ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN parked TEXT;
 CREATE INDEX IF NOT EXISTS runs_by_deadline ON runs (deadline) WHERE deadline IS NOT NULL;
+"""
+
+_LAYOUT_3 = """
+CREATE TABLE IF NOT EXISTS run_versions (
+    run_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    event TEXT,
+    at REAL NOT NULL,
+    head BLOB NOT NULL,
+    n_items INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL,
+    PRIMARY KEY (run_id, version)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO run_versions (run_id, version, status, event, at, head, n_items,
+    schema_version)
+SELECT run_id, version, status, NULL, updated_at, head, n_items, schema_version FROM runs;
+"""
+
+_KEEP_VERSION = (
+    "INSERT OR REPLACE INTO run_versions (run_id, version, status, event, at, head, n_items,"
+    " schema_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+# The versions to drop: beyond the newest ``keep`` of a run, or saved before ``before``;
+# never a run's current version.
+_PRUNE = """
+DELETE FROM run_versions WHERE (run_id, version) IN (
+    SELECT v.run_id, v.version FROM (
+        SELECT run_id, version, at,
+            row_number() OVER (PARTITION BY run_id ORDER BY version DESC) AS rank
+        FROM run_versions WHERE :run_id IS NULL OR run_id = :run_id
+    ) AS v JOIN runs AS r ON r.run_id = v.run_id
+    WHERE v.version <> r.version
+        AND ((:keep IS NOT NULL AND v.rank > :keep) OR (:before IS NOT NULL AND v.at < :before))
+)
 """
 
 _LIVE = ("new", "running", "tools")
@@ -229,7 +271,7 @@ class SQLiteStore(Store):
         read again in it, as another process may have migrated the file meanwhile."""
         current = self._layout_version(db) or 0
         db.execute("CREATE TABLE IF NOT EXISTS agentfsm_schema (version INTEGER NOT NULL)")
-        for version, layout in ((1, _LAYOUT), (2, _LAYOUT_2)):
+        for version, layout in ((1, _LAYOUT), (2, _LAYOUT_2), (3, _LAYOUT_3)):
             if current < version:
                 for statement in layout.split(";"):
                     if statement.strip():
@@ -319,22 +361,80 @@ class SQLiteStore(Store):
                 raise ConflictError(f"run {state.run_id} is already stored") from exc
             self._append(db, state.run_id, 0, items)
             self._set_waiting(db, state, summary.updated_at, 0)
+            db.execute(
+                _KEEP_VERSION,
+                (
+                    state.run_id,
+                    summary.version,
+                    summary.status,
+                    None,
+                    summary.updated_at,
+                    head,
+                    len(items),
+                    state.schema_version,
+                ),
+            )
 
-    async def load(self, run_id: str) -> RunState:
+    async def load(self, run_id: str, *, version: int | None = None) -> RunState:
         with self._read() as db:
             row = db.execute(
-                "SELECT head, n_items FROM runs WHERE run_id = ?", (run_id,)
+                "SELECT head, n_items, schema_version FROM runs WHERE run_id = ?", (run_id,)
             ).fetchone()
             if row is None:
                 raise UnknownRunError(f"no run {run_id!r} in the store")
+            current_head, n_items, current_schema = row
+            if version is not None:
+                kept = db.execute(
+                    "SELECT head, n_items, schema_version FROM run_versions"
+                    " WHERE run_id = ? AND version = ?",
+                    (run_id, version),
+                ).fetchone()
+                if kept is None:
+                    raise unknown_version(run_id, version)
+                head, n_items, schema = kept
             items = [
                 item
                 for (item,) in db.execute(
                     "SELECT item FROM run_items WHERE run_id = ? AND idx < ? ORDER BY idx",
-                    (run_id, row[1]),
+                    (run_id, n_items),
                 )
             ]
-        return rebuild(row[0], items)
+        if version is None:
+            return rebuild(current_head, items)
+        return rebuild_version(head, schema, items, current_head, current_schema)
+
+    async def history(self, run_id: str) -> list[RunVersion]:
+        with self._read() as db:
+            if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise UnknownRunError(f"no run {run_id!r} in the store")
+            return [
+                RunVersion(*row)
+                for row in db.execute(
+                    "SELECT version, status, event, at, n_items FROM run_versions"
+                    " WHERE run_id = ? ORDER BY version",
+                    (run_id,),
+                )
+            ]
+
+    async def prune(
+        self,
+        *,
+        keep_versions: int | None = None,
+        older_than: float | None = None,
+        run_id: str | None = None,
+    ) -> int:
+        check_prune(keep_versions, older_than)
+        with self._write() as db:
+            if (
+                run_id is not None
+                and db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None
+            ):
+                raise UnknownRunError(f"no run {run_id!r} in the store")
+            return int(
+                db.execute(
+                    _PRUNE, {"run_id": run_id, "keep": keep_versions, "before": older_than}
+                ).rowcount
+            )
 
     async def save(
         self,
@@ -344,6 +444,7 @@ class SQLiteStore(Store):
         lease: Lease | None = None,
         acknowledge: Sequence[int] = (),
         seen: int | None = None,
+        event: str | None = None,
     ) -> int:
         expected = state.version - 1 if expected_version is None else expected_version
         summary = summary_of(state, self._clock())
@@ -410,6 +511,19 @@ class SQLiteStore(Store):
             )
             self._append(db, state.run_id, start, items)
             self._set_waiting(db, state, summary.updated_at, was_waiting)
+            db.execute(
+                _KEEP_VERSION,
+                (
+                    state.run_id,
+                    summary.version,
+                    summary.status,
+                    event,
+                    summary.updated_at,
+                    head,
+                    start + len(items),
+                    state.schema_version,
+                ),
+            )
         return int(inbox) - acked
 
     def _set_waiting(
@@ -467,6 +581,7 @@ class SQLiteStore(Store):
             db.execute("DELETE FROM run_items WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM run_inbox WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM run_waiting WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM run_versions WHERE run_id = ?", (run_id,))
 
     async def waiting(
         self,

@@ -19,6 +19,9 @@ import itertools
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from .. import _codec
 from .._agents import Agent
 from .._errors import (
@@ -28,6 +31,7 @@ from .._errors import (
     LeaseLost,
     UnknownCallError,
     UnknownRunError,
+    UnknownVersionError,
 )
 from .._events import Started
 from .._items import UserMessage
@@ -37,7 +41,7 @@ from .._state import RunState
 from .._step import new_run, step
 from .._tools import tool
 from ..stores._base import CancelMessage, Lease, RetryPolicy, Store
-from ._scripted import ScriptedModel, call, say
+from ._scripted import ScriptedModel, call, handoff, say
 
 __all__ = ["FakeClock", "StoreConformance"]
 
@@ -84,6 +88,29 @@ async def _states(run_id: str, agent_name: str = "conformance") -> list[RunState
     states.append(first)
     await Runner(on_step=states.append).run(agent, first)
     return states
+
+
+#: One model turn of a random run: calls that run at once, calls that wait for a decision,
+#: several at once, a handoff, or the final answer.
+_TURNS = st.one_of(
+    st.builds(lambda n: call("_lookup", name=n), st.text(min_size=1, max_size=8)),
+    st.builds(lambda to: call("_send", to=to), st.text(max_size=8)),
+    st.lists(
+        st.sampled_from([call("_lookup", name="x"), call("_send", to="bob")]),
+        min_size=2,
+        max_size=3,
+    ),
+    st.just(handoff("other")),
+    st.builds(say, st.text(max_size=12)),
+)
+
+
+def _scripted_agents(script: list[Any]) -> Agent:
+    model = ScriptedModel([*script, say("the end")])
+    first = Agent("first", "", model, tools=[_lookup, _send])
+    other = Agent("other", "", model, tools=[_lookup, _send], handoffs=[first])
+    first.handoffs.append(other)
+    return first
 
 
 class StoreConformance:
@@ -500,6 +527,152 @@ class StoreConformance:
             assert done.status == "completed"
             assert await store.load("rr") == done.state
             assert (await store.inbox("rr")).ids == ()
+
+        self._run(check)
+
+    # -- history ---------------------------------------------------------------------------
+
+    def test_every_version_of_a_random_run_loads_back_as_the_runner_held_it(self) -> None:
+        """Property: through random runs of the real Runner (tools, approvals, rejections,
+        handoffs, resumes), ``load(version=k)`` equals the state the runner held at version
+        k, and ``history`` lists every version with its status, in order."""
+        ids = itertools.count()
+        clock = FakeClock()
+        with asyncio.Runner() as loop:
+            store = loop.run(self.make_store(clock))
+
+            async def one(script: list[Any], decisions: list[str]) -> None:
+                run_id = f"h{next(ids)}"
+                held: list[RunState] = []
+                runner = Runner(store=store, on_step=held.append)
+                agent = _scripted_agents(script)
+                first = new_run(agent, "go", run_id=run_id, max_turns=12)
+                held.append(first)
+                await store.create(first)
+                result = await runner.resume(agent, run_id)
+                for decision in decisions:
+                    if result.status != "interrupted":
+                        break
+                    for request in result.interruptions:
+                        clock.advance(1)
+                        if decision == "reject":
+                            await store.reject(run_id, request, message="no")
+                        else:
+                            await store.approve(run_id, request, always=decision == "always")
+                    result = await runner.resume(_scripted_agents(script), run_id)
+                history = await store.history(run_id)
+                assert [v.version for v in history] == [s.version for s in held]
+                assert [v.status for v in history] == [s.status.value for s in held]
+                assert [v.n_items for v in history] == [len(s.items) for s in held]
+                assert history[0].event is None, "a created run was made by no event"
+                assert all(v.event for v in history[1:]), "each step names its event"
+                for state in held:
+                    loaded = await store.load(run_id, version=state.version)
+                    assert loaded == state, f"version {state.version} did not load back equal"
+                    assert loaded.to_json() == state.to_json()
+                assert await store.load(run_id) == held[-1]
+
+            @settings(
+                max_examples=12,
+                deadline=None,
+                database=None,
+                suppress_health_check=[HealthCheck.too_slow],
+            )
+            @given(
+                script=st.lists(_TURNS, max_size=5),
+                decisions=st.lists(
+                    st.sampled_from(["approve", "reject", "always"]), min_size=6, max_size=6
+                ),
+            )
+            def prop(script: list[Any], decisions: list[str]) -> None:
+                loop.run(asyncio.wait_for(one(script, decisions), 60))
+
+            try:
+                prop()
+            finally:
+                loop.run(store.close())
+
+    def test_history_names_the_event_of_each_step_and_when_it_was_saved(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            states = await _states("e1")
+            await store.create(states[0])
+            for n, state in enumerate(states[1:]):
+                clock.advance(1)
+                await store.save(state, event=f"Event{n}")
+            history = await store.history("e1")
+            steps = len(states) - 1
+            assert [v.event for v in history] == [None, *(f"Event{n}" for n in range(steps))]
+            assert [v.at for v in history] == [clock() - steps + n for n in range(steps + 1)]
+            await _raises(UnknownRunError, store.history("nope"))
+            await _raises(UnknownRunError, store.load("nope", version=0))
+            await _raises(UnknownVersionError, store.load("e1", version=steps + 1), "no version")
+            await store.delete("e1")
+            await _raises(UnknownRunError, store.history("e1"))
+            await store.create(states[0])
+            assert [v.version for v in await store.history("e1")] == [0], "none left behind"
+            assert await store.load("e1", version=0) == states[0]
+
+        self._run(check)
+
+    def test_prune_drops_old_versions_and_always_keeps_the_current_one(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            states = await _states("k1")
+            last = len(states) - 1
+            assert last >= 3
+            for run_id in ("k1", "k2"):
+                states = await _states(run_id)
+                await store.create(states[0])
+                for state in states[1:]:
+                    clock.advance(10)
+                    await store.save(state)
+            bad: tuple[dict[str, Any], ...] = (
+                {},
+                {"keep_versions": 0},
+                {"keep_versions": 1.5},
+                {"older_than": "x"},
+            )
+            for options in bad:
+                await _raises(ConfigurationError, store.prune(**options))
+            await _raises(UnknownRunError, store.prune(keep_versions=1, run_id="nope"))
+            k1 = await _states("k1")
+            assert await store.prune(keep_versions=2, run_id="k1") == last - 1
+            assert [v.version for v in await store.history("k1")] == [last - 1, last]
+            assert len(await store.history("k2")) == last + 1, "another run is left alone"
+            await _raises(UnknownVersionError, store.load("k1", version=0))
+            assert await store.load("k1", version=last - 1) == k1[last - 1]
+            # By age, across runs: k2's first two versions and k1's older one; never the
+            # current version of a run, however old.
+            cutoff = (await store.history("k2"))[2].at
+            assert await store.prune(older_than=cutoff) == 3
+            assert [v.version for v in await store.history("k1")] == [last]
+            assert [v.version for v in await store.history("k2")] == list(range(2, last + 1))
+            assert await store.prune(older_than=clock() + 1000, keep_versions=5) == last - 2
+            for run_id in ("k1", "k2"):
+                assert [v.version for v in await store.history(run_id)] == [last]
+                assert await store.load(run_id, version=last) == await store.load(run_id)
+
+        self._run(check)
+
+    def test_versions_saved_before_a_schema_migration_still_load(self) -> None:
+        """A run migrated on load is stored again whole in the new schema version (its item
+        rows written again): the versions saved before still load, migrated."""
+
+        async def check(store: Store, clock: FakeClock) -> None:
+            paused = await self._paused(store, "mig")
+            before = await store.history("mig")
+            with _next_schema_version(_shout):
+                await store.approve("mig", paused.interruptions[0])
+                done = await Runner(store=store).resume(_agent(), "mig")
+                assert done.status == "completed"
+                for kept in before:
+                    old = await store.load("mig", version=kept.version)
+                    assert old.schema_version == done.state.schema_version
+                    assert old.status.value == kept.status
+                    assert len(old.items) == kept.n_items
+                    assert old.input[0] == UserMessage(content="GO")
+                    assert old.items == done.state.items[: kept.n_items]
+                final = await store.load("mig", version=done.state.version)
+                assert final == done.state
 
         self._run(check)
 
