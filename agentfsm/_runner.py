@@ -30,10 +30,7 @@ from ._errors import (
     GuardrailTripped,
     InboxChanged,
     LeaseLost,
-    ModelBehaviorError,
-    ModelError,
     StoreError,
-    ToolArgumentsError,
     UndecidedError,
 )
 from ._events import (
@@ -42,7 +39,6 @@ from ._events import (
     Decision,
     Event,
     Injected,
-    ModelResponded,
     Paused,
     Resumed,
     Started,
@@ -52,20 +48,14 @@ from ._guardrun import (
     ERROR_KINDS,
     ErrorHandler,
     check_input,
-    check_response,
     handle_error,
 )
-from ._items import GuardrailItem, Item, ModelResponse, Usage
+from ._items import GuardrailItem, Item, Usage
 from ._machine import RunStatus
 from ._model import (
     ModelProvider,
-    ModelRequest,
-    ResponseDone,
-    TextDelta,
-    ToolCallDelta,
-    ToolCallStarted,
-    stream_events,
 )
+from ._modelcall import ModelCalls
 from ._outcomes import (
     ApprovalRequest,
     FinalOutput,
@@ -77,12 +67,6 @@ from ._outcomes import (
     ToolCall,
 )
 from ._patience import PatientStore, check_wait
-from ._run_events import (
-    ModelCallFinished,
-    ModelCallStarted,
-    ModelTextDelta,
-    ModelToolCallDelta,
-)
 from ._session import Heartbeat, Session, backoff
 from ._state import RunState
 from ._step import (
@@ -91,7 +75,6 @@ from ._step import (
     new_run,
     pending_outcome,
     step,
-    storable_response,
 )
 from ._stream import Control, Emitter, Listener, Live, RunHandle, RunHooks
 from ._toolrun import NOT_RUN, ToolRunner, ToolsCancelled, carrying, copy_json
@@ -194,12 +177,11 @@ class Runner:
                 f"lease_seconds must be a positive number of seconds, not {lease_seconds!r}"
             )
         self.store_wait = check_wait(store_wait)
-        self.approval_timeout = approval_timeout
         self.clock = clock
+        self._calls = ModelCalls(model_provider, approval_timeout, clock)
         self.retry = retry or RetryPolicy()
         self.tool_errors: ToolErrors = tool_errors
         self.on_step = on_step
-        self.model_provider = model_provider
         self.store = store
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.hooks: tuple[RunHooks, ...] = (hooks,) if isinstance(hooks, RunHooks) else tuple(hooks)
@@ -207,7 +189,6 @@ class Runner:
             raise ConfigurationError("hooks must be RunHooks (or a list of them)")
         self._tools = ToolRunner(tool_errors=tool_errors, owner=self.owner)
         self.lease_seconds = lease_seconds
-        self._models: dict[str, Any] = {}
         self._stops = 0  # calls of stop(): work started before the latest one stops
         self._heartbeat: Heartbeat | None = None  # renews the leases of this runner's runs
         handlers = dict(error_handlers or {})
@@ -220,6 +201,15 @@ class Runner:
                 else "error_handlers values are functions"
             )
         self.error_handlers: dict[str, ErrorHandler] = handlers
+
+    @property
+    def model_provider(self) -> ModelProvider | None:
+        """What resolves agents' model names (set on first use when None)."""
+        return self._calls.provider
+
+    @property
+    def approval_timeout(self) -> float | None:
+        return self._calls.approval_timeout
 
     def stop(self) -> None:
         """Stop the work under way: its runs stop after their current step, which is saved
@@ -688,7 +678,7 @@ class Runner:
                 continue
             match outcome:
                 case RunAgain() | Handoff():
-                    event = await _guarded(control, self._ask_model(agents, state, emitter))
+                    event = await _guarded(control, self._calls.ask(agents, state, emitter))
                 case ToolCall(calls=calls):
                     tools = (
                         self._tools.recover(agents, state, session, emitter, control)
@@ -823,188 +813,8 @@ class Runner:
 
     # -- the model -------------------------------------------------------------------------
 
-    async def _ask_model(
-        self, agents: AgentSet, state: RunState, emitter: Emitter | None
-    ) -> ModelResponded:
-        agent = agents.agent(state.current_agent)
-        model = agent.model
-        if isinstance(model, str):
-            model = self._named_model(model, state)
-        if not callable(getattr(model, "respond", None)):
-            raise carrying(
-                ConfigurationError(
-                    f"agent {agent.name!r} has no usable model (got {model!r}); give it an object "
-                    "with an async respond(request) method"
-                ),
-                state,
-            )
-        request = ModelRequest(
-            run_id=state.run_id,
-            agent=agent.name,
-            instructions=_instructions(agent, copy_json(state.context)),
-            input=state.input,
-            items=state.items,
-            tools=agents.tool_specs(agent.name),
-            output_schema=agents.output_schema(agent.name),
-            turn=state.turn,
-        )
-        if emitter is None:
-            response = await _answer(model, request, agent.name, state)
-        else:
-            name = _model_name(model)
-            await emitter.live(ModelCallStarted, agent=agent.name, model=name, turn=state.turn)
-            try:
-                response = await _answer(model, request, agent.name, state, emitter)
-            except BaseException as exc:
-                cancelled = isinstance(exc, asyncio.CancelledError)
-                await emitter.live(
-                    ModelCallFinished,
-                    agent=agent.name,
-                    model=name,
-                    error="cancelled" if cancelled else str(exc),
-                    error_type="cancelled" if cancelled else _error_type(exc),
-                )
-                raise
-            usage = response.usage if isinstance(response, ModelResponse) else None
-            await emitter.live(ModelCallFinished, agent=agent.name, model=name, usage=usage)
-        if not isinstance(response, ModelResponse):
-            raise carrying(
-                ModelBehaviorError(
-                    f"model of agent {agent.name!r} returned {type(response).__name__}, "
-                    "not a ModelResponse"
-                ),
-                state,
-            )
-        response = storable_response(response)
-        checks = await check_response(
-            agents, agent.name, state.run_id, copy_json(state.context), response
-        )
-        return ModelResponded(
-            response=response,
-            needs_approval=await self._approval_rules(
-                agents, state, response, checks.arguments, checks.blocked
-            ),
-            deadlines=self._deadlines(agents, state, response),
-            guardrails=tuple(checks.verdicts),
-            arguments=checks.arguments,
-            final_output=checks.final_output,
-        )
-
-    def _deadlines(
-        self, agents: AgentSet, state: RunState, response: ModelResponse
-    ) -> dict[str, float]:
-        """When each call expires if it must wait for a decision (the step keeps only the
-        deadlines of calls that wait)."""
-        deadlines: dict[str, float] = {}
-        now = None
-        for call in response.tool_calls:
-            tool = agents.tool(state.current_agent, call.name)
-            timeout = None if tool is None else tool.approval_timeout or self.approval_timeout
-            if timeout is not None:
-                now = self.clock() if now is None else now
-                deadlines[call.call_id] = now + timeout
-        return deadlines
-
-    def _named_model(self, name: str, state: RunState) -> Any:
-        model = self._models.get(name)
-        if model is None:
-            provider = self.model_provider
-            if provider is None:
-                try:
-                    from .models import default_provider
-                except ImportError as exc:
-                    raise carrying(
-                        ConfigurationError(f"no model provider for the model name {name!r}: {exc}"),
-                        state,
-                    ) from None
-                provider = self.model_provider = default_provider()
-            model = self._models[name] = provider.get_model(name)
-        return model
-
-    async def _approval_rules(
-        self,
-        agents: AgentSet,
-        state: RunState,
-        response: ModelResponse,
-        replaced: Mapping[str, dict[str, Any]],
-        blocked: set[str],
-    ) -> dict[str, bool]:
-        """Evaluate the approval functions of the called tools (the step cannot: they are the
-        user's code and may await), on the arguments the guardrails left, for the calls they
-        did not block. A function that raises counts as 'needs approval'."""
-        answers: dict[str, bool] = {}
-        for call in response.tool_calls:
-            tool = agents.tool(state.current_agent, call.name)
-            if tool is None or isinstance(tool.needs_approval, bool) or call.call_id in blocked:
-                continue
-            try:
-                arguments = replaced.get(call.call_id) or tool.validate_json(call.arguments)
-            except ToolArgumentsError:
-                continue
-            try:
-                verdict = tool.needs_approval(copy_json(state.context), arguments)
-                if inspect.isawaitable(verdict):
-                    verdict = await verdict
-                answers[call.call_id] = bool(verdict)
-            except Exception:
-                log.exception("needs_approval of tool %r raised; asking a human", tool.name)
-                answers[call.call_id] = True
-        return answers
-
 
 _MAIL_STATUSES = (RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.PAUSED)
-
-
-async def _answer(
-    model: Any,
-    request: ModelRequest,
-    agent: str,
-    state: RunState,
-    emitter: Emitter | None = None,
-) -> Any:
-    """The model's answer to ``request``: streamed, its deltas emitted, when someone listens
-    and the model can stream. Its failures become ModelErrors carrying the state."""
-    try:
-        if emitter is None or not callable(getattr(model, "stream", None)):
-            return await model.respond(request)
-        async for part in stream_events(model, request):
-            match part:
-                case TextDelta(text=text):
-                    await emitter.live(ModelTextDelta, agent=agent, text=text)
-                case ToolCallStarted(call_id=call_id, name=name):
-                    await emitter.live(
-                        ModelToolCallDelta, agent=agent, call_id=call_id, name=name, arguments=""
-                    )
-                case ToolCallDelta(call_id=call_id, arguments=arguments):
-                    await emitter.live(
-                        ModelToolCallDelta,
-                        agent=agent,
-                        call_id=call_id,
-                        name=None,
-                        arguments=arguments,
-                    )
-                case ResponseDone(response=response):
-                    return response
-        raise ModelBehaviorError(f"the stream of agent {agent!r}'s model ended without a response")
-    except AgentFSMError as exc:
-        exc.state = exc.state or state
-        raise
-    except Exception as exc:
-        raise carrying(ModelError(f"model of agent {agent!r} failed: {exc!r}"), state) from exc
-
-
-def _error_type(exc: BaseException) -> str:
-    """What failed, in few words: the exception's name, or for our ModelError, the name of
-    the exception it translated (the model client's own)."""
-    cause = exc.__cause__
-    if isinstance(exc, ModelError) and cause is not None and type(exc) is ModelError:
-        return type(cause).__name__
-    return type(exc).__name__
-
-
-def _model_name(model: Any) -> str:
-    name = getattr(model, "model", None)
-    return name if isinstance(name, str) else type(model).__name__
 
 
 async def _release(store: PatientStore, lease: Lease, *, failed: bool) -> None:
@@ -1132,12 +942,6 @@ def _undecided(state: RunState, requests: Sequence[ApprovalRequest]) -> Undecide
 def _decided(state: RunState, requests: Sequence[ApprovalRequest]) -> bool:
     decided = {(d.call_id, d.digest) for d in state.decisions}
     return any((r.call_id, r.digest) in decided for r in requests)
-
-
-def _instructions(agent: Agent, context: Any) -> str:
-    if callable(agent.instructions):
-        return str(agent.instructions(context))
-    return agent.instructions
 
 
 def _result(agents: AgentSet, state: RunState) -> RunResult:
