@@ -5,6 +5,7 @@ what waits."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,9 +13,19 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import pytest
 from conftest import DSN
 
-from agentfsm import ConflictError, RunState, Store, ToolCallItem, ToolResultItem, UnknownCallError
+from agentfsm import (
+    ConflictError,
+    PostgresStore,
+    RunState,
+    SQLiteStore,
+    Store,
+    ToolCallItem,
+    ToolResultItem,
+    UnknownCallError,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,6 +33,33 @@ ROOT = Path(__file__).resolve().parent.parent
 def store_dsn(schema: str) -> str:
     """The ``--store`` of the test database, in ``schema``."""
     return f"{DSN}?agentfsm_schema={schema}"
+
+
+def store_of(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> tuple[str, Callable[[], Store]]:
+    """For a test run on ``kind`` ("sqlite" or "postgres"): the workers' ``--store``, and a
+    function that opens the same store in this process (PostgreSQL in the test's schema)."""
+    if kind == "postgres":
+        schema = request.getfixturevalue("schema")
+        return store_dsn(schema), lambda: PostgresStore(DSN, schema=schema)
+    path = str(tmp_path / "runs.db")
+    return path, lambda: SQLiteStore(path)
+
+
+def stop(workers: list[subprocess.Popen[str]], *, thaw: bool = False) -> None:
+    """SIGTERM each worker (SIGCONT first with ``thaw``, for one that may be frozen), wait
+    for it, and kill one that does not stop within 30 s."""
+    for worker in workers:
+        if thaw:
+            worker.send_signal(signal.SIGCONT)
+        worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
 
 def spawn(

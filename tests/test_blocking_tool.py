@@ -9,17 +9,13 @@ it, through a connection of its own.)
 from __future__ import annotations
 
 import asyncio
-import signal
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import DSN
 
-from agentfsm import PostgresStore, RunState, SQLiteStore, Store, ToolResultItem, new_run
+from agentfsm import RunState, ToolResultItem, new_run
 from tests.apps.blocker import agent
-from tests.fleet import one_result_per_call, spawn, store_dsn, wait_until
+from tests.fleet import one_result_per_call, spawn, stop, store_of, wait_until
 
 RUN = "blocker"
 
@@ -29,18 +25,7 @@ def test_a_tool_that_blocks_the_event_loop_keeps_its_lease_and_runs_once(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     effects = tmp_path / "effects.txt"
-    open_store: Callable[[], Store]
-    if kind == "postgres":
-        schema = request.getfixturevalue("schema")
-        dsn = store_dsn(schema)
-
-        def open_store() -> Store:
-            return PostgresStore(DSN, schema=schema)
-    else:
-        dsn = str(tmp_path / "runs.db")
-
-        def open_store() -> Store:
-            return SQLiteStore(dsn)
+    dsn, open_store = store_of(kind, request, tmp_path)
 
     async def load() -> RunState:
         async with open_store() as store:
@@ -76,14 +61,7 @@ def test_a_tool_that_blocks_the_event_loop_keeps_its_lease_and_runs_once(
 
         wait_until(settled, 30, "the run to complete, or to wait for a decision")
     finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        stop(workers)
         for file in opened:
             file.close()
     said = [out.read_text() for out in outs]

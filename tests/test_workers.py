@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import DSN
 
-from agentfsm import PostgresStore, Runner, RunState, SQLiteStore, Store, new_run
+from agentfsm import PostgresStore, Runner, RunState, new_run
 from tests.apps.mailer import agent
-from tests.fleet import decide_waiting, effects_of, one_result_per_call, store_dsn
+from tests.fleet import decide_waiting, effects_of, one_result_per_call, store_dsn, store_of
 from tests.fleet import spawn as spawn_agentfsm
 
 APP = ["--app", "tests.apps.mailer:agent"]
@@ -85,17 +85,7 @@ def test_eight_processes_racing_to_resume_one_run_advance_it_once(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     effects = tmp_path / "effects.txt"
-    if kind == "postgres":
-        schema = request.getfixturevalue("schema")
-        dsn = store_dsn(schema)
-
-        def open_store() -> Store:
-            return PostgresStore(DSN, schema=schema)
-    else:
-        dsn = str(tmp_path / "runs.db")
-
-        def open_store() -> Store:
-            return SQLiteStore(dsn)
+    dsn, open_store = store_of(kind, request, tmp_path)
 
     async def prepare() -> int:
         async with open_store() as store:

@@ -29,7 +29,14 @@ import pytest
 
 from agentfsm import RunState, SQLiteStore, ToolResultItem, new_run
 from tests.apps.zombie import agent
-from tests.fleet import decide_waiting, effects_of, one_result_per_call, spawn, wait_until
+from tests.fleet import (
+    decide_waiting,
+    effects_of,
+    one_result_per_call,
+    spawn,
+    stop,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/stat").exists(), reason="reads whether a process is stopped from /proc"
@@ -101,15 +108,7 @@ def _freeze_and_take_over(tmp_path: Path, freeze: str) -> Ending:
         gave_up = "gave it up"  # how a worker logs a run it had to leave
         wait_until(lambda: gave_up in logs["a"][1].read_text(), 30, "A to give the run up")
     finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGCONT)
-            worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        stop(workers, thaw=True)
         for file in opened:
             file.close()
     for name, worker in zip("ab", workers, strict=True):
