@@ -5,6 +5,7 @@ async driver that calls models and tools and checkpoints after every step.
 """
 
 from ._agents import Agent, AgentSet, handoff_tool_name
+from ._nested import AgentTool
 from ._codec import SCHEMA_VERSION
 from ._decisions import DecisionRecord
 from ._errors import (
@@ -146,6 +147,7 @@ __all__ = [
     "AgentChanged",
     "AgentFSMError",
     "AgentSet",
+    "AgentTool",
     "ApprovalDecided",
     "ApprovalRequest",
     "ApprovalRequested",
