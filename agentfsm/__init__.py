@@ -5,7 +5,6 @@ async driver that calls models and tools and checkpoints after every step.
 """
 
 from ._agents import Agent, AgentSet, handoff_tool_name
-from ._nested import AgentTool
 from ._codec import SCHEMA_VERSION
 from ._decisions import DecisionRecord
 from ._errors import (
@@ -88,6 +87,7 @@ from ._model import (
     ToolCallStarted,
     stream_events,
 )
+from ._nested import AgentTool
 from ._outcomes import (
     ApprovalRequest,
     FinalOutput,

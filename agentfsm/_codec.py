@@ -60,8 +60,8 @@ def _v2_to_v3(document: dict[str, Any]) -> dict[str, Any]:
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
-def _wire_fields() -> list[tuple[str, Any]]:
-    fields: list[tuple[str, Any]] = []
+def _wire_fields() -> list[tuple[Any, ...]]:
+    fields: list[tuple[Any, ...]] = []
     for field in msgspec.structs.fields(RunState):
         kind = field.type
         if field.name == "items":

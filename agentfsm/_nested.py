@@ -210,9 +210,7 @@ def absorb(state: RunState, call_id: str, inner: RunState) -> RunState:
             f"run {inner.run_id!r} is not the nested run of call {call_id!r} of run "
             f"{state.run_id!r}"
         )
-    return _replace(
-        state, nested={**state.nested, call_id: inner}, version=state.version + 1
-    )
+    return _replace(state, nested={**state.nested, call_id: inner}, version=state.version + 1)
 
 
 def suspend(state: RunState, call: CallRecord) -> CallRecord:
@@ -224,7 +222,11 @@ def suspend(state: RunState, call: CallRecord) -> CallRecord:
     if inner is None or inner.status is not RunStatus.INTERRUPTED or not inner.interruptions:
         raise InvalidEvent(
             f"call {call.call_id} is reported waiting for its nested run, which "
-            + ("is not recorded" if inner is None else f"is {inner.status.value!r} with no call waiting")
+            + (
+                "is not recorded"
+                if inner is None
+                else f"is {inner.status.value!r} with no call waiting"
+            )
         )
     return _replace(call, status="awaiting_approval", reason="nested", started_by=None)
 
@@ -261,8 +263,11 @@ def forward(
             continue
         accepted.append(decision)
         outer = next(
-            c for c in state.ledger if decision.call_id.startswith(c.call_id + SEPARATOR)
-            and c.reason == "nested" and c.status == "awaiting_approval"
+            c
+            for c in state.ledger
+            if decision.call_id.startswith(c.call_id + SEPARATOR)
+            and c.reason == "nested"
+            and c.status == "awaiting_approval"
         )
         rest = decision.call_id[len(outer.call_id) + len(SEPARATOR) :]
         inner = nested[outer.call_id]
@@ -270,9 +275,7 @@ def forward(
             inner, decisions=(*inner.decisions, _replace(decision, call_id=rest))
         )
         woken.add(outer.call_id)
-    ledger = tuple(
-        _replace(c, status="started") if c.call_id in woken else c for c in state.ledger
-    )
+    ledger = tuple(_replace(c, status="started") if c.call_id in woken else c for c in state.ledger)
     new = _replace(
         state,
         nested=nested,

@@ -128,7 +128,9 @@ async def run_nested(
     child = _child(runner, outer, call.call_id, session)
     token = _DEPTH.set(depth)
     try:
-        result = await child._loop(agents, inner, None, None, None, None, False, child._stops, False)
+        result = await child._loop(
+            agents, inner, None, None, None, None, False, child._stops, False
+        )
     except GuardrailTripped as exc:
         return _failed(runner, call, f"Error: agent tool {call.tool!r} failed: {exc}", "failed")
     except AgentFSMError as exc:

@@ -56,6 +56,7 @@ from ._model import (
     ModelProvider,
 )
 from ._modelcall import ModelCalls
+from ._nestrun import tools_of
 from ._outcomes import (
     ApprovalRequest,
     FinalOutput,
@@ -66,7 +67,6 @@ from ._outcomes import (
     RunError,
     ToolCall,
 )
-from ._nestrun import tools_of
 from ._patience import PatientStore, check_wait
 from ._session import Heartbeat, Session, backoff
 from ._state import RunState

@@ -152,7 +152,8 @@ class CallRecord(Record, frozen=True):
             agent=self.agent,
             arguments=self.arguments,
             digest=self.digest,
-            reason=self.reason,
+            # A call that waits for its nested run is never listed itself (see interruptions).
+            reason="in_doubt" if self.reason == "in_doubt" else "approval",
             idempotency_key=self.idempotency_key,
             schema=self.schema,
             deadline=self.deadline,

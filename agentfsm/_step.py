@@ -53,6 +53,7 @@ from ._items import (
 )
 from ._json import check_json_data, digest, valid_text
 from ._machine import RunStatus, allowed, status_of
+from ._nested import forward, suspend
 from ._outcomes import (
     FinalOutput,
     Handoff,
@@ -62,7 +63,6 @@ from ._outcomes import (
     RunError,
     ToolCall,
 )
-from ._nested import forward, suspend
 from ._state import CallRecord, Policy, RunState, Transcript
 
 __all__ = [

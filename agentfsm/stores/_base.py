@@ -37,10 +37,10 @@ from .._errors import (
     UnknownVersionError,
 )
 from .._events import Decision
-from .._nested import nested_requests
 from .._items import Item, UserMessage
 from .._json import check_json_data
 from .._machine import RunStatus
+from .._nested import nested_requests
 from .._outcomes import ApprovalRequest, Starter
 from .._state import RunState
 

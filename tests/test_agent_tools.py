@@ -1,0 +1,370 @@
+"""Agents as tools: a call that runs another agent as a nested run inside the calling run.
+
+Its approvals are decided through the outer run from another process (the CLI, the store,
+the web inbox), a process killed inside it leaves its non-idempotent call in doubt and never
+runs it twice, its state round-trips with the outer one, two levels nest, bad output and
+endless recursion end in a result the model sees, never a crashed run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+from conftest import DSN
+from fleet import wait_until
+
+from agentfsm import (
+    Agent,
+    AgentTool,
+    DecisionRefused,
+    MemoryStore,
+    Runner,
+    RunState,
+    RunStatus,
+    SQLiteStore,
+    ToolDefinitionError,
+    ToolError,
+    ToolResultItem,
+    UnknownCallError,
+    tool,
+)
+from agentfsm.testing import ScriptedModel, call, say
+from tests.apps import delegator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield str(tmp_path / "runs.db")
+    else:
+        yield f"{DSN}?agentfsm_schema={request.getfixturevalue('schema')}"
+
+
+def cli(store: str, effects: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agentfsm", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "AGENTFSM_STORE": store, "DELEGATOR_EFFECTS": str(effects)},
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def results(state: RunState) -> list[ToolResultItem]:
+    return [i for i in state.items if isinstance(i, ToolResultItem)]
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coroutine, 60))
+
+
+# -- across processes ------------------------------------------------------------------------
+
+
+def test_an_inner_approval_is_decided_from_the_cli_and_a_new_process_finishes(
+    store: str, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects"
+    app = ["--app", "tests.apps.delegator:agent"]
+    started = cli(store, effects, "run", *app, "go", "--run-id", "n1")
+    assert started.returncode == 3, started.stderr  # interrupted
+    shown = json.loads(cli(store, effects, "runs", "show", "n1", "--json").stdout)
+    (request,) = shown["waiting"]
+    assert (request["call_id"], request["tool"], request["agent"]) == (
+        "call_0_0/call_0_0",
+        "send",
+        "mailer",
+    )
+    listed = json.loads(cli(store, effects, "approvals", "--json").stdout)
+    assert [c["request"]["call_id"] for c in listed["calls"]] == ["call_0_0/call_0_0"]
+    assert lines(effects) == []
+
+    stale = cli(store, effects, "approve", "n1", request["call_id"], "--digest", "f" * 64)
+    assert stale.returncode == 1 and "other arguments" in stale.stderr
+    assert stale.stderr.count("\n") == 1 and "Traceback" not in stale.stderr
+    outer_only = cli(store, effects, "approve", "n1", "call_0_0", "--digest", request["digest"])
+    assert outer_only.returncode == 1 and "no call 'call_0_0' awaiting" in outer_only.stderr
+    approved = cli(
+        store, effects, "approve", "n1", request["call_id"], "--digest", request["digest"],
+        "--as", "ada",
+    )  # fmt: skip
+    assert approved.returncode == 0, approved.stderr
+
+    done = cli(store, effects, "resume", "n1", *app, "--json")
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert document["status"] == "completed"
+    assert document["final_output"] == "done: mail sent"
+    assert [(d["decision"]["by"], d["tool"], d["outcome"]) for d in document["decisions"]] == [
+        ("ada", "send", "applied")
+    ]
+    (sent,) = lines(effects)  # the inner tool body ran once
+    assert sent.startswith("send ada ")
+    # The inner run's final output is the call's result in the outer transcript.
+    outputs = [i["output"] for i in document["items"] if i["type"] == "tool_result"]
+    assert outputs == ["mail sent to ada"]
+
+
+def test_a_process_killed_inside_an_inner_tool_leaves_the_call_in_doubt(
+    store: str, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects"
+    env = {**os.environ, "DELEGATOR_EFFECTS": str(effects), "DELEGATOR_KILL": "charge"}
+    killed = subprocess.run(
+        [sys.executable, str(ROOT / "tests/apps/delegator.py"), store, "billing", "k1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(lines(effects)) == 1
+    app = ["--app", "tests.apps.delegator:billing"]
+    resumed: list[subprocess.CompletedProcess[str]] = []
+
+    def resumes() -> bool:
+        # The dead process's one-second lease must run out first.
+        resumed.append(cli(store, effects, "resume", "k1", *app, "--json"))
+        return resumed[-1].returncode != 6 and "another worker" not in resumed[-1].stderr
+
+    wait_until(resumes, 30, "the killed process's lease to run out")
+    assert resumed[-1].returncode == 3, resumed[-1].stderr
+    (request,) = json.loads(resumed[-1].stdout)["waiting"]
+    assert (request["call_id"], request["tool"], request["reason"]) == (
+        "call_0_0/call_0_0",
+        "charge",
+        "in_doubt",
+    )
+    assert len(lines(effects)) == 1  # not run again
+    rejected = cli(
+        store, effects, "reject", "k1", request["call_id"], "--digest", request["digest"],
+        "--message", "it went through: do not charge again",
+    )  # fmt: skip
+    assert rejected.returncode == 0, rejected.stderr
+    done = cli(store, effects, "resume", "k1", *app, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["final_output"] == "billed"
+    assert len(lines(effects)) == 1
+
+
+# -- in one process, through the store and the state ----------------------------------------
+
+
+def test_two_levels_nest_and_the_state_round_trips_through_json_and_a_store(
+    tmp_path: Path,
+) -> None:
+    effects = tmp_path / "effects"
+    os.environ["DELEGATOR_EFFECTS"] = str(effects)
+
+    async def test() -> None:
+        async with SQLiteStore(tmp_path / "runs.db") as db:
+            paused = await Runner(store=db).run(delegator.deep(), "go", run_id="d1")
+            assert paused.status == "interrupted"
+            (request,) = paused.interruptions
+            assert request.call_id == "call_0_0/call_0_0/call_0_0"
+            state = paused.state
+            manager = state.nested["call_0_0"]
+            assert manager.run_id == "d1/call_0_0"
+            assert manager.nested["call_0_0"].status is RunStatus.INTERRUPTED
+            # The state, nested runs and all, is one JSON document, and one stored run.
+            again = RunState.from_json(state.to_json())
+            assert again == state
+            assert again.nested["call_0_0"].nested["call_0_0"].items == (
+                manager.nested["call_0_0"].items
+            )
+            assert await db.load("d1") == state
+            assert (await db.list())[0].waiting == 1
+            await db.approve("d1", request, by="ada")
+            done = await Runner(store=db).resume(delegator.deep(), "d1")
+            assert done.status == "completed" and done.final_output == "all done"
+            assert [r.output for r in results(done.state)] == ["the mailer says it is done"]
+            assert done.state.nested == {}
+            assert [(r.decision.by, r.tool, r.outcome) for r in done.state.audit] == [
+                ("ada", "send", "applied")
+            ]
+
+    try:
+        run(test())
+    finally:
+        del os.environ["DELEGATOR_EFFECTS"]
+    assert [line.split()[:2] for line in lines(effects)] == [["send", "ada"]]
+
+
+def test_decisions_on_inner_calls_are_checked_like_any_other() -> None:
+    paused = Runner().run_sync(delegator.agent(), "go")
+    (request,) = paused.interruptions
+    with pytest.raises(DecisionRefused, match="other arguments"):
+        paused.state.approve(request.call_id, digest="0" * 64)
+    with pytest.raises(UnknownCallError):
+        paused.state.approve("call_0_0")  # the outer call waits for its nested run
+    with pytest.raises(UnknownCallError):
+        paused.state.approve("call_0_0/nope")
+    with pytest.raises(DecisionRefused, match="fit"):
+        paused.state.approve(request, arguments={"to": 7})
+    rejected = paused.state.reject(request, message="not today")
+    with pytest.raises(DecisionRefused, match="first decision wins"):
+        rejected.approve(request)
+    done = Runner().run_sync(delegator.agent(), rejected)
+    assert done.status == "completed"
+    inner_result = results(done.state)[0]
+    assert inner_result.output == "mail sent to ada"  # the script goes on regardless
+
+
+def test_an_edited_approval_reaches_the_inner_call() -> None:
+    sent: list[str] = []
+
+    @tool(needs_approval=True)
+    def send(to: str) -> str:
+        """Send."""
+        sent.append(to)
+        return f"sent to {to}"
+
+    inner = Agent("mailer", "", ScriptedModel([call("send", to="ada"), say("ok")]), tools=[send])
+    outer = Agent(
+        "boss", "", ScriptedModel([call("mailer", input="x"), say("done")]), tools=[inner.as_tool()]
+    )
+    paused = Runner().run_sync(outer, "go")
+    (request,) = paused.interruptions
+    done = Runner().run_sync(outer, paused.state.approve(request, arguments={"to": "bob"}))
+    assert done.status == "completed" and sent == ["bob"]
+
+
+# -- the web inbox ---------------------------------------------------------------------------
+
+
+def test_the_web_inbox_lists_the_inner_call_and_decides_it() -> None:
+    pytest.importorskip("starlette", reason="the inbox needs the web extra")
+    from agentfsm.web import create_app
+    from tests.inboxkit import ADA, TOKENS, client
+
+    async def test() -> None:
+        store = MemoryStore()
+        paused = await Runner(store=store).run(delegator.agent(), "go", run_id="w1")
+        (request,) = paused.interruptions
+        async with client(create_app(store, auth=TOKENS)) as http:
+            listed = (await http.get("/api/approvals", headers=ADA)).json()
+            assert [(c["run_id"], c["request"]["call_id"]) for c in listed["calls"]] == [
+                ("w1", "call_0_0/call_0_0")
+            ]
+            page = await http.get("/", headers=ADA)
+            assert page.status_code == 200 and "call_0_0/call_0_0" in page.text
+            response = await http.post(
+                "/api/runs/w1/decisions",
+                headers=ADA,
+                json={"call_id": request.call_id, "digest": request.digest, "action": "approve"},
+            )
+            assert response.status_code == 201, response.text
+        done = await Runner(store=store).resume(delegator.agent(), "w1")
+        assert done.status == "completed"
+        assert [r.decision.by for r in done.state.audit] == ["ada"]
+
+    run(test())
+
+
+# -- what the inner run gives back ------------------------------------------------------------
+
+
+class Verdict(pydantic.BaseModel):
+    ok: bool
+    why: str
+
+
+def judged(turns: list[Any], **options: Any) -> tuple[Agent, ScriptedModel]:
+    judge = Agent("judge", "Judge.", ScriptedModel(turns), output_type=Verdict)
+    outer_model = ScriptedModel([call("judge", input="is it ok?"), say("noted")])
+    outer = Agent("boss", "", outer_model, tools=[judge.as_tool(**options)])
+    return outer, outer_model
+
+
+def test_malformed_inner_output_is_sent_back_to_the_inner_model_then_given_as_json() -> None:
+    outer, _ = judged([say("not json at all"), say('{"ok": true, "why": "fine"}')])
+    done = Runner().run_sync(outer, "go")
+    assert done.status == "completed"
+    (result,) = results(done.state)
+    assert json.loads(result.output) == {"ok": True, "why": "fine"} and not result.is_error
+
+
+def test_an_inner_run_that_never_answers_well_is_an_error_result() -> None:
+    outer, outer_model = judged([say("nope")] * 3, max_turns=3)
+    done = Runner().run_sync(outer, "go")
+    assert done.status == "completed"
+    (result,) = results(done.state)
+    assert result.is_error and "ended failed" in result.output and "3 of its turns" in result.output
+    assert "ended failed" in str(outer_model.requests[-1].items[-1])
+    with pytest.raises(ToolError, match="ended failed") as raised:
+        Runner(tool_errors="raise").run_sync(judged([say("nope")] * 3, max_turns=3)[0], "go")
+    assert raised.value.state is not None and raised.value.state.status is RunStatus.TOOLS
+
+
+def test_an_output_extractor_shapes_the_result_and_its_failure_is_an_error_result() -> None:
+    fine = [say('{"ok": true, "why": "fine"}')]
+    outer, _ = judged(fine, output_extractor=lambda r: f"ok={r.final_output.ok}")
+    assert results(Runner().run_sync(outer, "go").state)[0].output == "ok=True"
+
+    async def later(result: Any) -> str:
+        return result.final_output.why
+
+    outer, _ = judged(fine, output_extractor=later)
+    assert results(Runner().run_sync(outer, "go").state)[0].output == "fine"
+    for bad in (lambda r: 1 / 0, lambda r: 42):
+        outer, _ = judged(fine, output_extractor=bad)
+        done = Runner().run_sync(outer, "go")
+        assert done.status == "completed"
+        (result,) = results(done.state)
+        assert result.is_error and "output_extractor" in result.output
+
+
+def test_agent_tool_options_are_checked() -> None:
+    agent = Agent("a", "")
+    assert isinstance(agent.as_tool(), AgentTool) and agent.as_tool().name == "a"
+    assert Agent("data team!", "").as_tool().name == "data_team_"
+    with pytest.raises(ToolDefinitionError):
+        agent.as_tool(max_turns=0)
+    with pytest.raises(ToolDefinitionError):
+        agent.as_tool(output_extractor="nope")  # type: ignore[arg-type]
+    with pytest.raises(ToolDefinitionError):
+        agent.as_tool("bad name")
+
+
+# -- recursion -----------------------------------------------------------------------------
+
+
+def test_an_agent_that_calls_itself_without_end_is_stopped_with_a_clear_error() -> None:
+    from agentfsm._nested import MAX_DEPTH
+
+    model = ScriptedModel([call("echo", input="again"), say("back")])
+    echo = Agent("echo", "", model)
+    echo.tools.append(echo.as_tool())
+    done = Runner().run_sync(echo, "go")
+    assert done.status == "completed" and done.final_output == "back"
+    assert done.state.nested == {}
+    # The deepest run was told why its call did not run; every level above completed.
+    refused = [
+        item
+        for request in model.requests
+        for item in request.items
+        if isinstance(item, ToolResultItem) and item.is_error
+    ]
+    assert len(refused) == 1 and f"at most {MAX_DEPTH} levels" in refused[0].output
+    assert len(model.requests) == 2 * (MAX_DEPTH + 1)
+    with pytest.raises(ToolError, match=f"at most {MAX_DEPTH} levels"):
+        Runner(tool_errors="raise").run_sync(echo, "go")
