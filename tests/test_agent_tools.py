@@ -31,12 +31,14 @@ from agentfsm import (
     RunState,
     RunStatus,
     SQLiteStore,
+    StateFormatError,
     ToolDefinitionError,
     ToolError,
     ToolResultItem,
     UnknownCallError,
     tool,
 )
+from agentfsm._jsonschema import schema_errors
 from agentfsm.testing import ScriptedModel, call, say
 from tests.apps import delegator
 
@@ -192,6 +194,14 @@ def test_two_levels_nest_and_the_state_round_trips_through_json_and_a_store(
                 manager.nested["call_0_0"].items
             )
             assert await db.load("d1") == state
+            # The nested runs are part of the published schema of a state.
+            schema = json.loads((ROOT / "schemas/run_state.schema.json").read_text())
+            document = json.loads(state.to_json())
+            assert schema_errors(document, schema) == []
+            document["nested"]["call_0_0"]["nested"]["call_0_0"]["status"] = "bogus"
+            assert schema_errors(document, schema) != []
+            with pytest.raises(StateFormatError, match="nested"):
+                RunState.from_json(json.dumps(document))
             assert (await db.list())[0].waiting == 1
             await db.approve("d1", request, by="ada")
             done = await Runner(store=db).resume(delegator.deep(), "d1")
@@ -368,3 +378,96 @@ def test_an_agent_that_calls_itself_without_end_is_stopped_with_a_clear_error() 
     assert len(model.requests) == 2 * (MAX_DEPTH + 1)
     with pytest.raises(ToolError, match=f"at most {MAX_DEPTH} levels"):
         Runner(tool_errors="raise").run_sync(echo, "go")
+
+
+# -- several agent tools, partial decisions, expiry ----------------------------------------
+
+
+@tool(needs_approval=True)
+def post(to: str) -> str:
+    """Post a letter."""
+    POSTED.append(to)
+    return f"posted to {to}"
+
+
+POSTED: list[str] = []
+
+
+def two_clerks() -> Agent:
+    one = Agent("one", "", ScriptedModel([call("post", to="a"), say("one done")]), tools=[post])
+    two = Agent(
+        "two",
+        "",
+        ScriptedModel([[call("post", to="b"), call("post", to="c")], say("two done")]),
+        tools=[post],
+    )
+    model = ScriptedModel([[call("one", input="x"), call("two", input="y")], say("all done")])
+    return Agent("boss", "", model, tools=[one.as_tool(), two.as_tool()])
+
+
+def test_calls_of_two_nested_runs_are_decided_separately_and_partially() -> None:
+    POSTED.clear()
+    paused = Runner().run_sync(two_clerks(), "go")
+    assert [r.call_id for r in paused.interruptions] == [
+        "call_0_0/call_0_0",
+        "call_0_1/call_0_0",
+        "call_0_1/call_0_1",
+    ]
+    partly = Runner().run_sync(two_clerks(), paused.state.approve("call_0_1/call_0_0"))
+    assert partly.status == "interrupted" and POSTED == ["b"]
+    assert [r.call_id for r in partly.interruptions] == ["call_0_0/call_0_0", "call_0_1/call_0_1"]
+    state = partly.state.reject("call_0_0/call_0_0", message="not a").approve("call_0_1/call_0_1")
+    done = Runner().run_sync(two_clerks(), state)
+    assert done.status == "completed" and done.final_output == "all done"
+    assert POSTED == ["b", "c"]
+    assert [r.output for r in results(done.state)] == ["one done", "two done"]
+
+
+def test_an_inner_call_expires_through_the_outer_run() -> None:
+    POSTED.clear()
+    now = [1000.0]
+
+    def runner(store: MemoryStore) -> Runner:
+        return Runner(store=store, approval_timeout=60, clock=lambda: now[0])
+
+    told: list[str] = []
+
+    def answer(request: Any) -> Any:
+        told.append(request.items[-1].output)
+        return say("gave up")
+
+    async def test() -> None:
+        store = MemoryStore()
+        clerk = Agent("clerk", "", ScriptedModel([call("post", to="a"), answer]), tools=[post])
+        boss = Agent(
+            "boss",
+            "",
+            ScriptedModel([call("clerk", input="x"), say("ok")]),
+            tools=[clerk.as_tool()],
+        )
+        paused = await runner(store).run(boss, "go", run_id="e1")
+        (request,) = paused.interruptions
+        assert request.deadline == 1060.0
+        (waiting,) = (await store.waiting()).calls
+        assert waiting.request.deadline == 1060.0
+        now[0] += 120
+        done = await runner(store).resume(boss, "e1")
+        assert done.status == "completed"
+        assert [(r.decision.kind, r.outcome) for r in done.state.audit] == [("expire", "applied")]
+
+    run(test())
+    assert POSTED == [] and told == ["No one decided on this tool call in time; it was not run."]
+
+
+def test_a_hostile_document_nesting_states_without_end_is_refused_cleanly() -> None:
+    state = Runner().run_sync(delegator.agent(), "go").state
+    document = json.loads(state.to_json())
+    inner = json.dumps(document["nested"]["call_0_0"])
+    assert '"nested"' not in inner
+    # Each level: a state whose nested run is the next level.
+    depth = 5000
+    nested = inner[:-1] + ',"nested":{"x":'
+    text = nested * depth + inner + "}}" * depth
+    outer = json.dumps(document)[:-1] + ',"nested":{"call_0_0":' + text + "}}"
+    with pytest.raises(StateFormatError, match="nested too deeply"):
+        RunState.from_json(outer)
