@@ -17,6 +17,7 @@ where it waited.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -124,8 +125,6 @@ class AgentTool(Tool):
 
 
 def _tool_name(agent: str) -> str:
-    import re
-
     return re.sub(r"[^A-Za-z0-9_-]", "_", agent)[:64] or "agent"
 
 
@@ -170,20 +169,29 @@ def waiting_call(state: RunState, call_id: str) -> CallRecord | None:
     return waiting_call(inner, rest)
 
 
-def _split(state: RunState, call_id: str) -> tuple[RunState, str] | None:
-    """The nested run that ``call_id`` points into, and the id within it."""
+def _holder(state: RunState, call_id: str) -> CallRecord | None:
+    """The call of ``state`` that waits for the nested run that ``call_id`` points into."""
     if not state.nested or SEPARATOR not in call_id:
         return None
-    for call in state.ledger:
-        prefix = call.call_id + SEPARATOR
-        if (
-            call.reason == "nested"
+    return next(
+        (
+            call
+            for call in state.ledger
+            if call.reason == "nested"
             and call.status == "awaiting_approval"
-            and call_id.startswith(prefix)
+            and call_id.startswith(call.call_id + SEPARATOR)
             and call.call_id in state.nested
-        ):
-            return state.nested[call.call_id], call_id[len(prefix) :]
-    return None
+        ),
+        None,
+    )
+
+
+def _split(state: RunState, call_id: str) -> tuple[RunState, str] | None:
+    """The nested run that ``call_id`` points into, and the id within it."""
+    holder = _holder(state, call_id)
+    if holder is None:
+        return None
+    return state.nested[holder.call_id], call_id[len(holder.call_id) + len(SEPARATOR) :]
 
 
 # -- moves -------------------------------------------------------------------------------------
@@ -262,13 +270,8 @@ def forward(
         if problem is not None:
             continue
         accepted.append(decision)
-        outer = next(
-            c
-            for c in state.ledger
-            if decision.call_id.startswith(c.call_id + SEPARATOR)
-            and c.reason == "nested"
-            and c.status == "awaiting_approval"
-        )
+        outer = _holder(state, decision.call_id)
+        assert outer is not None  # _split found it
         rest = decision.call_id[len(outer.call_id) + len(SEPARATOR) :]
         inner = nested[outer.call_id]
         nested[outer.call_id] = _replace(

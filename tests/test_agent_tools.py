@@ -471,3 +471,35 @@ def test_a_hostile_document_nesting_states_without_end_is_refused_cleanly() -> N
     outer = json.dumps(document)[:-1] + ',"nested":{"call_0_0":' + text + "}}"
     with pytest.raises(StateFormatError, match="nested too deeply"):
         RunState.from_json(outer)
+
+
+# -- the pure core ---------------------------------------------------------------------------
+
+
+def test_the_core_refuses_nested_steps_and_reports_that_do_not_fit() -> None:
+    from agentfsm import ApprovalsDecided, InvalidEvent, ToolsFinished, step
+    from agentfsm._nested import absorb
+
+    paused = Runner().run_sync(delegator.agent(), "go").state
+    inner = paused.nested["call_0_0"]
+    with pytest.raises(InvalidEvent, match="only a run whose tools are running"):
+        absorb(paused, "call_0_0", inner)
+    running = paused.approve(paused.interruptions[0])
+    agents = delegator.agent()
+    tools = step(running, ApprovalsDecided(), agents).state
+    assert tools.status is RunStatus.TOOLS
+    assert tools.nested["call_0_0"].decisions  # handed to the nested run
+    with pytest.raises(InvalidEvent, match="no started call"):
+        absorb(tools, "call_9", inner)
+    with pytest.raises(InvalidEvent, match="is not the nested run"):
+        absorb(tools, "call_0_0", paused)
+    moved = absorb(tools, "call_0_0", inner)
+    assert moved.version == tools.version + 1 and moved.status is RunStatus.TOOLS
+    # A report that the call waits for a nested run that does not wait is refused.
+    working = step(tools.nested["call_0_0"], ApprovalsDecided(), delegator.mailer()).state
+    assert working.status is RunStatus.TOOLS
+    done = absorb(tools, "call_0_0", working)
+    with pytest.raises(InvalidEvent, match="no call waiting"):
+        step(done, ToolsFinished(nested=("call_0_0",)), agents)
+    with pytest.raises(InvalidEvent, match="exactly once"):
+        step(done, ToolsFinished(nested=("call_0_0", "call_0_0")), agents)
