@@ -503,3 +503,34 @@ def test_the_core_refuses_nested_steps_and_reports_that_do_not_fit() -> None:
         step(done, ToolsFinished(nested=("call_0_0",)), agents)
     with pytest.raises(InvalidEvent, match="exactly once"):
         step(done, ToolsFinished(nested=("call_0_0", "call_0_0")), agents)
+
+
+def test_a_model_error_inside_the_nested_run_stops_the_outer_run_which_resumes_it() -> None:
+    from agentfsm.testing import ScriptExhausted
+
+    POSTED.clear()
+
+    @tool
+    def note(to: str) -> str:
+        """Note an address."""
+        POSTED.append(to)
+        return "noted"
+
+    def boss(inner_turns: list[Any]) -> Agent:
+        clerk = Agent("clerk", "", ScriptedModel(inner_turns), tools=[note])
+        return Agent(
+            "boss",
+            "",
+            ScriptedModel([call("clerk", input="x"), say("ok")]),
+            tools=[clerk.as_tool()],
+        )
+
+    short = [call("note", to="a")]  # the inner model fails on its second turn
+    with pytest.raises(ScriptExhausted) as raised:
+        Runner().run_sync(boss(short), "go")
+    state = raised.value.state
+    assert state is not None and state.status is RunStatus.TOOLS  # the outer run's state
+    assert state.nested["call_0_0"].status is RunStatus.RUNNING and POSTED == ["a"]
+    done = Runner().run_sync(boss([*short, say("noted")]), RunState.from_json(state.to_json()))
+    assert done.status == "completed" and [r.output for r in results(done.state)] == ["noted"]
+    assert POSTED == ["a"]  # the inner run went on from its state: nothing ran twice
