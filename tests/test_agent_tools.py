@@ -534,3 +534,24 @@ def test_a_model_error_inside_the_nested_run_stops_the_outer_run_which_resumes_i
     done = Runner().run_sync(boss([*short, say("noted")]), RunState.from_json(state.to_json()))
     assert done.status == "completed" and [r.output for r in results(done.state)] == ["noted"]
     assert POSTED == ["a"]  # the inner run went on from its state: nothing ran twice
+
+
+def test_an_agent_tool_that_needs_approval_starts_its_nested_run_only_when_approved() -> None:
+    def boss() -> Agent:
+        clerk = Agent("clerk", "", ScriptedModel([say("on it")]))
+        model = ScriptedModel([call("clerk", input="x"), say("ok")])
+        return Agent("boss", "", model, tools=[clerk.as_tool(needs_approval=True)])
+
+    paused = Runner().run_sync(boss(), "go")
+    (request,) = paused.interruptions
+    assert (request.call_id, request.tool, request.arguments) == (
+        "call_0_0",
+        "clerk",
+        {"input": "x"},
+    )
+    assert paused.state.nested == {}
+    approved = Runner().run_sync(boss(), paused.state.approve(request))
+    assert [r.output for r in results(approved.state)] == ["on it"]
+    rejected = Runner().run_sync(boss(), paused.state.reject(request, message="no"))
+    assert [r.output for r in results(rejected.state)] == ["no"]
+    assert rejected.state.nested == {}
