@@ -65,6 +65,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/decisions.py
 	$(BIN)/python bench/tracing.py
 	$(BIN)/python bench/kit.py
+	$(BIN)/python bench/nested.py
 
 # The oldest lock leaves out the mcp extra: the SDK needs pydantic>=2.12, which would lift the
 # core's tested pydantic floor (2.7); the mcp tests skip there.

@@ -87,6 +87,7 @@ from ._model import (
     ToolCallStarted,
     stream_events,
 )
+from ._nested import AgentTool
 from ._outcomes import (
     ApprovalRequest,
     FinalOutput,
@@ -146,6 +147,7 @@ __all__ = [
     "AgentChanged",
     "AgentFSMError",
     "AgentSet",
+    "AgentTool",
     "ApprovalDecided",
     "ApprovalRequest",
     "ApprovalRequested",

@@ -16,6 +16,7 @@ import pydantic
 
 from ._errors import ConfigurationError, ToolChangedError, UnknownAgentError, UnknownToolError
 from ._guardrails import Guardrail, guardrail_list
+from ._nested import AgentTool, OutputExtractor, check_nested
 from ._tools import Tool, ToolSpec, tool
 
 if TYPE_CHECKING:
@@ -64,6 +65,31 @@ class Agent:
 
     def __repr__(self) -> str:
         return f"Agent({self.name!r})"
+
+    def as_tool(
+        self,
+        name: str | None = None,
+        description: str | None = None,
+        *,
+        output_extractor: OutputExtractor | None = None,
+        max_turns: int = 10,
+        needs_approval: Any = False,
+    ) -> AgentTool:
+        """This agent as a tool another agent can call: each call runs it as a nested run on
+        the ``input`` the model gives, inside the calling run (saved, resumed and decided on
+        with it; see docs/agents.md). The call's result is the nested run's final output (JSON
+        text for structured output), or what ``output_extractor`` (sync or async, given the
+        nested run's ``RunResult``) returns. ``name`` defaults to the agent's name,
+        ``max_turns`` (default 10) limits the nested run's turns, ``needs_approval`` is as
+        for ``@tool``. Raises ToolDefinitionError for options that cannot work."""
+        return AgentTool(
+            self,
+            name=name,
+            description=description,
+            output_extractor=output_extractor,
+            max_turns=max_turns,
+            needs_approval=needs_approval,
+        )
 
 
 def handoff_tool_name(agent_name: str) -> str:
@@ -201,6 +227,7 @@ class AgentSet(Mapping[str, Agent]):
                 self._check_pinned(call.agent, call.tool, call.call_id, call.schema)
             elif call.status == "started":
                 self.require_tool(call.agent, call.tool)
+        check_nested(self, state)
 
     def _check_pinned(
         self, agent: str, name: str, call_id: str, schema: dict[str, Any] | None

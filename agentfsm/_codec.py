@@ -60,10 +60,19 @@ def _v2_to_v3(document: dict[str, Any]) -> dict[str, Any]:
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
-def _wire_fields() -> list[tuple[str, Any]]:
-    fields = []
+def _wire_fields() -> list[tuple[Any, ...]]:
+    fields: list[tuple[Any, ...]] = []
     for field in msgspec.structs.fields(RunState):
-        kind = tuple[Item, ...] if field.name == "items" else field.type
+        kind = field.type
+        if field.name == "items":
+            kind = tuple[Item, ...]
+        elif field.name == "nested":
+            # Nested runs are states too: the wire type refers to itself (resolved by name
+            # in this module).
+            kind = dict[str, "WireState"]
+            # Added after version 3 with a default, so that version 3 documents load.
+            fields.append((field.name, kind, msgspec.field(default_factory=dict)))
+            continue
         fields.append((field.name, kind))
     return fields
 
@@ -73,18 +82,21 @@ WireState: Any = msgspec.defstruct(
     _wire_fields(),
     frozen=True,
     forbid_unknown_fields=True,
+    # A run without nested runs is written as version 3 wrote it.
+    omit_defaults=True,
     module=__name__,
 )
 
 
 HeadWire: Any = msgspec.defstruct(
     "RunHead",
-    [(name, kind) for name, kind in _wire_fields() if name != "items"],
+    [field for field in _wire_fields() if field[0] != "items"],
     frozen=True,
     forbid_unknown_fields=True,
+    omit_defaults=True,
     module=__name__,
 )
-_HEAD_FIELDS = [name for name, _ in _wire_fields() if name != "items"]
+_HEAD_FIELDS = [field[0] for field in _wire_fields() if field[0] != "items"]
 
 
 def wire_type() -> Any:
@@ -110,11 +122,17 @@ def _sign(body: bytes, signing_key: bytes | str) -> str:
     return hmac.new(_key(signing_key), body, hashlib.sha256).hexdigest()
 
 
-def encode(state: RunState, *, signing_key: bytes | str | None = None) -> bytes:
+def _to_wire(state: RunState) -> Any:
     values = list(msgspec.structs.astuple(state))
     values[_ITEMS_INDEX] = state.items.to_tuple()
+    if state.nested:
+        values[_NESTED_INDEX] = {k: _to_wire(v) for k, v in state.nested.items()}
+    return WireState(*values)
+
+
+def encode(state: RunState, *, signing_key: bytes | str | None = None) -> bytes:
     try:
-        body = _encoder.encode(WireState(*values))
+        body = _encoder.encode(_to_wire(state))
     except (UnicodeEncodeError, TypeError, ValueError) as exc:
         raise StateFormatError(f"run state cannot be written as JSON: {exc}") from None
     if signing_key is None:
@@ -124,11 +142,15 @@ def encode(state: RunState, *, signing_key: bytes | str | None = None) -> bytes:
 
 
 _ITEMS_INDEX = RunState.__struct_fields__.index("items")
+_NESTED_INDEX = RunState.__struct_fields__.index("nested")
 
 
 def encode_head(state: RunState) -> bytes:
     """The state without its transcript: the small row a store rewrites at every step."""
-    return _encoder.encode(HeadWire(*(getattr(state, name) for name in _HEAD_FIELDS)))
+    values = [getattr(state, name) for name in _HEAD_FIELDS]
+    if state.nested:
+        values[_HEAD_FIELDS.index("nested")] = {k: _to_wire(v) for k, v in state.nested.items()}
+    return _encoder.encode(HeadWire(*values))
 
 
 def encode_items(items: Sequence[Item]) -> list[bytes]:
@@ -241,4 +263,6 @@ def _decode_slowly(body: bytes, error: Exception | None) -> Any:
 def _from_wire(wire: Any) -> RunState:
     fields = msgspec.structs.asdict(wire)
     fields["items"] = Transcript(wire.items)
+    if wire.nested:
+        fields["nested"] = {k: _from_wire(v) for k, v in wire.nested.items()}
     return RunState(**fields)

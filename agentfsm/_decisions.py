@@ -22,6 +22,7 @@ from ._events import Decision
 from ._items import Record
 from ._json import check_json_data
 from ._jsonschema import schema_errors
+from ._nested import nested_requests, waiting_call
 from ._outcomes import ApprovalRequest
 
 if TYPE_CHECKING:
@@ -144,10 +145,7 @@ def describe(decision: Decision) -> str:
 
 
 def _waiting(state: RunState, call_id: str) -> CallRecord | None:
-    return next(
-        (c for c in state.ledger if c.call_id == call_id and c.status == "awaiting_approval"),
-        None,
-    )
+    return waiting_call(state, call_id)
 
 
 def _not_waiting(state: RunState, call_id: str) -> str:
@@ -160,7 +158,12 @@ def _not_waiting(state: RunState, call_id: str) -> str:
             f"run {state.run_id} has no call {call_id!r} awaiting a decision: it was "
             f"{describe(settled.decision)}"
         )
-    waiting = [c.call_id for c in state.ledger if c.status == "awaiting_approval"]
+    waiting = [
+        r.call_id
+        for c in state.ledger
+        if c.status == "awaiting_approval"
+        for r in (nested_requests(state, c) if c.reason == "nested" else [c.request()])
+    ]
     return (
         f"run {state.run_id} has no call {call_id!r} awaiting a decision "
         f"(awaiting: {', '.join(waiting) or 'none'})"

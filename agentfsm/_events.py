@@ -111,13 +111,16 @@ class ToolsFinished(_Event, frozen=True, tag="tools_finished"):
     approved calls again before they ran (``recheck``), and output guardrails on the results
     (the results already hold what they replaced). ``arguments`` holds the calls that did not
     run because an input guardrail replaced their arguments after they were approved: they
-    wait for a decision again, on these arguments."""
+    wait for a decision again, on these arguments. ``nested`` holds the agent tool calls
+    whose nested runs stopped to wait for decisions (their states are already recorded in
+    the run's ``nested``): they wait with them."""
 
     results: tuple[ToolOutput, ...] = ()
     in_doubt: tuple[str, ...] = ()
     started_by: dict[str, Starter] = msgspec.field(default_factory=dict)
     guardrails: tuple[GuardrailItem, ...] = ()
     arguments: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    nested: tuple[str, ...] = ()
 
 
 class ApprovalsDecided(_Event, frozen=True, tag="approvals_decided"):

@@ -56,6 +56,7 @@ from ._model import (
     ModelProvider,
 )
 from ._modelcall import ModelCalls
+from ._nestrun import tools_of
 from ._outcomes import (
     ApprovalRequest,
     FinalOutput,
@@ -188,6 +189,7 @@ class Runner:
         if not all(isinstance(h, RunHooks) for h in self.hooks):
             raise ConfigurationError("hooks must be RunHooks (or a list of them)")
         self._tools = ToolRunner(tool_errors=tool_errors, owner=self.owner)
+        self._tools.runner = self
         self.lease_seconds = lease_seconds
         self._stops = 0  # calls of stop(): work started before the latest one stops
         self._heartbeat: Heartbeat | None = None  # renews the leases of this runner's runs
@@ -685,8 +687,15 @@ class Runner:
                         if recovering
                         else self._tools.run(agents, state, calls, session, emitter, control)
                     )
+                    # The nested runs of agent tools move the run on (each of their steps
+                    # is saved): the next step goes from where they left it.
+                    outer = tools_of(state, session, self.on_step)
                     try:
-                        event = await _guarded(control, tools)
+                        with outer as running:
+                            try:
+                                event = await _guarded(control, tools)
+                            finally:
+                                state = running.state
                     except ToolsCancelled as cancelled:
                         assert control is not None
                         assert control.cancel_reason is not None

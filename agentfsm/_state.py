@@ -12,6 +12,7 @@ from ._decisions import DecisionRecord, admit, bound
 from ._events import Decision
 from ._items import Item, Record, Usage
 from ._machine import RunStatus
+from ._nested import nested_requests, waiting_call
 from ._outcomes import ApprovalRequest, Invocation, RunError, Starter
 
 if TYPE_CHECKING:
@@ -118,7 +119,9 @@ class CallRecord(Record, frozen=True):
     digest: str
     idempotency_key: str
     status: Literal["awaiting_approval", "started", "committed"]
-    reason: Literal["approval", "in_doubt"] = "approval"
+    #: Why it waits: it needs ``approval``, it is ``in_doubt``, or its ``nested`` run (an
+    #: agent tool's) waits for decisions on its own calls, which the run lists instead.
+    reason: Literal["approval", "in_doubt", "nested"] = "approval"
     edited: bool = False
     #: The tool's argument schema when the call was validated (see ApprovalRequest.schema).
     schema: dict[str, Any] | None = None
@@ -149,7 +152,8 @@ class CallRecord(Record, frozen=True):
             agent=self.agent,
             arguments=self.arguments,
             digest=self.digest,
-            reason=self.reason,
+            # A call that waits for its nested run is never listed itself (see interruptions).
+            reason="in_doubt" if self.reason == "in_doubt" else "approval",
             idempotency_key=self.idempotency_key,
             schema=self.schema,
             deadline=self.deadline,
@@ -196,16 +200,30 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     #: ``traceparent``, ``tracestate``), so that a run resumed in another process continues
     #: its trace. Set once, by the ``Started`` event; the core never reads it.
     trace: dict[str, str] = msgspec.field(default_factory=dict)
+    #: The nested runs of the turn's agent tool calls (``Agent.as_tool``), by call id: each
+    #: a run of its own, saved and resumed with this one. A call's nested run is dropped
+    #: when its result is recorded.
+    nested: dict[str, RunState] = msgspec.field(default_factory=dict)
 
     # -- reading -----------------------------------------------------------------------------
 
     @property
     def interruptions(self) -> list[ApprovalRequest]:
         """The calls waiting for a decision (none once the run has ended: a cancelled run's
-        calls can no longer be decided)."""
+        calls can no longer be decided). The waiting calls of a nested run (an agent tool's)
+        are listed in its call's place, with ids that name the path to them
+        (``outer_call/inner_call``): decide on them through this run."""
         if self.status.is_terminal:
             return []
-        return [call.request() for call in self.ledger if call.status == "awaiting_approval"]
+        requests: list[ApprovalRequest] = []
+        for call in self.ledger:
+            if call.status != "awaiting_approval":
+                continue
+            if call.reason == "nested":
+                requests.extend(nested_requests(self, call))
+            else:
+                requests.append(call.request())
+        return requests
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -287,14 +305,7 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
         of the call as it waits in this state, which is what its holder sees."""
         call_id, digest = bound(call, digest)
         if digest is None:
-            waiting = next(
-                (
-                    c
-                    for c in self.ledger
-                    if c.call_id == call_id and c.status == "awaiting_approval"
-                ),
-                None,
-            )
+            waiting = waiting_call(self, call_id)
             digest = waiting.digest if waiting is not None else ""  # admit() says why
         return call_id, digest
 

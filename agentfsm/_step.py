@@ -53,6 +53,7 @@ from ._items import (
 )
 from ._json import check_json_data, digest, valid_text
 from ._machine import RunStatus, allowed, status_of
+from ._nested import forward, suspend
 from ._outcomes import (
     FinalOutput,
     Handoff,
@@ -220,7 +221,7 @@ def pending_outcome(state: RunState) -> Outcome:
         case RunStatus.TOOLS:
             return ToolCall(calls=_invocations(state.ledger))
         case RunStatus.INTERRUPTED:
-            return Interruption(requests=_requests(state.ledger))
+            return Interruption(requests=_requests(state))
         case RunStatus.PAUSED:
             return Interruption(requests=(), paused=True)
         case RunStatus.NEW:
@@ -473,19 +474,23 @@ def _record_tools(state: RunState, event: ToolsFinished, spec: AgentSet) -> RunS
     results = {result.call_id: result for result in event.results}
     doubt = set(event.in_doubt)
     returned = event.arguments
+    waits = set(event.nested)
     if (
         len(results) != len(event.results)
         or len(doubt) != len(event.in_doubt)
+        or len(waits) != len(event.nested)
         or results.keys() & doubt
         or returned.keys() & (results.keys() | doubt)
-        or results.keys() | doubt | returned.keys() != started
+        or waits & (results.keys() | doubt | returned.keys())
+        or results.keys() | doubt | returned.keys() | waits != started
         or not event.started_by.keys() <= doubt
     ):
         reported = [result.call_id for result in event.results] + list(event.in_doubt)
         raise InvalidEvent(
             f"ToolsFinished must report each started call exactly once, and say who started "
             f"only calls in doubt (started: {sorted(started)}; reported: {reported}; "
-            f"sent back for approval: {sorted(returned)}; started_by: "
+            f"sent back for approval: {sorted(returned)}; waiting for nested runs: "
+            f"{sorted(waits)}; started_by: "
             f"{sorted(event.started_by)})"
         )
     checks: dict[str, list[GuardrailItem]] = {}
@@ -498,8 +503,12 @@ def _record_tools(state: RunState, event: ToolsFinished, spec: AgentSet) -> RunS
         checks.setdefault(verdict.call_id, []).append(verdict)
     items: list[Item] = []
     ledger: list[CallRecord] = []
+    nested = state.nested
     for call in state.ledger:
         items.extend(checks.get(call.call_id, ()))
+        if call.call_id in waits:
+            ledger.append(suspend(state, call))
+            continue
         if call.call_id in returned:
             _require_replaced(checks.get(call.call_id, ()), "ToolsFinished.arguments")
             ledger.append(_sent_back(call, returned[call.call_id], spec))
@@ -517,6 +526,9 @@ def _record_tools(state: RunState, event: ToolsFinished, spec: AgentSet) -> RunS
                 )
             )
             call = _replace(call, status="committed")
+            if call.call_id in nested:
+                # The nested run is over: its result is the call's.
+                nested = {k: v for k, v in nested.items() if k != call.call_id}
         elif call.call_id in doubt:
             call = _replace(
                 call,
@@ -525,7 +537,7 @@ def _record_tools(state: RunState, event: ToolsFinished, spec: AgentSet) -> RunS
                 started_by=event.started_by.get(call.call_id),
             )
         ledger.append(call)
-    return _replace(state, items=state.items.extend(items), ledger=tuple(ledger))
+    return _replace(state, items=state.items.extend(items), ledger=tuple(ledger), nested=nested)
 
 
 def _sent_back(call: CallRecord, arguments: dict[str, Any], spec: AgentSet) -> CallRecord:
@@ -566,11 +578,13 @@ def _approvals_decided(
         if event.max_turns < 0:
             raise InvalidEvent("max_turns must not be negative")
         state = _replace(state, max_turns=event.max_turns)
+    # Decisions on the calls of nested runs go to those runs, whose calls run again.
+    state, posted = forward(state, event.decisions, _record)
     # Each decision is checked again, in the order it was posted: the first on a call wins,
     # and one that fails is recorded as refused while its call keeps waiting.
     accepted: dict[str, tuple[Decision, CallRecord]] = {}
     audit = list(state.audit)
-    for decision in (*state.decisions, *event.decisions):
+    for decision in (*state.decisions, *posted):
         pending = [d for d, _ in accepted.values()]
         problem = refusal(state, decision, pending)
         if problem is None and decision.call_id in accepted:
@@ -731,7 +745,7 @@ def _injected(state: RunState, event: Injected) -> tuple[RunState, Outcome]:
         items = state.items.extend(event.items)
         return _replace(state, items=items), Interruption(requests=(), paused=True)
     return _replace(state, staged=state.staged + event.items), Interruption(
-        requests=_requests(state.ledger)
+        requests=_requests(state)
     )
 
 
@@ -827,6 +841,7 @@ def _trip(state: RunState, verdict: GuardrailItem) -> tuple[RunState, Outcome]:
         state,
         items=state.items.extend(items),
         ledger=(),
+        nested={},
         pending_handoff=None,
         decisions=(),
         audit=audit,
@@ -931,11 +946,11 @@ def _advance(state: RunState) -> tuple[RunState, Outcome]:
     calls = _invocations(state.ledger)
     if calls:
         return state, ToolCall(calls=calls)
-    requests = _requests(state.ledger)
+    requests = _requests(state)
     if requests:
         return state, Interruption(requests=requests)
     source, target = state.current_agent, state.pending_handoff
-    state = _replace(state, ledger=())
+    state = _replace(state, ledger=(), nested={})
     if target is None:
         return _next_turn(state)
     return _next_turn(
@@ -964,8 +979,9 @@ def _invocations(ledger: Sequence[CallRecord]) -> tuple[Any, ...]:
     return tuple(call.invocation() for call in ledger if call.status == "started")
 
 
-def _requests(ledger: Sequence[CallRecord]) -> tuple[Any, ...]:
-    return tuple(call.request() for call in ledger if call.status == "awaiting_approval")
+def _requests(state: RunState) -> tuple[Any, ...]:
+    # With the waiting calls of nested runs in the place of the calls that wait for them.
+    return tuple(state.interruptions)
 
 
 def _policy(policies: Sequence[Policy], tool: str) -> Policy | None:

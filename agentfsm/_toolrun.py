@@ -9,7 +9,7 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 import pydantic_core
@@ -19,6 +19,8 @@ from ._errors import AgentFSMError, ToolError, ToolInDoubt
 from ._events import ToolOutput, ToolsFinished
 from ._guardrun import check_call, check_result, withheld
 from ._items import GuardrailItem
+from ._nested import AgentTool
+from ._nestrun import NESTED, run_nested, waiting_for_nested
 from ._outcomes import Invocation, Starter, ToolCall
 from ._run_events import ToolFinished, ToolStarted
 from ._session import Session
@@ -26,6 +28,9 @@ from ._state import RunState
 from ._step import GUARDRAIL_REJECTION, NOT_RUN_TRIPPED, ToolErrors, pending_outcome
 from ._stream import Control, Emitter
 from ._tools import ToolContext
+
+if TYPE_CHECKING:
+    from ._runner import Runner
 
 __all__ = ["NOT_RUN", "ToolRunner", "ToolsCancelled", "as_text", "carrying", "copy_json"]
 
@@ -58,6 +63,10 @@ class ToolRunner:
     def __init__(self, *, tool_errors: ToolErrors, owner: str) -> None:
         self.tool_errors: ToolErrors = tool_errors
         self.owner = owner
+        #: The runner whose loop drives the nested runs of agent tools.
+        self.runner: Runner | None = None
+        #: For a nested run's tools: the session of the outer run, whose lease guards them.
+        self.session: Session | None = None
 
     async def recover(
         self,
@@ -70,6 +79,7 @@ class ToolRunner:
         """A state loaded while its tools were running: the process that ran them is gone.
         Re-run the idempotent calls; the others are in doubt and go to a human, with the
         worker that started them when the lease it held was taken over."""
+        session = session or self.session
         outcome = pending_outcome(state)
         assert isinstance(outcome, ToolCall)
         again = [c for c in outcome.calls if agents.require_tool(c.agent, c.tool).idempotent]
@@ -78,8 +88,8 @@ class ToolRunner:
         started_by = dict.fromkeys(doubt, starter) if starter is not None else {}
 
         def with_doubt(ran: ToolsFinished) -> ToolsFinished:
-            return ToolsFinished(
-                results=ran.results,
+            return msgspec.structs.replace(
+                ran,
                 in_doubt=(*ran.in_doubt, *doubt),
                 started_by={**ran.started_by, **started_by},
             )
@@ -109,6 +119,7 @@ class ToolRunner:
         rejected call does not run (the model is told), one whose arguments were replaced
         goes back to a person, and a trip runs no call at all. The output guardrails check
         each result before it is reported (or emitted)."""
+        session = session or self.session
         if session is not None:
             # A worker that may have lost its lease starts no tool body: another may have
             # taken the run over, and would find the call in doubt.
@@ -203,10 +214,13 @@ class ToolRunner:
         verdicts: Verdicts,
         returned: dict[str, dict[str, Any]],
     ) -> ToolsFinished:
+        waiting = waiting_for_nested()
         doubt = tuple(
             c.call_id
             for c in calls
-            if finished.get(c.call_id) is None and c.call_id not in returned
+            if finished.get(c.call_id) is None
+            and c.call_id not in returned
+            and c.call_id not in waiting
         )
         # This worker started them, and their bodies may still be running in it.
         until = None if session is None else session.lease.expires_at
@@ -217,6 +231,7 @@ class ToolRunner:
             started_by=dict.fromkeys(doubt, me),
             guardrails=tuple(v for c in calls for v in verdicts.get(c.call_id, ())),
             arguments=dict(returned),
+            nested=tuple(c.call_id for c in calls if c.call_id in waiting),
         )
 
     async def _stopped(
@@ -290,7 +305,7 @@ class ToolRunner:
                 tool=call.tool,
                 output=None if output is None else output.output,
                 is_error=output is not None and output.is_error,
-                in_doubt=output is None,
+                in_doubt=output is None and error_type != NESTED,
                 error_type=error_type,
             )
         return output
@@ -328,6 +343,8 @@ class ToolRunner:
         """The call's result (None when it is in doubt), and the kind of error it ended
         with, if any: the exception's name, or ``"timeout"``."""
         tool = agents.require_tool(call.agent, call.tool)
+        if isinstance(tool, AgentTool) and self.runner is not None:
+            return await run_nested(self.runner, tool, call, session)
         context = None
         if tool.context_param is not None:
             context = ToolContext(

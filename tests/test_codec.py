@@ -688,7 +688,10 @@ def test_the_run_state_schema_names_every_field_as_required() -> None:
     schema = json.loads((ROOT / "schemas" / "run_state.schema.json").read_text())
     definition = schema["$defs"]["RunState"]
     fields = list(msgspec.structs.fields(RunState))
-    assert set(definition["required"]) == {f.name for f in fields}
+    # Added since version 3 with a default, until the next schema version makes it required
+    # (and its migration adds it).
+    pending = {"nested"}
+    assert set(definition["required"]) == {f.name for f in fields} - pending
     assert definition.get("additionalProperties") is False
 
 

@@ -40,6 +40,7 @@ from .._events import Decision
 from .._items import Item, UserMessage
 from .._json import check_json_data
 from .._machine import RunStatus
+from .._nested import nested_requests
 from .._outcomes import ApprovalRequest, Starter
 from .._state import RunState
 
@@ -240,7 +241,11 @@ def summary_of(state: RunState, updated_at: float) -> RunSummary:
         starting_agent=state.starting_agent,
         current_agent=state.current_agent,
         turn=state.turn,
-        waiting=sum(1 for c in state.ledger if c.status == "awaiting_approval"),
+        waiting=sum(
+            len(nested_requests(state, c)) if c.reason == "nested" else 1
+            for c in state.ledger
+            if c.status == "awaiting_approval"
+        ),
         updated_at=updated_at,
     )
 

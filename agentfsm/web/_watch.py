@@ -258,7 +258,13 @@ def _assumed(head: RunState, waited: set[str]) -> RunState:
         head,
         status=RunStatus.INTERRUPTED,
         ledger=tuple(
-            c for c in head.ledger if c.status != "awaiting_approval" or c.call_id in waited
+            c
+            for c in head.ledger
+            if c.status != "awaiting_approval"
+            or c.call_id in waited
+            # A call that waits for its nested run: the nested run's calls are the ones
+            # listed (their ids start with its own).
+            or (c.reason == "nested" and any(w.startswith(c.call_id + "/") for w in waited))
         ),
         audit=head.audit[:first],
     )
