@@ -29,6 +29,7 @@ CORE = [
     "_tools",
     "_guardrails",
     "_agents",
+    "_fork",
 ]
 THIRD_PARTY_ALLOWED = {"msgspec", "pydantic", "pydantic_core", "transitions"}
 
