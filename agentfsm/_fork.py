@@ -26,7 +26,7 @@ message arrived: what the run did after it is not part of the fork (``dropped_ca
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
@@ -57,7 +57,7 @@ class ForkHazard(Record, frozen=True):
     call_id: str
     tool: str
     agent: str
-    arguments: dict[str, object]
+    arguments: dict[str, Any]
     idempotency_key: str
     at_fork: Literal["in_flight", "waiting"]
     idempotent: bool | None
@@ -151,7 +151,7 @@ def _inherit(
     doubt, as the driver puts them after a crash; and the hazards of every unfinished call."""
     hazards: list[ForkHazard] = []
     ledger: list[CallRecord] = []
-    starter = Starter(worker=f"run {origin.run_id} (version {origin.version} was forked)")
+    starter = Starter(worker=f"run {origin.run_id} (forked at version {origin.version})")
     for call in state.ledger:
         if call.status == "committed":
             ledger.append(call)
@@ -199,9 +199,7 @@ def _with_input(state: RunState, text: str) -> tuple[RunState, tuple[str, ...]]:
     if at is not None:
         later = state.items[at + 1 :]
         # The agent that answered the message: the one before the first handoff after it.
-        agent = next(
-            (i.source for i in later if isinstance(i, HandoffItem)), state.current_agent
-        )
+        agent = next((i.source for i in later if isinstance(i, HandoffItem)), state.current_agent)
         items = Transcript([*state.items[:at], message])
         dropped = _calls(later, state.ledger)
         return (

@@ -815,7 +815,6 @@ class StoreConformance:
         self._run(check)
 
 
-
 def _shout(document: dict[str, Any]) -> dict[str, Any]:
     """A stand-in migration that changes stored content, in the head (the input) and in
     the item rows (tool results): both in capitals."""
