@@ -784,7 +784,7 @@ class StoreConformance:
             await _raises(ConflictError, store.fork("p", version=0, new_run_id="p2"))
             await _raises(ConfigurationError, store.fork("p", version=0, new_run_id="p"))
             await _raises(ConfigurationError, store.fork("p", version=-1))
-            await _raises(ConfigurationError, store.fork("p", version=True))  # type: ignore[arg-type]
+            await _raises(ConfigurationError, store.fork("p", version=True))
             await _raises(UnknownRunError, store.load("p3"))
             assert await store.load("p2") == forked.state, "a refused fork changes nothing"
             # Without a run id, the fork gets a fresh one.
