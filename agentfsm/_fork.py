@@ -14,7 +14,8 @@ What a fork inherits from the version it starts from:
   again after a crash), and every other call waits for a person (``reason="in_doubt"``).
   Without the tools' code (``agents``), no call is known to be idempotent, so all of them
   wait.
-- Calls waiting for a decision: they wait in the fork too.
+- Calls waiting for a decision: they wait in the fork too, without the deadline they had in
+  the parent (which says nothing of when the fork runs).
 - Decisions recorded on the state and not applied yet are left behind (``Fork.dropped``):
   they were taken for the parent, which may have acted on them since. ``decisions`` gives
   the fork its own.
@@ -164,6 +165,9 @@ def _inherit(
             call = msgspec.structs.replace(
                 call, status="awaiting_approval", reason="in_doubt", started_by=starter
             )
+        # The parent's deadlines say nothing of when the fork runs: a fork made after one
+        # passed would expire its calls at once, a decision nobody took.
+        call = msgspec.structs.replace(call, deadline=None)
         ledger.append(call)
         hazards.append(
             ForkHazard(

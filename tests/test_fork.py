@@ -350,3 +350,12 @@ def test_the_fork_documents_schema_is_the_one_in_schemas() -> None:
     assert (ROOT / "schemas" / "cli_fork.schema.json").read_text() == schema_text(
         ForkPlan, "ForkPlan"
     )
+
+
+def test_a_fork_drops_the_parents_deadlines_so_nothing_expires_undecided() -> None:
+    waiting = _recorded(shop.agent())[-1]
+    ledger = tuple(msgspec.structs.replace(c, deadline=1.0) for c in waiting.ledger)
+    late = msgspec.structs.replace(waiting, ledger=ledger)
+    assert [r.deadline for r in late.interruptions] == [1.0]
+    forked, _ = fork(late, run_id="child")
+    assert [r.deadline for r in forked.interruptions] == [None]

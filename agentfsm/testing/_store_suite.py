@@ -791,6 +791,16 @@ class StoreConformance:
             other = await store.fork("p", version=last)
             assert other.state.run_id not in ("p", "p2")
             assert await store.load(other.state.run_id) == other.state
+            # Two people forking to one id at once: one fork is stored, the other refused.
+            both = await asyncio.gather(
+                store.fork("p", version=1, new_run_id="p4"),
+                store.fork("p", version=last, new_run_id="p4"),
+                return_exceptions=True,
+            )
+            stored = [f for f in both if not isinstance(f, BaseException)]
+            assert len(stored) == 1, both
+            assert [type(f) for f in both if isinstance(f, BaseException)] == [ConflictError]
+            assert await store.load("p4") == stored[0].state
 
         self._run(check)
 
