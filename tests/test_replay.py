@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 
 from agentfsm import (
@@ -269,3 +270,17 @@ def test_bad_sources_are_refused_clearly() -> None:
         asyncio.run(replay("r1", mailer()))  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="at least one state"):
         asyncio.run(replay([], mailer()))
+
+
+def test_a_final_answer_that_no_longer_fits_the_output_type_is_reported(store: Store) -> None:
+    _recorded(store)
+
+    class Receipt(pydantic.BaseModel):
+        to: str
+
+    typed = Agent("mailer", "", NoModel(), tools=[lookup, send], output_type=Receipt)
+    found = asyncio.run(replay(store, typed, run_id="r1")).difference
+    assert found is not None
+    assert (found.kind, found.event) == ("output", "ModelResponded")
+    assert found.version == asyncio.run(store.history("r1"))[-1].version
+    assert "would ask the model again" in found.message

@@ -6,8 +6,9 @@ gone, arguments that no longer fit, a call that ran without a decision that now 
 ``replay`` goes through a run's recorded versions, step by step, and asks the current code
 (the agents, their tools and approval rules) what it would decide at each step where the
 run's code made a decision: the model's calls (which tool, whether the arguments fit, as what
-values, whether the call needs approval) and the arguments people approved. It reports the
-first step that would go otherwise.
+values, whether the call needs approval), the arguments people approved, and the final
+answer (does it fit the agent's output type). It reports the first step that would go
+otherwise.
 
 It never runs a tool body and never calls a model: what the model said and what the tools
 returned are read from the record. Approval rules that are functions are the user's code,
@@ -22,10 +23,12 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import msgspec
+import pydantic
 
 from .._agents import Agent, AgentSet
 from .._errors import ToolArgumentsError, UnknownAgentError
 from .._items import (
+    AssistantMessage,
     GuardrailItem,
     HandoffItem,
     Item,
@@ -34,15 +37,17 @@ from .._items import (
     ToolResultItem,
 )
 from .._json import digest
+from .._machine import RunStatus
 from .._state import CallRecord, RunState
 from ..stores._base import Store
 
 __all__ = ["Difference", "ReplayReport", "replay", "replay_runs"]
 
 #: What differs: an agent or tool the run names is gone, a handoff is gone, a tool's
-#: argument schema changed, the arguments no longer fit (or fit as other values), or the
-#: approval rule now decides otherwise.
-DifferenceKind = Literal["agent", "tool", "handoff", "schema", "arguments", "approval"]
+#: argument schema changed, the arguments no longer fit (or fit as other values), the
+#: approval rule now decides otherwise, or the model's final answer no longer fits the
+#: agent's output type.
+DifferenceKind = Literal["agent", "tool", "handoff", "schema", "arguments", "approval", "output"]
 
 
 class Difference(Record, frozen=True):
@@ -179,7 +184,7 @@ async def _step(before: RunState, after: RunState, spec: AgentSet) -> Difference
             found = await _called(item, added, ledger.get(item.call_id), before, after, spec)
             if found is not None:
                 return found
-    return _approved(before, after, spec)
+    return _approved(before, after, spec) or _answered(before, after, added, spec)
 
 
 async def _called(
@@ -274,6 +279,36 @@ async def _called(
             f"{then}, and now {now}",
         )
     return None
+
+
+def _answered(
+    before: RunState, after: RunState, added: Sequence[Item], spec: AgentSet
+) -> Difference | None:
+    """The model's final answer in this step, against the agent's current output type."""
+    if after.status is not RunStatus.COMPLETED or before.status is RunStatus.COMPLETED:
+        return None
+    if any(isinstance(i, GuardrailItem) and i.kind == "output" for i in added):
+        return None  # an output guardrail had its say: the record holds its verdict
+    answer = next((i for i in reversed(added) if isinstance(i, AssistantMessage)), None)
+    if answer is None or answer.agent not in spec:
+        return None
+    adapter = spec.output_adapter(answer.agent)
+    problem = None
+    if adapter is None and not isinstance(after.final_output, str):
+        problem = "it answers with text now"
+    elif adapter is not None:
+        try:
+            adapter.validate_json(answer.content)
+        except (pydantic.ValidationError, ValueError) as exc:
+            problem = f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}"
+    if problem is None:
+        return None
+    return Difference(
+        version=after.version,
+        kind="output",
+        message=f"the model's final answer no longer fits agent {answer.agent!r}'s output "
+        f"type ({problem}): the run would ask the model again instead of completing",
+    )
 
 
 def _approved(before: RunState, after: RunState, spec: AgentSet) -> Difference | None:
