@@ -365,10 +365,14 @@ def _history(args: argparse.Namespace) -> int:
 
     async def work(store: Any) -> int:
         versions = await store.history(args.run_id)
+        origin = (await store.load(args.run_id)).forked_from
         if args.json:
-            print(encode(RunHistoryDocument(run_id=args.run_id, versions=tuple(versions))))
+            document = RunHistoryDocument(
+                run_id=args.run_id, versions=tuple(versions), forked_from=origin
+            )
+            print(encode(document))
         else:
-            print(render_history(versions))
+            print(render_history(versions, origin))
         return 0
 
     return _with_store(args, work, create=False)

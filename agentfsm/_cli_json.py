@@ -76,10 +76,12 @@ class RunListDocument(Record, frozen=True):
 class RunHistoryDocument(Record, frozen=True):
     """Every kept version of a run, oldest first, as ``runs history --json`` prints them.
     ``event`` is null for the version the run was created with and for versions stored
-    before history was kept."""
+    before history was kept. ``forked_from`` names the run and version a fork came from."""
 
     run_id: str
     versions: tuple[RunVersion, ...]
+    #: The run and version this run was forked from, or null.
+    forked_from: ForkOrigin | None = None
 
 
 def run_document(state: RunState, posted: Sequence[InboxMessage] = ()) -> RunDocument:

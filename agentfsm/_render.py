@@ -18,7 +18,7 @@ from ._items import (
     ToolResultItem,
 )
 from ._outcomes import ApprovalRequest
-from ._state import RunState
+from ._state import ForkOrigin, RunState
 from .stores._base import (
     InboxMessage,
     RunSummary,
@@ -132,9 +132,10 @@ def render_summaries(summaries: list[RunSummary]) -> str:
     return _table(rows)
 
 
-def render_history(versions: Sequence[RunVersion]) -> str:
+def render_history(versions: Sequence[RunVersion], origin: ForkOrigin | None = None) -> str:
     if not versions:
         return "no versions kept"
+    forked = [f"forked from run {origin.run_id} at version {origin.version}"] if origin else []
     rows = [("VERSION", "STATUS", "EVENT", "SAVED", "ITEMS")]
     rows += [
         (
@@ -146,7 +147,7 @@ def render_history(versions: Sequence[RunVersion]) -> str:
         )
         for v in versions
     ]
-    return _table(rows)
+    return "\n".join([*forked, _table(rows)])
 
 
 def render_fork(plan: ForkPlan, *, stored: bool = True) -> str:

@@ -258,6 +258,14 @@ def test_fork_prints_its_hazards_for_a_person(tmp_path: Path) -> None:
     assert "(idempotent); it runs again when the fork resumes" in done.stdout
     shown = cli(tmp_path, "runs", "show", "f").stdout
     assert "forked:  from run r1 at version 2" in shown
+    history = cli(tmp_path, "runs", "history", "f").stdout.splitlines()
+    assert history[0] == "forked from run r1 at version 2"
+    assert history[1].split()[0] == "VERSION"
+    document = json.loads(cli(tmp_path, "runs", "history", "f", "--json").stdout)
+    assert document["forked_from"] == {"run_id": "r1", "version": 2}
+    assert (
+        json.loads(cli(tmp_path, "runs", "history", "r1", "--json").stdout)["forked_from"] is None
+    )
     assert "in doubt: it started and its result was never recorded" in shown
 
     replaced = cli(tmp_path, "fork", "r1", "--version", "4", "--new-id", "g", "--input", "sell")
