@@ -51,6 +51,7 @@ from ._events import (
     ToolOutput,
     ToolsFinished,
 )
+from ._fork import Fork, ForkHazard, ForkPlan, fork
 from ._guardrails import (
     Guardrail,
     GuardrailFunctionOutput,
@@ -122,7 +123,7 @@ from ._run_events import (
     durable_events,
 )
 from ._runner import Runner, RunResult
-from ._state import CallRecord, Policy, RunState, Transcript
+from ._state import CallRecord, ForkOrigin, Policy, RunState, Transcript
 from ._step import Step, idempotency_key, new_run, pending_outcome, step
 from ._stream import RunHandle, RunHooks
 from ._tools import Tool, ToolContext, ToolSpec, tool
@@ -165,6 +166,10 @@ __all__ = [
     "Event",
     "Feedback",
     "FinalOutput",
+    "Fork",
+    "ForkHazard",
+    "ForkOrigin",
+    "ForkPlan",
     "Guardrail",
     "GuardrailChecked",
     "GuardrailFunctionOutput",
@@ -264,6 +269,7 @@ __all__ = [
     "WaitingCall",
     "WaitingPage",
     "durable_events",
+    "fork",
     "handoff_tool_name",
     "idempotency_key",
     "input_guardrail",

@@ -22,6 +22,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -90,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runs show": _show,
             "runs history": _history,
             "runs export": _export,
+            "runs prune": _prune,
+            "fork": _fork,
             "approvals": _approvals,
             "approve": _approve,
             "reject": _reject,
@@ -362,10 +365,55 @@ def _history(args: argparse.Namespace) -> int:
 
     async def work(store: Any) -> int:
         versions = await store.history(args.run_id)
+        origin = (await store.load(args.run_id)).forked_from
         if args.json:
-            print(encode(RunHistoryDocument(run_id=args.run_id, versions=tuple(versions))))
+            document = RunHistoryDocument(
+                run_id=args.run_id, versions=tuple(versions), forked_from=origin
+            )
+            print(encode(document))
         else:
-            print(render_history(versions))
+            print(render_history(versions, origin))
+        return 0
+
+    return _with_store(args, work, create=False)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    if args.keep_versions is None and args.older_than is None:
+        raise ConfigurationError("runs prune needs --keep-versions, --older-than, or both")
+
+    async def work(store: Any) -> int:
+        older_than = None if args.older_than is None else time.time() - args.older_than
+        if args.run is not None:
+            await store.load(args.run)  # an unknown run is an error, not "0 dropped"
+        dropped = await store.prune(
+            keep_versions=args.keep_versions, older_than=older_than, run_id=args.run
+        )
+        print(f"dropped {dropped} old version{'' if dropped == 1 else 's'}")
+        return 0
+
+    return _with_store(args, work, create=False)
+
+
+def _fork(args: argparse.Namespace) -> int:
+    from ._cli_json import encode
+    from ._render import render_fork
+
+    agent = load_app(args.app) if args.app is not None else None
+
+    async def work(store: Any) -> int:
+        make = store.fork_plan if args.dry_run else store.fork
+        forked = await make(
+            args.run_id,
+            version=args.version,
+            new_run_id=args.new_id,
+            input=args.input,
+            agents=agent,
+        )
+        if args.json:
+            print(encode(forked.plan))
+        else:
+            print(render_fork(forked.plan, stored=not args.dry_run))
         return 0
 
     return _with_store(args, work, create=False)

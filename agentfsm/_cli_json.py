@@ -5,7 +5,8 @@ does not apply) and reuse the encodings the state JSON already has: transcript i
 the tagged items of ``schemas/item.schema.json``, waiting calls are ``ApprovalRequest``
 values, listed runs are ``RunSummary`` values, a run's versions ``RunVersion`` values. Their
 JSON Schemas are generated into ``schemas/cli_run.schema.json``,
-``schemas/cli_run_list.schema.json`` and ``schemas/cli_run_history.schema.json``.
+``schemas/cli_run_list.schema.json``, ``schemas/cli_run_history.schema.json`` and, for
+``fork --json`` (a ``ForkPlan``), ``schemas/cli_fork.schema.json``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import msgspec
 
 from ._decisions import DecisionRecord
 from ._events import Decision
+from ._fork import ForkPlan
 from ._items import Item, Record, Usage
 from ._machine import RunStatus
 from ._outcomes import ApprovalRequest, RunError
-from ._state import RunState
+from ._state import ForkOrigin, RunState
 from .stores._base import (
     InboxMessage,
     RunSummary,
@@ -61,6 +63,8 @@ class RunDocument(Record, frozen=True):
     decisions: tuple[DecisionRecord, ...]
     posted: tuple[Decision, ...]
     cancelling: str | None
+    #: The run and version this run was forked from, or null.
+    forked_from: ForkOrigin | None = None
 
 
 class RunListDocument(Record, frozen=True):
@@ -72,10 +76,12 @@ class RunListDocument(Record, frozen=True):
 class RunHistoryDocument(Record, frozen=True):
     """Every kept version of a run, oldest first, as ``runs history --json`` prints them.
     ``event`` is null for the version the run was created with and for versions stored
-    before history was kept."""
+    before history was kept. ``forked_from`` names the run and version a fork came from."""
 
     run_id: str
     versions: tuple[RunVersion, ...]
+    #: The run and version this run was forked from, or null.
+    forked_from: ForkOrigin | None = None
 
 
 def run_document(state: RunState, posted: Sequence[InboxMessage] = ()) -> RunDocument:
@@ -97,11 +103,12 @@ def run_document(state: RunState, posted: Sequence[InboxMessage] = ()) -> RunDoc
         decisions=state.audit,
         posted=(*state.decisions, *posted_decisions(posted)),
         cancelling=posted_cancellation(posted),
+        forked_from=state.forked_from,
     )
 
 
 def encode(
-    document: RunDocument | RunListDocument | RunHistoryDocument | WaitingPage,
+    document: RunDocument | RunListDocument | RunHistoryDocument | WaitingPage | ForkPlan,
 ) -> str:
     """``document`` as one line of JSON."""
     return msgspec.json.encode(document).decode()

@@ -82,6 +82,22 @@ def _wait(value: str) -> float:
     return seconds
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _age(value: str) -> float:
+    """An age, such as 30d, 12h, 90m or 3600s, in seconds."""
+    number, unit = value[:-1], value[-1:]
+    if unit not in _UNITS:
+        raise argparse.ArgumentTypeError(
+            f"must be a number with a unit, s, m, h or d (such as 30d), not {value!r}"
+        )
+    seconds = _number(number) * _UNITS[unit]
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive age, such as 30d, not {value!r}")
+    return seconds
+
+
 def _number(value: str) -> float:
     try:
         return float(value)
@@ -228,8 +244,8 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         "runs",
         "list, show or export stored runs, or their history",
         "Read the stored runs: list them, show one (now or at a past version), list one's "
-        "versions, or export one's state JSON. These "
-        "commands only read: a store that does not exist is an error, never created.",
+        "versions, or export one's state JSON; or prune their history. A store that does "
+        "not exist is an error, never created.",
     )
     what = runs.add_subparsers(dest="what", required=True, metavar="ACTION", help="one of:")
     listing = command(
@@ -297,6 +313,35 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         help="print one JSON document (schemas/cli_run_history.schema.json) instead of a table",
     )
     history.set_defaults(handler=handlers["runs history"])
+    prune = command(
+        what,
+        "prune",
+        "drop old versions from runs' history",
+        "Drop old versions from the history of the stored runs (of one run, with --run): "
+        "the versions beyond the newest --keep-versions of each run, and the versions saved "
+        "more than --older-than ago. A run's current version is always kept, and its "
+        "transcript and current state stay whole. Prints how many versions were dropped.",
+        store,
+    )
+    prune.add_argument(
+        "--keep-versions",
+        type=_whole(1),
+        default=None,
+        metavar="N",
+        help="keep at most the N newest versions of each run (default: no limit)",
+    )
+    prune.add_argument(
+        "--older-than",
+        type=_age,
+        default=None,
+        metavar="AGE",
+        help="drop the versions saved more than AGE ago: a number with a unit, s, m, h or d "
+        "(30d, 12h, 90m, 3600s) (default: no limit); at least one of the two is needed",
+    )
+    prune.add_argument(
+        "--run", type=_text, default=None, metavar="RUN", help="only this run (default: every run)"
+    )
+    prune.set_defaults(handler=handlers["runs prune"])
     export = command(
         what,
         "export",
@@ -467,6 +512,60 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     staged.add_argument("run_id", type=_text, help="the run to add the message to")
     staged.add_argument("text", type=_text, help="the user's message")
     staged.set_defaults(handler=handlers["input"])
+
+    forking = command(
+        commands,
+        "fork",
+        "a new run from a past version of a run",
+        "Store a new run forked from RUN as it was at version K (see `agentfsm runs "
+        "history`), and print its hazards: the calls that were in flight or waiting for a "
+        "decision at version K. Calls committed before K keep their results and never run "
+        "again; calls in flight at K are in doubt, as after a crash, and wait for a person "
+        "unless their tool is idempotent (which only --app can tell); calls waiting at K "
+        "wait. Nothing runs: `agentfsm resume` or a worker goes on with the fork. With "
+        "--dry-run, only print what the fork would be.",
+        store,
+    )
+    forking.add_argument("run_id", type=_text, help="the run to fork")
+    forking.add_argument(
+        "--version",
+        type=_whole(0),
+        required=True,
+        metavar="K",
+        help="the version to fork from (see `agentfsm runs history RUN`)",
+    )
+    forking.add_argument(
+        "--new-id",
+        type=_text,
+        default=None,
+        metavar="ID",
+        help="the fork's run id (default: a random one)",
+    )
+    forking.add_argument(
+        "--input",
+        type=_text,
+        default=None,
+        metavar="TEXT",
+        help="replace the last user message at version K by TEXT; the fork goes back to "
+        "when that message arrived (default: keep it)",
+    )
+    forking.add_argument(
+        "--app",
+        type=_text,
+        default=None,
+        metavar="MODULE:ATTR",
+        help="the starting agent, as module:attribute, to tell which tools are idempotent "
+        "(default: none; then every call in flight at K waits for a person)",
+    )
+    forking.add_argument(
+        "--dry-run", action="store_true", help="store nothing; print what the fork would be"
+    )
+    forking.add_argument(
+        "--json",
+        action="store_true",
+        help="print the fork's plan as one JSON document (schemas/cli_fork.schema.json)",
+    )
+    forking.set_defaults(handler=handlers["fork"])
 
     resume = command(
         commands,

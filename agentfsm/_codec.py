@@ -60,6 +60,14 @@ def _v2_to_v3(document: dict[str, Any]) -> dict[str, Any]:
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
+#: Fields added to RunState since this schema version was released: a document of this
+#: version may lack them, and they take their default; they are written only when they
+#: differ from it, so a run that does not use them is written as this version always was.
+#: (The next schema version's migration fills them in, and makes them required like every
+#: other.)
+_ADDED_SINCE_RELEASE = ("nested", "forked_from")
+
+
 def _wire_fields() -> list[tuple[Any, ...]]:
     fields: list[tuple[Any, ...]] = []
     for field in msgspec.structs.fields(RunState):
@@ -70,10 +78,13 @@ def _wire_fields() -> list[tuple[Any, ...]]:
             # Nested runs are states too: the wire type refers to itself (resolved by name
             # in this module).
             kind = dict[str, "WireState"]
-            # Added after version 3 with a default, so that version 3 documents load.
-            fields.append((field.name, kind, msgspec.field(default_factory=dict)))
-            continue
-        fields.append((field.name, kind))
+        if field.name in _ADDED_SINCE_RELEASE:
+            default = field.default
+            if default is msgspec.NODEFAULT:
+                default = msgspec.field(default_factory=field.default_factory)
+            fields.append((field.name, kind, default))
+        else:
+            fields.append((field.name, kind))
     return fields
 
 
@@ -82,7 +93,6 @@ WireState: Any = msgspec.defstruct(
     _wire_fields(),
     frozen=True,
     forbid_unknown_fields=True,
-    # A run without nested runs is written as version 3 wrote it.
     omit_defaults=True,
     module=__name__,
 )

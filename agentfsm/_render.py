@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from ._decisions import describe
+from ._fork import ForkPlan
 from ._items import (
     AssistantMessage,
     Feedback,
@@ -17,7 +18,7 @@ from ._items import (
     ToolResultItem,
 )
 from ._outcomes import ApprovalRequest
-from ._state import RunState
+from ._state import ForkOrigin, RunState
 from .stores._base import (
     InboxMessage,
     RunSummary,
@@ -30,6 +31,7 @@ from .stores._base import (
 __all__ = [
     "DIGEST_SHOWN",
     "in_doubt",
+    "render_fork",
     "render_history",
     "render_run",
     "render_summaries",
@@ -71,6 +73,9 @@ def render_run(state: RunState, posted: Sequence[InboxMessage] = ()) -> str:
         f"  agent:   {state.current_agent} (started with {state.starting_agent})",
         f"  turn:    {state.turn} of {state.max_turns}   version: {state.version}",
     ]
+    if state.forked_from is not None:
+        origin = state.forked_from
+        lines.append(f"  forked:  from run {origin.run_id} at version {origin.version}")
     if state.error is not None:
         lines.append(f"  error:   {state.error.message}")
     if state.status.value == "completed":
@@ -127,9 +132,10 @@ def render_summaries(summaries: list[RunSummary]) -> str:
     return _table(rows)
 
 
-def render_history(versions: Sequence[RunVersion]) -> str:
+def render_history(versions: Sequence[RunVersion], origin: ForkOrigin | None = None) -> str:
     if not versions:
         return "no versions kept"
+    forked = [f"forked from run {origin.run_id} at version {origin.version}"] if origin else []
     rows = [("VERSION", "STATUS", "EVENT", "SAVED", "ITEMS")]
     rows += [
         (
@@ -141,7 +147,45 @@ def render_history(versions: Sequence[RunVersion]) -> str:
         )
         for v in versions
     ]
-    return _table(rows)
+    return "\n".join([*forked, _table(rows)])
+
+
+def render_fork(plan: ForkPlan, *, stored: bool = True) -> str:
+    """A fork's plan for a person: the new run, then each call it inherits unfinished and
+    what the fork does with it."""
+    did = "forked" if stored else "would fork"
+    lines = [
+        f"{did} run {plan.parent} at version {plan.version} as run {plan.run_id} "
+        f"(status {plan.status})"
+    ]
+    if plan.hazards:
+        lines.append("calls unfinished at that version:")
+    for hazard in plan.hazards:
+        arguments = json.dumps(hazard.arguments, sort_keys=True)
+        lines.append(f"  {hazard.call_id}  {hazard.tool}({arguments})")
+        kind = {True: "idempotent", False: "not idempotent", None: "idempotent: unknown"}
+        if hazard.at_fork == "waiting":
+            what = "was waiting for a decision; it waits in the fork"
+        elif hazard.asks:
+            what = (
+                f"was in flight ({kind[hazard.idempotent]}); it may have taken effect: in "
+                f"doubt, it waits for a person; look for its idempotency key "
+                f"{hazard.idempotency_key} first"
+            )
+        else:
+            what = "was in flight (idempotent); it runs again when the fork resumes"
+        lines.append(f"    {what}")
+    if plan.dropped:
+        lines.append("decisions pending at that version, left behind:")
+        lines += [f"  {d.call_id}  {describe(d)}" for d in plan.dropped]
+    if plan.dropped_calls:
+        lines.append(
+            "calls dropped with the replaced input (the model may ask for them again): "
+            + ", ".join(plan.dropped_calls)
+        )
+    if not plan.hazards:
+        lines.append("no call is unfinished: nothing runs again")
+    return "\n".join(lines)
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:

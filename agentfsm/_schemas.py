@@ -20,6 +20,7 @@ import msgspec
 from ._cli_json import RunDocument, RunHistoryDocument, RunListDocument
 from ._codec import SCHEMA_VERSION, wire_type
 from ._events import Event
+from ._fork import ForkPlan
 from ._items import Item
 from ._machine import mermaid
 from ._outcomes import Outcome
@@ -91,6 +92,7 @@ def artifacts(root: Path) -> dict[Path, str]:
             RunListDocument, "RunListDocument"
         ),
         root / "schemas" / "cli_approvals.schema.json": schema_text(WaitingPage, "WaitingPage"),
+        root / "schemas" / "cli_fork.schema.json": schema_text(ForkPlan, "ForkPlan"),
         root / "schemas" / "cli_run_history.schema.json": schema_text(
             RunHistoryDocument, "RunHistoryDocument"
         ),

@@ -18,7 +18,7 @@ from ._outcomes import ApprovalRequest, Invocation, RunError, Starter
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = ["CallRecord", "Policy", "RunState", "Transcript"]
+__all__ = ["CallRecord", "ForkOrigin", "Policy", "RunState", "Transcript"]
 
 
 class Transcript(Sequence[Item]):
@@ -169,6 +169,13 @@ class Policy(Record, frozen=True):
     message: str | None = None
 
 
+class ForkOrigin(Record, frozen=True):
+    """Where a forked run came from: the run it was forked from, and that run's version."""
+
+    run_id: str
+    version: int
+
+
 class RunState(msgspec.Struct, frozen=True, kw_only=True):
     """A run, as a value. Immutable: every change returns a new RunState.
 
@@ -204,6 +211,8 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     #: a run of its own, saved and resumed with this one. A call's nested run is dropped
     #: when its result is recorded.
     nested: dict[str, RunState] = msgspec.field(default_factory=dict)
+    #: The run and version this run was forked from (``Store.fork``), or None.
+    forked_from: ForkOrigin | None = None
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ repetitions). SQLite always; PostgreSQL too when ``AGENTFSM_BENCH_PG`` (default
 * resume among 10,000 runs: load one run plus its first step, with 10,000 runs stored.
 * load a past version: ``load(run_id, version=k)`` of the version in the middle of a run of
   10,000 items saved step by step (its history kept). The goal: at most 20 ms on SQLite.
+* fork from that version: ``fork(run_id, version=k)``, which loads it and stores a new run
+  of its 5,000 items (no goal: it copies the transcript).
 * the floor: a plain SQLite WAL transaction that checks a version and appends a small row.
 """
 
@@ -129,9 +131,10 @@ async def resume_among_many(store: Store) -> list[float]:
     return timings
 
 
-async def load_past_version(store: Store) -> list[float]:
+async def load_past_version(store: Store) -> tuple[list[float], list[float]]:
     """µs per ``load(version=k)`` of the middle version of a 10,000-item run saved step by
-    step, so that its history holds every version."""
+    step, so that its history holds every version; and µs per ``fork`` from that version (a
+    new run of 5,000 items)."""
     state = grown(f"versions-{uuid.uuid4().hex[:6]}", 0)
     await store.create(state)
     middle = None
@@ -150,7 +153,12 @@ async def load_past_version(store: Store) -> list[float]:
         loaded = await store.load(middle.run_id, version=middle.version)
         timings.append((time.perf_counter_ns() - started) / 1000)
     assert loaded == middle
-    return timings
+    forks = []
+    for _ in range(max(5, REPS // 12)):
+        started = time.perf_counter_ns()
+        await store.fork(middle.run_id, version=middle.version, new_run_id=uuid.uuid4().hex)
+        forks.append((time.perf_counter_ns() - started) / 1000)
+    return timings, forks
 
 
 def sqlite_floor(path: Path) -> list[float]:
@@ -203,8 +211,12 @@ async def bench_store(name: str, make: Any) -> None:
     store = await make()
     try:
         if hasattr(store, "history"):
-            timings = [t / 1000 for t in await load_past_version(store)]
+            loads, forks = await load_past_version(store)
+            timings = [t / 1000 for t in loads]
             print(line("load(version=k), middle of a 10,000-item run", timings, "ms", "≤ 20 ms"))
+            print(
+                line("fork from there (a new run of 5,000 items)", [t / 1000 for t in forks], "ms")
+            )
     finally:
         await store.close()
 

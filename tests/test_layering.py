@@ -30,6 +30,7 @@ CORE = [
     "_guardrails",
     "_agents",
     "_nested",
+    "_fork",
 ]
 THIRD_PARTY_ALLOWED = {"msgspec", "pydantic", "pydantic_core", "transitions"}
 

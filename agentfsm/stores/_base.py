@@ -22,11 +22,13 @@ import base64
 import binascii
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
+from .._agents import Agent, AgentSet
 from .._codec import decode_parts, encode_head, encode_items
 from .._decisions import admit, bound
 from .._errors import (
@@ -37,6 +39,7 @@ from .._errors import (
     UnknownVersionError,
 )
 from .._events import Decision
+from .._fork import Fork, ForkPlan, fork
 from .._items import Item, UserMessage
 from .._json import check_json_data
 from .._machine import RunStatus
@@ -494,6 +497,81 @@ class Store(abc.ABC):
         """Let workers go on with a paused run (``Runner.resume`` goes on with it at once,
         here)."""
         await self.post(run_id, UnpauseMessage())
+
+    # -- forks ------------------------------------------------------------------------------
+
+    async def fork(
+        self,
+        run_id: str,
+        *,
+        version: int,
+        new_run_id: str | None = None,
+        input: str | None = None,
+        decisions: Sequence[Decision] | None = None,
+        agents: Agent | AgentSet | None = None,
+    ) -> Fork:
+        """Store a new run forked from run ``run_id`` as it was at ``version``, and return
+        it with its plan (``Fork.plan``: its hazards, what it left behind). Nothing runs:
+        resume the fork (``Runner.resume``, a worker) to go on with it.
+
+        The fork keeps the results of the calls committed before ``version``; the calls in
+        flight then are in doubt, as after a crash, and wait for a person unless their tool
+        is idempotent (which only ``agents``, the starting agent, can tell); the calls
+        waiting then wait. ``input`` replaces the last user message, taking the fork back to
+        when it arrived. ``decisions`` are the fork's own decisions on the calls it waits
+        on; the ones pending at ``version`` are left behind. ``new_run_id`` defaults to a
+        random id. The fork's state names its origin (``RunState.forked_from``).
+
+        Raises UnknownRunError, UnknownVersionError, ConflictError (``new_run_id`` taken),
+        ConfigurationError, DecisionRefused (see ``agentfsm.fork``)."""
+        planned = await self.fork_plan(
+            run_id,
+            version=version,
+            new_run_id=new_run_id,
+            input=input,
+            decisions=decisions,
+            agents=agents,
+        )
+        await self.create(planned.state)
+        return planned
+
+    async def fork_plan(
+        self,
+        run_id: str,
+        *,
+        version: int,
+        new_run_id: str | None = None,
+        input: str | None = None,
+        decisions: Sequence[Decision] | None = None,
+        agents: Agent | AgentSet | None = None,
+    ) -> Fork:
+        """What ``fork`` with these arguments would store, without storing it: a dry run,
+        to read the hazards before deciding to fork. Raises as ``fork`` does (except for a
+        taken ``new_run_id``)."""
+        if type(version) is not int or version < 0:
+            raise ConfigurationError(f"version must be an int of at least 0, not {version!r}")
+        if new_run_id is not None:
+            check_json_data(new_run_id, "the run id", ConfigurationError)
+        state = await self.load(run_id, version=version)
+        return fork(
+            state,
+            run_id=new_run_id if new_run_id is not None else uuid.uuid4().hex,
+            input=input,
+            decisions=decisions,
+            agents=agents,
+        )
+
+    async def fork_hazards(
+        self,
+        run_id: str,
+        *,
+        version: int,
+        agents: Agent | AgentSet | None = None,
+    ) -> ForkPlan:
+        """The plan of a fork of run ``run_id`` at ``version``: the calls in flight or
+        waiting then, which are idempotent, and which the fork would ask a person about.
+        Stores nothing."""
+        return (await self.fork_plan(run_id, version=version, agents=agents)).plan
 
     def _decision_time(self) -> float:
         """When a decision is posted: the store's clock if it has one (tests pass one)."""

@@ -1,5 +1,6 @@
 """Test helpers that ship with agentfsm: a scripted model, hypothesis strategies, the store
-conformance suite, and ``AgentMachine``, a stateful property-test kit for your own agents.
+conformance suite, ``AgentMachine``, a stateful property-test kit for your own agents, and
+``replay``, which checks stored runs against new code before it is deployed.
 
 ``ScriptedModel`` runs agents deterministically without a model server; the strategies
 generate items, model responses, run states, tool arguments and final outputs for property
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._kit_plan import PersonDecision, approve, expire, reject, stale
 from ._kit_world import Crash, Execution, keyed
+from ._replay import Difference, ReplayReport, replay, replay_runs
 from ._schema_strategies import arguments_for, from_schema, outputs_for
 from ._scripted import ScriptedCall, ScriptedModel, ScriptExhausted, Turn, call, handoff, say
 from ._store_suite import FakeClock, StoreConformance
@@ -22,9 +24,11 @@ if TYPE_CHECKING:
 __all__ = [
     "AgentMachine",
     "Crash",
+    "Difference",
     "Execution",
     "FakeClock",
     "PersonDecision",
+    "ReplayReport",
     "ScriptExhausted",
     "ScriptedCall",
     "ScriptedModel",
@@ -42,6 +46,8 @@ __all__ = [
     "model_responses",
     "outputs_for",
     "reject",
+    "replay",
+    "replay_runs",
     "run_states",
     "say",
     "stale",

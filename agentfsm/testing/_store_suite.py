@@ -19,6 +19,7 @@ import itertools
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,9 +38,9 @@ from .._events import Started
 from .._items import UserMessage
 from .._outcomes import Starter
 from .._runner import Runner
-from .._state import RunState
+from .._state import ForkOrigin, RunState
 from .._step import new_run, step
-from .._tools import tool
+from .._tools import ToolContext, tool
 from ..stores._base import CancelMessage, Lease, RetryPolicy, Store
 from ._scripted import ScriptedModel, call, handoff, say
 
@@ -88,6 +89,39 @@ async def _states(run_id: str, agent_name: str = "conformance") -> list[RunState
     states.append(first)
     await Runner(on_step=states.append).run(agent, first)
     return states
+
+
+#: The tool bodies the fork checks saw run, in order: ``(tool, run id)``.
+_RAN: list[tuple[str, str]] = []
+
+
+@tool
+def _charge(card: str, ctx: ToolContext) -> str:
+    _RAN.append(("_charge", ctx.run_id))
+    return f"charged {card}"
+
+
+@tool(idempotent=True)
+def _fetch(key: str, ctx: ToolContext) -> str:
+    _RAN.append(("_fetch", ctx.run_id))
+    return f"value of {key}"
+
+
+@tool(needs_approval=True)
+def _ship(to: str, ctx: ToolContext) -> str:
+    _RAN.append(("_ship", ctx.run_id))
+    return f"shipped to {to}"
+
+
+def _shop(*turns: Any) -> Agent:
+    """A shop agent: a non-idempotent charge that needs no approval, an idempotent fetch,
+    and a shipment that needs approval."""
+    script = turns or (
+        [call("_charge", card="4242"), call("_fetch", key="stock")],
+        call("_ship", to="ada"),
+        say("done"),
+    )
+    return Agent("shop", "", ScriptedModel(list(script)), tools=[_charge, _fetch, _ship])
 
 
 #: One model turn of a random run: calls that run at once, calls that wait for a decision,
@@ -673,6 +707,120 @@ class StoreConformance:
                     assert old.items == done.state.items[: kept.n_items]
                 final = await store.load("mig", version=done.state.version)
                 assert final == done.state
+
+        self._run(check)
+
+    # -- forks -----------------------------------------------------------------------------
+
+    def test_a_fork_from_any_version_runs_no_side_effect_again_without_a_decision(self) -> None:
+        """For every version of a recorded run with non-idempotent tools: the fork's
+        hazards are the calls it then waits on, and resuming it runs no tool body again
+        except an idempotent one in flight at that version, as after a crash."""
+
+        async def check(store: Store, clock: FakeClock) -> None:
+            runner = Runner(store=store)
+            paused = await runner.run(_shop(), "buy", run_id="shop")
+            await store.approve("shop", paused.interruptions[0])
+            assert (await runner.resume(_shop(), "shop")).status == "completed"
+            history = await store.history("shop")
+            assert len(history) > 6
+            for kept in history:
+                _RAN.clear()
+                fork_id = f"shop-fork-{kept.version}"
+                plan = await store.fork_hazards("shop", version=kept.version, agents=_shop())
+                forked = await store.fork(
+                    "shop", version=kept.version, new_run_id=fork_id, agents=_shop()
+                )
+                assert forked.plan == msgspec.structs.replace(plan, run_id=fork_id)
+                state = await store.load(fork_id)
+                assert state == forked.state
+                assert state.forked_from == ForkOrigin(run_id="shop", version=kept.version)
+                assert [v.version for v in await store.history(fork_id)] == [0]
+                assert {r.call_id for r in state.interruptions} == set(plan.asks)
+                assert _RAN == [], "forking runs nothing"
+
+                reruns = {h.call_id for h in plan.hazards if not h.asks}
+                fresh = _shop(*[say("fork done")] * 8)  # the script is read by turn
+                if state.status.value == "new":
+                    continue  # a new run: it would start the script again
+                result = await Runner(store=store).resume(fresh, fork_id)
+                ran = [name for name, run_id in _RAN if run_id == fork_id]
+                assert ran == ["_fetch"] * len(reruns), (kept.version, ran, plan)
+                if plan.asks:
+                    assert result.status == "interrupted", kept.version
+                    assert {r.call_id for r in result.interruptions} == set(plan.asks)
+                    for request in result.interruptions:
+                        assert request.tool != "_fetch" or request.reason == "approval"
+                        if request.call_id in {
+                            h.call_id for h in plan.hazards if h.at_fork == "in_flight"
+                        }:
+                            assert request.reason == "in_doubt"
+                            assert request.started_by is not None
+                    # A person decides: then, and only then, the body runs again.
+                    for request in result.interruptions:
+                        await store.approve(fork_id, request)
+                    _RAN.clear()
+                    again = await Runner(store=store).resume(fresh, fork_id)
+                    assert again.status == "completed", kept.version
+                    assert sorted(name for name, _ in _RAN) == sorted(
+                        r.tool for r in result.interruptions
+                    )
+                else:
+                    assert result.status == state.status.value or result.status == "completed"
+
+        self._run(check)
+
+    def test_a_fork_keeps_what_was_committed_and_refuses_what_does_not_exist(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            paused = await Runner(store=store).run(_shop(), "buy", run_id="p")
+            last = paused.state.version
+            forked = await store.fork("p", version=last, new_run_id="p2")
+            assert forked.state.items == paused.state.items, "results are part of the fork"
+            assert forked.plan.hazards[0].at_fork == "waiting"
+            assert forked.plan.hazards[0].idempotent is None, "no code given: not known"
+            await _raises(UnknownRunError, store.fork("nope", version=0), "nope")
+            await _raises(UnknownVersionError, store.fork("p", version=last + 1))
+            await _raises(UnknownVersionError, store.fork_hazards("p", version=last + 1))
+            await _raises(ConflictError, store.fork("p", version=0, new_run_id="p2"))
+            await _raises(ConfigurationError, store.fork("p", version=0, new_run_id="p"))
+            await _raises(ConfigurationError, store.fork("p", version=-1))
+            await _raises(ConfigurationError, store.fork("p", version=True))
+            await _raises(UnknownRunError, store.load("p3"))
+            assert await store.load("p2") == forked.state, "a refused fork changes nothing"
+            # Without a run id, the fork gets a fresh one.
+            other = await store.fork("p", version=last)
+            assert other.state.run_id not in ("p", "p2")
+            assert await store.load(other.state.run_id) == other.state
+            # Two people forking to one id at once: one fork is stored, the other refused.
+            both = await asyncio.gather(
+                store.fork("p", version=1, new_run_id="p4"),
+                store.fork("p", version=last, new_run_id="p4"),
+                return_exceptions=True,
+            )
+            stored = [f for f in both if not isinstance(f, BaseException)]
+            assert len(stored) == 1, both
+            assert [type(f) for f in both if isinstance(f, BaseException)] == [ConflictError]
+            assert await store.load("p4") == stored[0].state
+
+        self._run(check)
+
+    def test_a_fork_with_new_input_starts_over_from_that_input(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            paused = await Runner(store=store).run(_shop(), "buy", run_id="q")
+            forked = await store.fork(
+                "q", version=paused.state.version, new_run_id="q2", input="sell"
+            )
+            assert forked.state.status.value == "new"
+            assert forked.state.input == (UserMessage(content="sell"),)
+            assert len(forked.state.items) == 0
+            assert forked.plan.hazards == ()
+            assert set(forked.plan.dropped_calls) >= {r.call_id for r in paused.interruptions}
+            _RAN.clear()
+            done = await Runner(store=store).resume(_shop(*[say("sold")] * 8), "q2")
+            assert done.status == "completed"
+            assert done.final_output == "sold"
+            assert _RAN == []
+            assert (await store.load("q")).input == (UserMessage(content="buy"),)
 
         self._run(check)
 

@@ -38,7 +38,7 @@ from .._items import (
 from .._json import digest
 from .._machine import RunStatus
 from .._outcomes import RunError
-from .._state import CallRecord, Policy, RunState, Transcript
+from .._state import CallRecord, ForkOrigin, Policy, RunState, Transcript
 from .._step import idempotency_key
 
 if TYPE_CHECKING:
@@ -306,6 +306,14 @@ def run_states(
             staged=tuple(draw(few_items)),
             version=draw(st.integers(min_value=0, max_value=10**6)),
             audit=tuple(audit),
+            forked_from=draw(
+                st.none()
+                | st.builds(
+                    ForkOrigin,
+                    run_id=st.text(min_size=1, max_size=8),
+                    version=st.integers(min_value=0, max_value=10**6),
+                )
+            ),
         )
 
     return draw_state()
