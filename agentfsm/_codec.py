@@ -60,12 +60,22 @@ def _v2_to_v3(document: dict[str, Any]) -> dict[str, Any]:
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
-def _wire_fields() -> list[tuple[str, Any]]:
-    fields = []
+def _wire_fields() -> list[tuple[str, Any] | tuple[str, Any, Any]]:
+    """RunState's fields as stored. Fields added since the last schema version keep their
+    defaults, so that documents written before them still load."""
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     for field in msgspec.structs.fields(RunState):
         kind = tuple[Item, ...] if field.name == "items" else field.type
-        fields.append((field.name, kind))
+        if field.name in _ADDED and field.default is not msgspec.NODEFAULT:
+            fields.append((field.name, kind, field.default))
+        else:
+            fields.append((field.name, kind))
     return fields
+
+
+#: RunState fields added within schema version 3, with defaults (the next version makes
+#: them part of its migration).
+_ADDED = ("started_by", "starter_may_approve")
 
 
 WireState: Any = msgspec.defstruct(
@@ -79,12 +89,12 @@ WireState: Any = msgspec.defstruct(
 
 HeadWire: Any = msgspec.defstruct(
     "RunHead",
-    [(name, kind) for name, kind in _wire_fields() if name != "items"],
+    [field for field in _wire_fields() if field[0] != "items"],
     frozen=True,
     forbid_unknown_fields=True,
     module=__name__,
 )
-_HEAD_FIELDS = [name for name, _ in _wire_fields() if name != "items"]
+_HEAD_FIELDS = [field[0] for field in _wire_fields() if field[0] != "items"]
 
 
 def wire_type() -> Any:

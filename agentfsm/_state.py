@@ -131,6 +131,10 @@ class CallRecord(Record, frozen=True):
     recheck: bool = False
     #: The tool is pinned (an MCP tool): on resume it must still exist with ``schema``.
     pinned: bool = False
+    #: How many distinct people must approve the call (the tool's ``quorum``), and the
+    #: approvals counted so far, on these arguments (an edit starts the count again).
+    quorum: int = 1
+    approvals: tuple[Decision, ...] = ()
 
     def invocation(self) -> Invocation:
         return Invocation(
@@ -154,6 +158,8 @@ class CallRecord(Record, frozen=True):
             schema=self.schema,
             deadline=self.deadline,
             started_by=self.started_by,
+            quorum=self.quorum,
+            approved_by=tuple(d.by for d in self.approvals),
         )
 
 
@@ -196,6 +202,10 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     #: ``traceparent``, ``tracestate``), so that a run resumed in another process continues
     #: its trace. Set once, by the ``Started`` event; the core never reads it.
     trace: dict[str, str] = msgspec.field(default_factory=dict)
+    #: Who started the run (an identity the starter vouches for; "" when not said), and
+    #: whether that person may approve the run's calls (``new_run(starter_may_approve=...)``).
+    started_by: str = ""
+    starter_may_approve: bool = True
 
     # -- reading -----------------------------------------------------------------------------
 
