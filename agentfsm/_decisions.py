@@ -93,13 +93,15 @@ def repeats(state: RunState, decision: Decision, pending: Sequence[Decision] = (
     return final is not None and same_decision(final, decision)
 
 
-def tally(call: CallRecord, pending: Sequence[Decision]) -> tuple[list[str], Decision | None]:
+def tally(
+    call: CallRecord | ApprovalRequest, pending: Sequence[Decision]
+) -> tuple[list[str], Decision | None]:
     """Where ``call`` stands given the decisions ``pending`` on it (oldest first): who
     approved it so far (recorded in the call, then posted), and the pending decision that
     settles it, if any. A call that needs one approval is settled by its first decision; one
     that needs a quorum of M by a rejection, an expiry, an edit (which starts the count
     again, on the new arguments), or the approval of the M-th distinct person."""
-    approvers = [d.by for d in call.approvals]
+    approvers = _approvers(call)
     for d in pending:
         if d.call_id != call.call_id:
             continue
@@ -147,20 +149,18 @@ def refusal(
                 else "may not be approved by the person who started its run"
             )
             return DecisionRefused(
-                f"call {call.call_id} ({call.tool}) {why}, so an approval must say who "
-                "approves"
+                f"call {call.call_id} ({call.tool}) {why}, so an approval must say who approves"
             )
         if not state.starter_may_approve and decision.by == state.started_by:
             return DecisionRefused(
                 f"{decision.by} started run {state.run_id}, and may not approve its calls: "
                 f"someone else must approve call {call.call_id} ({call.tool})"
             )
-    if approval and call.quorum > 1:
-        if decision.always:
-            return DecisionRefused(
-                f"call {call.call_id} ({call.tool}) needs {call.quorum} approvals: one "
-                "person cannot approve the tool's later calls for good (always)"
-            )
+    if approval and call.quorum > 1 and decision.always:
+        return DecisionRefused(
+            f"call {call.call_id} ({call.tool}) needs {call.quorum} approvals: one "
+            "person cannot approve the tool's later calls for good (always)"
+        )
     approvers, final = tally(call, pending)
     if _counted(call, decision, approvers):
         return None
@@ -195,8 +195,7 @@ def standing(call: CallRecord | ApprovalRequest, posted: Sequence[Decision] = ()
     one approval."""
     if call.quorum <= 1:
         return None
-    names = list(call.approved_by if isinstance(call, ApprovalRequest) else
-                 (d.by for d in call.approvals))
+    names = _approvers(call)
     for d in posted:
         if (
             d.call_id == call.call_id
@@ -241,6 +240,12 @@ def describe(decision: Decision) -> str:
         moment = datetime.fromtimestamp(decision.at, UTC)
         text += f" at {moment.isoformat(timespec='seconds').replace('+00:00', 'Z')}"
     return text
+
+
+def _approvers(call: CallRecord | ApprovalRequest) -> list[str]:
+    if isinstance(call, ApprovalRequest):
+        return list(call.approved_by)
+    return [d.by for d in call.approvals]
 
 
 def _waiting(state: RunState, call_id: str) -> CallRecord | None:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from ._decisions import describe
+from ._decisions import describe, standing
 from ._items import (
     AssistantMessage,
     Feedback,
@@ -76,6 +76,10 @@ def render_run(state: RunState, posted: Sequence[InboxMessage] = ()) -> str:
     if state.status.value == "completed":
         lines.append(f"  output:  {json.dumps(state.final_output)}")
     requests = state.interruptions
+    pending = (*state.decisions, *posted_decisions(posted))
+    if state.started_by:
+        rule = "" if state.starter_may_approve else " (who may not approve its calls)"
+        lines.insert(4, f"  started by: {state.started_by}{rule}")
     if requests:
         lines.append("waiting for a decision:")
         for request in requests:
@@ -86,7 +90,9 @@ def render_run(state: RunState, posted: Sequence[InboxMessage] = ()) -> str:
             )
             if request.reason == "in_doubt":
                 lines.append(f"    {in_doubt(request)}")
-    pending = (*state.decisions, *posted_decisions(posted))
+            count = standing(request, pending)
+            if count is not None:
+                lines.append(f"    {count}")
     cancel = posted_cancellation(posted)
     if pending or cancel is not None:
         lines.append("posted, not applied yet:")
@@ -99,6 +105,8 @@ def render_run(state: RunState, posted: Sequence[InboxMessage] = ()) -> str:
             what = f"  {record.decision.call_id}  {record.tool or '?'}: {describe(record.decision)}"
             if record.outcome == "refused":
                 what += f"; refused: {record.reason}"
+            elif record.outcome == "counted":
+                what += f"; counted: {record.reason}"
             lines.append(what)
     lines.append("transcript:")
     lines.append(render_transcript(state))

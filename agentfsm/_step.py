@@ -136,9 +136,7 @@ def new_run(
     if not isinstance(started_by, str):
         raise ConfigurationError(f"started_by must be a str, not {type(started_by).__name__}")
     if not starter_may_approve and not started_by.strip():
-        raise ConfigurationError(
-            "starter_may_approve=False needs started_by: who started the run"
-        )
+        raise ConfigurationError("starter_may_approve=False needs started_by: who started the run")
     check_json_data(started_by, "started_by", ConfigurationError)
     check_json_data(context)
     items = (UserMessage(content=input),) if isinstance(input, str) else tuple(input)
@@ -604,9 +602,7 @@ def _approvals_decided(
         else:
             reason = str(problem)
         if settled is not None and settled.status == "awaiting_approval":
-            work = _replace(
-                work, ledger=tuple(settled if c is call else c for c in work.ledger)
-            )
+            work = _replace(work, ledger=tuple(settled if c is call else c for c in work.ledger))
             audit.append(_record(decision, call, standing(settled), counted=True))
             continue
         if settled is not None:
