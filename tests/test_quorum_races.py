@@ -1,0 +1,127 @@
+"""People deciding a call that needs two approvals at once, as separate processes (the CLI),
+on a real SQLite file and on PostgreSQL: each person counts once, a rejection settles the
+call whoever came first, everyone is told the truth in one line, and the body runs once or
+never."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fleet import spawn, stop, store_of, wait_until
+
+from agentfsm import Runner, RunState, Store
+from tests.apps.quorum import agent
+
+APP = ["--app", "tests.apps.quorum:agent"]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Callable[[], Store]]:
+    return store_of(request.param, request, tmp_path)
+
+
+def pause(open_store: Callable[[], Store], run_id: str) -> RunState:
+    async def main() -> RunState:
+        async with open_store() as store:
+            return (await Runner(store=store).run(agent(), "pay acme", run_id=run_id)).state
+
+    return asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def stored(open_store: Callable[[], Store], run_id: str) -> RunState:
+    async def main() -> RunState:
+        async with open_store() as store:
+            state: RunState = await store.load(run_id)
+            return state
+
+    return asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=60)
+    return process.returncode, out, err
+
+
+def ran(effects: Path) -> list[dict[str, object]]:
+    if not effects.exists():
+        return []
+    return [json.loads(line) for line in effects.read_text().splitlines()]
+
+
+def test_two_people_approving_at_once_run_the_call_once_and_a_repeat_counts_once(
+    where: tuple[str, Callable[[], Store]], tmp_path: Path
+) -> None:
+    dsn, open_store = where
+    effects = tmp_path / "effects.jsonl"
+    env = {"QUORUM_EFFECTS": str(effects)}
+    (request,) = pause(open_store, "q").interruptions
+    people = ["alice", "bob", "alice"]
+    told = [
+        finish(p)
+        for p in [
+            spawn(
+                ["approve", "q", request.call_id, "--digest", request.digest, "--as", who]
+                + ["--store", dsn],
+                env,
+            )
+            for who in people
+        ]
+    ]
+    for code, out, err in told:
+        assert code == 0, err
+        assert "of 2 approvals" in out
+    alices = [out for (_, out, _), who in zip(told, people, strict=True) if who == "alice"]
+    assert sum("no change" in out for out in alices) == 1, alices
+    assert "no change" not in told[1][1]
+    # Both approvals are posted, not applied: the call has not run.
+    assert ran(effects) == []
+    code, _, err = finish(spawn(["resume", "q", *APP, "--store", dsn], env))
+    assert code == 0, err
+    final = stored(open_store, "q")
+    assert final.status.value == "completed"
+    assert len(ran(effects)) == 1
+    records = [(r.outcome, r.decision.by) for r in final.audit]
+    assert sorted(by for _, by in records) == ["alice", "bob"]
+    assert [outcome for outcome, _ in records] == ["counted", "applied"]
+
+
+def test_approvals_short_of_the_quorum_and_a_rejection_at_once_reject(
+    where: tuple[str, Callable[[], Store]], tmp_path: Path
+) -> None:
+    dsn, open_store = where
+    effects = tmp_path / "effects.jsonl"
+    env = {"QUORUM_EFFECTS": str(effects)}
+    (request,) = pause(open_store, "r").interruptions
+    worker = spawn(["worker", *APP, "--poll", "0.05", "--store", dsn], env)
+    try:
+        assert worker.stdout is not None
+        assert "started" in worker.stdout.readline(), "the worker did not start"
+        bound = ["r", request.call_id, "--digest", request.digest, "--store", dsn]
+        deciders = [
+            spawn(["approve", *bound, "--as", "alice"], env),
+            spawn(["reject", *bound, "--as", "bob", "--message", "no"], env),
+            spawn(["approve", *bound, "--as", "alice"], env),
+        ]
+        told = [finish(p) for p in deciders]
+        wait_until(
+            lambda: stored(open_store, "r").status.value == "completed", 30, "the run to end"
+        )
+        assert worker.poll() is None, "the worker died"
+    finally:
+        stop([worker])
+        _, worker_err = worker.communicate(timeout=30)
+    assert "Traceback" not in worker_err
+    for code, out, err in told:
+        assert "Traceback" not in err
+        assert code == 0 or (code == 1 and err.count("\n") == 1), (code, out, err)
+    # One approver can never make the count, so the rejection is posted whoever came first.
+    assert told[1][0] == 0, told[1]
+    final = stored(open_store, "r")
+    assert ran(effects) == []
+    applied = [r for r in final.audit if r.outcome == "applied"]
+    assert len(applied) == 1 and not applied[0].decision.approved
