@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fleet import spawn, stop, store_of, wait_until
 
-from agentfsm import Runner, RunState, Store
+from agentfsm import Runner, RunState, Store, new_run
 from tests.apps.quorum import agent
 
 APP = ["--app", "tests.apps.quorum:agent"]
@@ -125,3 +125,57 @@ def test_approvals_short_of_the_quorum_and_a_rejection_at_once_reject(
     assert ran(effects) == []
     applied = [r for r in final.audit if r.outcome == "applied"]
     assert len(applied) == 1 and not applied[0].decision.approved
+
+
+def test_the_cli_shows_the_count_and_says_when_an_approval_changes_nothing(
+    where: tuple[str, Callable[[], Store]], tmp_path: Path
+) -> None:
+    dsn, _ = where
+    effects = tmp_path / "effects.jsonl"
+    env = {"QUORUM_EFFECTS": str(effects), "AGENTFSM_STORE": dsn}
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        return finish(spawn(list(args), env))
+
+    assert cli("run", *APP, "pay acme", "--run-id", "c1")[0] == 3
+    code, out, _ = cli("runs", "show", "c1", "--json")
+    (request,) = json.loads(out)["waiting"]
+    assert (request["quorum"], request["approved_by"]) == (2, [])
+    assert "0 of 2 approvals" in cli("runs", "show", "c1")[1]
+    bound = ["c1", request["call_id"], "--digest", request["digest"]]
+    code, out, err = cli("approve", *bound, "--as", "alice")
+    assert code == 0, err
+    assert "1 of 2 approvals (alice)" in out
+    code, out, err = cli("approve", *bound, "--as", "alice")
+    assert code == 0 and "no change" in out and "1 of 2 approvals (alice)" in out, (out, err)
+    assert cli("resume", "c1", *APP)[0] == 3  # still waiting for a second person
+    shown = cli("runs", "show", "c1")[1]
+    assert "counted: 1 of 2 approvals (alice)" in shown and ran(effects) == []
+    code, out, err = cli("approve", *bound, "--as", "bob")
+    assert code == 0 and "2 of 2 approvals (alice, bob)" in out, (out, err)
+    code, _, err = cli("resume", "c1", *APP)
+    assert code == 0, err
+    assert len(ran(effects)) == 1
+
+
+def test_the_cli_refuses_the_starters_approval_in_one_line(
+    where: tuple[str, Callable[[], Store]], tmp_path: Path
+) -> None:
+    dsn, open_store = where
+
+    async def start() -> RunState:
+        async with open_store() as store:
+            await store.create(
+                new_run(agent(), "pay", run_id="s1", started_by="alice", starter_may_approve=False)
+            )
+            return (await Runner(store=store).resume(agent(), "s1")).state
+
+    (request,) = asyncio.run(asyncio.wait_for(start(), 30)).interruptions
+    env = {"AGENTFSM_STORE": dsn}
+    bound = ["s1", request.call_id, "--digest", request.digest]
+    code, out, err = finish(spawn(["approve", *bound, "--as", "alice"], env))
+    assert code == 1 and "alice started run s1, and may not approve" in err, (out, err)
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "started by: alice" in finish(spawn(["runs", "show", "s1"], env))[1]
+    code, out, err = finish(spawn(["reject", *bound, "--as", "alice"], env))
+    assert code == 0, err
