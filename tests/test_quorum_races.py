@@ -61,17 +61,8 @@ def test_two_people_approving_at_once_run_the_call_once_and_a_repeat_counts_once
     env = {"QUORUM_EFFECTS": str(effects)}
     (request,) = pause(open_store, "q").interruptions
     people = ["alice", "bob", "alice"]
-    told = [
-        finish(p)
-        for p in [
-            spawn(
-                ["approve", "q", request.call_id, "--digest", request.digest, "--as", who]
-                + ["--store", dsn],
-                env,
-            )
-            for who in people
-        ]
-    ]
+    bound = ["q", request.call_id, "--digest", request.digest, "--store", dsn]
+    told = [finish(p) for p in [spawn(["approve", *bound, "--as", who], env) for who in people]]
     for code, out, err in told:
         assert code == 0, err
         assert "of 2 approvals" in out

@@ -52,10 +52,14 @@ def test_two_approvals_through_the_api_with_the_count_shown_in_between(
         store = MemoryStore()
         (request,) = (await paused(store)).interruptions
         async with client(create_app(store, auth=TOKENS)) as http:
-            first = await http.post("/api/runs/q-1/decisions", headers=AS["ada"], json=body(request))
+            first = await http.post(
+                "/api/runs/q-1/decisions", headers=AS["ada"], json=body(request)
+            )
             assert first.status_code == 201, first.text
             assert first.json()["detail"] == "1 of 2 approvals (ada)"
-            again = await http.post("/api/runs/q-1/decisions", headers=AS["ada"], json=body(request))
+            again = await http.post(
+                "/api/runs/q-1/decisions", headers=AS["ada"], json=body(request)
+            )
             assert again.status_code == 200, again.text
             assert again.json()["posted"] is False
             assert again.json()["detail"] == "ada's approval counts already: 1 of 2 approvals (ada)"
@@ -123,7 +127,9 @@ def test_a_stale_digest_and_a_rejection_after_an_approval() -> None:
             )
             assert "starts again on the new arguments" in is_problem(refused, 409)["detail"]
             await resume(store)
-            stale = await http.post("/api/runs/q-1/decisions", headers=AS["bob"], json=body(request))
+            stale = await http.post(
+                "/api/runs/q-1/decisions", headers=AS["bob"], json=body(request)
+            )
             problem = is_problem(stale, 409)
             assert problem["type"].endswith(":decision-refused")
             assert "other arguments" in problem["detail"]
