@@ -198,6 +198,9 @@ def render_waiting(page: WaitingPage) -> str:
             starter = request.started_by
             since += " (in doubt" + (f", worker {starter.worker})" if starter else ")")
         posted = "; ".join(describe(d) for d in call.posted)
+        count = standing(request, call.posted)
+        if count is not None:
+            posted = f"{count}; {posted}" if posted else count
         rows.append(
             (
                 call.run_id,

@@ -241,7 +241,9 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
 
         Raises UnknownCallError if the call is not waiting, DecisionRefused if its arguments
         changed since they were shown, the edited ones do not fit, or it was already decided
-        otherwise. Approving again exactly as before returns this state.
+        otherwise. Approving again exactly as before returns this state, and so does
+        approving again, as the same ``by``, a call that needs several approvals (the tool's
+        ``quorum``: each person counts once; see docs/inbox.md, "Quorum").
         """
         call_id, digest = self._bound(call, digest)
         decision = Decision(

@@ -137,6 +137,7 @@ def test_the_cli_shows_the_count_and_says_when_an_approval_changes_nothing(
     code, out, err = cli("approve", *bound, "--as", "alice")
     assert code == 0, err
     assert "1 of 2 approvals (alice)" in out
+    assert "1 of 2 approvals (alice)" in cli("approvals")[1]
     code, out, err = cli("approve", *bound, "--as", "alice")
     assert code == 0 and "no change" in out and "1 of 2 approvals (alice)" in out, (out, err)
     assert cli("resume", "c1", *APP)[0] == 3  # still waiting for a second person
