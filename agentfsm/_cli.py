@@ -592,7 +592,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     auth = load_tokens(args.tokens)
     agent = load_app(args.app) if args.app else None
-    permissions = Permissions.from_file(args.permissions) if args.permissions else None
+    starter = not args.starter_may_not_approve
+    permissions = (
+        Permissions.from_file(args.permissions, starter_may_approve=starter)
+        if args.permissions
+        else Permissions(starter_may_approve=starter)
+    )
     secret = _session_secret(args.secret_file)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)

@@ -16,6 +16,7 @@ pytest.importorskip("starlette", reason="the inbox needs the web extra")
 from agentfsm import MemoryStore, Runner, RunState, new_run
 from agentfsm.web import Permissions, create_app
 from tests.apps.quorum import agent
+from tests.fleet import wait_until
 from tests.inboxkit import client, csrf_of, is_problem
 
 TOKENS = {f"token-of-{who}-0123456789": who for who in ("ada", "bob", "cy")}
@@ -213,3 +214,61 @@ def test_the_inbox_applies_its_starter_rule_to_runs_started_elsewhere() -> None:
         assert (await resume(store)).status.value == "completed"
 
     run(test)
+
+
+def test_agentfsm_serve_keeps_the_starter_from_approving_over_real_http(tmp_path: Path) -> None:
+    """``agentfsm serve --starter-may-not-approve`` on loopback, a worker on the same SQLite
+    file: Ada starts a run, may not approve its call; Bob and Cy make the quorum."""
+    import select
+    import signal
+
+    import httpx
+
+    from tests.fleet import spawn, stop
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("".join(f"{who} {token}\n" for token, who in TOKENS.items()))
+    env = {"AGENTFSM_STORE": str(tmp_path / "runs.db"), "QUORUM_EFFECTS": str(tmp_path / "fx")}
+    app = ["--app", "tests.apps.quorum:agent"]
+    serve = spawn(
+        ["serve", *app, "--port", "0", "--tokens", str(tokens), "--starter-may-not-approve"], env
+    )
+    worker = spawn(["worker", *app, "--poll", "0.05"], env)
+    try:
+        assert serve.stdout is not None
+        ready, _, _ = select.select([serve.stdout], [], [], 30)
+        assert ready, "agentfsm serve said nothing"
+        base = serve.stdout.readline().split(" at ", 1)[1].strip().rstrip("/")
+        with httpx.Client(base_url=base, timeout=10) as http:
+            started = http.post("/api/runs", headers=AS["ada"], json={"input": "pay acme"})
+            assert started.status_code == 201, started.text
+            run_id = started.json()["run_id"]
+
+            def waiting() -> list[dict[str, Any]]:
+                calls: list[dict[str, Any]] = http.get("/api/approvals", headers=AS["bob"]).json()[
+                    "calls"
+                ]
+                return calls
+
+            wait_until(lambda: bool(waiting()), 30, "the call to wait")
+            request = waiting()[0]["request"]
+            decision = {
+                "call_id": request["call_id"],
+                "digest": request["digest"],
+                "action": "approve",
+            }
+            url = f"/api/runs/{run_id}/decisions"
+            assert is_problem(http.post(url, headers=AS["ada"], json=decision), 403)
+            for who in ("bob", "cy"):
+                assert http.post(url, headers=AS[who], json=decision).status_code == 201
+
+            def status() -> str:
+                return str(http.get(f"/api/runs/{run_id}", headers=AS["bob"]).json()["status"])
+
+            wait_until(lambda: status() == "completed", 30, "the run to complete")
+            assert len((tmp_path / "fx").read_text().splitlines()) == 1
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        stop([worker])
+        for process in (serve, worker):
+            process.communicate(timeout=30)

@@ -232,7 +232,7 @@ class Permissions:
         self._allow = allow
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Permissions:
+    def from_file(cls, path: str | Path, *, starter_may_approve: bool = True) -> Permissions:
         """Rules from a JSON file: an object of tool name -> list of identities."""
         try:
             rules = msgspec.json.decode(Path(path).read_bytes(), type=dict[str, list[str]])
@@ -240,7 +240,7 @@ class Permissions:
             raise ConfigurationError(
                 f"cannot read the permissions file {str(path)!r}: {exc}"
             ) from None
-        return cls(rules)
+        return cls(rules, starter_may_approve=starter_may_approve)
 
     def may_decide(self, identity: str, request: ApprovalRequest) -> bool:
         allowed = self._rules.get(request.tool, self._rules.get("*"))
