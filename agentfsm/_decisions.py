@@ -162,15 +162,18 @@ def refusal(
             "person cannot approve the tool's later calls for good (always)"
         )
     approvers, final = tally(call, pending)
+    if final is not None and same_decision(final, decision):
+        return None
+    if final is not None and call.quorum > 1 and final.approved and final.arguments is not None:
+        # Approvals of the old arguments no longer count: not even as a repeat.
+        return DecisionRefused(
+            f"call {call.call_id} ({call.tool}) was {describe(final)}: its count of "
+            f"approvals starts again on the new arguments; decide on those once the run "
+            "shows them"
+        )
     if _counted(call, decision, approvers):
         return None
-    if final is not None and not same_decision(final, decision):
-        if call.quorum > 1 and final.approved and final.arguments is not None:
-            return DecisionRefused(
-                f"call {call.call_id} ({call.tool}) was {describe(final)}: its count of "
-                f"approvals starts again on the new arguments; decide on those once the run "
-                "shows them"
-            )
+    if final is not None:
         return DecisionRefused(
             f"call {call.call_id} ({call.tool}) was already decided: {describe(final)}; "
             "the first decision wins"

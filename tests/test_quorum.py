@@ -175,9 +175,11 @@ def test_an_edit_starts_the_count_again_on_the_new_arguments() -> None:
 def test_decisions_posted_after_an_edit_wait_for_the_new_arguments() -> None:
     state = paused()
     (request,) = state.interruptions
+    state = resume(state.approve(request, by="alice"))
     state = state.approve(request, by="bob", arguments={"to": "acme", "amount": 90})
-    with pytest.raises(DecisionRefused, match="starts again on the new arguments"):
-        state.approve(request, by="alice")
+    for who in ("alice", "carol"):  # Alice's approval of the old arguments no longer counts
+        with pytest.raises(DecisionRefused, match="starts again on the new arguments"):
+            state.approve(request, by=who)
     # The same edit posted again is no news.
     assert state.approve(request, by="bob", arguments={"to": "acme", "amount": 90}) is state
 
