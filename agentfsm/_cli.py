@@ -503,9 +503,25 @@ def _decide(args: argparse.Namespace, *, approved: bool) -> int:
             )
         else:
             print(f"{args.call_id} of run {args.run_id} was already {what} by {who}: no change")
+        if approved and request is not None and request.quorum > 1:
+            print(f"  {await _standing(store, args.run_id, args.call_id)}")
         return ExitCode.OK
 
     return _with_store(args, work, create=False)
+
+
+async def _standing(store: Any, run_id: str, call_id: str) -> str:
+    """Where a call that needs several approvals stands, the posted ones counted."""
+    from ._decisions import standing
+    from .stores._base import posted_decisions
+
+    state = await store.load(run_id)
+    inbox = await store.inbox(run_id)
+    posted = (*state.decisions, *posted_decisions([m for m in inbox.messages if m is not None]))
+    waiting = next((r for r in state.interruptions if r.call_id == call_id), None)
+    if waiting is None:
+        return "the call no longer waits"
+    return standing(waiting, posted) or ""
 
 
 def _confirm(request: Any, *, approved: bool, arguments: Any) -> bool:
@@ -624,7 +640,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     auth = load_tokens(args.tokens)
     agent = load_app(args.app) if args.app else None
-    permissions = Permissions.from_file(args.permissions) if args.permissions else None
+    starter = not args.starter_may_not_approve
+    permissions = (
+        Permissions.from_file(args.permissions, starter_may_approve=starter)
+        if args.permissions
+        else Permissions(starter_may_approve=starter)
+    )
     secret = _session_secret(args.secret_file)
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)

@@ -660,6 +660,12 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         '["ada"], "*": ["ada", "bob"]} (default: anyone with a token decides on anything)',
     )
     serve.add_argument(
+        "--starter-may-not-approve",
+        action="store_true",
+        help="the person who starts a run in the inbox may not approve its calls (they may "
+        "still reject them), nor approve the calls of any run that names them its starter",
+    )
+    serve.add_argument(
         "--secret-file",
         type=Path,
         default=None,

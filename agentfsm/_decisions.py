@@ -35,19 +35,24 @@ __all__ = [
     "bound",
     "describe",
     "refusal",
+    "repeats",
     "same_decision",
+    "standing",
+    "tally",
 ]
 
 
 class DecisionRecord(Record, frozen=True):
     """One entry of a run's audit trail: a decision, the call it was made on (``tool``,
-    ``agent`` and the ``shown`` arguments), and whether it took effect."""
+    ``agent`` and the ``shown`` arguments), and whether it took effect: ``applied``,
+    ``refused`` (``reason`` says why), or ``counted``: an approval of a call that needs
+    several, counted while the call waits for more (``reason`` says how many so far)."""
 
     decision: Decision
     tool: str
     agent: str
     shown: dict[str, Any]
-    outcome: Literal["applied", "refused"]
+    outcome: Literal["applied", "refused", "counted"]
     reason: str | None = None
 
 
@@ -67,13 +72,47 @@ def bound(call: str | ApprovalRequest, digest: str | None) -> tuple[str, str | N
 
 def admit(state: RunState, decision: Decision, pending: Sequence[Decision] = ()) -> bool:
     """Check ``decision`` as it is posted, against the run and the decisions already posted
-    but not applied (``pending``). True: post it. False: it repeats a pending decision
-    exactly (nothing to do). Raises DecisionRefused (UnknownCallError when the call is not
-    waiting) saying why otherwise."""
+    but not applied (``pending``). True: post it. False: nothing to do (it repeats a pending
+    decision exactly, or approves again for someone whose approval already counts). Raises
+    DecisionRefused (UnknownCallError when the call is not waiting) saying why otherwise."""
     problem = refusal(state, decision, pending)
     if problem is not None:
         raise problem
-    return not any(d.call_id == decision.call_id for d in pending)
+    return not repeats(state, decision, pending)
+
+
+def repeats(state: RunState, decision: Decision, pending: Sequence[Decision] = ()) -> bool:
+    """Whether ``decision``, which ``refusal`` let through, changes nothing: it repeats the
+    pending decision that settles its call, or it approves a call needing a quorum for
+    someone whose approval already counts."""
+    call = _waiting(state, decision.call_id)
+    if call is None:
+        return False
+    approvers, final = tally(call, pending)
+    if _counted(call, decision, approvers):
+        return True
+    return final is not None and same_decision(final, decision)
+
+
+def tally(
+    call: CallRecord | ApprovalRequest, pending: Sequence[Decision]
+) -> tuple[list[str], Decision | None]:
+    """Where ``call`` stands given the decisions ``pending`` on it (oldest first): who
+    approved it so far (recorded in the call, then posted), and the pending decision that
+    settles it, if any. A call that needs one approval is settled by its first decision; one
+    that needs a quorum of M by a rejection, an expiry, an edit (which starts the count
+    again, on the new arguments), or the approval of the M-th distinct person."""
+    approvers = _approvers(call)
+    for d in pending:
+        if d.call_id != call.call_id:
+            continue
+        if call.quorum <= 1 or d.expired or not d.approved or d.arguments is not None:
+            return approvers, d
+        if d.by not in approvers:
+            approvers.append(d.by)
+            if len(approvers) >= call.quorum:
+                return approvers, d
+    return approvers, None
 
 
 def refusal(
@@ -102,13 +141,76 @@ def refusal(
             )
     if decision.expired and decision.always:
         return DecisionRefused("an expiry applies to one call; it cannot be sticky")
-    first = next((d for d in pending if d.call_id == decision.call_id), None)
-    if first is not None and not same_decision(first, decision):
+    approval = decision.approved and not decision.expired
+    if approval and (call.quorum > 1 or not state.starter_may_approve):
+        if not decision.by.strip():
+            why = (
+                f"needs {call.quorum} approvals from distinct people"
+                if call.quorum > 1
+                else "may not be approved by the person who started its run"
+            )
+            return DecisionRefused(
+                f"call {call.call_id} ({call.tool}) {why}, so an approval must say who approves"
+            )
+        if not state.starter_may_approve and decision.by == state.started_by:
+            return DecisionRefused(
+                f"{decision.by} started run {state.run_id}, and may not approve its calls: "
+                f"someone else must approve call {call.call_id} ({call.tool})"
+            )
+    if approval and call.quorum > 1 and decision.always:
         return DecisionRefused(
-            f"call {call.call_id} ({call.tool}) was already decided: {describe(first)}; "
+            f"call {call.call_id} ({call.tool}) needs {call.quorum} approvals: one "
+            "person cannot approve the tool's later calls for good (always)"
+        )
+    approvers, final = tally(call, pending)
+    if final is not None and same_decision(final, decision):
+        return None
+    if final is not None and call.quorum > 1 and final.approved and final.arguments is not None:
+        # Approvals of the old arguments no longer count: not even as a repeat.
+        return DecisionRefused(
+            f"call {call.call_id} ({call.tool}) was {describe(final)}: its count of "
+            f"approvals starts again on the new arguments; decide on those once the run "
+            "shows them"
+        )
+    if _counted(call, decision, approvers):
+        return None
+    if final is not None:
+        return DecisionRefused(
+            f"call {call.call_id} ({call.tool}) was already decided: {describe(final)}; "
             "the first decision wins"
         )
     return None
+
+
+def _counted(call: CallRecord, decision: Decision, approvers: Sequence[str]) -> bool:
+    """Whether ``decision`` approves a call needing a quorum for someone already counted."""
+    return (
+        call.quorum > 1
+        and decision.approved
+        and not decision.expired
+        and decision.arguments is None
+        and decision.by in approvers
+    )
+
+
+def standing(call: CallRecord | ApprovalRequest, posted: Sequence[Decision] = ()) -> str | None:
+    """A call's count of approvals for people, such as ``"1 of 2 approvals (alice)"``,
+    counting the approvals ``posted`` on its current arguments; None for a call that needs
+    one approval."""
+    if call.quorum <= 1:
+        return None
+    names = _approvers(call)
+    for d in posted:
+        if (
+            d.call_id == call.call_id
+            and d.digest == call.digest
+            and d.approved
+            and not d.expired
+            and d.by not in names
+        ):
+            names.append(d.by)
+    text = f"{min(len(names), call.quorum)} of {call.quorum} approvals"
+    return f"{text} ({', '.join(names)})" if names else text
 
 
 def arguments_problem(arguments: Any, schema: dict[str, Any] | None) -> str | None:
@@ -142,6 +244,12 @@ def describe(decision: Decision) -> str:
         moment = datetime.fromtimestamp(decision.at, UTC)
         text += f" at {moment.isoformat(timespec='seconds').replace('+00:00', 'Z')}"
     return text
+
+
+def _approvers(call: CallRecord | ApprovalRequest) -> list[str]:
+    if isinstance(call, ApprovalRequest):
+        return list(call.approved_by)
+    return [d.by for d in call.approvals]
 
 
 def _waiting(state: RunState, call_id: str) -> CallRecord | None:

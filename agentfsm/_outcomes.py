@@ -73,6 +73,10 @@ class ApprovalRequest(Record, frozen=True):
     deadline: float | None = None
     #: For a call in doubt: who started it, when known.
     started_by: Starter | None = None
+    #: How many distinct people must approve the call before it runs (the tool's
+    #: ``quorum``), and who approved it so far, on these arguments.
+    quorum: int = 1
+    approved_by: tuple[str, ...] = ()
 
 
 class _Outcome(Record, frozen=True, tag_field="type"):

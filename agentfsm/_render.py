@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from ._decisions import describe
+from ._decisions import describe, standing
 from ._fork import ForkPlan
 from ._items import (
     AssistantMessage,
@@ -81,6 +81,10 @@ def render_run(state: RunState, posted: Sequence[InboxMessage] = ()) -> str:
     if state.status.value == "completed":
         lines.append(f"  output:  {json.dumps(state.final_output)}")
     requests = state.interruptions
+    pending = (*state.decisions, *posted_decisions(posted))
+    if state.started_by:
+        rule = "" if state.starter_may_approve else " (who may not approve its calls)"
+        lines.insert(4, f"  started by: {state.started_by}{rule}")
     if requests:
         lines.append("waiting for a decision:")
         for request in requests:
@@ -91,7 +95,9 @@ def render_run(state: RunState, posted: Sequence[InboxMessage] = ()) -> str:
             )
             if request.reason == "in_doubt":
                 lines.append(f"    {in_doubt(request)}")
-    pending = (*state.decisions, *posted_decisions(posted))
+            count = standing(request, pending)
+            if count is not None:
+                lines.append(f"    {count}")
     cancel = posted_cancellation(posted)
     if pending or cancel is not None:
         lines.append("posted, not applied yet:")
@@ -104,6 +110,8 @@ def render_run(state: RunState, posted: Sequence[InboxMessage] = ()) -> str:
             what = f"  {record.decision.call_id}  {record.tool or '?'}: {describe(record.decision)}"
             if record.outcome == "refused":
                 what += f"; refused: {record.reason}"
+            elif record.outcome == "counted":
+                what += f"; counted: {record.reason}"
             lines.append(what)
     lines.append("transcript:")
     lines.append(render_transcript(state))
@@ -234,6 +242,9 @@ def render_waiting(page: WaitingPage) -> str:
             starter = request.started_by
             since += " (in doubt" + (f", worker {starter.worker})" if starter else ")")
         posted = "; ".join(describe(d) for d in call.posted)
+        count = standing(request, call.posted)
+        if count is not None:
+            posted = f"{count}; {posted}" if posted else count
         rows.append(
             (
                 call.run_id,

@@ -134,6 +134,10 @@ class CallRecord(Record, frozen=True):
     recheck: bool = False
     #: The tool is pinned (an MCP tool): on resume it must still exist with ``schema``.
     pinned: bool = False
+    #: How many distinct people must approve the call (the tool's ``quorum``), and the
+    #: approvals counted so far, on these arguments (an edit starts the count again).
+    quorum: int = 1
+    approvals: tuple[Decision, ...] = ()
 
     def invocation(self) -> Invocation:
         return Invocation(
@@ -158,6 +162,8 @@ class CallRecord(Record, frozen=True):
             schema=self.schema,
             deadline=self.deadline,
             started_by=self.started_by,
+            quorum=self.quorum,
+            approved_by=tuple(d.by for d in self.approvals),
         )
 
 
@@ -213,6 +219,10 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     nested: dict[str, RunState] = msgspec.field(default_factory=dict)
     #: The run and version this run was forked from (``Store.fork``), or None.
     forked_from: ForkOrigin | None = None
+    #: Who started the run (an identity the starter vouches for; "" when not said), and
+    #: whether that person may approve the run's calls (``new_run(starter_may_approve=...)``).
+    started_by: str = ""
+    starter_may_approve: bool = True
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -258,7 +268,9 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
 
         Raises UnknownCallError if the call is not waiting, DecisionRefused if its arguments
         changed since they were shown, the edited ones do not fit, or it was already decided
-        otherwise. Approving again exactly as before returns this state.
+        otherwise. Approving again exactly as before returns this state, and so does
+        approving again, as the same ``by``, a call that needs several approvals (the tool's
+        ``quorum``: each person counts once; see docs/inbox.md, "Quorum").
         """
         call_id, digest = self._bound(call, digest)
         decision = Decision(

@@ -17,7 +17,7 @@ import msgspec
 import pydantic
 
 from ._agents import Agent, AgentSet
-from ._decisions import DecisionRecord, refusal
+from ._decisions import DecisionRecord, refusal, repeats, standing
 from ._errors import (
     ConfigurationError,
     IllegalTransition,
@@ -120,13 +120,25 @@ def new_run(
     run_id: str,
     context: Any = None,
     max_turns: int = 10,
+    started_by: str = "",
+    starter_may_approve: bool = True,
 ) -> RunState:
     """A new run in status ``new``; ``step`` it with ``Started()`` to begin.
 
+    ``started_by`` records who started it (an identity the caller vouches for). With
+    ``starter_may_approve=False``, that person's approvals of the run's calls are refused
+    (a rejection is still theirs to make), whichever way they are posted.
+
     Raises ContextError if ``context`` is not JSON data, ConfigurationError if ``max_turns``
-    is not an int of at least 0.
+    is not an int of at least 0, or if ``starter_may_approve`` is False without a
+    ``started_by``.
     """
     check_max_turns(max_turns)
+    if not isinstance(started_by, str):
+        raise ConfigurationError(f"started_by must be a str, not {type(started_by).__name__}")
+    if not starter_may_approve and not started_by.strip():
+        raise ConfigurationError("starter_may_approve=False needs started_by: who started the run")
+    check_json_data(started_by, "started_by", ConfigurationError)
     check_json_data(context)
     items = (UserMessage(content=input),) if isinstance(input, str) else tuple(input)
     check_json_data(msgspec.to_builtins(list(items)), "input")
@@ -154,6 +166,8 @@ def new_run(
         staged=(),
         version=0,
         audit=(),
+        started_by=started_by,
+        starter_may_approve=bool(starter_may_approve),
     )
 
 
@@ -372,7 +386,8 @@ def _model_responded(
         status: Literal["awaiting_approval", "started", "committed"] = "started"
         if needs:
             policy = _policy(state.policies, tool.name)
-            if policy is None:
+            if policy is None or (policy.approved and tool.quorum > 1):
+                # A sticky approval by one person never stands in for a quorum.
                 status = "awaiting_approval"
             elif not policy.approved:
                 status = "committed"
@@ -391,6 +406,7 @@ def _model_responded(
                 edited=edited,
                 recheck=status == "awaiting_approval",
                 pinned=tool.pinned,
+                quorum=tool.quorum,
             )
         )
     if call_checks or replaced:
@@ -535,6 +551,7 @@ def _record_tools(state: RunState, event: ToolsFinished, spec: AgentSet) -> RunS
                 status="awaiting_approval",
                 reason="in_doubt",
                 started_by=event.started_by.get(call.call_id),
+                approvals=(),
             )
         ledger.append(call)
     return _replace(state, items=state.items.extend(items), ledger=tuple(ledger), nested=nested)
@@ -562,6 +579,7 @@ def _sent_back(call: CallRecord, arguments: dict[str, Any], spec: AgentSet) -> C
         schema=tool.parameters,
         deadline=None,
         recheck=True,
+        approvals=(),
     )
 
 
@@ -581,20 +599,26 @@ def _approvals_decided(
     # Decisions on the calls of nested runs go to those runs, whose calls run again.
     state, posted = forward(state, event.decisions, _record)
     # Each decision is checked again, in the order it was posted: the first on a call wins,
-    # and one that fails is recorded as refused while its call keeps waiting.
+    # and one that fails is recorded as refused while its call keeps waiting. An approval of
+    # a call that needs a quorum is counted in the call (``work``), which waits for more.
     accepted: dict[str, tuple[Decision, CallRecord]] = {}
     audit = list(state.audit)
+    work = state
     for decision in (*state.decisions, *posted):
         pending = [d for d, _ in accepted.values()]
-        problem = refusal(state, decision, pending)
-        if problem is None and decision.call_id in accepted:
-            continue  # the same decision, posted twice
-        call = next((c for c in state.ledger if c.call_id == decision.call_id), None)
+        problem = refusal(work, decision, pending)
+        if problem is None and repeats(work, decision, pending):
+            continue  # the same decision posted twice, or an approver counted already
+        call = next((c for c in work.ledger if c.call_id == decision.call_id), None)
         settled = None
         if problem is None and call is not None:
             settled, reason = _settle(call, decision, spec)
         else:
             reason = str(problem)
+        if settled is not None and settled.status == "awaiting_approval":
+            work = _replace(work, ledger=tuple(settled if c is call else c for c in work.ledger))
+            audit.append(_record(decision, call, standing(settled), counted=True))
+            continue
         if settled is not None:
             accepted[decision.call_id] = (decision, settled)
         audit.append(_record(decision, call, reason))
@@ -608,7 +632,7 @@ def _approvals_decided(
             )
     items: list[Item] = []
     ledger: list[CallRecord] = []
-    for call in state.ledger:
+    for call in work.ledger:
         if call.call_id in accepted:
             decision, call = accepted[call.call_id]
             if call.status == "committed":
@@ -618,7 +642,7 @@ def _approvals_decided(
         elif call.status == "awaiting_approval" and call.reason == "approval":
             # A sticky policy never settles a call in doubt: only a decision on that call.
             policy = _policy(policies, call.tool)
-            if policy is not None:
+            if policy is not None and not (policy.approved and call.quorum > 1):
                 call = _replace(call, status="started" if policy.approved else "committed")
                 if not policy.approved:
                     items.append(_rejection(call.call_id, call.tool, call.agent, policy.message))
@@ -639,9 +663,29 @@ def _settle(
     call: CallRecord, decision: Decision, spec: AgentSet
 ) -> tuple[CallRecord | None, str | None]:
     """The call as ``decision`` leaves it, or None and why the decision cannot apply. Only an
-    approval needs the tool's code: a rejection or an expiry never runs it."""
+    approval needs the tool's code: a rejection or an expiry never runs it. An approval of a
+    call that needs a quorum is counted, and the call keeps waiting until the last one; an
+    edit replaces its arguments and starts the count again, with the editor's approval."""
     if decision.expired or not decision.approved:
         return _replace(call, status="committed"), None
+    if call.quorum <= 1:
+        return _approved(call, decision, spec)
+    approvals = (*call.approvals, decision) if decision.arguments is None else (decision,)
+    if len(approvals) < call.quorum and decision.arguments is None:
+        return _replace(call, approvals=approvals), None
+    settled, why = _approved(call, decision, spec)
+    if settled is None:
+        return None, why
+    if len(approvals) < call.quorum:
+        settled = _replace(settled, status="awaiting_approval", recheck=True)
+    return _replace(settled, approvals=approvals), None
+
+
+def _approved(
+    call: CallRecord, decision: Decision, spec: AgentSet
+) -> tuple[CallRecord | None, str | None]:
+    """The call as an approval (which may carry edited arguments) leaves it: started, or None
+    and why it cannot apply."""
     tool = spec.tool(call.agent, call.tool)
     if tool is None:
         return None, (
@@ -710,14 +754,17 @@ def _cancelled(state: RunState, event: Cancelled, spec: AgentSet) -> tuple[RunSt
     return new, FinalOutput(error=error)
 
 
-def _record(decision: Decision, call: CallRecord | None, refused: str | None) -> DecisionRecord:
-    """The audit record of ``decision`` on ``call``: applied, or refused for a reason."""
+def _record(
+    decision: Decision, call: CallRecord | None, refused: str | None, *, counted: bool = False
+) -> DecisionRecord:
+    """The audit record of ``decision`` on ``call``: applied, or refused for a reason, or
+    (``counted``) an approval counted towards a quorum, with the count in ``refused``."""
     return DecisionRecord(
         decision=decision,
         tool=call.tool if call is not None else "",
         agent=call.agent if call is not None else "",
         shown=call.arguments if call is not None else {},
-        outcome="applied" if refused is None else "refused",
+        outcome="counted" if counted else "applied" if refused is None else "refused",
         reason=refused,
     )
 

@@ -75,6 +75,7 @@ class Tool:
         tool_output_guardrails: Sequence[Guardrail | Callable[..., Any]] | None = None,
         parameters: Mapping[str, Any] | None = None,
         pinned: bool = False,
+        quorum: int = 1,
     ) -> None:
         if not callable(fn):
             raise ToolDefinitionError(f"a tool needs a function, got {fn!r}")
@@ -88,6 +89,14 @@ class Tool:
             raise ToolDefinitionError("needs_approval must be a bool or a function")
         if timeout is not None and timeout <= 0:
             raise ToolDefinitionError("timeout must be a positive number of seconds")
+        if type(quorum) is not int or quorum < 1:
+            raise ToolDefinitionError(f"quorum must be an int of at least 1, not {quorum!r}")
+        if quorum > 1 and needs_approval is False:
+            raise ToolDefinitionError(
+                f"tool {self.name!r}: quorum={quorum} counts approvals, so the tool needs "
+                "needs_approval (True, or a rule)"
+            )
+        self.quorum = quorum
         if approval_timeout is not None and not approval_timeout > 0:
             raise ToolDefinitionError("approval_timeout must be a positive number of seconds")
         if on_cancel is not None and not callable(on_cancel):
@@ -273,6 +282,7 @@ def tool(
     on_cancel: Callable[[Any], Any] | None = None,
     tool_input_guardrails: Sequence[Guardrail | Callable[..., Any]] | None = None,
     tool_output_guardrails: Sequence[Guardrail | Callable[..., Any]] | None = None,
+    quorum: int = 1,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 def tool(
     fn: Callable[..., Any] | None = None,
@@ -288,6 +298,7 @@ def tool(
     on_cancel: Callable[[Any], Any] | None = None,
     tool_input_guardrails: Sequence[Guardrail | Callable[..., Any]] | None = None,
     tool_output_guardrails: Sequence[Guardrail | Callable[..., Any]] | None = None,
+    quorum: int = 1,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a sync or async function into a Tool.
 
@@ -319,6 +330,10 @@ def tool(
             (the model is told why) or trip (the run fails).
         tool_output_guardrails: guardrails on a call's result (``@tool_output_guardrail``):
             they allow, replace it (a redaction), or trip.
+        quorum: how many distinct people must approve a call before it runs (M-of-N
+            approval; with ``needs_approval``). Each approval counts once per identity
+            (``by``), a rejection by anyone rejects, an edit starts the count again on the
+            new arguments, and a sticky ``always`` approval never stands in for it.
     """
 
     def wrap(function: Callable[..., Any]) -> Tool:
@@ -334,6 +349,7 @@ def tool(
             on_cancel=on_cancel,
             tool_input_guardrails=tool_input_guardrails,
             tool_output_guardrails=tool_output_guardrails,
+            quorum=quorum,
         )
 
     return wrap(fn) if fn is not None else wrap

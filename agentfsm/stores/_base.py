@@ -410,9 +410,12 @@ class Store(abc.ABC):
         applies it. It is checked here, atomically with the run and the decisions already
         posted, as ``RunState.decide`` checks it: the call waits with the digest the decision
         names, edited arguments fit the schema recorded with the call, and the first decision
-        on a call wins. Returns True when posted, False when it repeats a posted decision
-        exactly (nothing to do). Raises DecisionRefused saying why (UnknownCallError when the
-        call is not waiting), UnknownRunError."""
+        on a call wins (for a call that needs several approvals: a rejection, an expiry, an
+        edit or the last approval settles it; each person's approval counts once), and the
+        run's starter rule. Returns True when posted, False when nothing changes: it repeats
+        a posted decision exactly, or approves again for someone already counted. Raises
+        DecisionRefused saying why (UnknownCallError when the call is not waiting),
+        UnknownRunError."""
         # Text that cannot be stored (a lone surrogate from a terminal, say) is refused here,
         # before it reaches a database driver.
         check_json_data(msgspec.to_builtins(decision), "the decision", DecisionRefused)

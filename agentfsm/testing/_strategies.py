@@ -244,6 +244,16 @@ def run_states(
         ledger = []
         for call_id in draw(st.lists(names, max_size=3, unique=True)):
             arguments = draw(objects)
+            approvals = tuple(
+                Decision(
+                    call_id=call_id,
+                    digest=digest(arguments),
+                    approved=True,
+                    by=by,
+                    at=draw(moments),
+                )
+                for by in draw(st.lists(st.text(min_size=1, max_size=8), max_size=2, unique=True))
+            )
             ledger.append(
                 CallRecord(
                     call_id=call_id,
@@ -255,6 +265,8 @@ def run_states(
                     status=draw(call_statuses),
                     reason=draw(reasons),
                     schema=draw(st.none() | objects),
+                    quorum=draw(st.integers(min_value=1, max_value=5)),
+                    approvals=approvals,
                 )
             )
         decisions = [
@@ -279,7 +291,7 @@ def run_states(
                 tool=draw(names),
                 agent=agent(),
                 shown=draw(objects),
-                outcome=draw(st.sampled_from(["applied", "refused"])),
+                outcome=draw(st.sampled_from(["applied", "refused", "counted"])),
                 reason=draw(maybe_text),
             )
             for decision in decisions
@@ -314,6 +326,8 @@ def run_states(
                     version=st.integers(min_value=0, max_value=10**6),
                 )
             ),
+            started_by=draw(st.text(max_size=10)),
+            starter_may_approve=draw(st.booleans()),
         )
 
     return draw_state()

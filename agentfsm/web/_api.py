@@ -93,6 +93,8 @@ async def approvals(request: Request) -> Response:
                     description=c.description,
                     said=c.said,
                     may_decide=c.may_decide,
+                    may_approve=c.may_approve,
+                    approvals=c.standing,
                 )
                 for c in calls
             ),
@@ -113,10 +115,14 @@ async def runs(request: Request) -> Response:
 
 async def start(request: Request) -> Response:
     inbox = _inbox(request)
-    await _writer(request)
+    identity = await _writer(request)
     body: StartBody = await read_json(request, StartBody)
     state = await inbox.start(
-        body.input, context=body.context, max_turns=body.max_turns, run_id=body.run_id
+        body.input,
+        started_by=identity,
+        context=body.context,
+        max_turns=body.max_turns,
+        run_id=body.run_id,
     )
     root = request.scope.get("root_path", "")
     return json_response(
@@ -143,7 +149,7 @@ async def decide(request: Request) -> Response:
         raise HTTPProblem("invalid-request", "a message goes with a rejection, not an approval")
     if not approved and body.arguments is not None:
         raise HTTPProblem("invalid-request", "only an approval can carry edited arguments")
-    posted, decision = await inbox.decide(
+    posted, decision, detail = await inbox.decide(
         request.path_params["run_id"],
         identity,
         call_id=body.call_id,
@@ -153,7 +159,10 @@ async def decide(request: Request) -> Response:
         message=body.message,
         always=body.always,
     )
-    return json_response(DecisionPosted(posted=posted, decision=decision), 201 if posted else 200)
+    return json_response(
+        DecisionPosted(posted=posted, decision=decision, detail=detail),
+        201 if posted else 200,
+    )
 
 
 def _steer(verb: str) -> Any:

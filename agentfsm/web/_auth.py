@@ -10,7 +10,8 @@
   HttpOnly, SameSite=Strict, Secure over HTTPS). The cookie holds no token.
 * **CSRF**: every form post carries a synchronizer token derived from the session's nonce
   (an HMAC with the app's secret), checked with ``hmac.compare_digest``.
-* **Permissions** say who may decide on which tool's calls.
+* **Permissions** say who may decide on which tool's calls, and whether the person who
+  started a run may approve its calls.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from starlette.requests import HTTPConnection
 
 from .._errors import ConfigurationError
 from .._outcomes import ApprovalRequest
+from .._state import RunState
 
 __all__ = [
     "Authenticate",
@@ -203,11 +205,23 @@ class Permissions:
     ``rules`` maps a tool's name to the identities that may decide on its calls; the key
     ``"*"`` covers the tools not named. A tool with no rule (and no ``"*"``) may be decided
     by any authenticated identity. ``allow``, a function ``(identity, request) -> bool``, may
-    refuse more: it is asked after the rules."""
+    refuse more: it is asked after the rules.
+
+    ``starter_may_approve=False``: the person who started a run may not approve its calls
+    (they may still reject them). Runs the inbox starts record it, so that the store refuses
+    such an approval whichever way it is posted (``new_run(starter_may_approve=...)``); for
+    runs started elsewhere that name who started them, the inbox refuses it too."""
 
     def __init__(
-        self, rules: Mapping[str, Iterable[str]] | None = None, *, allow: Allow | None = None
+        self,
+        rules: Mapping[str, Iterable[str]] | None = None,
+        *,
+        allow: Allow | None = None,
+        starter_may_approve: bool = True,
     ) -> None:
+        if not isinstance(starter_may_approve, bool):
+            raise ConfigurationError("starter_may_approve must be True or False")
+        self.starter_may_approve = starter_may_approve
         self._rules: dict[str, frozenset[str]] = {}
         for tool, identities in (rules or {}).items():
             if isinstance(identities, str):
@@ -218,7 +232,7 @@ class Permissions:
         self._allow = allow
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Permissions:
+    def from_file(cls, path: str | Path, *, starter_may_approve: bool = True) -> Permissions:
         """Rules from a JSON file: an object of tool name -> list of identities."""
         try:
             rules = msgspec.json.decode(Path(path).read_bytes(), type=dict[str, list[str]])
@@ -226,13 +240,21 @@ class Permissions:
             raise ConfigurationError(
                 f"cannot read the permissions file {str(path)!r}: {exc}"
             ) from None
-        return cls(rules)
+        return cls(rules, starter_may_approve=starter_may_approve)
 
     def may_decide(self, identity: str, request: ApprovalRequest) -> bool:
         allowed = self._rules.get(request.tool, self._rules.get("*"))
         if allowed is not None and identity not in allowed:
             return False
         return self._allow is None or bool(self._allow(identity, request))
+
+    def may_approve(self, identity: str, state: RunState) -> bool:
+        """Whether ``identity`` may approve the calls of the run ``state`` as far as the
+        starter rule goes (its own, or the run's): not if they started it."""
+        starter = state.started_by
+        if not starter or identity != starter:
+            return True
+        return self.starter_may_approve and state.starter_may_approve
 
 
 def as_permissions(value: Permissions | Mapping[str, Iterable[str]] | Allow | None) -> Permissions:

@@ -83,7 +83,10 @@ class CallDocument(msgspec.Struct, frozen=True):
     """A call waiting for a decision: the run, the request (tool, agent, arguments, digest,
     schema, deadline), since when it waits, the decisions posted and not applied yet, the
     tool's description (when the inbox knows the agent), what the agent said last before
-    it asked, and whether the caller may decide."""
+    it asked, and whether the caller may decide (``may_decide``) and approve (``may_approve``:
+    false when they started the run and may not approve its calls). For a call that needs
+    several approvals (``request.quorum``), ``approvals`` counts them, such as
+    ``"1 of 2 approvals (alice)"``, the posted ones included."""
 
     run_id: str
     request: ApprovalRequest
@@ -92,6 +95,8 @@ class CallDocument(msgspec.Struct, frozen=True):
     description: str | None
     said: str | None
     may_decide: bool
+    may_approve: bool = True
+    approvals: str | None = None
 
 
 class ApprovalsDocument(msgspec.Struct, frozen=True):
@@ -102,10 +107,13 @@ class ApprovalsDocument(msgspec.Struct, frozen=True):
 
 
 class DecisionPosted(msgspec.Struct, frozen=True):
-    """The decision as posted (``posted`` false: it repeated one posted before)."""
+    """The decision as posted (``posted`` false: nothing changed, as it repeated one posted
+    before, or approved again a call whose count already holds the caller's approval).
+    ``detail`` says where the call stands, such as ``"1 of 2 approvals (alice)"``."""
 
     posted: bool
     decision: Decision
+    detail: str | None = None
 
 
 class StartedDocument(msgspec.Struct, frozen=True):

@@ -16,6 +16,7 @@ import msgspec
 from starlette.requests import HTTPConnection, Request
 
 from .._agents import Agent, AgentSet
+from .._decisions import standing
 from .._errors import ConfigurationError
 from .._events import Decision
 from .._outcomes import ApprovalRequest
@@ -95,11 +96,13 @@ class Inbox:
         page), the tool's description, and whether ``identity`` may decide."""
         page = await self.store.waiting(tool=tool, agent=agent, limit=limit, after=after)
         said: dict[str, str | None] = {}
+        approve: dict[str, bool] = {}
         for call in page.calls:
             if call.run_id not in said:
                 state = await self.store.load(call.run_id)
                 self.memory.remember(state)
                 said[call.run_id] = last_said(state)
+                approve[call.run_id] = self.permissions.may_approve(identity, state)
         views = [
             CallView(
                 run_id=call.run_id,
@@ -109,6 +112,8 @@ class Inbox:
                 description=self.description(call.request),
                 said=said.get(call.run_id),
                 may_decide=self.permissions.may_decide(identity, call.request),
+                may_approve=approve.get(call.run_id, True),
+                viewer=identity,
             )
             for call in page.calls
         ]
@@ -133,6 +138,8 @@ class Inbox:
                 description=self.description(request),
                 said=said,
                 may_decide=self.permissions.may_decide(identity, request),
+                may_approve=self.permissions.may_approve(identity, state),
+                viewer=identity,
             )
             for request in state.interruptions
         ]
@@ -154,14 +161,23 @@ class Inbox:
         arguments: dict[str, Any] | None = None,
         message: str | None = None,
         always: bool = False,
-    ) -> tuple[bool, Decision]:
+    ) -> tuple[bool, Decision, str | None]:
         """Post a decision by ``identity`` (never anyone the request names), after checking
-        that they may decide on the call's tool. The store checks the rest (the call waits
-        with that digest, edits fit the schema, the first decision wins) atomically."""
-        request = await self.waiting_call(run_id, call_id)
+        that they may decide on the call's tool, and approve the run's calls (the starter
+        rule). The store checks the rest (the call waits with that digest, edits fit the
+        schema, the first decision wins, each approver counts once towards a quorum, the
+        run's own starter rule) atomically."""
+        state = await self.store.load(run_id)
+        request = next((r for r in state.interruptions if r.call_id == call_id), None)
         if request is not None and not self.permissions.may_decide(identity, request):
             raise HTTPProblem(
                 "forbidden", f"{identity} may not decide on calls of the tool {request.tool!r}"
+            )
+        if request is not None and approved and not self.permissions.may_approve(identity, state):
+            raise HTTPProblem(
+                "forbidden",
+                f"{identity} started run {run_id}, and may not approve its calls: someone "
+                "else must",
             )
         decision = Decision(
             call_id=call_id,
@@ -173,17 +189,27 @@ class Inbox:
             by=identity,
         )
         posted = await self.store.decide(run_id, decision)
-        return posted, decision
+        detail = None
+        if request is not None and request.quorum > 1 and approved:
+            now, decisions, _ = await self.run(run_id)
+            waiting = next((r for r in now.interruptions if r.call_id == call_id), None)
+            if waiting is not None:
+                detail = standing(waiting, decisions)
+                if not posted:
+                    detail = f"{identity}'s approval counts already: {detail}"
+        return posted, decision, detail
 
     async def start(
         self,
         text: str,
         *,
+        started_by: str,
         context: Any = None,
         max_turns: int | None = None,
         run_id: str | None = None,
     ) -> RunState:
-        """Store a new run of the inbox's agent for the workers (``agentfsm worker``)."""
+        """Store a new run of the inbox's agent for the workers (``agentfsm worker``),
+        recording who started it (``started_by``) and the permissions' starter rule."""
         if self.agent is None:
             raise HTTPProblem(
                 "no-agent",
@@ -196,6 +222,8 @@ class Inbox:
             run_id=run_id or uuid.uuid4().hex,
             context=context,
             max_turns=10 if max_turns is None else max_turns,
+            started_by=started_by,
+            starter_may_approve=self.permissions.starter_may_approve,
         )
         await self.store.create(state)
         self.memory.remember(state)

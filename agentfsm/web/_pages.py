@@ -158,11 +158,11 @@ async def run(request: Request) -> Response:
 
 
 async def start(request: Request) -> Response:
-    _, form = await _form_session(request)
+    session, form = await _form_session(request)
     text = form.get("input", "")
     if not text.strip():
         raise HTTPProblem("invalid-request", "say what the run is about")
-    state = await _inbox(request).start(text)
+    state = await _inbox(request).start(text, started_by=session.identity)
     return _back(request, f"{base(request)}/runs/{quote(state.run_id, safe='')}")
 
 

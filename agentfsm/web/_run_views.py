@@ -93,6 +93,8 @@ def _audit(records: Sequence[DecisionRecord]) -> Markup:
             notes.append(html("<p>told the agent: {}</p>", decision.message))
         if record.outcome == "refused":
             notes.append(html('<p class="error">refused: {}</p>', record.reason or ""))
+        elif record.outcome == "counted":
+            notes.append(html('<p class="quorum">{}</p>', record.reason or ""))
         rows.append(
             html(
                 '<tr><td>{}</td><td>{}</td><td><code>{}</code> <code class="id">{}</code></td>'

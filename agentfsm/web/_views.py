@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from .._decisions import describe
+from .._decisions import describe, standing, tally
 from .._events import Decision
 from .._items import AssistantMessage
 from .._outcomes import ApprovalRequest
@@ -70,6 +70,15 @@ class CallView:
     description: str | None
     said: str | None
     may_decide: bool
+    #: False when the viewer started the run and may not approve its calls.
+    may_approve: bool = True
+    #: Who is looking (their approval of a call needing several may already count).
+    viewer: str | None = None
+
+    @property
+    def standing(self) -> str | None:
+        """``"1 of 2 approvals (alice)"`` for a call that needs several, else None."""
+        return standing(self.request, self.posted)
 
 
 def layout(page: Page, title: str, body: Markup, *, events: str | None = None) -> str:
@@ -166,6 +175,9 @@ def call_card(page: Page, call: CallView, *, back: str) -> Markup:
     if request.deadline is not None:
         meta.append(html("<dt>Deadline</dt><dd>{}</dd>", when(request.deadline)))
     meta.append(html("<dt>Digest</dt><dd><code>{}</code></dd>", request.digest[:16]))
+    count = call.standing
+    if count is not None:
+        meta.append(html('<dt>Approvals</dt><dd class="quorum">{}</dd>', count))
     parts = [
         html(
             '<header><h2><code class="tool">{}</code></h2>{}</header>',
@@ -190,6 +202,7 @@ def call_card(page: Page, call: CallView, *, back: str) -> Markup:
             pretty(request.arguments),
         )
     )
+    approvers, final = tally(request, call.posted)
     if call.posted:
         parts.append(
             html(
@@ -197,8 +210,29 @@ def call_card(page: Page, call: CallView, *, back: str) -> Markup:
                 "; ".join(describe(d).capitalize() for d in call.posted),
             )
         )
+    if final is not None:
+        pass
     elif not call.may_decide:
         parts.append(html('<p class="denied">You may not decide on calls of {}.</p>', request.tool))
+    elif call.viewer is not None and call.viewer in approvers:
+        parts.append(
+            html(
+                '<p class="counted">Your approval counts ({}); it needs someone else\'s too.</p>',
+                count,
+            )
+        )
+    elif not call.may_approve:
+        parts.append(
+            html(
+                '<p class="denied">You started this run, so someone else must approve its '
+                'calls.</p><details><summary>Reject</summary><form method="post" '
+                'action="{decide}">{bound}<label>What the agent is told (optional)<textarea '
+                'name="message" rows="2"></textarea></label><button type="submit" '
+                'name="action" value="reject" class="reject">Reject</button></form></details>',
+                decide=decide,
+                bound=bound,
+            )
+        )
     else:
         parts.append(
             html(
@@ -223,7 +257,7 @@ def call_card(page: Page, call: CallView, *, back: str) -> Markup:
     return html(
         '<article class="call" data-id="{}" data-version="{}">{}</article>',
         f"{call.run_id}/{request.call_id}",
-        f"{request.digest}:{len(call.posted)}:{call.may_decide}",
+        f"{request.digest}:{len(call.posted)}:{len(request.approved_by)}:{call.may_decide}",
         join(parts),
     )
 
