@@ -1,5 +1,6 @@
 """Test helpers that ship with agentfsm: a scripted model, hypothesis strategies, the store
-conformance suite, and ``AgentMachine``, a stateful property-test kit for your own agents.
+conformance suite, ``AgentMachine``, a stateful property-test kit for your own agents, and
+``CrashKit``, which kills your agent, store and tools with SIGKILL at every durable boundary.
 
 ``ScriptedModel`` runs agents deterministically without a model server; the strategies
 generate items, model responses, run states, tool arguments and final outputs for property
@@ -9,6 +10,7 @@ built, ``AgentMachine`` when first used), so ``ScriptedModel`` works without it.
 
 from typing import TYPE_CHECKING, Any
 
+from ._crash import CrashKit, CrashOutcome, CrashReport, CrashScenario, CrashSite, crash_point
 from ._kit_plan import PersonDecision, approve, expire, reject, stale
 from ._kit_world import Crash, Execution, keyed
 from ._schema_strategies import arguments_for, from_schema, outputs_for
@@ -22,6 +24,11 @@ if TYPE_CHECKING:
 __all__ = [
     "AgentMachine",
     "Crash",
+    "CrashKit",
+    "CrashOutcome",
+    "CrashReport",
+    "CrashScenario",
+    "CrashSite",
     "Execution",
     "FakeClock",
     "PersonDecision",
@@ -33,6 +40,7 @@ __all__ = [
     "approve",
     "arguments_for",
     "call",
+    "crash_point",
     "expire",
     "from_schema",
     "handoff",
