@@ -21,7 +21,15 @@ from agentfsm import (
     Usage,
     tool,
 )
-from agentfsm.testing import CrashScenario, ScriptedModel, call, crash_point, handoff, say
+from agentfsm.testing import (
+    CrashOutcome,
+    CrashScenario,
+    ScriptedModel,
+    call,
+    crash_point,
+    handoff,
+    say,
+)
 
 INPUT = "Settle customer 42's account and keep them informed."
 
@@ -138,7 +146,15 @@ def demo(options: dict[str, Any]) -> CrashScenario:
         # Its last turn reads the refund's result: a refund in doubt that the person rejects
         # (it had run) makes the model say it could not refund.
         model_reacts=True,
+        checks=[refunded_once],
     )
+
+
+def refunded_once(outcome: CrashOutcome) -> list[str]:
+    """A check of the user's own: the refund reached the bank exactly once, whatever
+    the kills (the side-effect file stands in for the bank's records here)."""
+    count = sum(1 for tool, *_ in outcome.effects if tool == "issue_refund")
+    return [] if count == 1 else [f"the customer was refunded {count} times"]
 
 
 class TornStore(SQLiteStore):

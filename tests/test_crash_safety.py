@@ -147,6 +147,12 @@ def test_the_demo_agent_survives_every_kill(tmp_path: Path) -> None:
     assert "refund of 249.00 EUR" in str(report.reference.stored.final_output)
     assert report.kills["tool_after:issue_refund"] >= 1, report.kills
     assert report.kills["human"] >= 1, report.kills
+    # The scenario's own check runs with the kit's: a second refund would be reported.
+    outcome = report.outcomes[0]
+    refund = next(effect for effect in outcome.effects if effect[0] == "issue_refund")
+    outcome.effects.append(refund)
+    assert report.reference.stored is not None
+    assert "the customer was refunded 2 times" in kit.problems(outcome, report.reference.stored)
 
 
 def test_the_kit_catches_a_tool_declared_idempotent_that_is_not(tmp_path: Path) -> None:

@@ -65,7 +65,7 @@ from .._items import ToolCallItem, ToolResultItem
 from .._state import RunState
 from .._step import IN_DOUBT_REJECTION, idempotency_key
 from ..stores._base import Store
-from ._crash_child import STEP_KINDS, crash_point, load_scenario
+from ._crash_child import crash_point, load_scenario
 
 __all__ = [
     "CrashKit",
@@ -789,7 +789,3 @@ def effect_problems(
                     f"committed by {committers}"
                 )
     return found
-
-
-# ``STEP_KINDS`` names the step kinds a checkpoint can record (for the site list).
-STEP_SITES = [f"step:{kind}" for kind in STEP_KINDS.values()]

@@ -333,7 +333,7 @@ def _add_store_sites(store: Store, attempt: Attempt) -> None:
 
     if isinstance(store, SQLiteStore):
         store._db = _DyingConnection(store._db, attempt)  # type: ignore[assignment]
-    elif type(store).__name__ == "PostgresStore":
+    elif any(kind.__name__ == "PostgresStore" for kind in type(store).__mro__):
         _patch_psycopg_transactions(attempt)
 
 
