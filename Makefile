@@ -72,9 +72,9 @@ bench: $(VENV)/.dev
 # Rewrite the locks after a change to pyproject.toml, keeping every pin that still fits;
 # lock-upgrade moves every pin to the newest release allowed.
 lock: $(VENV)/.dev
-	$(COMPILE) $(UPGRADE) --extra postgres --extra otel --extra web --extra mcp --group dev -o requirements/dev.txt
+	$(COMPILE) $(UPGRADE) --extra postgres --extra otel --extra web --extra mcp --extra testing --group dev -o requirements/dev.txt
 	$(COMPILE) --group build -c requirements/dev.txt -o requirements/demo.txt
-	$(COMPILE) $(UPGRADE) --extra postgres --extra otel --extra web --resolution lowest-direct -o requirements/oldest.txt
+	$(COMPILE) $(UPGRADE) --extra postgres --extra otel --extra web --extra testing --resolution lowest-direct -o requirements/oldest.txt
 
 lock-upgrade:
 	$(MAKE) lock UPGRADE=--upgrade

@@ -11,6 +11,9 @@ each run both through the store and through JSON, as the kit draws them:
   every state a person's decision produced), summed over every example;
 * rules per second: the kit's rules hypothesis ran.
 
+And the crash kit (``agentfsm.testing.CrashKit``) on the demo agent with SQLite: processes
+started and killed (SIGKILL, at every durable boundary, once and twice) per second.
+
 The goal: hundreds of steps per second in memory. What is measured is everything an
 example costs: hypothesis drawing and recording the choices, the driver, the store, the
 kit's wrappers and its invariants after every rule (each state's JSON round trip included).
@@ -28,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
+from agentfsm import SQLiteStore
 from agentfsm._demo import build_agent
-from agentfsm.testing import AgentMachine
+from agentfsm.testing import AgentMachine, CrashKit, CrashScenario
 
 QUICK = "--quick" in sys.argv
 EXAMPLES = 100 if QUICK else 500
@@ -82,6 +86,33 @@ def measure(machine: type[Demo]) -> tuple[float, float, float, float]:
     return took, tally.examples / took, tally.steps / took, tally.rules / took
 
 
+def demo_scenario(options: dict[str, str]) -> CrashScenario:
+    """The demo agent for the crash kit (imported by name in each child process)."""
+    return CrashScenario(
+        agent=build_agent(),
+        store=lambda clock: SQLiteStore(options["path"], clock=clock),
+        input="My espresso machine arrived broken. Order A-1001. Refund please.",
+        model_reacts=True,
+    )
+
+
+def measure_crashes() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="agentfsm-crash-bench-") as folder:
+        options = {"path": f"{folder}/runs.db"}
+        with CrashKit(f"{Path(__file__).stem}:demo_scenario", options, workdir=folder) as kit:
+            report = kit.run()
+    report.check()
+    processes = sum(len(o.processes) for o in report.outcomes) + 1
+    kills = report.kills.total()
+    print("CrashKit on the demo agent, SQLite, every site killed once and twice")
+    print(f"  {'seconds':>8} {'processes':>10} {'kills':>6} {'processes/s':>12}")
+    print(
+        f"  {report.seconds:>8.2f} {processes:>10} {kills:>6} {processes / report.seconds:>12.1f}"
+    )
+
+
 def main() -> int:
     print(f"AgentMachine on the demo agent, {EXAMPLES} examples")
     print(f"  {'store':<8} {'seconds':>8} {'examples/s':>11} {'steps/s':>9} {'rules/s':>9}")
@@ -93,6 +124,7 @@ def main() -> int:
         print(f"  {name:<8} {took:>8.2f} {examples:>11.0f} {steps:>9.0f} {rules:>9.0f}")
     met = results["memory"] >= STEPS_GOAL
     print(f"  goal: at least {STEPS_GOAL:.0f} steps/s in memory: {'met' if met else 'MISSED'}")
+    measure_crashes()
     return 0
 
 

@@ -98,6 +98,7 @@ def test_the_wheel_carries_complete_metadata(dist: Path) -> None:
     assert not [r for r in requires if "==" in r.split(";")[0]], "a library must not pin its users"
     assert 'psycopg[binary]>=3.1; extra == "postgres"' in requires
     assert 'starlette>=0.40; extra == "web"' in requires
+    assert 'hypothesis>=6.131; extra == "testing"' in requires
     assert "agentfsm = agentfsm._cli:main" in entry_points
     # The index page is the README: it must not lean on files of the repository.
     description = metadata.get_payload()
@@ -119,3 +120,21 @@ def test_the_readme_links_work_outside_the_repository() -> None:
     for link in links:
         if link.startswith(f"{repository}/blob/main/"):
             assert (ROOT / link.removeprefix(f"{repository}/blob/main/")).is_file(), link
+
+
+def test_the_scripted_model_demo_and_crash_kit_need_no_hypothesis() -> None:
+    """hypothesis comes with the ``testing`` extra: without it, agentfsm.testing still
+    imports, and so do ScriptedModel, FakeClock, CrashKit and the demo that uses them."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'hypothesis':\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from agentfsm.testing import CrashKit, FakeClock, ScriptedModel, crash_point\n"
+        "import agentfsm._demo\n"
+        "assert 'hypothesis' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()

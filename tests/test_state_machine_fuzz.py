@@ -11,9 +11,11 @@ Three parts:
   before their approval and again before they run, results and final outputs) and error
   handler (an output for a run out of turns, or a failure), and the process crashing
   (serialize, load, continue; a crash while tools run puts them in doubt).
-* ``test_resume_from_any_checkpoint_matches_the_uninterrupted_run``: a scripted multi-agent
-  run through the ``Runner``, resumed in a fresh Runner from every checkpoint it wrote, ends
-  in the same state with no committed tool call executed again.
+* ``ResumeMachine``: the same agents on the agent test kit (``agentfsm.testing.AgentMachine``),
+  through the ``Runner`` and a store, crashed at every durable boundary: a run resumed from
+  one of its checkpoints ends the same, no committed tool call runs again, and the kit's
+  other invariants hold. The checks of one state (a well-formed transcript, a shape that
+  fits the status, the JSON round trip) are the kit's, shared with ``EngineMachine``.
 * Regressions for bugs found while fuzzing: non-finite floats from the model (NaN, Infinity)
   are refused, and text that is not valid Unicode (lone surrogates) from the model or a tool
   is made storable (input from a person is refused), so every state a step returns persists.
@@ -23,9 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import json
-import re
 import threading
 from collections import Counter
 from typing import Any, ClassVar
@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import msgspec
 import pydantic
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -92,7 +92,13 @@ from agentfsm._decisions import same_decision
 from agentfsm._json import digest
 from agentfsm._machine import EVENT_TYPES, TABLE, status_of
 from agentfsm._step import DEFAULT_REJECTION, IN_DOUBT_REJECTION, NOT_RUN_TRIPPED
-from agentfsm.testing import ScriptedCall, ScriptedModel, call, handoff, say
+from agentfsm.testing import AgentMachine, ScriptedModel, call, say
+from agentfsm.testing._checks import (
+    response_of,
+    round_trip_problems,
+    status_problems,
+    transcript_problems,
+)
 
 # -- tools that count their executions ---------------------------------------------------------
 
@@ -247,9 +253,9 @@ SIGNING_KEY = b"fuzz-signing-key"
 def _response_index(call_id: str) -> int:
     """The model response a call belongs to: ids are ``c<response>_<index>`` (this file's
     model) or ``call_<turn>_<index>`` (ScriptedModel)."""
-    match = re.fullmatch(r"c(?:all_)?(\d+)_\d+", call_id)
-    assert match is not None, call_id
-    return int(match.group(1))
+    index = response_of(call_id)
+    assert index is not None, call_id
+    return index
 
 
 def _outcome_as_resumed(outcome: Any) -> Any:
@@ -282,36 +288,10 @@ def execute(agents: AgentSet, state: RunState, invocation: Invocation) -> ToolOu
 
 
 def check_transcript(state: RunState) -> None:
-    """Every tool call gets exactly one result, before the next model response (or any other
-    message) is recorded; results and handoffs belong to earlier calls; the calls still
-    without a result are exactly the ledger's uncommitted ones."""
-    open_calls: dict[str, int] = {}
-    seen: set[str] = set()
-    previous: Any = None
-    for item in state.items:
-        match item:
-            case ToolCallItem(call_id=call_id):
-                response = _response_index(call_id)
-                assert call_id not in seen, f"call id {call_id} recorded twice"
-                earlier = [c for c, r in open_calls.items() if r < response]
-                assert not earlier, f"{call_id} was recorded while {earlier} had no result"
-                seen.add(call_id)
-                open_calls[call_id] = response
-            case ToolResultItem(call_id=call_id):
-                assert call_id in open_calls, f"result for {call_id}, which has no open call"
-                del open_calls[call_id]
-            case HandoffItem(call_id=call_id):
-                assert isinstance(previous, ToolResultItem), previous
-                assert previous.call_id == call_id
-            case AssistantMessage() | UserMessage() | Feedback():
-                assert not open_calls, f"{item!r} recorded while {open_calls} had no result"
-        previous = item
-    uncommitted = {c.call_id for c in state.ledger if c.status != "committed"}
-    assert set(open_calls) == uncommitted, (open_calls, state.ledger)
-    results = {i.call_id for i in state.items if isinstance(i, ToolResultItem)}
-    for record in state.ledger:
-        assert record.call_id in seen
-        assert (record.call_id in results) == (record.status == "committed"), record
+    """The kit's check (agentfsm.testing._checks): every tool call gets exactly one result,
+    before the next model response is recorded, and the ledger agrees."""
+    problems = transcript_problems(state, response=_response_index)
+    assert not problems, problems
 
 
 # -- the state machine -----------------------------------------------------------------------
@@ -1441,10 +1421,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @invariant()
     def json_round_trip_is_identity(self) -> None:
-        text = self.state.to_json()
-        loaded = RunState.from_json(text)
-        assert loaded == self.state
-        assert loaded.to_json() == text
+        assert not round_trip_problems(self.state)
         signed = self.state.to_json(signing_key=SIGNING_KEY)
         assert RunState.from_json(signed, signing_key=SIGNING_KEY) == self.state
 
@@ -1455,38 +1432,11 @@ class EngineMachine(RuleBasedStateMachine):
     @invariant()
     def status_shape(self) -> None:
         state = self.state
-        statuses = Counter(c.status for c in state.ledger)
-        match state.status:
-            case RunStatus.NEW:
-                assert state.version == 0
-                assert not state.items
-            case RunStatus.RUNNING:
-                assert state.ledger == ()
-                assert state.pending_handoff is None
-                assert state.staged == ()
-                assert state.turn < state.max_turns
-                assert state.error is None
-            case RunStatus.TOOLS:
-                assert statuses["started"] > 0
-            case RunStatus.INTERRUPTED:
-                assert statuses["started"] == 0
-                assert statuses["awaiting_approval"] > 0
-            case RunStatus.COMPLETED:
-                assert state.ledger == ()
-                assert state.error is None
-                assert state.staged == ()
-            case RunStatus.FAILED:
-                assert state.ledger == ()
-                assert state.error is not None
-                assert state.error.kind in ("max_turns_exceeded", "guardrail_tripped")
-                if state.error.kind == "max_turns_exceeded":
-                    assert state.turn >= state.max_turns
-            case RunStatus.CANCELLED:
-                assert state.error is not None
-                assert state.error.kind == "cancelled"
-        if not state.status.is_terminal:
-            waiting = {c.call_id for c in state.ledger if c.status == "awaiting_approval"}
-            assert {d.call_id for d in state.decisions} <= waiting
+        problems = status_problems(state)
+        assert not problems, problems
+        if state.status is RunStatus.FAILED:
+            assert state.error is not None
+            assert state.error.kind in ("max_turns_exceeded", "guardrail_tripped")
         assert state.current_agent in self.agents
         assert state.usage.requests == self.model_steps
 
@@ -1552,151 +1502,31 @@ _OUT_OF_TURNS_ACTIONS = frozenset(
 # -- resuming from any checkpoint ----------------------------------------------------------------
 
 
-@st.composite
-def scripts(draw: st.DrawFn) -> list[Any]:
-    """A scripted multi-agent run: tool calls (valid, malformed, unknown), parallel calls,
-    handoffs both ways, intermediate answers; it always ends with an answer both agents
-    accept."""
-    turns: list[Any] = []
-    for _ in range(draw(st.integers(1, 7))):
-        kind = draw(st.sampled_from(["one", "one", "many", "many", "handoff", "say", "raw"]))
-        if kind == "one":
-            name = draw(st.sampled_from(sorted(VALID_ARGS)))
-            turns.append(call(name, **draw(VALID_ARGS[name])))
-        elif kind == "many":
-            batch = []
-            for _ in range(draw(st.integers(2, 4))):
-                name = draw(st.sampled_from(CALL_NAMES))
-                batch.append(ScriptedCall(name, draw(raw_arguments(name))))
-            turns.append(batch)
-        elif kind == "handoff":
-            turns.append(handoff(draw(st.sampled_from(["worker", "triage"]))))
-        elif kind == "say":
-            turns.append(say(draw(st.sampled_from(["not a number", "12"]))))
-        else:
-            turns.append(ScriptedCall(draw(st.sampled_from(CALL_NAMES)), draw(MALFORMED)))
-    turns.append(say("7"))
-    return turns
+class ResumeMachine(AgentMachine):
+    """This file's two agents (triage <-> worker, six tools: idempotent, not, approved
+    always, approved above an amount, failing, strict), driven through the Runner and a
+    store by the agent test kit: hypothesis plays the model (valid, malformed and unknown
+    calls, parallel calls, handoffs both ways, answers the worker's int output refuses),
+    the people (approve, always, edit, reject, partial decisions) and the process (crashes
+    at every durable boundary, resumes through the store and through JSON). The kit's
+    invariants hold after every step; among them: a finished run resumed from one of its
+    checkpoints ends the same, nothing committed runs again, and a call that may not run
+    twice goes to a person after a crash."""
+
+    agent = make_agents()
+    context = CONTEXT
+    max_turns = 8
+    invalid_arguments = True
+    parallel_calls = 4
 
 
-def decide(state: RunState, policy: str, one_at_a_time: bool) -> RunState:
-    """A human who decides deterministically from the request alone."""
-    requests = state.interruptions[:1] if one_at_a_time else state.interruptions
-    for request in requests:
-        choice = policy
-        if policy == "mixed":
-            h = int(hashlib.sha256(request.call_id.encode()).hexdigest(), 16)
-            choice = ["approve", "always", "reject", "edit", "reject_always"][h % 5]
-        if choice == "approve":
-            state = state.approve(request.call_id)
-        elif choice == "always":
-            state = state.approve(request.call_id, always=True)
-        elif choice == "reject":
-            state = state.reject(request.call_id, message=f"no to {request.tool}")
-        elif choice == "reject_always":
-            state = state.reject(request.call_id, always=True)
-        else:
-            edited = {
-                "send_email": {"to": "review@example.com", "body": "checked"},
-                "refund": {"amount": min(request.arguments.get("amount", 0), 100)},
-            }.get(request.tool)
-            state = state.approve(request.call_id, arguments=edited)
-    return state
-
-
-def drive(runner: Runner, agent: Agent, state: RunState, policy: str, one: bool) -> RunState:
-    """Run to completion: decide every interruption, raise the turn limit when it is hit."""
-    for _ in range(100):
-        max_turns = None
-        if state.status is RunStatus.INTERRUPTED:
-            state = decide(state, policy, one)
-        elif state.status is RunStatus.FAILED:
-            max_turns = state.turn + 2
-        elif state.status.is_terminal:
-            return state
-        state = runner.run_sync(agent, state, max_turns=max_turns).state
-    raise AssertionError("the run did not finish")
-
-
-def _resumable(checkpoint: RunState) -> bool:
-    """A checkpoint taken while tools ran resumes identically only if every running call is
-    idempotent (the others go in doubt, to a human)."""
-    if checkpoint.status is not RunStatus.TOOLS:
-        return True
-    return all(TOOLS[c.tool].idempotent for c in checkpoint.ledger if c.status == "started")
-
-
-def _committed_calls(state: RunState) -> set[str]:
-    return {i.call_id for i in state.items if isinstance(i, ToolResultItem)}
-
-
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    script=scripts(),
-    max_turns=st.integers(1, 8),
-    policy=st.sampled_from(["approve", "always", "reject", "edit", "mixed"]),
-    one_at_a_time=st.booleans(),
+ResumeMachine.TestCase.settings = settings(
+    max_examples=100,
+    stateful_step_count=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-def test_resume_from_any_checkpoint_matches_the_uninterrupted_run(
-    script: list[Any], max_turns: int, policy: str, one_at_a_time: bool
-) -> None:
-    EXECUTIONS.reset()
-    checkpoints: list[RunState] = []
-    agent = make_agents(ScriptedModel(script))
-    start = new_run(agent, "help me", run_id="scripted", context=CONTEXT, max_turns=max_turns)
-    final = drive(Runner(on_step=checkpoints.append), agent, start, policy, one_at_a_time)
-    assert final.status is RunStatus.COMPLETED
-    check_transcript(final)
-    full_runs = dict(EXECUTIONS.by_call)
-    assert all(count == 1 for count in full_runs.values()), full_runs
-    for before, after in itertools.pairwise(checkpoints):
-        assert after.version > before.version
-        if before.status is not RunStatus.INTERRUPTED:
-            assert after.version == before.version + 1
-
-    resumed_from = 0
-    for index, checkpoint in enumerate(checkpoints):
-        if not _resumable(checkpoint):
-            _resume_with_calls_in_doubt(checkpoint, script, policy, one_at_a_time)
-            continue
-        resumed_from += 1
-        EXECUTIONS.reset()
-        later: list[RunState] = []
-        fresh = make_agents(ScriptedModel(script))
-        loaded = RunState.from_json(
-            checkpoint.to_json(signing_key=SIGNING_KEY), signing_key=SIGNING_KEY
-        )
-        resumed = drive(Runner(on_step=later.append), fresh, loaded, policy, one_at_a_time)
-        assert resumed.items == final.items
-        assert resumed == final
-        assert later == checkpoints[index + 1 :]
-        expected = {key: 1 for key in full_runs if key[1] not in _committed_calls(checkpoint)}
-        assert dict(EXECUTIONS.by_call) == expected, f"resumed from {checkpoint.status}"
-    bucket = "0" if not resumed_from else "1-4" if resumed_from < 5 else "5+"
-    event(f"resumed identically from {bucket} checkpoints")
-
-
-def _resume_with_calls_in_doubt(
-    checkpoint: RunState, script: list[Any], policy: str, one_at_a_time: bool
-) -> None:
-    """Resumed while non-idempotent calls ran: those go to a human (in doubt) and run only
-    if approved; the idempotent ones run again; nothing committed runs again."""
-    EXECUTIONS.reset()
-    started = [c for c in checkpoint.ledger if c.status == "started"]
-    rerun = {c.call_id for c in started if TOOLS[c.tool].idempotent}
-    doubt = {c.call_id for c in started} - rerun
-    fresh = make_agents(ScriptedModel(script))
-    runner = Runner()
-    result = runner.run_sync(fresh, RunState.from_json(checkpoint.to_json()))
-    assert result.status == "interrupted"
-    assert {r.call_id for r in result.interruptions if r.reason == "in_doubt"} == doubt
-    assert {call_id for _, call_id in EXECUTIONS.by_call} == rerun
-    final = drive(runner, fresh, result.state, policy, one_at_a_time)
-    assert final.status is RunStatus.COMPLETED
-    check_transcript(final)
-    assert all(count == 1 for count in EXECUTIONS.by_call.values()), EXECUTIONS.by_call
-    assert not {call_id for _, call_id in EXECUTIONS.by_call} & _committed_calls(checkpoint)
-    event("resumed with calls in doubt")
+TestResumeMachine = ResumeMachine.TestCase
 
 
 # -- regressions -------------------------------------------------------------------------------

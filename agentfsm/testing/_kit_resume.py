@@ -12,11 +12,11 @@ from .._machine import RunStatus
 from .._runner import Runner
 from .._state import RunState
 from .._tools import Tool, ToolContext
+from ._clock import FakeClock
 from ._kit_choices import Explorer
 from ._kit_plan import decision_of
 from ._kit_world import copy_agents, fake_of, wrap_tool
 from ._scripted import ScriptedModel
-from ._store_suite import FakeClock
 
 if TYPE_CHECKING:
     from ._kit import AgentMachine

@@ -15,7 +15,7 @@ from .._runner import Runner
 from .._state import RunState
 from ..stores._base import Store
 from ..stores._memory import MemoryStore
-from ._store_suite import FakeClock
+from ._clock import FakeClock
 
 if TYPE_CHECKING:
     from ._kit import AgentMachine

@@ -42,22 +42,10 @@ from .._state import ForkOrigin, RunState
 from .._step import new_run, step
 from .._tools import ToolContext, tool
 from ..stores._base import CancelMessage, Lease, RetryPolicy, Store
+from ._clock import FakeClock
 from ._scripted import ScriptedModel, call, handoff, say
 
 __all__ = ["FakeClock", "StoreConformance"]
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @tool(needs_approval=True)

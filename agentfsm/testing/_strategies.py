@@ -10,7 +10,7 @@ Use them to property-test your own agents, stores and codecs::
         assert load(save(state)) == state
 
 hypothesis is imported when a strategy is built, not when ``agentfsm.testing`` is imported, so
-``ScriptedModel`` works without it (it ships in the ``agentfsm[test]`` extra).
+``ScriptedModel`` works without it (install it with the ``agentfsm[testing]`` extra).
 """
 
 from __future__ import annotations
