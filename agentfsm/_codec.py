@@ -60,11 +60,21 @@ def _v2_to_v3(document: dict[str, Any]) -> dict[str, Any]:
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
-def _wire_fields() -> list[tuple[str, Any]]:
-    fields = []
+#: Fields added since version 3 was frozen: documents written before them load with their
+#: default, and a state that has the default is written as version 3 wrote it (the wire
+#: types omit defaults, and these are their only fields with one). The next schema version
+#: makes them required, with a migration.
+_OPTIONAL = ("session", "session_items")
+
+
+def _wire_fields() -> list[tuple[str, Any] | tuple[str, Any, Any]]:
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     for field in msgspec.structs.fields(RunState):
         kind = tuple[Item, ...] if field.name == "items" else field.type
-        fields.append((field.name, kind))
+        if field.name in _OPTIONAL:
+            fields.append((field.name, kind, field.default))
+        else:
+            fields.append((field.name, kind))
     return fields
 
 
@@ -73,18 +83,20 @@ WireState: Any = msgspec.defstruct(
     _wire_fields(),
     frozen=True,
     forbid_unknown_fields=True,
+    omit_defaults=True,
     module=__name__,
 )
 
 
 HeadWire: Any = msgspec.defstruct(
     "RunHead",
-    [(name, kind) for name, kind in _wire_fields() if name != "items"],
+    [field for field in _wire_fields() if field[0] != "items"],
     frozen=True,
     forbid_unknown_fields=True,
+    omit_defaults=True,
     module=__name__,
 )
-_HEAD_FIELDS = [name for name, _ in _wire_fields() if name != "items"]
+_HEAD_FIELDS = [field[0] for field in _wire_fields() if field[0] != "items"]
 
 
 def wire_type() -> Any:

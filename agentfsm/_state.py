@@ -196,6 +196,12 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     #: ``traceparent``, ``tracestate``), so that a run resumed in another process continues
     #: its trace. Set once, by the ``Started`` event; the core never reads it.
     trace: dict[str, str] = msgspec.field(default_factory=dict)
+    #: The session (conversation thread) the run belongs to, or None: the run is the
+    #: session's next run, and starts from the transcript of its earlier runs.
+    session: str | None = None
+    #: How many of ``input``'s first items came from the session's earlier runs (what the
+    #: ``session_history`` hook gave, by ``Started``); the run's own input follows them.
+    session_items: int = 0
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from .._step import new_run, step
 from .._tools import tool
 from ..stores._base import CancelMessage, Lease, RetryPolicy, Store
 from ._scripted import ScriptedModel, call, handoff, say
+from ._session_suite import SessionConformance
 
 __all__ = ["FakeClock", "StoreConformance"]
 
@@ -113,7 +114,7 @@ def _scripted_agents(script: list[Any]) -> Agent:
     return first
 
 
-class StoreConformance:
+class StoreConformance(SessionConformance):
     """Checks every store must pass. Override ``make_store``."""
 
     async def make_store(self, clock: Callable[[], float]) -> Store:
