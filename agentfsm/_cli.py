@@ -90,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runs show": _show,
             "runs history": _history,
             "runs export": _export,
+            "sessions": _sessions,
             "approvals": _approvals,
             "approve": _approve,
             "reject": _reject,
@@ -322,10 +323,21 @@ def _run(args: argparse.Namespace) -> int:
 
     def start(runner: Runner) -> Awaitable[RunResult]:
         return runner.run(
-            agent, args.input, context=context, max_turns=args.max_turns, run_id=run_id
+            agent,
+            args.input,
+            context=context,
+            max_turns=args.max_turns,
+            run_id=run_id,
+            session=args.session,
         )
 
     return _advance(args, run_id, start)
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    from ._cli_sessions import sessions
+
+    return _with_store(args, lambda store: sessions(args, store), create=False)
 
 
 def _list(args: argparse.Namespace) -> int:

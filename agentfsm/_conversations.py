@@ -76,7 +76,9 @@ async def session_history(
             f"run {state.run_id} belongs to session {state.session!r}; sessions live in a "
             "store: Runner(store=...)"
         )
-    items = tuple(await store.session_transcript(state.session, before=state.run_id))
+    items: tuple[Item, ...] = tuple(
+        await store.session_transcript(state.session, before=state.run_id)
+    )
     if hook is None:
         return items
     given = SessionHistory(

@@ -108,6 +108,6 @@ def check_session(session: object) -> str:
         bad = next(c for c in session if not c.isprintable())
         shown = valid_text(session[:40]).encode("unicode_escape").decode()
         raise ConfigurationError(
-            f"a session id must be printable text; {shown!r} holds U+{ord(bad):04X}"
+            f"a session id must be printable text; '{shown}' holds U+{ord(bad):04X}"
         )
     return session

@@ -233,6 +233,19 @@ class PatientStore(Store):
 
         return await self._written(write, state, landed, f"saving run {state.run_id}")
 
+    async def session_runs(self, session: str) -> list[SessionRun]:
+        return await self._try(
+            lambda: self.inner.session_runs(session), f"listing the runs of session {session!r}"
+        )
+
+    async def sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
+        return await self._try(lambda: self.inner.sessions(limit=limit), "listing sessions")
+
+    async def clear_session(self, session: str) -> int:
+        return await self._try(
+            lambda: self.inner.clear_session(session), f"clearing session {session!r}"
+        )
+
     async def list(
         self, *, status: RunStatus | str | None = None, limit: int | None = None
     ) -> list[RunSummary]:
@@ -283,19 +296,6 @@ class PatientStore(Store):
             return posted or landed
 
         return await self._try(attempt, f"posting to run {run_id}")
-
-    async def session_runs(self, session: str) -> list[SessionRun]:
-        return await self._try(
-            lambda: self.inner.session_runs(session), f"listing the runs of session {session!r}"
-        )
-
-    async def sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
-        return await self._try(lambda: self.inner.sessions(limit=limit), "listing sessions")
-
-    async def clear_session(self, session: str) -> int:
-        return await self._try(
-            lambda: self.inner.clear_session(session), f"clearing session {session!r}"
-        )
 
     async def inbox(self, run_id: str) -> Inbox:
         return await self._try(

@@ -682,12 +682,16 @@ class Runner:
                 outcome, recovering = pending_outcome(state), True
             case _:
                 outcome = pending_outcome(state)
-        if isinstance(event, Started) and state.session is not None:
-            if state.status is RunStatus.NEW:
-                history = await session_history(
-                    None if session is None else session.store, state, self.session_history
-                )
-                event = msgspec.structs.replace(event, history=history)
+        if (
+            isinstance(event, Started)
+            and state.session is not None
+            and state.status is RunStatus.NEW
+        ):
+            # The user's hook runs here, once; its items enter the run as event data.
+            history = await session_history(
+                None if session is None else session.store, state, self.session_history
+            )
+            event = msgspec.structs.replace(event, history=history)
         if emitter is not None:
             await emitter.start(state)
             if isinstance(event, Started) and not state.trace:

@@ -41,9 +41,7 @@ from tests.apps.chat import agent
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
-def stores(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Callable[[], Store]:
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
     """Opens the test's store: a new object each time for SQLite and PostgreSQL (as another
     process would), the same one for memory."""
     if request.param == "memory":
@@ -207,8 +205,10 @@ def test_two_processes_racing_never_give_a_session_two_active_runs(
     ]
     try:
         wait_until(
-            lambda: all((tmp_path / f"ready-{me}").exists() for me in ("p1", "p2"))
-            or any(r.poll() is not None for r in racers),
+            lambda: (
+                all((tmp_path / f"ready-{me}").exists() for me in ("p1", "p2"))
+                or any(r.poll() is not None for r in racers)
+            ),
             60,
             "both racers to be ready",
         )
@@ -219,7 +219,7 @@ def test_two_processes_racing_never_give_a_session_two_active_runs(
             if racer.poll() is None:
                 racer.kill()
                 racer.wait()
-    for racer, (out, err) in zip(racers, outputs, strict=True):
+    for racer, (_, err) in zip(racers, outputs, strict=True):
         assert racer.returncode == 0, err
     # Every session got exactly one run, whichever process won it.
     assert sum(int(out) for out, _ in outputs) == sessions, outputs
@@ -238,9 +238,7 @@ def test_two_processes_racing_never_give_a_session_two_active_runs(
 # -- hostile session ids ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "bad", [*HOSTILE_SESSIONS, "y" * 10_000_000], ids=lambda b: repr(b)[:20]
-)
+@pytest.mark.parametrize("bad", [*HOSTILE_SESSIONS, "y" * 10_000_000], ids=lambda b: repr(b)[:20])
 def test_a_hostile_session_id_is_refused_with_a_clear_error_and_stores_nothing(
     bad: Any, tmp_path: Path
 ) -> None:
@@ -465,3 +463,65 @@ def test_a_layout_3_postgres_schema_gains_sessions_on_first_use(schema: str) -> 
             assert [s.session for s in await store.sessions()] == ["s"]
 
     run(after)
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "agentfsm", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "AGENTFSM_STORE": str(tmp_path / "runs.db")},
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_cli_runs_lists_shows_and_clears_a_session(tmp_path: Path) -> None:
+    chat = ["--app", "tests.apps.chat:agent"]
+    first = cli(tmp_path, "run", *chat, "--session", "user-42", "hello")
+    assert first.returncode == 0, first.stderr
+    waiting = cli(tmp_path, "run", *chat, "--session", "user-42", "--run-id", "r2", "send bob")
+    assert waiting.returncode == 3, waiting.stderr
+    assert "user: hello" in waiting.stdout  # the run starts from the conversation so far
+    busy = cli(tmp_path, "run", *chat, "--session", "user-42", "again")
+    assert busy.returncode == 1
+    assert busy.stderr.count("\n") == 1 and "active run, r2 (interrupted)" in busy.stderr
+
+    listed = cli(tmp_path, "sessions", "list")
+    assert listed.returncode == 0
+    assert listed.stdout.splitlines()[1].split()[:4] == ["user-42", "2", "r2", "interrupted"]
+    shown = cli(tmp_path, "sessions", "show", "user-42")
+    assert shown.returncode == 0
+    assert "  user: hello" in shown.stdout and "-> call send" in shown.stdout
+
+    refused = cli(tmp_path, "sessions", "clear", "user-42", "--yes")
+    assert refused.returncode == 1 and "active run" in refused.stderr
+    assert cli(tmp_path, "cancel", "r2").returncode == 0
+    assert cli(tmp_path, "resume", "r2", *chat).returncode == 5
+    assert cli(tmp_path, "sessions", "clear", "user-42").returncode == 1  # no --yes
+    cleared = cli(tmp_path, "sessions", "clear", "user-42", "--yes")
+    assert cleared.returncode == 0 and "deleted 2 runs" in cleared.stdout
+    assert cli(tmp_path, "sessions", "list").stdout.strip() == "no sessions"
+    assert cli(tmp_path, "runs", "list").stdout.strip() == "no runs"
+
+
+@pytest.mark.parametrize("bad", ["", "a\nb", "\x1b[2J", "z" * 300])
+def test_the_cli_refuses_a_hostile_session_id_in_one_line(tmp_path: Path, bad: str) -> None:
+    chat = ["--app", "tests.apps.chat:agent"]
+    for args in (
+        ("run", *chat, "--session", bad, "hi"),
+        ("sessions", "show", bad),
+        ("sessions", "clear", bad, "--yes"),
+    ):
+        done = cli(tmp_path, *args)
+        assert done.returncode == 1, (args, done.stdout)
+        assert done.stderr.startswith("agentfsm: error: a session id")
+        assert done.stderr.count("\n") == 1 and "\x1b" not in done.stderr
+        assert "Traceback" not in done.stderr

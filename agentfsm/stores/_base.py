@@ -340,6 +340,46 @@ class Store(abc.ABC):
         the number of messages left in the run's inbox. Raises ConflictError (nothing
         written) or UnknownRunError."""
 
+    # -- sessions (conversation threads) -------------------------------------------------
+
+    @abc.abstractmethod
+    async def session_runs(self, session: str) -> list[SessionRun]:
+        """The runs of ``session``, in the order they joined it (an empty list for a session
+        with no runs). ConfigurationError for an id that is not a valid session id
+        (``check_session``)."""
+
+    @abc.abstractmethod
+    async def sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
+        """Every session with runs, the one whose last run joined latest first: at most
+        ``limit`` of them (ConfigurationError unless an int of at least 1, or None)."""
+
+    @abc.abstractmethod
+    async def clear_session(self, session: str) -> int:
+        """Forget ``session``: delete its runs (their transcripts, history and inboxes), so
+        that its next run starts a new conversation. Returns how many runs were deleted (0
+        for a session with none). Raises SessionBusy, deleting nothing, while the session's
+        last run is active (cancel it, or let it end, first); ConfigurationError for an
+        invalid id."""
+
+    async def session_transcript(self, session: str, *, before: str | None = None) -> list[Item]:
+        """The conversation of ``session``: each run's own input and the items it generated,
+        run after run (without the history each run was given, which would repeat it), as
+        the model sees them: guardrail verdicts (kept in the runs, for the audit) are left
+        out, and a call that never got a result because its run ended (cancelled or failed
+        while the call waited) gets one saying it did not run. With ``before``, only the runs
+        that joined the session before that run. The runs stay as they are stored."""
+        runs = await self.session_runs(session)
+        items: list[Item] = []
+        for run in runs:
+            if run.run_id == before:
+                break
+            try:
+                state = await self.load(run.run_id)
+            except UnknownRunError:  # deleted meanwhile
+                continue
+            items.extend(conversation_of(state))
+        return items
+
     @abc.abstractmethod
     async def list(
         self, *, status: RunStatus | str | None = None, limit: int | None = None
@@ -379,48 +419,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def inbox(self, run_id: str) -> Inbox:
         """The run's unacknowledged messages, oldest first."""
-
-    # -- sessions (conversation threads) -------------------------------------------------
-
-    @abc.abstractmethod
-    async def session_runs(self, session: str) -> list[SessionRun]:
-        """The runs of ``session``, in the order they joined it (an empty list for a session
-        with no runs). ConfigurationError for an id that is not a valid session id
-        (``check_session``)."""
-
-    @abc.abstractmethod
-    async def sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
-        """Every session with runs, the one whose last run joined latest first: at most
-        ``limit`` of them (ConfigurationError unless an int of at least 1, or None)."""
-
-    @abc.abstractmethod
-    async def clear_session(self, session: str) -> int:
-        """Forget ``session``: delete its runs (their transcripts, history and inboxes), so
-        that its next run starts a new conversation. Returns how many runs were deleted (0
-        for a session with none). Raises SessionBusy, deleting nothing, while the session's
-        last run is active (cancel it, or let it end, first); ConfigurationError for an
-        invalid id."""
-
-    async def session_transcript(
-        self, session: str, *, before: str | None = None
-    ) -> list[Item]:
-        """The conversation of ``session``: each run's own input and the items it generated,
-        run after run (without the history each run was given, which would repeat it), as
-        the model sees them: guardrail verdicts (kept in the runs, for the audit) are left
-        out, and a call that never got a result (the run was cancelled or failed while it
-        waited) gets one saying it did not run. With ``before``, only the runs that joined
-        the session before that run. The runs stay as they are stored."""
-        runs = await self.session_runs(session)
-        items: list[Item] = []
-        for run in runs:
-            if run.run_id == before:
-                break
-            try:
-                state = await self.load(run.run_id)
-            except UnknownRunError:  # deleted meanwhile
-                continue
-            items.extend(conversation_of(state))
-        return items
 
     @abc.abstractmethod
     async def claim(
@@ -576,9 +574,12 @@ NOT_RUN_IN_SESSION = "not run: the run ended before this call ran"
 
 def conversation_of(state: RunState) -> list[Item]:
     """What ``state`` adds to its session's conversation (see ``Store.session_transcript``).
-    A call without a result gets one after the calls the model made with it."""
+    A call of a run that ended without its result gets one, after the calls the model made
+    with it (a run still going has its calls waiting or running, not ended)."""
     own = [*state.input[state.session_items :], *state.items]
     answered = {i.call_id for i in own if isinstance(i, ToolResultItem)}
+    if not state.status.is_terminal:
+        return [item for item in own if not isinstance(item, GuardrailItem)]
     items: list[Item] = []
     unanswered: list[ToolCallItem] = []
     for item in own:

@@ -94,7 +94,7 @@ FROM {s}.runs
 # A session's runs in order; the primary key makes two runs that race to be a session's
 # next run conflict, whichever way their transactions interleave.
 _LAYOUT_4 = """
-CREATE TABLE {s}.session_runs (
+CREATE TABLE IF NOT EXISTS {s}.session_runs (
     session text NOT NULL,
     position bigint NOT NULL,
     run_id text NOT NULL UNIQUE REFERENCES {s}.runs (run_id) ON DELETE CASCADE,

@@ -435,9 +435,9 @@ class SQLiteStore(Store):
 
     async def sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
         check_limit(limit)
-        query, params = _SESSIONS, ()
+        query, params = _SESSIONS, []
         if limit is not None:
-            query, params = query + " LIMIT ?", (limit,)
+            query, params = query + " LIMIT ?", [limit]
         with self._read() as db:
             return [SessionSummary(*row) for row in db.execute(query, params)]
 

@@ -55,7 +55,8 @@ class SessionConformance:
             second = await runner.run(_chat(), "again", session="s1")
             assert first.final_output == "hello: seen 1"
             assert second.final_output == "again: seen 3"
-            assert second.state.session == "s1" and second.state.session_items == 2
+            assert second.state.session == "s1"
+            assert second.state.session_items == 2
             assert list(second.state.input) == [
                 UserMessage(content="hello"),
                 AssistantMessage(content="hello: seen 1", agent="chat"),
@@ -73,9 +74,10 @@ class SessionConformance:
                 UserMessage(content="again"),
                 AssistantMessage(content="again: seen 3", agent="chat"),
             ]
-            assert await store.session_transcript("s1", before=second.run_id) == (
-                await store.session_transcript("s1")
-            )[:2]
+            assert (
+                await store.session_transcript("s1", before=second.run_id)
+                == (await store.session_transcript("s1"))[:2]
+            )
             assert await store.session_runs("nobody") == []
             assert await store.session_transcript("nobody") == []
 
@@ -84,13 +86,10 @@ class SessionConformance:
     def test_a_session_has_one_active_run_at_a_time(self) -> None:
         async def check(store: Store, clock: Any) -> None:
             await store.create(new_run("chat", "one", run_id="a1", session="s"))
-            try:
-                await store.create(new_run("chat", "two", run_id="a2", session="s"))
-            except SessionBusy as exc:
-                assert exc.session == "s" and exc.active_run == "a1"
-                assert "a1" in str(exc)
-            else:
-                raise AssertionError("a second active run of a session must be refused")
+            busy = await _busy(store.create(new_run("chat", "two", run_id="a2", session="s")))
+            assert busy.session == "s"
+            assert busy.active_run == "a1"
+            assert "a1" in str(busy)
             await _gone(store, "a2")
             # Another session, and a run of none, are not held up.
             await store.create(new_run("chat", "three", run_id="b1", session="t"))
@@ -142,12 +141,7 @@ class SessionConformance:
             runner = Runner(store=store)
             first = await runner.run(_chat(), "1", session="c")
             await store.create(new_run("chat", "2", run_id="live", session="c"))
-            try:
-                await store.clear_session("c")
-            except SessionBusy:
-                pass
-            else:
-                raise AssertionError("clearing a session with an active run must be refused")
+            await _busy(store.clear_session("c"))
             assert len(await store.session_runs("c")) == 2
             await store.cancel("live")
             await runner.resume(_chat(), "live")
@@ -195,6 +189,14 @@ async def _gone(store: Store, run_id: str) -> None:
     except UnknownRunError:
         return
     raise AssertionError(f"run {run_id} should not be stored")
+
+
+async def _busy(awaitable: Awaitable[Any]) -> SessionBusy:
+    try:
+        await awaitable
+    except SessionBusy as exc:
+        return exc
+    raise AssertionError("a second active run of a session must be refused (SessionBusy)")
 
 
 async def _refused(awaitable: Awaitable[Any]) -> None:
