@@ -18,13 +18,19 @@ from typing import Any, get_args
 
 import msgspec
 
-from ._errors import ConfigurationError, HookError
+from ._errors import ConfigurationError, ConflictError, HookError
 from ._items import Item, UserMessage
 from ._json import check_json_data
 from ._state import RunState
 from .stores._base import Store
 
-__all__ = ["SessionHistory", "SessionHistoryHook", "keep_last", "session_history"]
+__all__ = [
+    "SessionHistory",
+    "SessionHistoryHook",
+    "check_restart",
+    "keep_last",
+    "session_history",
+]
 
 _ITEM_TYPES = get_args(Item)
 
@@ -110,3 +116,18 @@ async def session_history(
         msgspec.to_builtins(list(kept)), "the session_history hook's items", ConfigurationError
     )
     return kept
+
+
+async def check_restart(store: Store | None, state: RunState) -> None:
+    """ConflictError unless the session run ``state``, which failed on its turn limit, is
+    still its session's last run: restarting an earlier one would give the session a second
+    active run, and a conversation that forks."""
+    assert state.session is not None
+    if store is None:
+        return
+    runs = await store.session_runs(state.session)
+    if runs and runs[-1].run_id != state.run_id:
+        raise ConflictError(
+            f"run {state.run_id} cannot be restarted: run {runs[-1].run_id} came after it in "
+            f"session {state.session!r}; start a new run of the session instead"
+        )

@@ -23,7 +23,7 @@ import msgspec
 import pydantic
 
 from ._agents import Agent, AgentSet
-from ._conversations import SessionHistoryHook, session_history
+from ._conversations import SessionHistoryHook, check_restart, session_history
 from ._errors import (
     AgentFSMError,
     ConfigurationError,
@@ -682,16 +682,14 @@ class Runner:
                 outcome, recovering = pending_outcome(state), True
             case _:
                 outcome = pending_outcome(state)
-        if (
-            isinstance(event, Started)
-            and state.session is not None
-            and state.status is RunStatus.NEW
-        ):
-            # The user's hook runs here, once; its items enter the run as event data.
-            history = await session_history(
-                None if session is None else session.store, state, self.session_history
-            )
-            event = msgspec.structs.replace(event, history=history)
+        if isinstance(event, Started) and state.session is not None:
+            store = None if session is None else session.store
+            if state.status is RunStatus.NEW:
+                # The user's hook runs here, once; its items enter the run as event data.
+                history = await session_history(store, state, self.session_history)
+                event = msgspec.structs.replace(event, history=history)
+            else:
+                await check_restart(store, state)
         if emitter is not None:
             await emitter.start(state)
             if isinstance(event, Started) and not state.trace:

@@ -20,6 +20,7 @@ from fleet import ROOT, store_of, wait_until
 from agentfsm import (
     AssistantMessage,
     ConfigurationError,
+    ConflictError,
     HookError,
     Item,
     MemoryStore,
@@ -525,3 +526,20 @@ def test_the_cli_refuses_a_hostile_session_id_in_one_line(tmp_path: Path, bad: s
         assert done.stderr.startswith("agentfsm: error: a session id")
         assert done.stderr.count("\n") == 1 and "\x1b" not in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_only_a_sessions_last_run_can_be_restarted_after_running_out_of_turns() -> None:
+    async def main() -> None:
+        store = MemoryStore()
+        runner = Runner(store=store)
+        out = await runner.run(agent(), "hello", session="s", max_turns=0)
+        assert out.status == "failed"
+        again = await runner.run(agent(), out.state, max_turns=1)
+        assert again.status == "completed" and again.final_output == "hello: seen 1"
+        late = await runner.run(agent(), "hi", session="s", max_turns=0)
+        await runner.run(agent(), "next", session="s")
+        with pytest.raises(ConflictError, match="came after it"):
+            await runner.run(agent(), late.state, max_turns=1)
+        assert (await store.load(late.run_id)).status.value == "failed"
+
+    run(main)

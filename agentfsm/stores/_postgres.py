@@ -34,6 +34,7 @@ from .._errors import (
     StoreUnavailable,
     UnknownRunError,
 )
+from .._items import Item
 from .._json import check_session
 from .._machine import RunStatus
 from .._outcomes import Starter
@@ -56,6 +57,7 @@ from ._base import (
     check_limit,
     check_page,
     check_prune,
+    conversation_of,
     decode_message,
     encode_message,
     inbox_of,
@@ -102,6 +104,7 @@ from ._postgres_sql import (
     _SESSION_JOIN,
     _SESSION_LAST,
     _SESSION_RUNS,
+    _SESSION_TRANSCRIPT,
     _SESSIONS,
     _SET_WAITING,
     _SUMMARY,
@@ -264,6 +267,7 @@ class PostgresStore(Store):
         self._q_session_join = query(_SESSION_JOIN)
         self._q_session_runs = query(_SESSION_RUNS)
         self._q_session_clear = query(_SESSION_CLEAR)
+        self._q_session_transcript = query(_SESSION_TRANSCRIPT)
         self._q_sessions = {
             limited: query(_SESSIONS + (" LIMIT %(limit)s" if limited else ""))
             for limited in (False, True)
@@ -590,6 +594,15 @@ class PostgresStore(Store):
             SessionRun(session, position, untext(run_id), status, at)
             for position, run_id, status, at in rows
         ]
+
+    async def session_transcript(self, session: str, *, before: str | None = None) -> list[Item]:
+        # One query for the whole session, not one per run.
+        check_session(session)
+        params = {"session": text(session), "before": None if before is None else text(before)}
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._q_session_transcript, params, binary=True)
+            rows = await cursor.fetchall()
+        return [item for head, items in rows for item in conversation_of(rebuild(head, items))]
 
     async def sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
         check_limit(limit)

@@ -121,6 +121,21 @@ JOIN {s}.runs AS r ON r.run_id = s.run_id
 WHERE s.session = %(session)s ORDER BY s.position
 """
 
+# Every run of a session before one (all of them when ``before`` is NULL or not in it), whole.
+_SESSION_TRANSCRIPT = """
+SELECT r.head, ARRAY(
+    SELECT i.item FROM {s}.run_items AS i
+    WHERE i.run_id = r.run_id AND i.idx < r.n_items ORDER BY i.idx
+)
+FROM {s}.session_runs AS s JOIN {s}.runs AS r ON r.run_id = s.run_id
+WHERE s.session = %(session)s AND s.position < COALESCE(
+    (SELECT b.position FROM {s}.session_runs AS b
+     WHERE b.session = %(session)s AND b.run_id = %(before)s::text),
+    9223372036854775807
+)
+ORDER BY s.position
+"""
+
 _SESSIONS = """
 SELECT s.session, (SELECT count(*) FROM {s}.session_runs AS c WHERE c.session = s.session),
     s.run_id, r.status, s.at

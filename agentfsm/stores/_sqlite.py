@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .._errors import ConflictError, InboxChanged, LeaseLost, StoreError, UnknownRunError
+from .._items import Item
 from .._json import check_session
 from .._machine import RunStatus
 from .._outcomes import Starter
@@ -37,6 +38,7 @@ from ._base import (
     check_limit,
     check_page,
     check_prune,
+    conversation_of,
     decode_message,
     encode_message,
     inbox_of,
@@ -153,6 +155,17 @@ _SESSION_LAST = (
     " LEFT JOIN runs AS r ON r.run_id = s.run_id WHERE s.session = ?"
     " ORDER BY s.position DESC LIMIT 1"
 )
+
+# Every run of a session before one (all of them when ``before`` is NULL or not in it).
+_SESSION_TRANSCRIPT = """
+SELECT r.run_id, r.head, r.n_items
+FROM session_runs AS s JOIN runs AS r ON r.run_id = s.run_id
+WHERE s.session = ? AND s.position < COALESCE(
+    (SELECT b.position FROM session_runs AS b WHERE b.session = ? AND b.run_id = ?),
+    9223372036854775807
+)
+ORDER BY s.position
+"""
 
 _SESSIONS = """
 SELECT s.session, (SELECT count(*) FROM session_runs AS c WHERE c.session = s.session),
@@ -432,6 +445,21 @@ class SQLiteStore(Store):
                 (session,),
             ).fetchall()
         return [SessionRun(session, *row) for row in rows]
+
+    async def session_transcript(self, session: str, *, before: str | None = None) -> list[Item]:
+        # One snapshot of the whole session, not one transaction per run.
+        check_session(session)
+        runs = []
+        with self._read() as db:
+            for run_id, head, n_items in db.execute(
+                _SESSION_TRANSCRIPT, (session, session, before)
+            ):
+                items = db.execute(
+                    "SELECT item FROM run_items WHERE run_id = ? AND idx < ? ORDER BY idx",
+                    (run_id, n_items),
+                )
+                runs.append((head, [item for (item,) in items]))
+        return [item for head, items in runs for item in conversation_of(rebuild(head, items))]
 
     async def sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
         check_limit(limit)
