@@ -543,3 +543,53 @@ def test_only_a_sessions_last_run_can_be_restarted_after_running_out_of_turns() 
         assert (await store.load(late.run_id)).status.value == "failed"
 
     run(main)
+
+
+def test_a_session_run_whose_create_landed_but_whose_answer_was_lost_is_not_refused() -> None:
+    from agentfsm import RunState, StoreUnavailable
+
+    class LosesAnswers(MemoryStore):
+        lost = 0
+
+        async def create(self, state: RunState) -> None:
+            await super().create(state)
+            if state.session is not None and not self.lost:
+                self.lost += 1
+                raise StoreUnavailable("the connection dropped after the commit")
+
+    async def main() -> None:
+        store = LosesAnswers()
+        # Tried again, the create meets its own run: it landed, and the session is not
+        # busy with itself.
+        done = await Runner(store=store, store_wait=5).run(agent(), "hi", session="s")
+        assert done.status == "completed" and store.lost == 1
+        assert [r.run_id for r in await store.session_runs("s")] == [done.run_id]
+
+    run(main)
+
+
+def test_the_inbox_api_starts_a_sessions_next_run_for_the_workers() -> None:
+    pytest.importorskip("starlette", reason="the inbox needs the web extra")
+    from agentfsm.web import create_app
+    from tests.inboxkit import ADA, TOKENS, client, is_problem
+
+    async def main() -> None:
+        store = MemoryStore()
+        await Runner(store=store).run(agent(), "hello", session="web")
+        async with client(create_app(store, auth=TOKENS, agent=agent())) as http:
+            started = await http.post(
+                "/api/runs", headers=ADA, json={"input": "again", "session": "web", "run_id": "w2"}
+            )
+            assert started.status_code == 201, started.text
+            busy = await http.post("/api/runs", headers=ADA, json={"input": "x", "session": "web"})
+            assert "active run, w2 (new)" in is_problem(busy, 409)["detail"]
+            for bad in ("", "a\nb", "q" * 201, "\x00"):
+                refused = await http.post(
+                    "/api/runs", headers=ADA, json={"input": "x", "session": bad}
+                )
+                is_problem(refused, 422)
+        assert await Runner(store=store).work(agent(), until_idle=True) == 1
+        assert (await store.load("w2")).final_output == "again: seen 3"
+        assert len(await store.list()) == 2
+
+    run(main)

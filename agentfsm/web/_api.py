@@ -116,7 +116,11 @@ async def start(request: Request) -> Response:
     await _writer(request)
     body: StartBody = await read_json(request, StartBody)
     state = await inbox.start(
-        body.input, context=body.context, max_turns=body.max_turns, run_id=body.run_id
+        body.input,
+        context=body.context,
+        max_turns=body.max_turns,
+        run_id=body.run_id,
+        session=body.session,
     )
     root = request.scope.get("root_path", "")
     return json_response(

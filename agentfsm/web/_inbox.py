@@ -182,8 +182,11 @@ class Inbox:
         context: Any = None,
         max_turns: int | None = None,
         run_id: str | None = None,
+        session: str | None = None,
     ) -> RunState:
-        """Store a new run of the inbox's agent for the workers (``agentfsm worker``)."""
+        """Store a new run of the inbox's agent for the workers (``agentfsm worker``); with
+        ``session``, as that session's next run (the worker that starts it gives it the
+        session's transcript)."""
         if self.agent is None:
             raise HTTPProblem(
                 "no-agent",
@@ -196,6 +199,7 @@ class Inbox:
             run_id=run_id or uuid.uuid4().hex,
             context=context,
             max_turns=10 if max_turns is None else max_turns,
+            session=session,
         )
         await self.store.create(state)
         self.memory.remember(state)
