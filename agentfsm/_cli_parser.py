@@ -257,6 +257,11 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         metavar="N",
         help="list at most this many sessions (default: %(default)s)",
     )
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document (schemas/cli_session_list.schema.json) instead of a table",
+    )
     show = command(
         action,
         "show",
@@ -266,6 +271,11 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         store,
     )
     show.add_argument("session", type=_text, help="the session")
+    show.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document (schemas/cli_session.schema.json) instead of text",
+    )
     clear = command(
         action,
         "clear",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ._cli_json import SessionDocument, SessionListDocument, encode
 from ._errors import ConfigurationError
 from ._render import render_session, render_sessions
 
@@ -16,13 +17,23 @@ async def sessions(args: argparse.Namespace, store: Any) -> int:
     """Do the ``sessions`` action ``args.action`` on ``store``; the exit status."""
     match args.action:
         case "list":
-            print(render_sessions(await store.sessions(limit=args.limit)))
+            found = await store.sessions(limit=args.limit)
+            if args.json:
+                print(encode(SessionListDocument(sessions=tuple(found))))
+            else:
+                print(render_sessions(found))
         case "show":
             runs = await store.session_runs(args.session)
             if not runs:
                 raise ConfigurationError(f"no session {args.session!r} in the store (no runs)")
             transcript = await store.session_transcript(args.session)
-            print(render_session(args.session, runs, transcript))
+            if args.json:
+                document = SessionDocument(
+                    session=args.session, runs=tuple(runs), transcript=tuple(transcript)
+                )
+                print(encode(document))
+            else:
+                print(render_session(args.session, runs, transcript))
         case "clear":
             if not args.yes:
                 raise ConfigurationError(

@@ -502,6 +502,23 @@ def test_the_cli_runs_lists_shows_and_clears_a_session(tmp_path: Path) -> None:
     assert shown.returncode == 0
     assert "  user: hello" in shown.stdout and "-> call send" in shown.stdout
 
+    import msgspec
+
+    from agentfsm._cli_json import SessionDocument, SessionListDocument
+
+    as_json = cli(tmp_path, "sessions", "list", "--json")
+    (summary,) = msgspec.json.decode(as_json.stdout, type=SessionListDocument).sessions
+    assert (summary.session, summary.runs, summary.last_run) == ("user-42", 2, "r2")
+    document = msgspec.json.decode(
+        cli(tmp_path, "sessions", "show", "user-42", "--json").stdout, type=SessionDocument
+    )
+    assert [r.position for r in document.runs] == [1, 2]
+    assert texts(document.transcript)[:3] == [
+        "UserMessage:hello",
+        "AssistantMessage:hello: seen 1",
+        "UserMessage:send bob",
+    ]
+
     refused = cli(tmp_path, "sessions", "clear", "user-42", "--yes")
     assert refused.returncode == 1 and "active run" in refused.stderr
     assert cli(tmp_path, "cancel", "r2").returncode == 0
@@ -593,3 +610,36 @@ def test_the_inbox_api_starts_a_sessions_next_run_for_the_workers() -> None:
         assert len(await store.list()) == 2
 
     run(main)
+
+
+# -- the core ---------------------------------------------------------------------------------
+
+
+def test_started_puts_the_history_before_the_runs_own_input_and_nowhere_else() -> None:
+    from agentfsm import InvalidEvent, Started, step
+
+    earlier = (UserMessage(content="before"), AssistantMessage(content="ok", agent="chat"))
+    state = new_run("chat", "now", run_id="r", session="s")
+    started = step(state, Started(history=earlier), agent()).state
+    assert started.input == (*earlier, UserMessage(content="now"))
+    assert started.session_items == 2 and started.session == "s"
+    # Pure: the same event gives the same state.
+    assert step(state, Started(history=earlier), agent()).state == started
+
+    with pytest.raises(InvalidEvent, match="this run has none"):
+        step(new_run("chat", "now", run_id="r"), Started(history=earlier), agent())
+    with pytest.raises(InvalidEvent, match="history"):
+        step(state, Started(history=(UserMessage(content="\ud800"),)), agent())
+    out = step(new_run("chat", "x", run_id="r", session="s", max_turns=0), Started(), agent())
+    assert out.state.status.value == "failed"
+    with pytest.raises(InvalidEvent, match="a restart has none"):
+        step(out.state, Started(max_turns=2, history=earlier), agent())
+
+
+def test_a_state_of_a_session_round_trips_and_one_without_is_written_as_before() -> None:
+    from agentfsm import RunState
+
+    plain = new_run("chat", "hi", run_id="r")
+    assert b"session" not in plain.to_json().encode()
+    state = new_run("chat", "hi", run_id="r", session="s")
+    assert RunState.from_json(state.to_json()) == state
