@@ -605,12 +605,19 @@ def _not_run(call: ToolCallItem) -> ToolResultItem:
     )
 
 
-def session_busy(session: str, active_run: str, status: str) -> SessionBusy:
+def session_busy(session: str, active_run: str | None, status: str | None) -> SessionBusy:
+    """The error for a run refused by its busy session: ``active_run`` is the session's
+    active run and ``status`` its status, or None for a run that another process was adding
+    to the session in the same moment."""
+    if active_run is None:
+        what = "another run, started at the same moment"
+    else:
+        what = f"an active run, {active_run} ({status})"
     return SessionBusy(
-        f"session {session!r} has an active run, {active_run} ({status}): a session runs one "
-        "run at a time; let it end, or resume or cancel it, before starting another",
+        f"session {session!r} has {what}: a session runs one run at a time; let it end, or "
+        "resume or cancel it, before starting another",
         session=session,
-        active_run=active_run,
+        active_run=active_run or "",
     )
 
 

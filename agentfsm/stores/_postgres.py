@@ -583,7 +583,7 @@ class PostgresStore(Store):
             async with conn.transaction():
                 await conn.execute(self._q_session_join, params)
         except errors.UniqueViolation:
-            raise session_busy(session, "another run", "just started") from None
+            raise session_busy(session, None, None) from None
 
     async def session_runs(self, session: str) -> list[SessionRun]:
         check_session(session)

@@ -433,7 +433,7 @@ class SQLiteStore(Store):
                 (session, 1 if last is None else last[0] + 1, run_id, now),
             )
         except sqlite3.IntegrityError as exc:
-            raise session_busy(session, "another run", "just started") from exc
+            raise session_busy(session, None, None) from exc
 
     async def session_runs(self, session: str) -> list[SessionRun]:
         check_session(session)
