@@ -256,7 +256,8 @@ class SessionBusy(ConflictError):
     """A run of a session (a conversation thread) was started while the session's last run
     is still live or waiting (new, running, running tools, waiting for a decision, or
     paused). A session has one active run at a time: the new run was not created. Finish,
-    cancel or resume the active run (``active_run`` names it) and start the new one again."""
+    cancel or resume the active run (``active_run`` names it; it is empty when another run
+    joined the session at the same moment) and start the new one again."""
 
     def __init__(self, message: str, *, session: str = "", active_run: str = "") -> None:
         super().__init__(message)
