@@ -643,3 +643,81 @@ def test_a_state_of_a_session_round_trips_and_one_without_is_written_as_before()
     assert b"session" not in plain.to_json().encode()
     state = new_run("chat", "hi", run_id="r", session="s")
     assert RunState.from_json(state.to_json()) == state
+
+
+_KILLED = textwrap.dedent(
+    """
+    import asyncio, sys
+    from agentfsm import Runner, open_store
+    from tests.apps.chat import agent
+
+    async def main():
+        store = open_store(sys.argv[1])
+        await Runner(store=store, lease_seconds=1).run(agent(), "wait", session="s", run_id="k")
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_session_run_whose_process_is_killed_mid_call_keeps_the_session_until_it_ends(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    import os
+    import time
+
+    dsn, open_ = store_of(kind, request, tmp_path)
+    effects = tmp_path / "effects"
+    log = tmp_path / "victim.log"
+    with log.open("w") as stderr:
+        victim = subprocess.Popen(
+            [sys.executable, "-c", _KILLED, dsn],
+            cwd=ROOT,
+            env={**os.environ, "CHAT_EFFECTS": str(effects)},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        try:
+            wait_until(
+                lambda: effects.exists() or victim.poll() is not None, 60, "the call to start"
+            )
+            assert effects.read_text() == "started\n", log.read_text()
+        finally:
+            victim.kill()
+            victim.wait()
+
+    async def main() -> None:
+        store = open_()
+        # Killed mid-call: the run stays active (its call in doubt), and so does the session.
+        with pytest.raises(SessionBusy, match=r"active run, k \(tools\)"):
+            await Runner(store=store).run(agent(), "hello?", session="s")
+        # Once its lease runs out, a worker takes it: the call may have had its effect, so
+        # a person decides; until then the session is still busy.
+        deadline = time.monotonic() + 30
+        runner = Runner(store=store, lease_seconds=1)
+        while (await store.load("k")).status.value == "tools":
+            assert time.monotonic() < deadline, "the worker never took the run over"
+            await runner.work(agent(), until_idle=True)
+            await asyncio.sleep(0.1)
+        waiting = await store.load("k")
+        assert waiting.status.value == "interrupted"
+        (doubt,) = waiting.interruptions
+        assert doubt.reason == "in_doubt"
+        with pytest.raises(SessionBusy):
+            await Runner(store=store).run(agent(), "hello?", session="s")
+        await store.reject("k", doubt, message="It did not finish; do not run it again.")
+        assert (await runner.resume(agent(), "k")).status == "completed"
+        after = await Runner(store=store).run(agent(), "and now?", session="s")
+        assert after.status == "completed"
+        assert texts(after.state.input) == [
+            "UserMessage:wait",
+            "ToolCallItem:pause_here",
+            "ToolResultItem:pause_here",
+            "AssistantMessage:wait: seen 3",
+            "UserMessage:and now?",
+        ]
+        await store.close()
+
+    run(main)
+    assert effects.read_text() == "started\n"  # the call never ran again
