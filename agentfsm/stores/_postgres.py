@@ -580,8 +580,8 @@ class PostgresStore(Store):
             raise session_busy(session, untext(last[1]), last[2])
         params.update(position=1 if last is None else last[0] + 1, run_id=text(run_id))
         try:
-            async with conn.transaction():
-                await conn.execute(self._q_session_join, params)
+            # No savepoint: the error ends the caller's transaction, which rolls back whole.
+            await conn.execute(self._q_session_join, params)
         except errors.UniqueViolation:
             raise session_busy(session, None, None) from None
 
