@@ -6,6 +6,7 @@ async driver that calls models and tools and checkpoints after every step.
 
 from ._agents import Agent, AgentSet, handoff_tool_name
 from ._codec import SCHEMA_VERSION
+from ._conversations import SessionHistory, keep_last
 from ._decisions import DecisionRecord
 from ._errors import (
     AgentFSMError,
@@ -22,6 +23,7 @@ from ._errors import (
     ModelBehaviorError,
     ModelError,
     ResolutionError,
+    SessionBusy,
     StateFormatError,
     StoreError,
     StoreUnavailable,
@@ -135,6 +137,8 @@ from .stores import (
     RetryPolicy,
     RunSummary,
     RunVersion,
+    SessionRun,
+    SessionSummary,
     SQLiteStore,
     Store,
     WaitingCall,
@@ -227,6 +231,10 @@ __all__ = [
     "RunVersion",
     "Runner",
     "SQLiteStore",
+    "SessionBusy",
+    "SessionHistory",
+    "SessionRun",
+    "SessionSummary",
     "Started",
     "Starter",
     "StateFormatError",
@@ -273,6 +281,7 @@ __all__ = [
     "handoff_tool_name",
     "idempotency_key",
     "input_guardrail",
+    "keep_last",
     "new_run",
     "open_store",
     "output_guardrail",

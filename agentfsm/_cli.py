@@ -93,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runs export": _export,
             "runs prune": _prune,
             "fork": _fork,
+            "sessions": _sessions,
             "approvals": _approvals,
             "approve": _approve,
             "reject": _reject,
@@ -325,10 +326,21 @@ def _run(args: argparse.Namespace) -> int:
 
     def start(runner: Runner) -> Awaitable[RunResult]:
         return runner.run(
-            agent, args.input, context=context, max_turns=args.max_turns, run_id=run_id
+            agent,
+            args.input,
+            context=context,
+            max_turns=args.max_turns,
+            run_id=run_id,
+            session=args.session,
         )
 
     return _advance(args, run_id, start)
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    from ._cli_sessions import sessions
+
+    return _with_store(args, lambda store: sessions(args, store), create=False)
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -3,10 +3,12 @@
 They are for scripts, so they are explicit (every field always present, ``null`` when it
 does not apply) and reuse the encodings the state JSON already has: transcript items are
 the tagged items of ``schemas/item.schema.json``, waiting calls are ``ApprovalRequest``
-values, listed runs are ``RunSummary`` values, a run's versions ``RunVersion`` values. Their
-JSON Schemas are generated into ``schemas/cli_run.schema.json``,
-``schemas/cli_run_list.schema.json``, ``schemas/cli_run_history.schema.json`` and, for
-``fork --json`` (a ``ForkPlan``), ``schemas/cli_fork.schema.json``.
+values, listed runs are ``RunSummary`` values, a run's versions ``RunVersion`` values,
+sessions ``SessionSummary`` and ``SessionRun`` values. Their JSON Schemas are generated into
+``schemas/cli_run.schema.json``, ``schemas/cli_run_list.schema.json``,
+``schemas/cli_run_history.schema.json``, ``schemas/cli_session_list.schema.json``,
+``schemas/cli_session.schema.json`` and, for ``fork --json`` (a ``ForkPlan``),
+``schemas/cli_fork.schema.json``.
 """
 
 from __future__ import annotations
@@ -27,12 +29,22 @@ from .stores._base import (
     InboxMessage,
     RunSummary,
     RunVersion,
+    SessionRun,
+    SessionSummary,
     WaitingPage,
     posted_cancellation,
     posted_decisions,
 )
 
-__all__ = ["RunDocument", "RunHistoryDocument", "RunListDocument", "encode", "run_document"]
+__all__ = [
+    "RunDocument",
+    "RunHistoryDocument",
+    "RunListDocument",
+    "SessionDocument",
+    "SessionListDocument",
+    "encode",
+    "run_document",
+]
 
 
 class RunDocument(Record, frozen=True):
@@ -84,6 +96,23 @@ class RunHistoryDocument(Record, frozen=True):
     forked_from: ForkOrigin | None = None
 
 
+class SessionListDocument(Record, frozen=True):
+    """Sessions, the one whose last run started latest first, as ``sessions list --json``
+    prints them."""
+
+    sessions: tuple[SessionSummary, ...]
+
+
+class SessionDocument(Record, frozen=True):
+    """A session, as ``sessions show --json`` prints it: its runs in order, and its
+    ``transcript`` (each run's own input and items, as ``Store.session_transcript`` reads
+    it)."""
+
+    session: str
+    runs: tuple[SessionRun, ...]
+    transcript: tuple[Item, ...]
+
+
 def run_document(state: RunState, posted: Sequence[InboxMessage] = ()) -> RunDocument:
     """``state`` as a document, with the inbox messages ``posted`` and not applied yet."""
     return RunDocument(
@@ -108,7 +137,13 @@ def run_document(state: RunState, posted: Sequence[InboxMessage] = ()) -> RunDoc
 
 
 def encode(
-    document: RunDocument | RunListDocument | RunHistoryDocument | WaitingPage | ForkPlan,
+    document: RunDocument
+    | RunListDocument
+    | RunHistoryDocument
+    | WaitingPage
+    | ForkPlan
+    | SessionListDocument
+    | SessionDocument,
 ) -> str:
     """``document`` as one line of JSON."""
     return msgspec.json.encode(document).decode()

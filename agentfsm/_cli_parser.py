@@ -237,7 +237,73 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         metavar="JSON",
         help="the run's context, as JSON (default: no context)",
     )
+    run.add_argument(
+        "--session",
+        type=_text,
+        default=None,
+        metavar="ID",
+        help="continue this session (conversation thread): the run starts from the "
+        "transcript of the session's earlier runs and is stored as its next run; refused "
+        "while the session's last run is live or waiting (default: no session)",
+    )
     run.set_defaults(handler=handlers["run"])
+
+    sessions = command(
+        commands,
+        "sessions",
+        "list, show or clear sessions (conversation threads)",
+        "Read or clear the sessions of a store: conversation threads whose runs each start "
+        "from the transcript of the ones before (`agentfsm run --session ID`). A store that "
+        "does not exist is an error, never created.",
+    )
+    action = sessions.add_subparsers(dest="action", required=True, metavar="ACTION", help="one of:")
+    listing = command(
+        action,
+        "list",
+        "list sessions, latest first",
+        "List the sessions, the one whose last run started latest first: how many runs "
+        "each holds, its last run and that run's status (a session whose last run is not "
+        "completed, failed or cancelled takes no new run).",
+        store,
+    )
+    listing.add_argument(
+        "--limit",
+        type=_whole(1),
+        default=50,
+        metavar="N",
+        help="list at most this many sessions (default: %(default)s)",
+    )
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document (schemas/cli_session_list.schema.json) instead of a table",
+    )
+    show = command(
+        action,
+        "show",
+        "a session's runs and its conversation",
+        "Show one session: its runs in order with their status, then its transcript (each "
+        "run's own input and answers, as the next run is given it before any trimming).",
+        store,
+    )
+    show.add_argument("session", type=_text, help="the session")
+    show.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document (schemas/cli_session.schema.json) instead of text",
+    )
+    clear = command(
+        action,
+        "clear",
+        "delete a session's runs",
+        "Forget a session: delete its runs (transcripts, history, inboxes), so that its next "
+        "run starts a new conversation. Refused while its last run is live or waiting.",
+        store,
+    )
+    clear.add_argument("session", type=_text, help="the session")
+    clear.add_argument("--yes", action="store_true", help="yes, delete the session's runs for good")
+    for parser_ in (listing, show, clear):
+        parser_.set_defaults(handler=handlers["sessions"])
 
     runs = command(
         commands,

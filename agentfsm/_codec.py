@@ -65,7 +65,14 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v
 #: differ from it, so a run that does not use them is written as this version always was.
 #: (The next schema version's migration fills them in, and makes them required like every
 #: other.)
-_ADDED_SINCE_RELEASE = ("nested", "forked_from", "started_by", "starter_may_approve")
+_ADDED_SINCE_RELEASE = (
+    "nested",
+    "forked_from",
+    "started_by",
+    "starter_may_approve",
+    "session",
+    "session_items",
+)
 
 
 def _wire_fields() -> list[tuple[Any, ...]]:

@@ -34,7 +34,8 @@ bare. The tree::
         ├── StoreUnavailable   unreachable or too busy for now; trying again later may work
         ├── ConflictError      a write based on a stale version (nothing was written)
         │   ├── LeaseLost      a write by a worker whose lease on the run has passed
-        │   └── InboxChanged   a step from the inbox, saved after more was posted to it
+        │   ├── InboxChanged   a step from the inbox, saved after more was posted to it
+        │   └── SessionBusy    a session's run started while its last run is live or waiting
         └── UnknownRunError    no run with that id
             └── UnknownVersionError  no such version of a run (never saved, or pruned)
 
@@ -64,6 +65,7 @@ __all__ = [
     "ModelBehaviorError",
     "ModelError",
     "ResolutionError",
+    "SessionBusy",
     "StateFormatError",
     "StoreError",
     "StoreUnavailable",
@@ -187,7 +189,8 @@ class ConfigurationError(AgentFSMError):
 
 
 class HookError(AgentFSMError):
-    """A consumer of a run's events (a lifecycle hook, a listener) raised. The run stopped
+    """A consumer of a run's events (a lifecycle hook, a listener), or the runner's
+    ``session_history`` hook, raised. The run stopped
     between two steps, its last state saved (``error.state``); it resumes once the hook is
     fixed. The hook's own exception is the ``__cause__``."""
 
@@ -247,6 +250,19 @@ class InboxChanged(ConflictError):
     """A step taken from a run's inbox could not be saved: more was posted to the inbox after
     it was read, and the step did not account for it. Nothing was written; read the inbox
     again and take the step again."""
+
+
+class SessionBusy(ConflictError):
+    """A run of a session (a conversation thread) was started while the session's last run
+    is still live or waiting (new, running, running tools, waiting for a decision, or
+    paused). A session has one active run at a time: the new run was not created. Finish,
+    cancel or resume the active run (``active_run`` names it; it is empty when another run
+    joined the session at the same moment) and start the new one again."""
+
+    def __init__(self, message: str, *, session: str = "", active_run: str = "") -> None:
+        super().__init__(message)
+        self.session = session
+        self.active_run = active_run
 
 
 class UnknownRunError(StoreError):

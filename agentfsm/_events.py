@@ -74,12 +74,15 @@ class Started(_Event, frozen=True, tag="started"):
     ``max_turns``. ``trace`` becomes the run's trace context if it has none yet (a run's
     trace never changes once set). A new run's input guardrails' verdicts come in
     ``guardrails`` (a trip fails the run); ``input``, when set, replaces the run's input (a
-    guardrail replaced it)."""
+    guardrail replaced it). ``history``, for a new run of a session, is what the run is
+    given of the session's earlier runs (their transcript, as the driver's
+    ``session_history`` hook trimmed it): it goes before the run's input."""
 
     max_turns: int | None = None
     trace: dict[str, str] = msgspec.field(default_factory=dict)
     guardrails: tuple[GuardrailItem, ...] = ()
     input: tuple[Item, ...] | None = None
+    history: tuple[Item, ...] | None = None
 
 
 class ModelResponded(_Event, frozen=True, tag="model_responded"):

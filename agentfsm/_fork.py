@@ -124,8 +124,10 @@ def fork(
         new, dropped_calls = _with_input(state, input)
     else:
         new = state
+    # A fork is a run of its own, outside its parent's session (a session has one active run,
+    # its last): the session's transcript it started from is already in its input.
     new = msgspec.structs.replace(
-        new, run_id=run_id, version=0, forked_from=origin, trace={}, decisions=()
+        new, run_id=run_id, version=0, forked_from=origin, trace={}, decisions=(), session=None
     )
     hazards: list[ForkHazard] = []
     if not new.status.is_terminal:

@@ -9,9 +9,9 @@ from typing import Any
 
 import msgspec
 
-from ._errors import AgentFSMError, ContextError
+from ._errors import AgentFSMError, ConfigurationError, ContextError
 
-__all__ = ["check_json_data", "digest", "valid_text"]
+__all__ = ["MAX_SESSION", "check_json_data", "check_session", "digest", "valid_text"]
 
 _encoder = msgspec.json.Encoder(order="sorted")
 
@@ -84,3 +84,30 @@ def valid_text(text: str) -> str:
 def digest(arguments: Any) -> str:
     """A stable digest of JSON arguments: sha256 of their key-sorted JSON encoding."""
     return hashlib.sha256(_encoder.encode(arguments)).hexdigest()
+
+
+#: The longest session id, in characters.
+MAX_SESSION = 200
+
+
+def check_session(session: object) -> str:
+    """``session`` if it is a valid session id: a str of 1 to ``MAX_SESSION`` printable
+    characters (no control characters, line breaks, lone surrogates or other invisible
+    ones), as the store keeps it and the CLI prints it on one line. ConfigurationError
+    otherwise, quoting at most the id's start."""
+    if type(session) is not str:
+        raise ConfigurationError(f"a session id is a str, not {type(session).__name__}")
+    if not session:
+        raise ConfigurationError("a session id must not be empty")
+    if len(session) > MAX_SESSION:
+        raise ConfigurationError(
+            f"a session id has at most {MAX_SESSION} characters, not {len(session)} "
+            f"({session[:20]!r}...)"
+        )
+    if not session.isprintable():
+        bad = next(c for c in session if not c.isprintable())
+        shown = valid_text(session[:40]).encode("unicode_escape").decode()
+        raise ConfigurationError(
+            f"a session id must be printable text; '{shown}' holds U+{ord(bad):04X}"
+        )
+    return session

@@ -22,6 +22,7 @@ says so or cannot be applied twice:
   freed or removed: the retry does nothing, or its UnknownRunError means done.
 - ``claim`` of a run by id: a claim that landed leaves the run leased to this process, and
   the retry finds it held (None) until that lease runs out.
+- ``clear_session`` deletes a session's runs; a retry of one that landed finds none left.
 - ``renew`` (and ``renewer``) is never retried here: the heartbeat renews on its own
   schedule, bounded by the lease.
 """
@@ -35,7 +36,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from ._errors import ConfigurationError, ConflictError, StoreUnavailable, UnknownRunError
+from ._errors import (
+    ConfigurationError,
+    ConflictError,
+    SessionBusy,
+    StoreUnavailable,
+    UnknownRunError,
+)
 from ._machine import RunStatus
 from ._session import backoff
 from ._state import RunState
@@ -48,6 +55,8 @@ from .stores._base import (
     RetryPolicy,
     RunSummary,
     RunVersion,
+    SessionRun,
+    SessionSummary,
     Store,
     WaitingPage,
 )
@@ -153,6 +162,9 @@ class PatientStore(Store):
             tries += 1
             try:
                 return await write()
+            except SessionBusy:
+                # A run that landed meets "already stored" first: this one did not land.
+                raise
             except ConflictError:
                 if tries == 1 or await self.inner.load(state.run_id) != state:
                     raise
@@ -220,6 +232,19 @@ class PatientStore(Store):
             return len((await self.inner.inbox(state.run_id)).ids)
 
         return await self._written(write, state, landed, f"saving run {state.run_id}")
+
+    async def session_runs(self, session: str) -> list[SessionRun]:
+        return await self._try(
+            lambda: self.inner.session_runs(session), f"listing the runs of session {session!r}"
+        )
+
+    async def sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
+        return await self._try(lambda: self.inner.sessions(limit=limit), "listing sessions")
+
+    async def clear_session(self, session: str) -> int:
+        return await self._try(
+            lambda: self.inner.clear_session(session), f"clearing session {session!r}"
+        )
 
     async def list(
         self, *, status: RunStatus | str | None = None, limit: int | None = None

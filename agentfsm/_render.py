@@ -23,6 +23,8 @@ from .stores._base import (
     InboxMessage,
     RunSummary,
     RunVersion,
+    SessionRun,
+    SessionSummary,
     WaitingPage,
     posted_cancellation,
     posted_decisions,
@@ -34,6 +36,8 @@ __all__ = [
     "render_fork",
     "render_history",
     "render_run",
+    "render_session",
+    "render_sessions",
     "render_summaries",
     "render_transcript",
     "render_waiting",
@@ -261,3 +265,21 @@ def render_waiting(page: WaitingPage) -> str:
     if page.next is not None:
         lines += f"\nmore: agentfsm approvals --after {page.next}"
     return lines
+
+
+def render_sessions(found: Sequence[SessionSummary]) -> str:
+    """Sessions, the one whose last run joined latest first."""
+    if not found:
+        return "no sessions"
+    rows = [("SESSION", "RUNS", "LAST RUN", "STATUS", "SINCE")]
+    rows += [(s.session, str(s.runs), s.last_run, s.status, _when(s.updated_at)) for s in found]
+    return _table(rows)
+
+
+def render_session(session: str, runs: Sequence[SessionRun], transcript: Sequence[Item]) -> str:
+    """A session: its runs in order, then its conversation."""
+    rows = [("#", "RUN", "STATUS", "JOINED")]
+    rows += [(str(r.position), r.run_id, r.status, _when(r.at)) for r in runs]
+    lines = [f"session {session}", _table(rows), "transcript:"]
+    lines += [_line(item) for item in transcript]
+    return "\n".join(lines)

@@ -23,6 +23,7 @@ import msgspec
 import pydantic
 
 from ._agents import Agent, AgentSet
+from ._conversations import SessionHistoryHook, check_restart, session_history
 from ._errors import (
     AgentFSMError,
     ConfigurationError,
@@ -151,6 +152,11 @@ class Runner:
             output instead (a ``RunErrorHandlerResult``, or the output itself), which the
             output guardrails check; None leaves the run failed. A handler that raises
             leaves it failed, and its error says so (see docs/guardrails.md).
+        session_history: for a new run of a session, given the session's transcript so far
+            (a ``SessionHistory``), returns the items the run starts from, before its own
+            input (sync or async): keep the last items (``keep_last(n)``), or summarise
+            them. Called once, when the run starts; the earlier runs stay in the store as
+            they are (see docs/sessions.md). Default: the whole transcript.
     """
 
     def __init__(
@@ -168,6 +174,7 @@ class Runner:
         hooks: RunHooks | Sequence[RunHooks] = (),
         store_wait: float = 30.0,
         error_handlers: Mapping[str, ErrorHandler] | None = None,
+        session_history: SessionHistoryHook | None = None,
     ):
         if tool_errors not in ("feed", "raise"):
             raise ConfigurationError("tool_errors must be 'feed' or 'raise'")
@@ -203,6 +210,9 @@ class Runner:
                 else "error_handlers values are functions"
             )
         self.error_handlers: dict[str, ErrorHandler] = handlers
+        if session_history is not None and not callable(session_history):
+            raise ConfigurationError("session_history must be a function (sync or async)")
+        self.session_history = session_history
 
     @property
     def model_provider(self) -> ModelProvider | None:
@@ -234,9 +244,14 @@ class Runner:
         context: Any = None,
         max_turns: int | None = None,
         run_id: str | None = None,
+        session: str | None = None,
     ) -> RunResult:
         """``run`` for code without an event loop."""
-        return _sync(self.run(agent, input, context=context, max_turns=max_turns, run_id=run_id))
+        return _sync(
+            self.run(
+                agent, input, context=context, max_turns=max_turns, run_id=run_id, session=session
+            )
+        )
 
     def resume_sync(self, agent: Agent, run_id: str, *, max_turns: int | None = None) -> RunResult:
         """``resume`` for code without an event loop."""
@@ -250,8 +265,15 @@ class Runner:
         context: Any = None,
         max_turns: int | None = None,
         run_id: str | None = None,
+        session: str | None = None,
     ) -> RunResult:
         """Run ``agent`` on ``input`` until it completes, fails, or pauses for approvals.
+
+        With ``session`` (a conversation thread's id; needs a store), the run continues that
+        conversation: it starts from the transcript of the session's earlier runs (through
+        the runner's ``session_history`` hook) plus ``input``, and is stored as the
+        session's next run. A session has one active run at a time: SessionBusy, and
+        nothing stored, while its last run is live or waiting (docs/sessions.md).
 
         Passing a RunState resumes it: ``agent`` is then the starting agent, the names in the
         state are resolved against every agent reachable from it, and decisions recorded on
@@ -266,13 +288,21 @@ class Runner:
         ToolError (with ``tool_errors="raise"``), ConflictError when the stored run is being
         run elsewhere or changed since the state was loaded, UndecidedError for a paused state
         with no decision to apply (``approve`` returns a new state: pass that one),
-        DecisionRefused when the state's decisions conflict with ones posted to the store.
+        DecisionRefused when the state's decisions conflict with ones posted to the store,
+        SessionBusy (a ConflictError) for a session whose last run is still active,
+        HookError when the ``session_history`` hook raises (the run stays new, stored).
         GuardrailTripped when a guardrail trips or raises (the run is saved ``failed``; a run
         that one failed raises it again whenever it is driven). Errors raised mid-run carry
         the last state in ``error.state``.
         """
         return await self._run(
-            agent, input, context=context, max_turns=max_turns, run_id=run_id, live=None
+            agent,
+            input,
+            context=context,
+            max_turns=max_turns,
+            run_id=run_id,
+            session=session,
+            live=None,
         )
 
     def run_streamed(
@@ -283,18 +313,26 @@ class Runner:
         context: Any = None,
         max_turns: int | None = None,
         run_id: str | None = None,
+        session: str | None = None,
     ) -> RunHandle:
         """``run`` in the background: returns its handle at once. ``handle.events()`` yields
         the run's events as they happen (the model's text as it arrives, with a model that
         streams), ``await handle.result()`` returns the RunResult, and ``cancel``, ``pause``
-        and ``inject`` steer the run while it goes on. Call it from a running event loop."""
+        and ``inject`` steer the run while it goes on. Call it from a running event loop. With
+        ``session``, a session that is busy raises SessionBusy from ``handle.result()``."""
         _require_loop("run_streamed")
         if isinstance(input, RunState):
             run_id = input.run_id
         handle = RunHandle(run_id or uuid.uuid4().hex)
         handle._start(
             lambda live: self._run(
-                agent, input, context=context, max_turns=max_turns, run_id=handle.run_id, live=live
+                agent,
+                input,
+                context=context,
+                max_turns=max_turns,
+                run_id=handle.run_id,
+                session=session,
+                live=live,
             )
         )
         return handle
@@ -317,9 +355,20 @@ class Runner:
         max_turns: int | None,
         run_id: str | None,
         live: Live | None,
+        session: str | None = None,
     ) -> RunResult:
         since = self._stops
         agents = AgentSet(agent)
+        if session is not None:
+            if isinstance(input, RunState):
+                raise ConfigurationError(
+                    "a resumed run keeps the session it was started in; pass session only "
+                    "with new input"
+                )
+            if self.store is None:
+                raise ConfigurationError(
+                    "sessions live in a store: a run with a session needs Runner(store=...)"
+                )
         if isinstance(input, RunState):
             if context is not None:
                 raise ConfigurationError(
@@ -334,6 +383,7 @@ class Runner:
                 run_id=run_id or uuid.uuid4().hex,
                 context=context,
                 max_turns=10 if max_turns is None else max_turns,
+                session=session,
             )
             if self.store is not None:
                 await self._require_store().create(state)
@@ -634,6 +684,14 @@ class Runner:
                 outcome, recovering = pending_outcome(state), True
             case _:
                 outcome = pending_outcome(state)
+        if isinstance(event, Started) and state.session is not None:
+            store = None if session is None else session.store
+            if state.status is RunStatus.NEW:
+                # The user's hook runs here, once; its items enter the run as event data.
+                history = await session_history(store, state, self.session_history)
+                event = msgspec.structs.replace(event, history=history)
+            else:
+                await check_restart(store, state)
         if emitter is not None:
             await emitter.start(state)
             if isinstance(event, Started) and not state.trace:

@@ -17,7 +17,13 @@ from typing import Any
 
 import msgspec
 
-from ._cli_json import RunDocument, RunHistoryDocument, RunListDocument
+from ._cli_json import (
+    RunDocument,
+    RunHistoryDocument,
+    RunListDocument,
+    SessionDocument,
+    SessionListDocument,
+)
 from ._codec import SCHEMA_VERSION, wire_type
 from ._events import Event
 from ._fork import ForkPlan
@@ -95,6 +101,12 @@ def artifacts(root: Path) -> dict[Path, str]:
         root / "schemas" / "cli_fork.schema.json": schema_text(ForkPlan, "ForkPlan"),
         root / "schemas" / "cli_run_history.schema.json": schema_text(
             RunHistoryDocument, "RunHistoryDocument"
+        ),
+        root / "schemas" / "cli_session_list.schema.json": schema_text(
+            SessionListDocument, "SessionListDocument"
+        ),
+        root / "schemas" / "cli_session.schema.json": schema_text(
+            SessionDocument, "SessionDocument"
         ),
     }
     doc = root / "docs" / "state-machine.md"

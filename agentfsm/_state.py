@@ -223,6 +223,12 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     #: whether that person may approve the run's calls (``new_run(starter_may_approve=...)``).
     started_by: str = ""
     starter_may_approve: bool = True
+    #: The session (conversation thread) the run belongs to, or None: the run is the
+    #: session's next run, and starts from the transcript of its earlier runs.
+    session: str | None = None
+    #: How many of ``input``'s first items came from the session's earlier runs (what the
+    #: ``session_history`` hook gave, by ``Started``); the run's own input follows them.
+    session_items: int = 0
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from ._items import (
     Usage,
     UserMessage,
 )
-from ._json import check_json_data, digest, valid_text
+from ._json import check_json_data, check_session, digest, valid_text
 from ._machine import RunStatus, allowed, status_of
 from ._nested import forward, suspend
 from ._outcomes import (
@@ -122,16 +122,19 @@ def new_run(
     max_turns: int = 10,
     started_by: str = "",
     starter_may_approve: bool = True,
+    session: str | None = None,
 ) -> RunState:
-    """A new run in status ``new``; ``step`` it with ``Started()`` to begin.
+    """A new run in status ``new``; ``step`` it with ``Started()`` to begin. With
+    ``session``, the run is that session's next run (``Started.history`` brings the
+    session's earlier transcript).
 
     ``started_by`` records who started it (an identity the caller vouches for). With
     ``starter_may_approve=False``, that person's approvals of the run's calls are refused
     (a rejection is still theirs to make), whichever way they are posted.
 
     Raises ContextError if ``context`` is not JSON data, ConfigurationError if ``max_turns``
-    is not an int of at least 0, or if ``starter_may_approve`` is False without a
-    ``started_by``.
+    is not an int of at least 0, if ``starter_may_approve`` is False without a
+    ``started_by``, or if ``session`` is not a valid session id.
     """
     check_max_turns(max_turns)
     if not isinstance(started_by, str):
@@ -139,6 +142,8 @@ def new_run(
     if not starter_may_approve and not started_by.strip():
         raise ConfigurationError("starter_may_approve=False needs started_by: who started the run")
     check_json_data(started_by, "started_by", ConfigurationError)
+    if session is not None:
+        check_session(session)
     check_json_data(context)
     items = (UserMessage(content=input),) if isinstance(input, str) else tuple(input)
     check_json_data(msgspec.to_builtins(list(items)), "input")
@@ -168,6 +173,7 @@ def new_run(
         audit=(),
         started_by=started_by,
         starter_may_approve=bool(starter_may_approve),
+        session=session,
     )
 
 
@@ -252,6 +258,8 @@ def _started(state: RunState, event: Started) -> tuple[RunState, Outcome]:
         _require_out_of_turns(state, "restarted")
         if event.guardrails or event.input is not None:
             raise InvalidEvent("input guardrails check a new run's input; a restart has none")
+        if event.history is not None:
+            raise InvalidEvent("a session's history is given to a new run; a restart has none")
     max_turns = state.max_turns if event.max_turns is None else event.max_turns
     if max_turns < 0:
         raise InvalidEvent("max_turns must not be negative")
@@ -261,6 +269,12 @@ def _started(state: RunState, event: Started) -> tuple[RunState, Outcome]:
     if event.input is not None:
         _require_replaced(verdicts, "Started.input")
         state = _replace(state, input=event.input)
+    if event.history is not None:
+        if state.session is None:
+            raise InvalidEvent("history is given to a run of a session; this run has none")
+        state = _replace(
+            state, input=(*event.history, *state.input), session_items=len(event.history)
+        )
     state = _replace(state, items=state.items.extend(verdicts))
     tripped = _first_trip(verdicts)
     if tripped is not None:
@@ -939,8 +953,11 @@ def _storable(event: Event) -> Event:
     match event:
         case Injected(items=items):
             check_json_data(msgspec.to_builtins(list(items)), "injected items", InvalidEvent)
-        case Started(input=items) if items is not None:
-            check_json_data(msgspec.to_builtins(list(items)), "replaced input", InvalidEvent)
+        case Started(input=items, history=history) if items is not None or history is not None:
+            if items is not None:
+                check_json_data(msgspec.to_builtins(list(items)), "replaced input", InvalidEvent)
+            if history is not None:
+                check_json_data(msgspec.to_builtins(list(history)), "history", InvalidEvent)
         case ModelResponded(final_output=output) if output is not None:
             check_json_data(output, "the replaced final output", InvalidEvent)
         case ErrorHandled(output=output):

@@ -24,6 +24,7 @@ from agentfsm import (
     DecisionRefused,
     ForkOrigin,
     ForkPlan,
+    MemoryStore,
     Runner,
     RunState,
     RunStatus,
@@ -189,6 +190,18 @@ def test_there_is_no_message_to_replace_in_a_run_without_one() -> None:
     state = new_run(shop.agent(), [AssistantMessage(content="hi", agent="shop")], run_id="p")
     with pytest.raises(ConfigurationError, match="no user message"):
         fork(state, run_id="child", input="x")
+
+
+def test_a_fork_of_a_session_run_is_outside_the_session_even_while_it_is_busy() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        await store.create(new_run(shop.agent(), "buy", run_id="s1", session="user-42"))
+        made = await store.fork("s1", version=0, new_run_id="f1")
+        assert made.state.session is None
+        assert made.state.input == (await store.load("s1")).input
+        assert [r.run_id for r in await store.session_runs("user-42")] == ["s1"]
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
 def test_a_state_from_before_forks_loads_without_an_origin() -> None:

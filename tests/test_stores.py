@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agentfsm import MemoryStore, SQLiteStore, Store, StoreError
+from agentfsm.stores._sqlite import LAYOUT_VERSION
 from agentfsm.testing import StoreConformance
 
 
@@ -124,5 +125,7 @@ def test_a_layout_2_sqlite_store_starts_each_runs_history_at_its_current_version
 
     asyncio.run(reopened())
     with sqlite3.connect(tmp_path / "runs.db") as db:
-        assert db.execute("SELECT max(version) FROM agentfsm_schema").fetchone() == (3,)
+        assert db.execute("SELECT max(version) FROM agentfsm_schema").fetchone() == (
+            LAYOUT_VERSION,
+        )
     db.close()

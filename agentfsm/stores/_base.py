@@ -10,7 +10,12 @@ its head and the first ``n_items`` item rows, so keeping history adds one small 
 and ``load(run_id, version=k)`` reads what ``load(run_id)`` reads. The one step that writes
 items again is a save after a schema migration (every row in the new schema version): then
 older heads are read in their schema version and their items in the rows' (see
-``rebuild_version``). ``prune`` drops old versions. Decisions, cancellations and
+``rebuild_version``). ``prune`` drops old versions.
+
+A run may belong to a session (a conversation thread, ``RunState.session``): ``create``
+adds it as the session's next run, in the same transaction that checks that the session's
+last run is not active (new, running, tools, interrupted or paused), so that a session has
+one active run at a time even when two processes start runs at once. Decisions, cancellations and
 input from other processes go to the run's inbox, which never conflicts with the worker that
 is advancing the run; the driver takes them in at its next step.
 """
@@ -35,12 +40,13 @@ from .._errors import (
     ConfigurationError,
     ConflictError,
     DecisionRefused,
+    SessionBusy,
     UnknownRunError,
     UnknownVersionError,
 )
 from .._events import Decision
 from .._fork import Fork, ForkPlan, fork
-from .._items import Item, UserMessage
+from .._items import GuardrailItem, Item, ToolCallItem, ToolResultItem, UserMessage
 from .._json import check_json_data
 from .._machine import RunStatus
 from .._nested import nested_requests
@@ -58,6 +64,8 @@ __all__ = [
     "RetryPolicy",
     "RunSummary",
     "RunVersion",
+    "SessionRun",
+    "SessionSummary",
     "Store",
     "WaitingCall",
     "WaitingPage",
@@ -114,6 +122,30 @@ class RunVersion(msgspec.Struct, frozen=True):
     event: str | None
     at: float
     n_items: int
+
+
+class SessionRun(msgspec.Struct, frozen=True):
+    """One run of a session, as ``Store.session_runs`` lists it: its ``position`` in the
+    session (1 for the first; they only grow), the run, its status now, and when it joined
+    the session (``at``, the store's clock)."""
+
+    session: str
+    position: int
+    run_id: str
+    status: str
+    at: float
+
+
+class SessionSummary(msgspec.Struct, frozen=True):
+    """One session, as ``Store.sessions`` lists it: how many runs it holds, its last run,
+    that run's status now, and when that run joined (``updated_at``, the store's clock).
+    The session is active when its last run's status is not terminal."""
+
+    session: str
+    runs: int
+    last_run: str
+    status: str
+    updated_at: float
 
 
 class WaitingCall(msgspec.Struct, frozen=True):
@@ -315,6 +347,46 @@ class Store(abc.ABC):
         whose step made it (the driver passes it). Returns
         the number of messages left in the run's inbox. Raises ConflictError (nothing
         written) or UnknownRunError."""
+
+    # -- sessions (conversation threads) -------------------------------------------------
+
+    @abc.abstractmethod
+    async def session_runs(self, session: str) -> list[SessionRun]:
+        """The runs of ``session``, in the order they joined it (an empty list for a session
+        with no runs). ConfigurationError for an id that is not a valid session id
+        (``check_session``)."""
+
+    @abc.abstractmethod
+    async def sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
+        """Every session with runs, the one whose last run joined latest first: at most
+        ``limit`` of them (ConfigurationError unless an int of at least 1, or None)."""
+
+    @abc.abstractmethod
+    async def clear_session(self, session: str) -> int:
+        """Forget ``session``: delete its runs (their transcripts, history and inboxes), so
+        that its next run starts a new conversation. Returns how many runs were deleted (0
+        for a session with none). Raises SessionBusy, deleting nothing, while the session's
+        last run is active (cancel it, or let it end, first); ConfigurationError for an
+        invalid id."""
+
+    async def session_transcript(self, session: str, *, before: str | None = None) -> list[Item]:
+        """The conversation of ``session``: each run's own input and the items it generated,
+        run after run (without the history each run was given, which would repeat it), as
+        the model sees them: guardrail verdicts (kept in the runs, for the audit) are left
+        out, and a call that never got a result because its run ended (cancelled or failed
+        while the call waited) gets one saying it did not run. With ``before``, only the runs
+        that joined the session before that run. The runs stay as they are stored."""
+        runs = await self.session_runs(session)
+        items: list[Item] = []
+        for run in runs:
+            if run.run_id == before:
+                break
+            try:
+                state = await self.load(run.run_id)
+            except UnknownRunError:  # deleted meanwhile
+                continue
+            items.extend(conversation_of(state))
+        return items
 
     @abc.abstractmethod
     async def list(
@@ -580,6 +652,59 @@ class Store(abc.ABC):
         """When a decision is posted: the store's clock if it has one (tests pass one)."""
         clock = getattr(self, "_clock", None)
         return float(clock()) if callable(clock) else time.time()
+
+
+#: What a session's transcript says for a call that never got a result.
+NOT_RUN_IN_SESSION = "not run: the run ended before this call ran"
+
+
+def conversation_of(state: RunState) -> list[Item]:
+    """What ``state`` adds to its session's conversation (see ``Store.session_transcript``).
+    A call of a run that ended without its result gets one, after the calls the model made
+    with it (a run still going has its calls waiting or running, not ended)."""
+    own = [*state.input[state.session_items :], *state.items]
+    answered = {i.call_id for i in own if isinstance(i, ToolResultItem)}
+    if not state.status.is_terminal:
+        return [item for item in own if not isinstance(item, GuardrailItem)]
+    items: list[Item] = []
+    unanswered: list[ToolCallItem] = []
+    for item in own:
+        if isinstance(item, GuardrailItem):
+            continue
+        if unanswered and not isinstance(item, ToolCallItem):
+            items.extend(map(_not_run, unanswered))
+            unanswered.clear()
+        items.append(item)
+        if isinstance(item, ToolCallItem) and item.call_id not in answered:
+            unanswered.append(item)
+    items.extend(map(_not_run, unanswered))
+    return items
+
+
+def _not_run(call: ToolCallItem) -> ToolResultItem:
+    return ToolResultItem(
+        call_id=call.call_id,
+        tool=call.tool,
+        output=NOT_RUN_IN_SESSION,
+        agent=call.agent,
+        is_error=True,
+    )
+
+
+def session_busy(session: str, active_run: str | None, status: str | None) -> SessionBusy:
+    """The error for a run refused by its busy session: ``active_run`` is the session's
+    active run and ``status`` its status, or None for a run that another process was adding
+    to the session in the same moment."""
+    if active_run is None:
+        what = "another run, started at the same moment"
+    else:
+        what = f"an active run, {active_run} ({status})"
+    return SessionBusy(
+        f"session {session!r} has {what}: a session runs one run at a time; let it end, or "
+        "resume or cancel it, before starting another",
+        session=session,
+        active_run=active_run or "",
+    )
 
 
 #: Checks a message against the stored run and its inbox (see ``Store.post``).

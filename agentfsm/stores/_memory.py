@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from .._errors import ConflictError, InboxChanged, LeaseLost, UnknownRunError
+from .._json import check_session
 from .._machine import RunStatus
 from .._outcomes import Starter
 from .._state import RunState
@@ -24,6 +25,8 @@ from ._base import (
     RetryPolicy,
     RunSummary,
     RunVersion,
+    SessionRun,
+    SessionSummary,
     Store,
     WaitingPage,
     check_limit,
@@ -36,6 +39,7 @@ from ._base import (
     parts,
     rebuild,
     rebuild_version,
+    session_busy,
     status_value,
     summary_of,
     unknown_version,
@@ -99,6 +103,8 @@ class MemoryStore(Store):
         self._runs: dict[str, _Run] = {}
         self._ids = itertools.count(1)
         self._clock = clock
+        #: Each session's runs, in order: (position, run id, when it joined).
+        self._sessions: dict[str, list[tuple[int, str, float]]] = {}
 
     def _run(self, run_id: str) -> _Run:
         try:
@@ -110,6 +116,8 @@ class MemoryStore(Store):
         if state.run_id in self._runs:
             raise ConflictError(f"run {state.run_id} is already stored")
         head, items, _ = parts(state, 0, state.schema_version)
+        if state.session is not None:
+            self._join(state.session, state.run_id)
         run = self._runs[state.run_id] = _Run(
             head=head,
             items=items,
@@ -119,6 +127,59 @@ class MemoryStore(Store):
         )
         run.set_waiting(state, run.summary.updated_at)
         run.keep(head, state, None)
+
+    def _join(self, session: str, run_id: str) -> None:
+        """Add the run as the session's next one, unless the session's last run is active."""
+        check_session(session)
+        runs = self._sessions.setdefault(session, [])
+        if runs:
+            _, last, _ = runs[-1]
+            status = self._runs[last].summary.status
+            if not RunStatus(status).is_terminal:
+                raise session_busy(session, last, status)
+        runs.append((runs[-1][0] + 1 if runs else 1, run_id, self._clock()))
+
+    async def session_runs(self, session: str) -> list[SessionRun]:
+        check_session(session)
+        return [
+            SessionRun(
+                session=session,
+                position=position,
+                run_id=run_id,
+                status=self._runs[run_id].summary.status,
+                at=at,
+            )
+            for position, run_id, at in self._sessions.get(session, ())
+        ]
+
+    async def sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
+        check_limit(limit)
+        found = [
+            SessionSummary(
+                session=session,
+                runs=len(runs),
+                last_run=runs[-1][1],
+                status=self._runs[runs[-1][1]].summary.status,
+                updated_at=runs[-1][2],
+            )
+            for session, runs in self._sessions.items()
+            if runs
+        ]
+        found.sort(key=lambda s: (s.updated_at, s.session), reverse=True)
+        return found if limit is None else found[:limit]
+
+    async def clear_session(self, session: str) -> int:
+        check_session(session)
+        runs = self._sessions.get(session, [])
+        if runs:
+            _, last, _ = runs[-1]
+            status = self._runs[last].summary.status
+            if not RunStatus(status).is_terminal:
+                raise session_busy(session, last, status)
+        for _, run_id, _ in runs:
+            del self._runs[run_id]
+        self._sessions.pop(session, None)
+        return len(runs)
 
     async def load(self, run_id: str, *, version: int | None = None) -> RunState:
         run = self._run(run_id)
@@ -229,8 +290,15 @@ class MemoryStore(Store):
         return found if limit is None else found[:limit]
 
     async def delete(self, run_id: str) -> None:
-        self._run(run_id)
+        run = self._run(run_id)
         del self._runs[run_id]
+        session = rebuild(run.head, []).session
+        if session is not None and session in self._sessions:
+            runs = [entry for entry in self._sessions[session] if entry[1] != run_id]
+            if runs:
+                self._sessions[session] = runs
+            else:
+                del self._sessions[session]
 
     async def post(
         self, run_id: str, message: InboxMessage, *, admit: Admission | None = None

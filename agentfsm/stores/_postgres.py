@@ -34,6 +34,8 @@ from .._errors import (
     StoreUnavailable,
     UnknownRunError,
 )
+from .._items import Item
+from .._json import check_session
 from .._machine import RunStatus
 from .._outcomes import Starter
 from .._state import RunState
@@ -48,11 +50,14 @@ from ._base import (
     RetryPolicy,
     RunSummary,
     RunVersion,
+    SessionRun,
+    SessionSummary,
     Store,
     WaitingPage,
     check_limit,
     check_page,
     check_prune,
+    conversation_of,
     decode_message,
     encode_message,
     inbox_of,
@@ -61,6 +66,7 @@ from ._base import (
     parts,
     rebuild,
     rebuild_version,
+    session_busy,
     status_value,
     summary_of,
     unknown_version,
@@ -80,6 +86,7 @@ from ._postgres_sql import (
     _LAYOUT,
     _LAYOUT_2,
     _LAYOUT_3,
+    _LAYOUT_4,
     _LIVE,
     _LOAD,
     _LOAD_VERSION,
@@ -93,6 +100,12 @@ from ._postgres_sql import (
     _RELEASE,
     _RENEW,
     _SAVE,
+    _SESSION_CLEAR,
+    _SESSION_JOIN,
+    _SESSION_LAST,
+    _SESSION_RUNS,
+    _SESSION_TRANSCRIPT,
+    _SESSIONS,
     _SET_WAITING,
     _SUMMARY,
     _TERMINAL,
@@ -222,7 +235,7 @@ class PostgresStore(Store):
 
         self._q_layouts = [
             (version, [query(s) for s in layout.split(";") if s.strip()])
-            for version, layout in ((1, _LAYOUT), (2, _LAYOUT_2), (3, _LAYOUT_3))
+            for version, layout in ((1, _LAYOUT), (2, _LAYOUT_2), (3, _LAYOUT_3), (4, _LAYOUT_4))
         ]
         self._q_set_waiting = query(_SET_WAITING)
         self._q_posted = query(_POSTED)
@@ -250,6 +263,15 @@ class PostgresStore(Store):
         self._q_versions = f"SELECT max(version) FROM {quoted}.agentfsm_schema".encode()
         self._q_add_version = f"INSERT INTO {quoted}.agentfsm_schema (version) VALUES (%s)".encode()
         self._q_create = query(_CREATE)
+        self._q_session_last = query(_SESSION_LAST)
+        self._q_session_join = query(_SESSION_JOIN)
+        self._q_session_runs = query(_SESSION_RUNS)
+        self._q_session_clear = query(_SESSION_CLEAR)
+        self._q_session_transcript = query(_SESSION_TRANSCRIPT)
+        self._q_sessions = {
+            limited: query(_SESSIONS + (" LIMIT %(limit)s" if limited else ""))
+            for limited in (False, True)
+        }
         self._q_load = query(_LOAD)
         self._q_load_version = query(_LOAD_VERSION)
         self._q_history = query(_HISTORY)
@@ -534,6 +556,8 @@ class PostgresStore(Store):
                 await conn.execute(self._q_create, params)
             except errors.UniqueViolation:
                 raise ConflictError(f"run {state.run_id} is already stored") from None
+            if state.session is not None:
+                await self._join(conn, state.session, state.run_id)
             if summary.waiting:
                 cursor = await conn.execute(
                     f"SELECT updated_at FROM {self._quoted}.runs WHERE run_id = %s".encode(),
@@ -541,6 +565,73 @@ class PostgresStore(Store):
                 )
                 (since,) = await _one(cursor)
                 await self._set_waiting(conn, state, since, 0)
+
+    async def _join(self, conn: Connection, session: str, run_id: str) -> None:
+        """Add the run as the session's next one, unless the session's last run is active.
+        Two runs that race past the check both take the same position: the primary key
+        refuses the second (once the first commits), so at most one of them joins."""
+        from psycopg import errors
+
+        check_session(session)
+        params: dict[str, Any] = {"session": text(session), "now": self._now()}
+        cursor = await conn.execute(self._q_session_last, params)
+        last = await cursor.fetchone()
+        if last is not None and not RunStatus(last[2]).is_terminal:
+            raise session_busy(session, untext(last[1]), last[2])
+        params.update(position=1 if last is None else last[0] + 1, run_id=text(run_id))
+        try:
+            # No savepoint: the error ends the caller's transaction, which rolls back whole.
+            await conn.execute(self._q_session_join, params)
+        except errors.UniqueViolation:
+            raise session_busy(session, None, None) from None
+
+    async def session_runs(self, session: str) -> list[SessionRun]:
+        check_session(session)
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._q_session_runs, {"session": text(session)})
+            rows = await cursor.fetchall()
+        return [
+            SessionRun(session, position, untext(run_id), status, at)
+            for position, run_id, status, at in rows
+        ]
+
+    async def session_transcript(self, session: str, *, before: str | None = None) -> list[Item]:
+        # One query for the whole session, not one per run.
+        check_session(session)
+        params = {"session": text(session), "before": None if before is None else text(before)}
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._q_session_transcript, params, binary=True)
+            rows = await cursor.fetchall()
+        return [item for head, items in rows for item in conversation_of(rebuild(head, items))]
+
+    async def sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
+        check_limit(limit)
+        async with self._connection() as conn:
+            cursor = await conn.execute(self._q_sessions[limit is not None], {"limit": limit})
+            rows = await cursor.fetchall()
+        return [
+            SessionSummary(untext(session), runs, untext(run_id), status, at)
+            for session, runs, run_id, status, at in rows
+        ]
+
+    async def clear_session(self, session: str) -> int:
+        check_session(session)
+        params = {"session": text(session)}
+        async with self._connection() as conn, conn.transaction():
+            # Lock the session's runs, so that none of them moves on meanwhile.
+            cursor = await conn.execute(
+                f"SELECT r.run_id FROM {self._quoted}.session_runs AS s"
+                f" JOIN {self._quoted}.runs AS r ON r.run_id = s.run_id"
+                " WHERE s.session = %(session)s FOR UPDATE OF r".encode(),
+                params,
+            )
+            await cursor.fetchall()
+            cursor = await conn.execute(self._q_session_last, params)
+            last = await cursor.fetchone()
+            if last is not None and not RunStatus(last[2]).is_terminal:
+                raise session_busy(session, untext(last[1]), last[2])
+            cursor = await conn.execute(self._q_session_clear, params)
+            return int(cursor.rowcount)
 
     async def load(self, run_id: str, *, version: int | None = None) -> RunState:
         if version is not None:

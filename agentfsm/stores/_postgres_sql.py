@@ -10,7 +10,8 @@ from .._machine import RunStatus
 #:   2: the calls waiting for a decision, indexed for the inbox query; deadlines; parked runs.
 #:   3: every version of a run (its head row, at each step); runs stored before it start
 #:      their history at the version they were at.
-LAYOUT_VERSION = 3
+#:   4: sessions: the runs of each conversation thread, in order.
+LAYOUT_VERSION = 4
 
 # Statements are templates: ``{s}`` is the quoted schema, ``{now}`` the store's clock.
 _LAYOUT = """
@@ -88,6 +89,68 @@ INSERT INTO {s}.run_versions (run_id, version, status, event, at, head, n_items,
                               schema_version)
 SELECT run_id, version, status, NULL, updated_at, head, n_items, schema_version
 FROM {s}.runs
+"""
+
+# A session's runs in order; the primary key makes two runs that race to be a session's
+# next run conflict, whichever way their transactions interleave.
+_LAYOUT_4 = """
+CREATE TABLE IF NOT EXISTS {s}.session_runs (
+    session text NOT NULL,
+    position bigint NOT NULL,
+    run_id text NOT NULL UNIQUE REFERENCES {s}.runs (run_id) ON DELETE CASCADE,
+    at double precision NOT NULL,
+    PRIMARY KEY (session, position)
+)
+"""
+
+# A session's last run, and its status now (no row for a session without runs).
+_SESSION_LAST = """
+SELECT s.position, s.run_id, r.status FROM {s}.session_runs AS s
+JOIN {s}.runs AS r ON r.run_id = s.run_id
+WHERE s.session = %(session)s ORDER BY s.position DESC LIMIT 1
+"""
+
+_SESSION_JOIN = """
+INSERT INTO {s}.session_runs (session, position, run_id, at)
+VALUES (%(session)s, %(position)s, %(run_id)s, {now})
+"""
+
+_SESSION_RUNS = """
+SELECT s.position, s.run_id, r.status, s.at FROM {s}.session_runs AS s
+JOIN {s}.runs AS r ON r.run_id = s.run_id
+WHERE s.session = %(session)s ORDER BY s.position
+"""
+
+# Every run of a session before one (all of them when ``before`` is NULL or not in it), whole.
+_SESSION_TRANSCRIPT = """
+SELECT r.head, ARRAY(
+    SELECT i.item FROM {s}.run_items AS i
+    WHERE i.run_id = r.run_id AND i.idx < r.n_items ORDER BY i.idx
+)
+FROM {s}.session_runs AS s JOIN {s}.runs AS r ON r.run_id = s.run_id
+WHERE s.session = %(session)s AND s.position < COALESCE(
+    (SELECT b.position FROM {s}.session_runs AS b
+     WHERE b.session = %(session)s AND b.run_id = %(before)s::text),
+    9223372036854775807
+)
+ORDER BY s.position
+"""
+
+_SESSIONS = """
+SELECT s.session, (SELECT count(*) FROM {s}.session_runs AS c WHERE c.session = s.session),
+    s.run_id, r.status, s.at
+FROM {s}.session_runs AS s JOIN {s}.runs AS r ON r.run_id = s.run_id
+WHERE s.position = (
+    SELECT max(m.position) FROM {s}.session_runs AS m WHERE m.session = s.session
+)
+ORDER BY s.at DESC, s.session DESC
+"""
+
+# The runs go, and their rows in every table with them (ON DELETE CASCADE).
+_SESSION_CLEAR = """
+DELETE FROM {s}.runs WHERE run_id IN (
+    SELECT run_id FROM {s}.session_runs WHERE session = %(session)s
+)
 """
 
 # A version joins the run's history in the statement that saves it (a CTE of it).

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from .._errors import ConflictError, InboxChanged, LeaseLost, StoreError, UnknownRunError
+from .._items import Item
+from .._json import check_session
 from .._machine import RunStatus
 from .._outcomes import Starter
 from .._state import RunState
@@ -29,11 +31,14 @@ from ._base import (
     RetryPolicy,
     RunSummary,
     RunVersion,
+    SessionRun,
+    SessionSummary,
     Store,
     WaitingPage,
     check_limit,
     check_page,
     check_prune,
+    conversation_of,
     decode_message,
     encode_message,
     inbox_of,
@@ -42,6 +47,7 @@ from ._base import (
     parts,
     rebuild,
     rebuild_version,
+    session_busy,
     status_value,
     summary_of,
     unknown_version,
@@ -58,7 +64,8 @@ __all__ = ["SQLiteStore"]
 #:   2: the calls waiting for a decision, indexed for the inbox query; deadlines; parked runs.
 #:   3: every version of a run (its head row, at each step); runs stored before it start
 #:      their history at the version they were at.
-LAYOUT_VERSION = 3
+#:   4: sessions: the runs of each conversation thread, in order.
+LAYOUT_VERSION = 4
 
 _LAYOUT = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -130,6 +137,42 @@ CREATE TABLE IF NOT EXISTS run_versions (
 INSERT OR IGNORE INTO run_versions (run_id, version, status, event, at, head, n_items,
     schema_version)
 SELECT run_id, version, status, NULL, updated_at, head, n_items, schema_version FROM runs;
+"""
+
+_LAYOUT_4 = """
+CREATE TABLE IF NOT EXISTS session_runs (
+    session TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    run_id TEXT NOT NULL UNIQUE,
+    at REAL NOT NULL,
+    PRIMARY KEY (session, position)
+) WITHOUT ROWID;
+"""
+
+# A session's last run, and its status now (None for no run, or one deleted meanwhile).
+_SESSION_LAST = (
+    "SELECT s.position, s.run_id, r.status FROM session_runs AS s"
+    " LEFT JOIN runs AS r ON r.run_id = s.run_id WHERE s.session = ?"
+    " ORDER BY s.position DESC LIMIT 1"
+)
+
+# Every run of a session before one (all of them when ``before`` is NULL or not in it).
+_SESSION_TRANSCRIPT = """
+SELECT r.run_id, r.head, r.n_items
+FROM session_runs AS s JOIN runs AS r ON r.run_id = s.run_id
+WHERE s.session = ? AND s.position < COALESCE(
+    (SELECT b.position FROM session_runs AS b WHERE b.session = ? AND b.run_id = ?),
+    9223372036854775807
+)
+ORDER BY s.position
+"""
+
+_SESSIONS = """
+SELECT s.session, (SELECT count(*) FROM session_runs AS c WHERE c.session = s.session),
+    s.run_id, r.status, s.at
+FROM session_runs AS s JOIN runs AS r ON r.run_id = s.run_id
+WHERE s.position = (SELECT max(m.position) FROM session_runs AS m WHERE m.session = s.session)
+ORDER BY s.at DESC, s.session DESC
 """
 
 _KEEP_VERSION = (
@@ -271,7 +314,7 @@ class SQLiteStore(Store):
         read again in it, as another process may have migrated the file meanwhile."""
         current = self._layout_version(db) or 0
         db.execute("CREATE TABLE IF NOT EXISTS agentfsm_schema (version INTEGER NOT NULL)")
-        for version, layout in ((1, _LAYOUT), (2, _LAYOUT_2), (3, _LAYOUT_3)):
+        for version, layout in ((1, _LAYOUT), (2, _LAYOUT_2), (3, _LAYOUT_3), (4, _LAYOUT_4)):
             if current < version:
                 for statement in layout.split(";"):
                     if statement.strip():
@@ -359,6 +402,8 @@ class SQLiteStore(Store):
                 )
             except sqlite3.IntegrityError as exc:
                 raise ConflictError(f"run {state.run_id} is already stored") from exc
+            if state.session is not None:
+                self._join(db, state.session, state.run_id, summary.updated_at)
             self._append(db, state.run_id, 0, items)
             self._set_waiting(db, state, summary.updated_at, 0)
             db.execute(
@@ -374,6 +419,68 @@ class SQLiteStore(Store):
                     state.schema_version,
                 ),
             )
+
+    def _join(self, db: sqlite3.Connection, session: str, run_id: str, now: float) -> None:
+        """Add the run as the session's next one, unless the session's last run is active
+        (in the caller's write transaction, which no other process can interleave)."""
+        check_session(session)
+        last = db.execute(_SESSION_LAST, (session,)).fetchone()
+        if last is not None and last[2] is not None and not RunStatus(last[2]).is_terminal:
+            raise session_busy(session, last[1], last[2])
+        try:
+            db.execute(
+                "INSERT INTO session_runs (session, position, run_id, at) VALUES (?, ?, ?, ?)",
+                (session, 1 if last is None else last[0] + 1, run_id, now),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise session_busy(session, None, None) from exc
+
+    async def session_runs(self, session: str) -> list[SessionRun]:
+        check_session(session)
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT s.position, s.run_id, r.status, s.at FROM session_runs AS s"
+                " JOIN runs AS r ON r.run_id = s.run_id WHERE s.session = ?"
+                " ORDER BY s.position",
+                (session,),
+            ).fetchall()
+        return [SessionRun(session, *row) for row in rows]
+
+    async def session_transcript(self, session: str, *, before: str | None = None) -> list[Item]:
+        # One snapshot of the whole session, not one transaction per run.
+        check_session(session)
+        runs = []
+        with self._read() as db:
+            for run_id, head, n_items in db.execute(
+                _SESSION_TRANSCRIPT, (session, session, before)
+            ):
+                items = db.execute(
+                    "SELECT item FROM run_items WHERE run_id = ? AND idx < ? ORDER BY idx",
+                    (run_id, n_items),
+                )
+                runs.append((head, [item for (item,) in items]))
+        return [item for head, items in runs for item in conversation_of(rebuild(head, items))]
+
+    async def sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
+        check_limit(limit)
+        query, params = _SESSIONS, []
+        if limit is not None:
+            query, params = query + " LIMIT ?", [limit]
+        with self._read() as db:
+            return [SessionSummary(*row) for row in db.execute(query, params)]
+
+    async def clear_session(self, session: str) -> int:
+        check_session(session)
+        with self._write() as db:
+            last = db.execute(_SESSION_LAST, (session,)).fetchone()
+            if last is not None and last[2] is not None and not RunStatus(last[2]).is_terminal:
+                raise session_busy(session, last[1], last[2])
+            runs = "(SELECT run_id FROM session_runs WHERE session = ?)"
+            for table in ("run_items", "run_inbox", "run_waiting", "run_versions"):
+                db.execute(f"DELETE FROM {table} WHERE run_id IN {runs}", (session,))
+            deleted = db.execute(f"DELETE FROM runs WHERE run_id IN {runs}", (session,)).rowcount
+            db.execute("DELETE FROM session_runs WHERE session = ?", (session,))
+        return int(deleted)
 
     async def load(self, run_id: str, *, version: int | None = None) -> RunState:
         with self._read() as db:
@@ -582,6 +689,7 @@ class SQLiteStore(Store):
             db.execute("DELETE FROM run_inbox WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM run_waiting WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM run_versions WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM session_runs WHERE run_id = ?", (run_id,))
 
     async def waiting(
         self,

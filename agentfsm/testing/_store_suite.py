@@ -44,6 +44,7 @@ from .._tools import ToolContext, tool
 from ..stores._base import CancelMessage, Lease, RetryPolicy, Store
 from ._clock import FakeClock
 from ._scripted import ScriptedModel, call, handoff, say
+from ._session_suite import SessionConformance
 
 __all__ = ["FakeClock", "StoreConformance"]
 
@@ -135,7 +136,7 @@ def _scripted_agents(script: list[Any]) -> Agent:
     return first
 
 
-class StoreConformance:
+class StoreConformance(SessionConformance):
     """Checks every store must pass. Override ``make_store``."""
 
     async def make_store(self, clock: Callable[[], float]) -> Store:

@@ -123,6 +123,7 @@ async def start(request: Request) -> Response:
         context=body.context,
         max_turns=body.max_turns,
         run_id=body.run_id,
+        session=body.session,
     )
     root = request.scope.get("root_path", "")
     return json_response(

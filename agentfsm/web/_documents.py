@@ -57,7 +57,9 @@ class DecisionBody(_Body, frozen=True):
 
 
 class StartBody(_Body, frozen=True):
-    """A new run of the inbox's agent on ``input``; the workers run it."""
+    """A new run of the inbox's agent on ``input``; the workers run it. With ``session``, the
+    session's next run (docs/sessions.md): refused (409) while the session's last run is
+    live or waiting."""
 
     input: _Text
     context: Any = None
@@ -65,6 +67,7 @@ class StartBody(_Body, frozen=True):
     run_id: (
         Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[\w.:-]+$")] | None
     ) = None
+    session: _Id | None = None
 
 
 class ReasonBody(_Body, frozen=True):

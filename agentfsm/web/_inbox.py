@@ -207,9 +207,12 @@ class Inbox:
         context: Any = None,
         max_turns: int | None = None,
         run_id: str | None = None,
+        session: str | None = None,
     ) -> RunState:
         """Store a new run of the inbox's agent for the workers (``agentfsm worker``),
-        recording who started it (``started_by``) and the permissions' starter rule."""
+        recording who started it (``started_by``) and the permissions' starter rule; with
+        ``session``, as that session's next run (the worker that starts it gives it the
+        session's transcript)."""
         if self.agent is None:
             raise HTTPProblem(
                 "no-agent",
@@ -224,6 +227,7 @@ class Inbox:
             max_turns=10 if max_turns is None else max_turns,
             started_by=started_by,
             starter_may_approve=self.permissions.starter_may_approve,
+            session=session,
         )
         await self.store.create(state)
         self.memory.remember(state)
