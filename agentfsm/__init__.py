@@ -14,6 +14,7 @@ from ._errors import (
     ContextError,
     DecisionRefused,
     GuardrailTripped,
+    HandoffError,
     HookError,
     IllegalTransition,
     InboxChanged,
@@ -43,6 +44,7 @@ from ._events import (
     Decision,
     ErrorHandled,
     Event,
+    HandedOff,
     Injected,
     ModelResponded,
     Paused,
@@ -61,6 +63,7 @@ from ._guardrails import (
     tool_output_guardrail,
 )
 from ._guardrun import RunErrorHandlerInput, RunErrorHandlerResult
+from ._handoffs import HandoffInputData, HandoffSpec, handoff, remove_tool_calls
 from ._items import (
     AssistantMessage,
     Feedback,
@@ -79,6 +82,7 @@ from ._model import (
     Model,
     ModelProvider,
     ModelRequest,
+    PreviousResponse,
     ResponseDone,
     StreamEvent,
     StreamingModel,
@@ -121,7 +125,16 @@ from ._run_events import (
     durable_events,
 )
 from ._runner import Runner, RunResult
-from ._state import CallRecord, Policy, RunState, Transcript
+from ._settings import ModelSettings
+from ._state import (
+    CallRecord,
+    HandoffDue,
+    HandoffInput,
+    Policy,
+    RunState,
+    StoredResponse,
+    Transcript,
+)
 from ._step import Step, idempotency_key, new_run, pending_outcome, step
 from ._stream import RunHandle, RunHooks
 from ._tools import Tool, ToolContext, ToolSpec, tool
@@ -168,8 +181,14 @@ __all__ = [
     "GuardrailFunctionOutput",
     "GuardrailItem",
     "GuardrailTripped",
+    "HandedOff",
     "Handoff",
+    "HandoffDue",
+    "HandoffError",
+    "HandoffInput",
+    "HandoffInputData",
     "HandoffItem",
+    "HandoffSpec",
     "HookError",
     "IllegalTransition",
     "InboxChanged",
@@ -191,6 +210,7 @@ __all__ = [
     "ModelRequest",
     "ModelResponded",
     "ModelResponse",
+    "ModelSettings",
     "ModelTextDelta",
     "ModelToolCall",
     "ModelToolCallDelta",
@@ -199,6 +219,7 @@ __all__ = [
     "Policy",
     "Position",
     "PostgresStore",
+    "PreviousResponse",
     "ResolutionError",
     "ResponseDone",
     "Resumed",
@@ -229,6 +250,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "StoredResponse",
     "StreamEvent",
     "StreamingModel",
     "TextDelta",
@@ -262,6 +284,7 @@ __all__ = [
     "WaitingCall",
     "WaitingPage",
     "durable_events",
+    "handoff",
     "handoff_tool_name",
     "idempotency_key",
     "input_guardrail",
@@ -269,6 +292,7 @@ __all__ = [
     "open_store",
     "output_guardrail",
     "pending_outcome",
+    "remove_tool_calls",
     "step",
     "stream_events",
     "tool",

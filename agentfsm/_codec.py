@@ -60,11 +60,17 @@ def _v2_to_v3(document: dict[str, Any]) -> dict[str, Any]:
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
-def _wire_fields() -> list[tuple[str, Any]]:
-    fields = []
+def _wire_fields() -> list[tuple[Any, ...]]:
+    fields: list[tuple[Any, ...]] = []
     for field in msgspec.structs.fields(RunState):
         kind = tuple[Item, ...] if field.name == "items" else field.type
-        fields.append((field.name, kind))
+        if field.default is not msgspec.NODEFAULT:
+            # Fields added within a schema version have defaults: documents without them load.
+            fields.append((field.name, kind, field.default))
+        elif field.default_factory is not msgspec.NODEFAULT and field.name != "trace":
+            fields.append((field.name, kind, msgspec.field(default_factory=field.default_factory)))
+        else:
+            fields.append((field.name, kind))
     return fields
 
 
@@ -73,18 +79,24 @@ WireState: Any = msgspec.defstruct(
     _wire_fields(),
     frozen=True,
     forbid_unknown_fields=True,
+    # Only fields added within this schema version have defaults; left out while unused,
+    # they keep documents as this version wrote them before.
+    omit_defaults=True,
     module=__name__,
 )
 
 
 HeadWire: Any = msgspec.defstruct(
     "RunHead",
-    [(name, kind) for name, kind in _wire_fields() if name != "items"],
+    [field for field in _wire_fields() if field[0] != "items"],
     frozen=True,
     forbid_unknown_fields=True,
+    # Only fields added within this schema version have defaults; left out while unused,
+    # they keep documents as this version wrote them before.
+    omit_defaults=True,
     module=__name__,
 )
-_HEAD_FIELDS = [name for name, _ in _wire_fields() if name != "items"]
+_HEAD_FIELDS = [field[0] for field in _wire_fields() if field[0] != "items"]
 
 
 def wire_type() -> Any:

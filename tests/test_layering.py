@@ -29,6 +29,8 @@ CORE = [
     "_tools",
     "_guardrails",
     "_agents",
+    "_handoffs",
+    "_settings",
 ]
 THIRD_PARTY_ALLOWED = {"msgspec", "pydantic", "pydantic_core", "transitions"}
 
