@@ -21,7 +21,7 @@ from ._toolrun import carrying, copy_json
 
 __all__ = ["take_handoff"]
 
-_ITEM_TYPES = Item.__args__  # type: ignore[attr-defined]
+_ITEM_TYPES = Item.__args__
 
 
 async def take_handoff(agents: AgentSet, state: RunState) -> HandedOff:

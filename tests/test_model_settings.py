@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from openai_server import Call, OpenAIServer, Reply
 
-from agentfsm import Agent, ConfigurationError, ModelSettings, Runner, RunState, tool
+from agentfsm import Agent, ConfigurationError, ModelSettings, Runner, tool
 from agentfsm.models import OpenAIProvider
 
 HERE = Path(__file__).resolve().parent
@@ -141,8 +141,9 @@ def test_the_reset_holds_in_a_run_resumed_in_a_new_process(api: str, tmp_path: P
         saved.write_text(paused.state.approve(paused.interruptions[0]).to_json())
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "AZURE_"))}
         env.update(OPENAI_BASE_URL=server.url, OPENAI_API_KEY="sk-test")
+        script = textwrap.dedent(RESUME.format(tests=str(HERE)))
         done = subprocess.run(
-            [sys.executable, "-c", textwrap.dedent(RESUME.format(tests=str(HERE))), str(saved), api],
+            [sys.executable, "-c", script, str(saved), api],
             env=env,
             capture_output=True,
             text=True,

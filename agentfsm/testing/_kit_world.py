@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._agents import Agent
+from .._handoffs import HandoffSpec
 from .._tools import Tool, ToolContext
 
 __all__ = [
@@ -142,7 +143,12 @@ def copy_agents(start: Agent, tools: Callable[[Tool], Tool], model: Any) -> Agen
             agent, model=model, tools=[tools(t) for t in agent.tools], handoffs=[]
         )
         copies[id(agent)] = clone
-        clone.handoffs = [visit(target) for target in agent.handoffs]
+        clone.handoffs = [
+            dataclasses.replace(target, agent=visit(target.agent))
+            if isinstance(target, HandoffSpec)
+            else visit(target)
+            for target in agent.handoffs
+        ]
         return clone
 
     return visit(start)

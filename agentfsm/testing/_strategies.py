@@ -38,7 +38,15 @@ from .._items import (
 from .._json import digest
 from .._machine import RunStatus
 from .._outcomes import RunError
-from .._state import CallRecord, Policy, RunState, Transcript
+from .._state import (
+    CallRecord,
+    HandoffDue,
+    HandoffInput,
+    Policy,
+    RunState,
+    StoredResponse,
+    Transcript,
+)
 from .._step import idempotency_key
 
 if TYPE_CHECKING:
@@ -306,6 +314,22 @@ def run_states(
             staged=tuple(draw(few_items)),
             version=draw(st.integers(min_value=0, max_value=10**6)),
             audit=tuple(audit),
+            handoff_due=(
+                HandoffDue(source=agent(), target=agent()) if draw(st.booleans()) else None
+            ),
+            handoff_input=(
+                HandoffInput(
+                    source=agent(),
+                    target=agent(),
+                    items=tuple(draw(few_items)),
+                    start=draw(indexes),
+                )
+                if draw(st.booleans())
+                else None
+            ),
+            stored_response=(
+                StoredResponse(id=draw(names), items=draw(indexes)) if draw(st.booleans()) else None
+            ),
         )
 
     return draw_state()
