@@ -409,3 +409,34 @@ def test_a_state_without_the_new_fields_loads() -> None:
     document = json.loads(state.to_json())
     assert "handoff_due" not in document  # left out while unused
     assert RunState.from_json(json.dumps(document)) == state
+
+
+def test_a_filter_may_return_the_input_data_as_the_agents_sdks_do() -> None:
+    def trim(data: HandoffInputData) -> HandoffInputData:
+        return HandoffInputData(
+            source=data.source, target=data.target, history=data.history[:1], context=None
+        )
+
+    model = ScriptedModel([call("transfer_to_b"), say("b")])
+    a = Agent("a", "", model, handoffs=[handoff(Agent("b", "", model), input_filter=trim)])
+    Runner().run_sync(a, "only this")
+    assert model.requests[1].input == (UserMessage(content="only this"),)
+
+
+def test_a_run_waiting_for_options_the_code_no_longer_has_goes_on_without_them(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    model = ScriptedModel([call("transfer_to_b"), say("b, with everything")])
+
+    def broken(data: HandoffInputData) -> list[Any]:
+        raise RuntimeError("broken")
+
+    a = Agent("a", "", model, handoffs=[handoff(Agent("b", "", model), input_filter=broken)])
+    with pytest.raises(HandoffError):
+        Runner(store=store).run_sync(a, "hi", run_id="r1")
+    plain = Agent("a", "", model, handoffs=[Agent("b", "", model)])  # the filter was removed
+    result = Runner(store=store).resume_sync(plain, "r1")
+    assert result.final_output == "b, with everything"
+    assert result.state.handoff_input is None
+    assert len(model.requests[-1].items) == 3
