@@ -19,13 +19,16 @@ from openai_server import Call, Fail, OpenAIServer, Reply
 
 from agentfsm import (
     Agent,
+    Injected,
     ModelResponse,
     ModelSettings,
     ModelToolCall,
     PreviousResponse,
     Runner,
     StoredResponse,
+    UserMessage,
     handoff,
+    step,
     tool,
 )
 from agentfsm.models import BadRequestError, OpenAIProvider
@@ -243,3 +246,40 @@ def test_the_state_counts_what_a_kept_response_holds() -> None:
     assert (
         Runner().run_sync(Agent("a", "", plain, tools=[lookup]), "hi").state.stored_response is None
     )
+
+
+def test_input_injected_while_a_call_waited_is_sent_as_new() -> None:
+    model = ScriptedModel(
+        [
+            ModelResponse(
+                tool_calls=(ModelToolCall(call_id="c1", name="refund", arguments='{"amount":5}'),),
+                response_id="resp_a",
+            ),
+            ModelResponse(text="Refunded, and noted.", response_id="resp_b"),
+        ]
+    )
+    agent = Agent("a", "", model, tools=[refund])
+    paused = Runner().run_sync(agent, "Refund 5")
+    state = step(paused.state, Injected(items=(UserMessage(content="Also note it."),)), agent).state
+    result = Runner().run_sync(agent, state.approve(state.interruptions[0]))
+    assert result.final_output == "Refunded, and noted."
+    request = model.requests[1]
+    assert request.previous == PreviousResponse(id="resp_a", items=1)
+    new = list(request.items[request.previous.items :])
+    assert [type(i).__name__ for i in new] == ["ToolResultItem", "UserMessage"]
+
+
+@pytest.mark.parametrize(
+    ("error", "forgotten"),
+    [
+        (BadRequestError("x", status_code=400, code="previous_response_not_found"), True),
+        (BadRequestError("x", status_code=400, param="previous_response_id"), True),
+        (BadRequestError("no previous_response_id 'r'", status_code=404), True),
+        (BadRequestError("bad schema", status_code=400, param="tools"), False),
+        (BadRequestError("x", status_code=401, param="previous_response_id"), False),
+    ],
+)
+def test_what_counts_as_a_forgotten_response(error: BadRequestError, forgotten: bool) -> None:
+    from agentfsm.models._responses import unknown_response
+
+    assert unknown_response(error) is forgotten
