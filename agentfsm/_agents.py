@@ -162,6 +162,15 @@ class AgentSet(Mapping[str, Agent]):
         self._tools[agent.name] = tools
         self._handoffs[agent.name] = handoffs
         self._handoff_specs[agent.name] = by_target
+        choice = agent.model_settings.tool_choice if agent.model_settings is not None else None
+        if (
+            choice not in (None, "auto", "none", "required")
+            and choice not in tools.keys() | handoffs
+        ):
+            raise ConfigurationError(
+                f"agent {agent.name!r}: its model_settings force the tool {choice!r}, which it "
+                f"does not have (tools: {', '.join([*tools, *handoffs]) or 'none'})"
+            )
         self._specs[agent.name] = tuple(specs)
 
     # Mapping

@@ -29,6 +29,7 @@ from agentfsm import (
     ModelResponded,
     ModelResponse,
     ModelToolCall,
+    RetryPolicy,
     Runner,
     RunState,
     SQLiteStore,
@@ -337,11 +338,12 @@ def test_the_cli_says_a_broken_filter_in_one_line_and_a_worker_survives_it(
     assert failed.returncode == 1
     assert failed.stderr.strip().count("\n") == 0, failed.stderr
     assert "the filter broke" in failed.stderr and "Traceback" not in failed.stderr
-    # A worker counts the failure and goes on; the run waits to be retried, intact.
+    # A worker counts the failures and goes on; the run is parked after two, intact.
     store = SQLiteStore(db)
     os.environ["HANDOFF_MODE"] = "text"
     try:
-        worked = asyncio.run(Runner(store=store).work(app_agent(), until_idle=True))
+        retry = RetryPolicy(attempts=2, backoff=0)
+        worked = asyncio.run(Runner(store=store, retry=retry).work(app_agent(), until_idle=True))
     finally:
         del os.environ["HANDOFF_MODE"]
     assert worked == 0

@@ -209,3 +209,17 @@ def test_settings_travel_with_the_request_to_any_model() -> None:
     settings = ModelSettings(temperature=0.3)
     Runner().run_sync(Agent("a", "", model, model_settings=settings), "hi")
     assert model.requests[0].settings == settings
+
+
+def test_a_forced_tool_the_agent_lacks_is_refused_when_the_run_starts() -> None:
+    from agentfsm.testing import ScriptedModel, say
+
+    agent = Agent(
+        "a",
+        "",
+        ScriptedModel([say("x")]),
+        tools=[lookup],
+        model_settings=ModelSettings(tool_choice="lokup"),
+    )
+    with pytest.raises(ConfigurationError, match="force the tool 'lokup'.*tools: lookup"):
+        Runner().run_sync(agent, "hi")
