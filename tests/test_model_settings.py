@@ -221,5 +221,5 @@ def test_a_forced_tool_the_agent_lacks_is_refused_when_the_run_starts() -> None:
         tools=[lookup],
         model_settings=ModelSettings(tool_choice="lokup"),
     )
-    with pytest.raises(ConfigurationError, match="force the tool 'lokup'.*tools: lookup"):
+    with pytest.raises(ConfigurationError, match=r"force the tool 'lokup'.*tools: lookup"):
         Runner().run_sync(agent, "hi")
