@@ -15,6 +15,7 @@ from ._errors import (
     ContextError,
     DecisionRefused,
     GuardrailTripped,
+    HandoffError,
     HookError,
     IllegalTransition,
     InboxChanged,
@@ -45,6 +46,7 @@ from ._events import (
     Decision,
     ErrorHandled,
     Event,
+    HandedOff,
     Injected,
     ModelResponded,
     Paused,
@@ -64,6 +66,7 @@ from ._guardrails import (
     tool_output_guardrail,
 )
 from ._guardrun import RunErrorHandlerInput, RunErrorHandlerResult
+from ._handoffs import HandoffInputData, HandoffSpec, handoff, remove_tool_calls
 from ._items import (
     AssistantMessage,
     Feedback,
@@ -82,6 +85,7 @@ from ._model import (
     Model,
     ModelProvider,
     ModelRequest,
+    PreviousResponse,
     ResponseDone,
     StreamEvent,
     StreamingModel,
@@ -125,7 +129,17 @@ from ._run_events import (
     durable_events,
 )
 from ._runner import Runner, RunResult
-from ._state import CallRecord, ForkOrigin, Policy, RunState, Transcript
+from ._settings import ModelSettings
+from ._state import (
+    CallRecord,
+    ForkOrigin,
+    HandoffDue,
+    HandoffInput,
+    Policy,
+    RunState,
+    StoredResponse,
+    Transcript,
+)
 from ._step import Step, idempotency_key, new_run, pending_outcome, step
 from ._stream import RunHandle, RunHooks
 from ._tools import Tool, ToolContext, ToolSpec, tool
@@ -179,8 +193,14 @@ __all__ = [
     "GuardrailFunctionOutput",
     "GuardrailItem",
     "GuardrailTripped",
+    "HandedOff",
     "Handoff",
+    "HandoffDue",
+    "HandoffError",
+    "HandoffInput",
+    "HandoffInputData",
     "HandoffItem",
+    "HandoffSpec",
     "HookError",
     "IllegalTransition",
     "InboxChanged",
@@ -202,6 +222,7 @@ __all__ = [
     "ModelRequest",
     "ModelResponded",
     "ModelResponse",
+    "ModelSettings",
     "ModelTextDelta",
     "ModelToolCall",
     "ModelToolCallDelta",
@@ -210,6 +231,7 @@ __all__ = [
     "Policy",
     "Position",
     "PostgresStore",
+    "PreviousResponse",
     "ResolutionError",
     "ResponseDone",
     "Resumed",
@@ -244,6 +266,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "StoredResponse",
     "StreamEvent",
     "StreamingModel",
     "TextDelta",
@@ -278,6 +301,7 @@ __all__ = [
     "WaitingPage",
     "durable_events",
     "fork",
+    "handoff",
     "handoff_tool_name",
     "idempotency_key",
     "input_guardrail",
@@ -286,6 +310,7 @@ __all__ = [
     "open_store",
     "output_guardrail",
     "pending_outcome",
+    "remove_tool_calls",
     "step",
     "stream_events",
     "tool",

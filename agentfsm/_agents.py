@@ -7,7 +7,6 @@ names against the agents the caller passes. ``AgentSet`` does that resolution on
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,13 +15,15 @@ import pydantic
 
 from ._errors import ConfigurationError, ToolChangedError, UnknownAgentError, UnknownToolError
 from ._guardrails import Guardrail, guardrail_list
+from ._handoffs import HandoffSpec, default_description, handoff, handoff_tool_name
 from ._nested import AgentTool, OutputExtractor, check_nested
+from ._settings import ModelSettings
 from ._tools import Tool, ToolSpec, tool
 
 if TYPE_CHECKING:
     from ._state import RunState
 
-__all__ = ["Agent", "AgentSet", "handoff_tool_name"]
+__all__ = ["Agent", "AgentSet", "handoff", "handoff_tool_name"]
 
 
 @dataclass(eq=False)
@@ -38,22 +39,45 @@ class Agent:
     ``input_guardrails`` check the run's input (when this agent starts the run) and input
     injected while it is the current agent; ``output_guardrails`` check its final output.
     Plain functions are wrapped as guardrails (see docs/guardrails.md).
+
+    ``handoffs`` holds agents, or ``handoff(agent, ...)`` for a handoff with options (a tool
+    name, a description, an input filter, a callback). ``model_settings`` override the
+    model's own settings for this agent's turns. With ``reset_tool_choice`` (the default), a
+    ``tool_choice`` these settings force (``"required"`` or a tool's name) applies until the
+    agent has called a tool in the run; after that its turns are sent ``"auto"``, so a forced
+    call does not repeat forever. See docs/agents.md.
     """
 
     name: str
     instructions: str | Callable[[Any], str] = ""
     model: Any = None
     tools: list[Tool] = field(default_factory=list)
-    handoffs: list[Agent] = field(default_factory=list)
+    handoffs: list[Agent | HandoffSpec] = field(default_factory=list)
     output_type: Any = None
     #: Lifecycle hooks (``RunHooks``) for what happens while this agent is the current one.
     hooks: Any = None
     input_guardrails: list[Guardrail] = field(default_factory=list)
     output_guardrails: list[Guardrail] = field(default_factory=list)
+    model_settings: ModelSettings | None = None
+    reset_tool_choice: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigurationError("an agent needs a non-empty str name")
+        if self.model_settings is not None and not isinstance(self.model_settings, ModelSettings):
+            raise ConfigurationError(
+                f"agent {self.name!r}: model_settings must be a ModelSettings, not "
+                f"{type(self.model_settings).__name__}"
+            )
+        if not isinstance(self.reset_tool_choice, bool):
+            raise ConfigurationError(f"agent {self.name!r}: reset_tool_choice must be a bool")
+        self.handoffs = list(self.handoffs)
+        for target in self.handoffs:
+            if not isinstance(target, Agent | HandoffSpec):
+                raise ConfigurationError(
+                    f"agent {self.name!r}: handoffs holds agents or handoff(agent, ...), not "
+                    f"{type(target).__name__}"
+                )
         self.tools = [t if isinstance(t, Tool) else tool(t) for t in self.tools]
         where = f"agent {self.name!r}"
         self.input_guardrails = list(
@@ -92,11 +116,6 @@ class Agent:
         )
 
 
-def handoff_tool_name(agent_name: str) -> str:
-    """The name of the tool a model calls to hand off to ``agent_name``."""
-    return "transfer_to_" + re.sub(r"[^A-Za-z0-9_-]", "_", agent_name).lower()
-
-
 @functools.lru_cache(maxsize=256)
 def _adapter(output_type: Any) -> pydantic.TypeAdapter[Any]:
     return pydantic.TypeAdapter(output_type)
@@ -114,6 +133,7 @@ class AgentSet(Mapping[str, Agent]):
         self._agents: dict[str, Agent] = {}
         self._tools: dict[str, dict[str, Tool]] = {}
         self._handoffs: dict[str, dict[str, str]] = {}
+        self._handoff_specs: dict[str, dict[str, HandoffSpec]] = {}
         self._specs: dict[str, tuple[ToolSpec, ...]] = {}
         self._output_schemas: dict[str, dict[str, Any] | None] = {}
         pending = [starting]
@@ -126,7 +146,7 @@ class AgentSet(Mapping[str, Agent]):
                 raise ConfigurationError(f"two different agents are named {agent.name!r}")
             self._agents[agent.name] = agent
             self._index(agent)
-            pending.extend(agent.handoffs)
+            pending.extend(t.agent if isinstance(t, HandoffSpec) else t for t in agent.handoffs)
 
     def _index(self, agent: Agent) -> None:
         tools: dict[str, Tool] = {}
@@ -135,23 +155,48 @@ class AgentSet(Mapping[str, Agent]):
                 raise ConfigurationError(f"agent {agent.name!r} has two tools named {t.name!r}")
             tools[t.name] = t
         handoffs: dict[str, str] = {}
+        by_target: dict[str, HandoffSpec] = {}
         specs = [t.spec for t in agent.tools]
-        for target in agent.handoffs:
-            name = handoff_tool_name(target.name)
+        for option in agent.handoffs:
+            target = (
+                option
+                if isinstance(option, HandoffSpec)
+                else HandoffSpec(
+                    agent=option,
+                    tool_name=handoff_tool_name(option.name),
+                    description=default_description(option.name),
+                )
+            )
+            name = target.tool_name
             if name in tools or name in handoffs:
                 raise ConfigurationError(
                     f"agent {agent.name!r}: handoff tool {name!r} clashes with another tool"
                 )
-            handoffs[name] = target.name
+            if target.agent.name in by_target:
+                raise ConfigurationError(
+                    f"agent {agent.name!r} has two handoffs to {target.agent.name!r}"
+                )
+            handoffs[name] = target.agent.name
+            by_target[target.agent.name] = target
             specs.append(
                 ToolSpec(
                     name=name,
-                    description=f"Hand the conversation over to the agent {target.name!r}.",
+                    description=target.description,
                     parameters={"type": "object", "properties": {}, "additionalProperties": False},
                 )
             )
         self._tools[agent.name] = tools
         self._handoffs[agent.name] = handoffs
+        self._handoff_specs[agent.name] = by_target
+        choice = agent.model_settings.tool_choice if agent.model_settings is not None else None
+        if (
+            choice not in (None, "auto", "none", "required")
+            and choice not in tools.keys() | handoffs
+        ):
+            raise ConfigurationError(
+                f"agent {agent.name!r}: its model_settings force the tool {choice!r}, which it "
+                f"does not have (tools: {', '.join([*tools, *handoffs]) or 'none'})"
+            )
         self._specs[agent.name] = tuple(specs)
 
     # Mapping
@@ -192,6 +237,10 @@ class AgentSet(Mapping[str, Agent]):
     def handoff_target(self, agent: str, tool_name: str) -> str | None:
         return self._handoffs[agent].get(tool_name)
 
+    def handoff_spec(self, source: str, target: str) -> HandoffSpec | None:
+        """The handoff from ``source`` to ``target``, with its options (None: none now)."""
+        return self._handoff_specs.get(source, {}).get(target)
+
     def tool_specs(self, agent: str) -> tuple[ToolSpec, ...]:
         return self._specs[agent]
 
@@ -222,6 +271,8 @@ class AgentSet(Mapping[str, Agent]):
         self.agent(state.current_agent)
         if state.pending_handoff is not None:
             self.agent(state.pending_handoff)
+        if state.handoff_due is not None:
+            self.agent(state.handoff_due.source)
         for call in state.ledger:
             if call.pinned and call.status != "committed":
                 self._check_pinned(call.agent, call.tool, call.call_id, call.schema)

@@ -39,7 +39,13 @@ __all__ = [
 #:      ``paused``. Guardrails: their verdicts in the transcript (``GuardrailItem``, tag
 #:      ``guardrail``), a waiting call's ``recheck`` (its input guardrails check it again
 #:      before it runs), and ``guardrail_tripped`` runs.
-SCHEMA_VERSION = 3
+#:   4: agents as tools (``nested``: the nested runs of agent tool calls); forks
+#:      (``forked_from``); who started the run and whether they may approve its calls
+#:      (``started_by``, ``starter_may_approve``); sessions (``session``, ``session_items``);
+#:      handoff options (``handoff_due``, ``handoff_input``); server-side continuation
+#:      (``stored_response``). A call's quorum and the approvals counted so far (``quorum``,
+#:      ``approvals``, with defaults), and a decision's ``counted`` outcome in the audit trail.
+SCHEMA_VERSION = 4
 
 
 def _v1_to_v2(document: dict[str, Any]) -> dict[str, Any]:
@@ -55,28 +61,37 @@ def _v2_to_v3(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def _v3_to_v4(document: dict[str, Any]) -> dict[str, Any]:
+    # Runs of version 3 had none of these: no nested runs, no fork, no recorded starter (so
+    # nothing bars anyone from approving), no session, no handoff options pending, and no
+    # response kept by a server. Calls had no quorum: their defaults (one approval) apply.
+    document.update(
+        nested={},
+        forked_from=None,
+        started_by="",
+        starter_may_approve=True,
+        session=None,
+        session_items=0,
+        handoff_due=None,
+        handoff_input=None,
+        stored_response=None,
+    )
+    return document
+
+
 #: ``MIGRATIONS[n]`` turns a version-n document (a dict) into a version n+1 document. Each
 #: one has a frozen fixture under tests/fixtures/ that a test loads.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    1: _v1_to_v2,
+    2: _v2_to_v3,
+    3: _v3_to_v4,
+}
 
 
-#: Fields added to RunState since this schema version was released: a document of this
-#: version may lack them, and they take their default; they are written only when they
-#: differ from it, so a run that does not use them is written as this version always was.
-#: (The next schema version's migration fills them in, and makes them required like every
-#: other.)
-_ADDED_SINCE_RELEASE = (
-    "nested",
-    "forked_from",
-    "started_by",
-    "starter_may_approve",
-    "session",
-    "session_items",
-)
-
-
-def _wire_fields() -> list[tuple[Any, ...]]:
-    fields: list[tuple[Any, ...]] = []
+def _wire_fields() -> list[tuple[str, Any]]:
+    # Every field is required on the wire: a document names each one, and an older version's
+    # document is migrated (MIGRATIONS) rather than filled in with defaults.
+    fields: list[tuple[str, Any]] = []
     for field in msgspec.structs.fields(RunState):
         kind = field.type
         if field.name == "items":
@@ -85,13 +100,7 @@ def _wire_fields() -> list[tuple[Any, ...]]:
             # Nested runs are states too: the wire type refers to itself (resolved by name
             # in this module).
             kind = dict[str, "WireState"]
-        if field.name in _ADDED_SINCE_RELEASE:
-            default = field.default
-            if default is msgspec.NODEFAULT:
-                default = msgspec.field(default_factory=field.default_factory)
-            fields.append((field.name, kind, default))
-        else:
-            fields.append((field.name, kind))
+        fields.append((field.name, kind))
     return fields
 
 
@@ -100,7 +109,6 @@ WireState: Any = msgspec.defstruct(
     _wire_fields(),
     frozen=True,
     forbid_unknown_fields=True,
-    omit_defaults=True,
     module=__name__,
 )
 
@@ -110,7 +118,6 @@ HeadWire: Any = msgspec.defstruct(
     [field for field in _wire_fields() if field[0] != "items"],
     frozen=True,
     forbid_unknown_fields=True,
-    omit_defaults=True,
     module=__name__,
 )
 _HEAD_FIELDS = [field[0] for field in _wire_fields() if field[0] != "items"]

@@ -29,6 +29,7 @@ bare. The tree::
     │                                    BadRequestError, ServerError
     ├── ConfigurationError     agents or runner set up in a way that cannot work
     ├── HookError              a lifecycle hook or event listener raised (the run stopped)
+    ├── HandoffError           a handoff's input filter or on_handoff failed (the run stopped)
     ├── GuardrailTripped       a guardrail tripped or raised: the run ended failed, saved
     └── StoreError             a store could not do what was asked
         ├── StoreUnavailable   unreachable or too busy for now; trying again later may work
@@ -57,6 +58,7 @@ __all__ = [
     "ContextError",
     "DecisionRefused",
     "GuardrailTripped",
+    "HandoffError",
     "HookError",
     "IllegalTransition",
     "InboxChanged",
@@ -193,6 +195,13 @@ class HookError(AgentFSMError):
     ``session_history`` hook, raised. The run stopped
     between two steps, its last state saved (``error.state``); it resumes once the hook is
     fixed. The hook's own exception is the ``__cause__``."""
+
+
+class HandoffError(AgentFSMError):
+    """A handoff's ``input_filter`` or ``on_handoff`` raised, or the filter gave something
+    that is not a list of items. The run stopped before the next agent's first turn, its
+    last state saved (``error.state``) and intact: it resumes, running them again, once they
+    are fixed. The user's own exception, if any, is the ``__cause__``."""
 
 
 class GuardrailTripped(AgentFSMError):

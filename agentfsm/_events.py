@@ -16,6 +16,7 @@ __all__ = [
     "Decision",
     "ErrorHandled",
     "Event",
+    "HandedOff",
     "Injected",
     "ModelResponded",
     "Paused",
@@ -184,6 +185,15 @@ class ErrorHandled(_Event, frozen=True, tag="error_handled"):
     guardrails: tuple[GuardrailItem, ...] = ()
 
 
+class HandedOff(_Event, frozen=True, tag="handed_off"):
+    """The options of the handoff the run just took ran (its ``on_handoff``, its
+    ``input_filter``): the next agent may take its turn. ``input`` is the history the input
+    filter gave, which the next agent sees in place of the run's history so far (None: no
+    filter, the whole history)."""
+
+    input: tuple[Item, ...] | None = None
+
+
 Event = (
     Started
     | ModelResponded
@@ -194,4 +204,5 @@ Event = (
     | Paused
     | Resumed
     | ErrorHandled
+    | HandedOff
 )

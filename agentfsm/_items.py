@@ -154,8 +154,11 @@ class ModelToolCall(Record, frozen=True):
 
 
 class ModelResponse(Record, frozen=True):
-    """What a model answered in one turn: text, tool calls, or both."""
+    """What a model answered in one turn: text, tool calls, or both. ``response_id`` is the
+    id under which the server keeps the response (``store=True``), for the next request to
+    continue from."""
 
     text: str | None = None
     tool_calls: tuple[ModelToolCall, ...] = ()
     usage: Usage = Usage()
+    response_id: str | None = None

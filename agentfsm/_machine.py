@@ -6,7 +6,8 @@ A run's ``status`` says what the run is waiting for:
 
 * ``new``: created, not started.
 * ``running``: waiting for the model's next answer (the last outcome was RunAgain or
-  Handoff).
+  Handoff); after a handoff with options (an input filter, ``on_handoff``), for
+  ``HandedOff`` first, which carries what the user's filter gave.
 * ``tools``: waiting for the results of the calls the last ToolCall outcome asked for. The
   intent to run them is already recorded in the state's ledger.
 * ``interrupted``: paused; some calls wait for a human's decision.
@@ -48,6 +49,7 @@ from ._events import (
     Cancelled,
     ErrorHandled,
     Event,
+    HandedOff,
     Injected,
     ModelResponded,
     Paused,
@@ -87,6 +89,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Paused,
     Resumed,
     ErrorHandled,
+    HandedOff,
 )
 
 _S = RunStatus
@@ -125,6 +128,9 @@ TRANSITIONS: tuple[tuple[type[Event], list[RunStatus], list[RunStatus]], ...] = 
     # Out of turns: the error handler's output completes the run (unless an output guardrail
     # trips on it, or the handler failed).
     (ErrorHandled, [_S.FAILED], [_S.COMPLETED, _S.FAILED]),
+    # A handoff with options: the driver ran them (and the input filter gave the next
+    # agent's history) before that agent's first turn.
+    (HandedOff, [_S.RUNNING], [_S.RUNNING]),
 )
 
 

@@ -8,12 +8,14 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from ._items import GuardrailItem, Item, ModelResponse
+from ._settings import ModelSettings
 from ._tools import ToolSpec
 
 __all__ = [
     "Model",
     "ModelProvider",
     "ModelRequest",
+    "PreviousResponse",
     "ResponseDone",
     "StreamEvent",
     "StreamingModel",
@@ -24,11 +26,24 @@ __all__ = [
 ]
 
 
+class PreviousResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """A response the server keeps (asked with ``store=True``), which a request may continue
+    instead of sending the whole conversation: its ``id``, and how many of the request's
+    ``items`` it holds already (with the request's ``input``)."""
+
+    id: str
+    items: int
+
+
 class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a model needs for one turn.
 
     ``turn`` is the number of model responses the run has recorded so far (across all
-    agents); ``input`` and ``items`` together are the conversation so far.
+    agents); ``input`` and ``items`` together are the conversation so far (after a handoff
+    whose input filter rewrote it, ``input`` is what the filter gave). ``settings`` are the
+    agent's model settings, which override the model's own; ``previous`` the last response
+    the server kept for the run, if any (a model that continues conversations on the server
+    sends only the items after it).
     """
 
     run_id: str
@@ -39,6 +54,8 @@ class ModelRequest(msgspec.Struct, frozen=True, kw_only=True):
     tools: tuple[ToolSpec, ...]
     output_schema: dict[str, Any] | None
     turn: int
+    settings: ModelSettings | None = None
+    previous: PreviousResponse | None = None
 
     def conversation(self) -> Iterator[Item]:
         """The input and the transcript, as the model sees them: guardrail verdicts (kept for

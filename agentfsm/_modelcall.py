@@ -11,6 +11,8 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import msgspec
+
 from ._agents import Agent, AgentSet
 from ._errors import (
     AgentFSMError,
@@ -21,10 +23,11 @@ from ._errors import (
 )
 from ._events import ModelResponded
 from ._guardrun import check_response
-from ._items import ModelResponse
+from ._items import ModelResponse, ToolCallItem
 from ._model import (
     ModelProvider,
     ModelRequest,
+    PreviousResponse,
     ResponseDone,
     TextDelta,
     ToolCallDelta,
@@ -32,6 +35,7 @@ from ._model import (
     stream_events,
 )
 from ._run_events import ModelCallFinished, ModelCallStarted, ModelTextDelta, ModelToolCallDelta
+from ._settings import ModelSettings
 from ._state import RunState
 from ._step import storable_response
 from ._stream import Emitter
@@ -75,15 +79,18 @@ class ModelCalls:
                 ),
                 state,
             )
+        given, items = state.conversation()
         request = ModelRequest(
             run_id=state.run_id,
             agent=agent.name,
             instructions=_instructions(agent, copy_json(state.context)),
-            input=state.input,
-            items=state.items,
+            input=given,
+            items=items,
             tools=agents.tool_specs(agent.name),
             output_schema=agents.output_schema(agent.name),
             turn=state.turn,
+            settings=_settings(agent, state),
+            previous=_previous(state),
         )
         if emitter is None:
             response = await _answer(model, request, agent.name, state)
@@ -239,6 +246,30 @@ def _error_type(exc: BaseException) -> str:
 def _model_name(model: Any) -> str:
     name = getattr(model, "model", None)
     return name if isinstance(name, str) else type(model).__name__
+
+
+def _settings(agent: Agent, state: RunState) -> ModelSettings | None:
+    """The agent's model settings for its next turn: a tool choice they force is reset to
+    ``"auto"`` once the agent has called a tool in the run (``reset_tool_choice``)."""
+    settings = agent.model_settings
+    if settings is None or not settings.forces_tool or not agent.reset_tool_choice:
+        return settings
+    # Newest first: a forced choice makes the agent call at once, so this stops early.
+    if any(isinstance(i, ToolCallItem) and i.agent == agent.name for i in reversed(state.items)):
+        return msgspec.structs.replace(settings, tool_choice="auto")
+    return settings
+
+
+def _previous(state: RunState) -> PreviousResponse | None:
+    """The response the server keeps for the run, with what it holds counted in the items
+    the request sends (after a filtered handoff, the items since)."""
+    stored = state.stored_response
+    if stored is None:
+        return None
+    start = state.handoff_input.start if state.handoff_input is not None else 0
+    if stored.items < start:
+        return None
+    return PreviousResponse(id=stored.id, items=stored.items - start)
 
 
 def _instructions(agent: Agent, context: Any) -> str:

@@ -51,6 +51,7 @@ from ._guardrun import (
     check_input,
     handle_error,
 )
+from ._handoffrun import take_handoff
 from ._items import GuardrailItem, Item, Usage
 from ._machine import RunStatus
 from ._model import (
@@ -737,6 +738,8 @@ class Runner:
                     return _result(agents, state)  # the emitter was checked in stepped()
                 continue
             match outcome:
+                case Handoff() if state.handoff_due is not None:
+                    event = await _guarded(control, take_handoff(agents, state))
                 case RunAgain() | Handoff():
                     event = await _guarded(control, self._calls.ask(agents, state, emitter))
                 case ToolCall(calls=calls):

@@ -18,7 +18,16 @@ from ._outcomes import ApprovalRequest, Invocation, RunError, Starter
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = ["CallRecord", "ForkOrigin", "Policy", "RunState", "Transcript"]
+__all__ = [
+    "CallRecord",
+    "ForkOrigin",
+    "HandoffDue",
+    "HandoffInput",
+    "Policy",
+    "RunState",
+    "StoredResponse",
+    "Transcript",
+]
 
 
 class Transcript(Sequence[Item]):
@@ -182,6 +191,33 @@ class ForkOrigin(Record, frozen=True):
     version: int
 
 
+class HandoffDue(Record, frozen=True):
+    """A handoff taken whose options (``on_handoff``, ``input_filter``) the driver has yet to
+    run, before the ``target`` agent's first turn (see ``HandedOff``)."""
+
+    source: str
+    target: str
+
+
+class HandoffInput(Record, frozen=True):
+    """What the agent a handoff went to was given when an input filter rewrote the history:
+    the model sees ``items`` in place of the run's input and its first ``start`` items, then
+    the items from ``start`` on. Kept, so that a resumed run never runs the filter again."""
+
+    source: str
+    target: str
+    items: tuple[Item, ...]
+    start: int
+
+
+class StoredResponse(Record, frozen=True):
+    """The last response the server keeps for the run (``ModelSettings(store=True)``): its
+    ``id``, and how many of the run's items it holds (with the run's input)."""
+
+    id: str
+    items: int
+
+
 class RunState(msgspec.Struct, frozen=True, kw_only=True):
     """A run, as a value. Immutable: every change returns a new RunState.
 
@@ -229,8 +265,22 @@ class RunState(msgspec.Struct, frozen=True, kw_only=True):
     #: How many of ``input``'s first items came from the session's earlier runs (what the
     #: ``session_history`` hook gave, by ``Started``); the run's own input follows them.
     session_items: int = 0
+    #: A handoff whose options the driver must run before the next model turn.
+    handoff_due: HandoffDue | None = None
+    #: The history an input filter gave at the last filtered handoff (None: the whole run).
+    handoff_input: HandoffInput | None = None
+    #: The last response the server keeps for the run, for server-side continuation.
+    stored_response: StoredResponse | None = None
 
     # -- reading -----------------------------------------------------------------------------
+
+    def conversation(self) -> tuple[tuple[Item, ...], Sequence[Item]]:
+        """What the model sees, as (input, items): the run's input and items, or after a
+        filtered handoff the history the filter gave and the items since."""
+        given = self.handoff_input
+        if given is None:
+            return self.input, self.items
+        return given.items, self.items[given.start :]
 
     @property
     def interruptions(self) -> list[ApprovalRequest]:

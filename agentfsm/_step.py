@@ -31,6 +31,7 @@ from ._events import (
     Decision,
     ErrorHandled,
     Event,
+    HandedOff,
     Injected,
     ModelResponded,
     Paused,
@@ -63,7 +64,15 @@ from ._outcomes import (
     RunError,
     ToolCall,
 )
-from ._state import CallRecord, Policy, RunState, Transcript
+from ._state import (
+    CallRecord,
+    HandoffDue,
+    HandoffInput,
+    Policy,
+    RunState,
+    StoredResponse,
+    Transcript,
+)
 
 __all__ = [
     "DEFAULT_REJECTION",
@@ -221,7 +230,9 @@ def step(
         case Paused():
             new, outcome = state, Interruption(requests=(), paused=True)
         case Resumed():
-            new, outcome = state, RunAgain(agent=state.current_agent)
+            new, outcome = state, _running(state)
+        case HandedOff():
+            new, outcome = _handed_off(state, event)
         case _:
             raise InvalidEvent(f"not an event: {event!r}")
     status = status_of(outcome)
@@ -237,7 +248,7 @@ def pending_outcome(state: RunState) -> Outcome:
     produced it. Used to resume a loaded state."""
     match state.status:
         case RunStatus.RUNNING:
-            return RunAgain(agent=state.current_agent)
+            return _running(state)
         case RunStatus.TOOLS:
             return ToolCall(calls=_invocations(state.ledger))
         case RunStatus.INTERRUPTED:
@@ -287,12 +298,24 @@ def _model_responded(
 ) -> tuple[RunState, Outcome]:
     agent = state.current_agent
     spec.agent(agent)
+    if state.handoff_due is not None:
+        raise InvalidEvent(
+            f"run {state.run_id} handed off to {state.handoff_due.target!r}, and the handoff's "
+            "options have not run: step HandedOff first"
+        )
     response = event.response
     ids = [call.call_id for call in response.tool_calls]
     if not all(ids) or len(set(ids)) != len(ids):
         raise ModelBehaviorError(f"the model's tool calls need distinct, non-empty ids: {ids}")
     turn = state.turn + 1
     usage = state.usage + response.usage
+    if response.response_id is not None:
+        # The server keeps the response: the run's items up to its own (an answer is one
+        # message; tool calls are an optional message and the calls).
+        calls = len(response.tool_calls)
+        held = (1 if response.text else 0) + calls if calls else 1
+        stored = StoredResponse(id=response.response_id, items=len(state.items) + held)
+        state = _replace(state, stored_response=stored)
     verdicts = _verdicts(event.guardrails, "ModelResponded", {"tool_input", "output"})
     output_checks = [v for v in verdicts if v.kind == "output"]
     call_checks: dict[str, list[GuardrailItem]] = {}
@@ -439,7 +462,7 @@ def _model_responded(
     )
     if tripped is not None:
         return _trip(new, tripped)
-    return _advance(new)
+    return _advance(new, spec)
 
 
 def _final(
@@ -493,7 +516,7 @@ def _tools_finished(
     tripped = _first_trip(event.guardrails)
     if tripped is not None:
         return _trip(new, tripped)
-    return _advance(new)
+    return _advance(new, spec)
 
 
 def _record_tools(state: RunState, event: ToolsFinished, spec: AgentSet) -> RunState:
@@ -669,7 +692,8 @@ def _approvals_decided(
             decisions=(),
             policies=tuple(policies),
             audit=tuple(audit),
-        )
+        ),
+        spec,
     )
 
 
@@ -799,9 +823,7 @@ def _injected(state: RunState, event: Injected) -> tuple[RunState, Outcome]:
     if tripped is not None:
         return _trip(state, tripped)  # the input it tripped on is not kept
     if state.status is RunStatus.RUNNING:
-        return _replace(state, items=state.items.extend(event.items)), RunAgain(
-            agent=state.current_agent
-        )
+        return _replace(state, items=state.items.extend(event.items)), _running(state)
     if state.status is RunStatus.PAUSED:
         items = state.items.extend(event.items)
         return _replace(state, items=items), Interruption(requests=(), paused=True)
@@ -904,6 +926,7 @@ def _trip(state: RunState, verdict: GuardrailItem) -> tuple[RunState, Outcome]:
         ledger=(),
         nested={},
         pending_handoff=None,
+        handoff_due=None,
         decisions=(),
         audit=audit,
         error=error,
@@ -958,6 +981,13 @@ def _storable(event: Event) -> Event:
                 check_json_data(msgspec.to_builtins(list(items)), "replaced input", InvalidEvent)
             if history is not None:
                 check_json_data(msgspec.to_builtins(list(history)), "history", InvalidEvent)
+        case HandedOff(input=items) if items is not None:
+            data = msgspec.to_builtins(list(items))
+            check_json_data(data, "the input filter's history", InvalidEvent)
+            try:
+                msgspec.convert(data, tuple[Item, ...])  # items are not checked when built
+            except msgspec.ValidationError as exc:
+                raise InvalidEvent(f"the input filter's history does not fit: {exc}") from None
         case ModelResponded(final_output=output) if output is not None:
             check_json_data(output, "the replaced final output", InvalidEvent)
         case ErrorHandled(output=output):
@@ -1004,9 +1034,10 @@ def _valid_texts(event: Event) -> Event:
     return event
 
 
-def _advance(state: RunState) -> tuple[RunState, Outcome]:
+def _advance(state: RunState, spec: AgentSet) -> tuple[RunState, Outcome]:
     """After a change within a turn: run started calls, else wait for decisions, else end the
-    turn (hand off if asked, then ask the model again)."""
+    turn (hand off if asked, then ask the model again). A handoff with options waits for
+    the driver to run them (``HandedOff``)."""
     calls = _invocations(state.ledger)
     if calls:
         return state, ToolCall(calls=calls)
@@ -1017,8 +1048,10 @@ def _advance(state: RunState) -> tuple[RunState, Outcome]:
     state = _replace(state, ledger=(), nested={})
     if target is None:
         return _next_turn(state)
+    options = spec.handoff_spec(source, target)
+    due = HandoffDue(source=source, target=target) if options and options.has_options else None
     return _next_turn(
-        _replace(state, current_agent=target, pending_handoff=None),
+        _replace(state, current_agent=target, pending_handoff=None, handoff_due=due),
         Handoff(source=source, target=target),
     )
 
@@ -1029,7 +1062,33 @@ def _next_turn(state: RunState, handoff: Handoff | None = None) -> tuple[RunStat
         return _replace(state, error=error), FinalOutput(error=error)
     if state.staged:
         state = _replace(state, items=state.items.extend(state.staged), staged=())
+    if state.handoff_due is not None:
+        return state, _running(state)
     return state, handoff or RunAgain(agent=state.current_agent)
+
+
+def _running(state: RunState) -> Outcome:
+    """The outcome of a running run: ask the model, or first run the options of the
+    handoff it took."""
+    due = state.handoff_due
+    if due is not None:
+        return Handoff(source=due.source, target=due.target)
+    return RunAgain(agent=state.current_agent)
+
+
+def _handed_off(state: RunState, event: HandedOff) -> tuple[RunState, Outcome]:
+    due = state.handoff_due
+    if due is None:
+        raise InvalidEvent(f"run {state.run_id} has no handoff whose options wait to run")
+    if event.input is None:
+        return _replace(state, handoff_due=None), RunAgain(agent=state.current_agent)
+    given = HandoffInput(
+        source=due.source, target=due.target, items=event.input, start=len(state.items)
+    )
+    # The server's copy of the conversation is not what the next agent is given: the next
+    # request sends the whole of it.
+    new = _replace(state, handoff_due=None, handoff_input=given, stored_response=None)
+    return new, RunAgain(agent=state.current_agent)
 
 
 def _out_of_turns(max_turns: int) -> str:

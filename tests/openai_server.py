@@ -17,6 +17,12 @@ Script entries:
 - ``Raw(body, status=..., content_type=...)``: these exact bytes (malformed bodies);
 - a function of the ``Received`` request returning one of the above.
 
+The Responses API keeps what it is asked to store (``"store": true``): each stored response
+gets its own id (``resp_1``, ``resp_2``...), and a request with ``previous_response_id``
+continues that conversation (``Received.conversation`` is the whole input the server
+resolved). ``expire(id)`` forgets a response, as OpenAI does after its retention period; a
+request that continues an unknown id gets OpenAI's 400 ``previous_response_not_found``.
+
 ``Reply.delay`` holds the answer back (for read timeouts); ``Reply.gap`` paces a stream's
 events (for cancellation), and the server records in ``disconnects`` when a client went away
 mid-stream. With ``api_key`` set, requests without it get a 401. With
@@ -126,6 +132,8 @@ class Received:
     body: dict[str, Any]
     #: whether a request that does not say ``"stream"`` is streamed
     stream_default: bool = False
+    #: Responses API: the whole input, with what ``previous_response_id`` stood for
+    conversation: list[Any] | None = None
 
     @property
     def stream(self) -> bool:
@@ -159,6 +167,8 @@ class OpenAIServer:
         self.stream_by_default = stream_by_default
         self.default = default
         self.requests: list[Received] = []
+        #: Responses kept for ``previous_response_id``: id -> the conversation up to its end
+        self.stored: dict[str, list[Any]] = {}
         self.disconnects: list[float] = []
         self.released: list[bool] = []
         self.lock = threading.Lock()
@@ -168,6 +178,50 @@ class OpenAIServer:
     def add(self, *entries: Entry) -> None:
         with self.lock:
             self.script.extend(entries)
+
+    def expire(self, *response_ids: str) -> None:
+        """Forget stored responses (all of them when none is named)."""
+        with self.lock:
+            for response_id in response_ids or list(self.stored):
+                self.stored.pop(response_id, None)
+
+    def resolve(self, received: Received) -> str | None:
+        """Set the whole conversation of a Responses request; the id it continues if the
+        server does not know it."""
+        body = received.body
+        previous = body.get("previous_response_id")
+        items = body.get("input")
+        items = [{"role": "user", "content": items}] if isinstance(items, str) else items or []
+        with self.lock:
+            if previous is None:
+                received.conversation = list(items)
+                return None
+            if previous not in self.stored:
+                self.requests.append(received)
+                return str(previous)
+            received.conversation = [*self.stored[previous], *items]
+        return None
+
+    def keep(self, received: Received, reply: Reply) -> str:
+        """Store a Responses reply if asked to; the id of the response."""
+        if not received.body.get("store"):
+            return "resp_test"
+        with self.lock:
+            response_id = f"resp_{len(self.stored) + 1}_{len(self.requests)}"
+            output: list[Any] = []
+            if reply.text:
+                output.append({"type": "message", "role": "assistant", "content": reply.text})
+            for call, call_id in zip(reply.calls, _call_ids(reply), strict=True):
+                output.append(
+                    {
+                        "type": "function_call",
+                        "call_id": call_id,
+                        "name": call.name,
+                        "arguments": call.arguments,
+                    }
+                )
+            self.stored[response_id] = [*(received.conversation or []), *output]
+        return response_id
 
     @property
     def url(self) -> str:
@@ -265,6 +319,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._json(404, _error(f"no route {self.path}", "invalid_request_error"))
             return
         received = Received(self.path, headers, body, owner.stream_by_default)
+        if api == "responses":
+            unknown = owner.resolve(received)
+            if unknown is not None:
+                error = _error(
+                    f"Previous response with id '{unknown}' not found.",
+                    "invalid_request_error",
+                    "previous_response_not_found",
+                )
+                error["error"]["param"] = "previous_response_id"
+                self._json(400, error)
+                return
         entry = owner.next_entry(received)
         match entry:
             case Fail():
@@ -284,7 +349,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             case Reply():
                 if entry.delay:
                     time.sleep(entry.delay)
-                rendered = _render(api, entry, received.stream, body.get("model", ""))
+                response_id = owner.keep(received, entry) if api == "responses" else ""
+                rendered = _render(
+                    api, entry, received.stream, body.get("model", ""), response_id or "resp_test"
+                )
                 if isinstance(rendered, bytes):
                     self._send(200, rendered, "application/json")
                 else:
@@ -438,17 +506,19 @@ _DROPPED = Reply(text="This answer will be cut short by a dropped connection.", 
 
 
 @functools.lru_cache(maxsize=256)
-def _render(api: str, reply: Reply, stream: bool, model: str) -> bytes | tuple[bytes, ...]:
+def _render(
+    api: str, reply: Reply, stream: bool, model: str, response_id: str = "resp_test"
+) -> bytes | tuple[bytes, ...]:
     if api == "chat":
         if not stream:
             return chat_completion(reply, model)
         chunks = [b"data: " + chunk + b"\n\n" for chunk in chat_chunks(reply, model)]
         return (*chunks, b"data: [DONE]\n\n")
     if not stream:
-        return _json(_response(reply, model))
+        return _json(_response(reply, model, response_id=response_id))
     return tuple(
         b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
-        for kind, data in response_events(reply, model)
+        for kind, data in response_events(reply, model, response_id)
     )
 
 
@@ -590,14 +660,16 @@ def _function_call(call: Call, call_id: str | None, n: int, arguments: str) -> A
     )
 
 
-def _response(reply: Reply, model: str, status: Any = "completed") -> Any:
+def _response(
+    reply: Reply, model: str, status: Any = "completed", response_id: str = "resp_test"
+) -> Any:
     output: list[Any] = []
     if reply.text:
         output.append(_message(reply, reply.text))
     for n, (call, call_id) in enumerate(zip(reply.calls, _call_ids(reply), strict=True)):
         output.append(_function_call(call, call_id, n, call.arguments))
     return oa.Response(
-        id="resp_test",
+        id=response_id,
         object="response",
         created_at=1_700_000_000,
         model=model,
@@ -610,13 +682,15 @@ def _response(reply: Reply, model: str, status: Any = "completed") -> Any:
     )
 
 
-def response_events(reply: Reply, model: str) -> list[tuple[str, bytes]]:
+def response_events(
+    reply: Reply, model: str, response_id: str = "resp_test"
+) -> list[tuple[str, bytes]]:
     """The events of a streamed Responses reply: (type, JSON data)."""
     events: list[Any] = [
         oa.ResponseCreatedEvent(
             type="response.created",
             sequence_number=0,
-            response=_response(reply, model, status="in_progress"),
+            response=_response(reply, model, status="in_progress", response_id=response_id),
         )
     ]
 
@@ -686,7 +760,11 @@ def response_events(reply: Reply, model: str) -> list[tuple[str, bytes]]:
             item=_function_call(call, call_id, n, call.arguments),
         )
         index += 1
-    add(oa.ResponseCompletedEvent, type="response.completed", response=_response(reply, model))
+    add(
+        oa.ResponseCompletedEvent,
+        type="response.completed",
+        response=_response(reply, model, response_id=response_id),
+    )
     return [(e.type, _json(e)) for e in events]
 
 

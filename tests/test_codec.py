@@ -187,7 +187,7 @@ def test_a_state_with_a_deleted_key_loads_or_is_refused(
     path = data.draw(st.sampled_from(_paths(doc)))
     parent = _at(doc, path[:-1])
     del parent[path[-1]]
-    if len(path) == 1 and path[0] not in codec._ADDED_SINCE_RELEASE:
+    if len(path) == 1:
         # Every top-level field is required: its absence is named.
         assert path[0] in refused(dumps(doc))
     else:
@@ -688,8 +688,7 @@ def test_the_run_state_schema_names_every_field_as_required() -> None:
     schema = json.loads((ROOT / "schemas" / "run_state.schema.json").read_text())
     definition = schema["$defs"]["RunState"]
     fields = list(msgspec.structs.fields(RunState))
-    added = set(codec._ADDED_SINCE_RELEASE)
-    assert set(definition["required"]) == {f.name for f in fields} - added
+    assert set(definition["required"]) == {f.name for f in fields}
     assert definition.get("additionalProperties") is False
 
 

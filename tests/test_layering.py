@@ -31,6 +31,8 @@ CORE = [
     "_agents",
     "_nested",
     "_fork",
+    "_handoffs",
+    "_settings",
 ]
 THIRD_PARTY_ALLOWED = {"msgspec", "pydantic", "pydantic_core", "transitions"}
 

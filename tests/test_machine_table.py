@@ -14,6 +14,7 @@ from agentfsm import (
     Cancelled,
     ErrorHandled,
     GuardrailItem,
+    HandedOff,
     IllegalTransition,
     Injected,
     ModelResponded,
@@ -26,6 +27,7 @@ from agentfsm import (
     ToolOutput,
     ToolsFinished,
     UserMessage,
+    handoff,
     new_run,
     step,
     tool,
@@ -45,6 +47,23 @@ def guarded() -> str:
 
 
 AGENT = Agent("a", "", ScriptedModel([]), tools=[noop, guarded])
+# The same, and a handoff with options: a run that takes it waits for HandedOff.
+HANDING = Agent(
+    "a",
+    "",
+    ScriptedModel([]),
+    tools=[noop, guarded],
+    handoffs=[handoff(Agent("b"), on_handoff=lambda context: None)],
+)
+
+
+def _handing_off() -> agentfsm.RunState:
+    """A running run that took a handoff with options."""
+    state = step(new_run(HANDING, "hi", run_id="r"), Started(), HANDING).state
+    calls = (ModelToolCall(call_id="c1", name="transfer_to_b"),)
+    state = step(state, ModelResponded(response=ModelResponse(tool_calls=calls)), HANDING).state
+    assert state.handoff_due is not None
+    return state
 
 
 def _reach(status: RunStatus) -> agentfsm.RunState:
@@ -85,6 +104,7 @@ def _event(kind: type, state: agentfsm.RunState) -> agentfsm.Event:
         Paused: Paused(reason="lunch"),
         Resumed: Resumed(),
         ErrorHandled: ErrorHandled(output="handled"),
+        HandedOff: HandedOff(input=(UserMessage(content="filtered"),)),
     }
     return examples[kind]
 
@@ -98,6 +118,9 @@ def test_every_status_event_pair_moves_as_the_table_says_or_raises(
     status: RunStatus, kind: type
 ) -> None:
     state = _reach(status)
+    spec = AGENT
+    if (status, kind) == (RunStatus.RUNNING, HandedOff):
+        state, spec = _handing_off(), HANDING
     assert state.status is status
     before = state.to_json()
     event = _event(kind, state)
@@ -110,7 +133,7 @@ def test_every_status_event_pair_moves_as_the_table_says_or_raises(
         assert caught.value.event == kind.__name__
         assert state.to_json() == before
         return
-    new, outcome = step(state, event, AGENT)
+    new, outcome = step(state, event, spec)
     assert new.status in TABLE[status, kind]
     assert status_of(outcome) is new.status
     assert new.version == state.version + 1

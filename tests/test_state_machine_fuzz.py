@@ -55,6 +55,7 @@ from agentfsm import (
     Feedback,
     FinalOutput,
     GuardrailItem,
+    HandedOff,
     Handoff,
     HandoffItem,
     IllegalTransition,
@@ -860,6 +861,7 @@ class EngineMachine(RuleBasedStateMachine):
             Paused: Paused(),
             Resumed: Resumed(),
             ErrorHandled: ErrorHandled(output="x"),
+            HandedOff: HandedOff(),
         }[kind]
         before = self.state
         text = before.to_json()

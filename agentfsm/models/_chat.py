@@ -94,8 +94,8 @@ class OpenAIChatModel(OpenAIModel):
             body["temperature"] = settings.temperature
         if settings.top_p is not None:
             body["top_p"] = settings.top_p
-        if settings.max_output_tokens is not None:
-            body["max_completion_tokens"] = settings.max_output_tokens
+        if settings.output_limit is not None:
+            body["max_completion_tokens"] = settings.output_limit
         if settings.seed is not None:
             body["seed"] = settings.seed
         if settings.stop is not None:
@@ -111,6 +111,8 @@ class OpenAIChatModel(OpenAIModel):
             )
         if settings.reasoning_effort is not None:
             body["reasoning_effort"] = settings.reasoning_effort
+        if settings.store is not None:
+            body["store"] = settings.store
         # Said either way: a server that streams by default would otherwise stream `respond`.
         body["stream"] = stream
         if stream and self.provider.stream_usage:

@@ -15,6 +15,7 @@ import msgspec
 from .._errors import ConfigurationError
 from .._items import ModelResponse, ModelToolCall, ToolResultItem, Usage
 from .._model import ModelRequest, ResponseDone, StreamEvent
+from .._settings import ModelSettings
 from .._tools import ToolSpec
 from ._errors import ModelConnectionError, ModelOutputError
 from ._schema import strict_schema
@@ -25,42 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["Assembler", "CallIds", "ModelSettings", "OpenAIModel"]
 
 log = logging.getLogger("agentfsm.models")
-
-
-class ModelSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Sampling and request options. None (the default) leaves an option to the server.
-
-    ``tool_choice`` is ``"auto"``, ``"required"``, ``"none"`` or the name of one tool.
-    ``max_output_tokens`` is sent as ``max_completion_tokens`` (Chat Completions) or
-    ``max_output_tokens`` (Responses); a server that only knows ``max_tokens`` can get it
-    through ``extra_body``. ``reasoning_effort`` is for reasoning models. ``seed`` and
-    ``stop`` exist only in Chat Completions. ``extra_body`` is merged into the request body
-    last (so it can override anything); ``extra_headers`` are sent with every request.
-    """
-
-    temperature: float | None = None
-    top_p: float | None = None
-    max_output_tokens: int | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] | None = None
-    parallel_tool_calls: bool | None = None
-    tool_choice: str | None = None
-    reasoning_effort: str | None = None
-    extra_body: dict[str, Any] = msgspec.field(default_factory=dict)
-    extra_headers: dict[str, str] = msgspec.field(default_factory=dict)
-
-    def over(self, base: ModelSettings | None) -> ModelSettings:
-        """These settings, with ``base``'s for the options these leave unset."""
-        if base is None:
-            return self
-        values: dict[str, Any] = {}
-        for name in self.__struct_fields__:
-            mine, theirs = getattr(self, name), getattr(base, name)
-            if isinstance(mine, dict):
-                values[name] = {**theirs, **mine}
-            else:
-                values[name] = theirs if mine is None else mine
-        return ModelSettings(**values)
 
 
 _EMPTY_SETTINGS = ModelSettings()
@@ -233,9 +198,15 @@ class OpenAIModel:
     def url(self) -> str:
         return self.provider.url(self.api, self.name)
 
+    def settings_for(self, request: ModelRequest) -> ModelSettings:
+        """The settings ``request`` is sent with: its agent's settings over this model's."""
+        if request.settings is None:
+            return self.settings
+        return request.settings.over(self.settings)
+
     def request_body(self, request: ModelRequest, *, stream: bool = False) -> dict[str, Any]:
         """The JSON body this model sends for ``request``, as data (for inspection)."""
-        body, _ = self._build(request, self.settings, stream)
+        body, _ = self._build(request, self.settings_for(request), stream)
         decoded: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(body))
         return decoded
 
@@ -254,7 +225,7 @@ class OpenAIModel:
                         return event.response
             raise AssertionError("a stream ends with ResponseDone")  # pragma: no cover
         provider = self.provider
-        settings = self.settings
+        settings = self.settings_for(request)
         body, taken = self._build(request, settings, stream=False)
         data = await provider.connection().post(
             self.url, msgspec.json.encode(body), settings.extra_headers
@@ -266,7 +237,7 @@ class OpenAIModel:
         text and tool-call deltas as they arrive, then a ResponseDone with the response that
         ``respond`` would give. Raises what ``respond`` raises."""
         provider = self.provider
-        settings = self.settings
+        settings = self.settings_for(request)
         body, taken = self._build(request, settings, stream=True)
         assembler = self._assembler(CallIds(request.turn, taken))
         payloads = provider.connection().events(

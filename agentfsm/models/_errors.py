@@ -51,7 +51,8 @@ class ModelStatusError(ModelError):
     ``status_code`` is the HTTP status (None for an error reported inside a stream);
     ``message``, ``code`` and ``type`` come from the server's error body, whatever its shape
     (JSON, server-sent events, an HTML page, text), the message as one line of at most 1,000
-    characters; ``request_id`` is its ``x-request-id`` header, for the provider's support.
+    characters; ``param`` the request parameter it names, if any; ``request_id`` is its
+    ``x-request-id`` header, for the provider's support.
     """
 
     attempts: int = 1
@@ -64,8 +65,10 @@ class ModelStatusError(ModelError):
         code: str | None = None,
         type: str | None = None,
         request_id: str | None = None,
+        param: str | None = None,
     ) -> None:
         self.message = message
+        self.param = param
         self.status_code = status_code
         self.code = code
         self.type = type

@@ -299,6 +299,7 @@ def _status_error(response: httpx.Response, body: bytes) -> ModelStatusError:
         code=None if info.code is None else str(info.code),
         type=info.type,
         request_id=response.headers.get("x-request-id"),
+        param=info.param if isinstance(info.param, str) else None,
     )
 
 
@@ -354,4 +355,9 @@ def stream_error(info: ErrorInfo) -> ModelStatusError:
         kind = RateLimitError
     elif code in _BAD_REQUEST or info.type in _BAD_REQUEST:
         kind = BadRequestError
-    return kind(info.message or "an error without a message", code=code, type=info.type)
+    return kind(
+        info.message or "an error without a message",
+        code=code,
+        type=info.type,
+        param=info.param if isinstance(info.param, str) else None,
+    )

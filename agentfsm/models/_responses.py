@@ -1,9 +1,20 @@
 """The Responses API (``POST /responses``): OpenAI's newer protocol, also served by Azure
-and by some local servers. agentfsm keeps the conversation itself, so every request carries
-the whole input and asks the server not to store the response (``store: false``)."""
+and by some local servers.
+
+agentfsm keeps the conversation itself, so by default every request carries the whole input
+and asks the server not to store the response (``store: false``). With
+``ModelSettings(store=True)`` the server keeps each response, and a request that continues
+one (``ModelRequest.previous``) sends only the items after it, with
+``previous_response_id``. When the server no longer knows that id (it expired, or another
+account or server made it), the request is sent again with the whole conversation: the run's
+state, not the server, is the record.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import msgspec
@@ -12,6 +23,7 @@ from .._errors import ConfigurationError
 from .._items import (
     AssistantMessage,
     Feedback,
+    GuardrailItem,
     HandoffItem,
     ModelResponse,
     ModelToolCall,
@@ -20,7 +32,14 @@ from .._items import (
     Usage,
     UserMessage,
 )
-from .._model import ModelRequest, StreamEvent, TextDelta, ToolCallDelta, ToolCallStarted
+from .._model import (
+    ModelRequest,
+    ResponseDone,
+    StreamEvent,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStarted,
+)
 from .._tools import ToolSpec
 from ._common import (
     CallIds,
@@ -34,7 +53,7 @@ from ._common import (
     schema_instructions,
     wire_arguments,
 )
-from ._errors import ModelOutputError
+from ._errors import ModelOutputError, ModelStatusError
 from ._http import stream_error
 from ._wire import (
     ErrorInfo,
@@ -47,6 +66,8 @@ from ._wire import (
 
 __all__ = ["OpenAIResponsesModel", "responses_input"]
 
+log = logging.getLogger("agentfsm.models")
+
 _RESPONSE = msgspec.json.Decoder(ResponsesResponse)
 _EVENT = msgspec.json.Decoder(ResponsesEvent)
 
@@ -56,6 +77,39 @@ class OpenAIResponsesModel(OpenAIModel):
     (``seed`` and ``stop`` settings excepted: the Responses API has neither)."""
 
     api = "responses"
+
+    async def respond(self, request: ModelRequest) -> ModelResponse:
+        if self.streams:
+            return await super().respond(request)  # through stream(), which falls back
+        settings = self.settings_for(request)
+        try:
+            response = await super().respond(request)
+        except ModelStatusError as exc:
+            if not _continues(request, settings) or not unknown_response(exc):
+                raise
+            _forgotten(request, exc)
+            response = await super().respond(_whole(request))
+        return _kept(response, settings)
+
+    async def stream(self, request: ModelRequest) -> AsyncGenerator[StreamEvent, None]:
+        settings = self.settings_for(request)
+        events = super().stream(request)
+        try:
+            first = await anext(events)
+        except ModelStatusError as exc:
+            await events.aclose()
+            if not _continues(request, settings) or not unknown_response(exc):
+                raise
+            _forgotten(request, exc)
+            events = super().stream(_whole(request))
+            first = await anext(events)
+        async with contextlib.aclosing(events):
+            event: StreamEvent | None = first
+            while event is not None:
+                if isinstance(event, ResponseDone):
+                    event = ResponseDone(_kept(event.response, settings))
+                yield event
+                event = await anext(events, None)
 
     def _tool_definition(
         self, spec: ToolSpec, strict_parameters: dict[str, Any] | None
@@ -85,8 +139,11 @@ class OpenAIResponsesModel(OpenAIModel):
                 instructions = "\n\n".join(
                     filter(None, [instructions, schema_instructions(request.output_schema)])
                 )
-        items, taken = responses_input(request)
-        body: dict[str, Any] = {"model": self.name, "input": items, "store": False}
+        previous = request.previous if _continues(request, settings) else None
+        items, taken = responses_input(request, None if previous is None else previous.items)
+        body: dict[str, Any] = {"model": self.name, "input": items, "store": bool(settings.store)}
+        if previous is not None:
+            body["previous_response_id"] = previous.id
         if instructions:
             body["instructions"] = instructions
         if request.tools:
@@ -97,8 +154,8 @@ class OpenAIResponsesModel(OpenAIModel):
             body["temperature"] = settings.temperature
         if settings.top_p is not None:
             body["top_p"] = settings.top_p
-        if settings.max_output_tokens is not None:
-            body["max_output_tokens"] = settings.max_output_tokens
+        if settings.output_limit is not None:
+            body["max_output_tokens"] = settings.output_limit
         if settings.parallel_tool_calls is not None and request.tools:
             body["parallel_tool_calls"] = settings.parallel_tool_calls
         if settings.tool_choice is not None and request.tools:
@@ -117,19 +174,27 @@ class OpenAIResponsesModel(OpenAIModel):
 
     def _parse(self, data: bytes, ids: CallIds) -> ModelResponse:
         response: ResponsesResponse = decode(_RESPONSE, data, "a response")
-        return parse_response(response, ids)
+        return parse_response(response, ids, identify=True)
 
     def _assembler(self, ids: CallIds) -> ResponsesAssembler:
-        return ResponsesAssembler(ids)
+        return ResponsesAssembler(ids, identify=True)
 
 
-def responses_input(request: ModelRequest) -> tuple[list[dict[str, Any]], set[str]]:
+def responses_input(
+    request: ModelRequest, start: int | None = None
+) -> tuple[list[dict[str, Any]], set[str]]:
     """The conversation as Responses input items, and the tool-call ids it uses.
     HandoffItems are not sent (the handoff is already a call and its result); Feedback is a
-    user message."""
+    user message. With ``start``, only the request's items from there on are sent (the
+    server holds the input and the items before), though the ids of all are counted."""
     items: list[dict[str, Any]] = []
     taken: set[str] = set()
-    for item in request.conversation():
+    conversation: Any = request.conversation()
+    if start is not None:
+        taken.update(i.call_id for i in request.input if isinstance(i, ToolCallItem))
+        taken.update(i.call_id for i in request.items[:start] if isinstance(i, ToolCallItem))
+        conversation = (i for i in request.items[start:] if not isinstance(i, GuardrailItem))
+    for item in conversation:
         if isinstance(item, ToolCallItem):
             taken.add(item.call_id)
             items.append(
@@ -157,12 +222,57 @@ def responses_input(request: ModelRequest) -> tuple[list[dict[str, Any]], set[st
     return items, taken
 
 
-def parse_response(response: ResponsesResponse, ids: CallIds) -> ModelResponse:
-    """A ModelResponse from a ``response`` object. Raises ModelOutputError, or the server's
-    error for a failed response."""
+def parse_response(
+    response: ResponsesResponse, ids: CallIds, *, identify: bool = False
+) -> ModelResponse:
+    """A ModelResponse from a ``response`` object (with the server's id for it when
+    ``identify``). Raises ModelOutputError, or the server's error for a failed response."""
     if response.status == "failed" or (response.error is not None and not response.output):
         raise stream_error(_failure(response.error))
-    return _from_output(response.output or (), response.usage, ids, _finish(response))
+    parsed = _from_output(response.output or (), response.usage, ids, _finish(response))
+    return _identified(parsed, response) if identify else parsed
+
+
+def _identified(parsed: ModelResponse, response: ResponsesResponse) -> ModelResponse:
+    if not response.id:
+        return parsed
+    return msgspec.structs.replace(parsed, response_id=response.id)
+
+
+def unknown_response(exc: ModelStatusError) -> bool:
+    """Whether the server refused a request because it does not know (any more) the
+    response it continues: OpenAI answers 400 with ``previous_response_not_found``; others
+    say 404, or name the parameter."""
+    if exc.code == "previous_response_not_found":
+        return True
+    return exc.status_code in (400, 404) and (
+        exc.param == "previous_response_id" or "previous_response_id" in exc.message
+    )
+
+
+def _continues(request: ModelRequest, settings: ModelSettings) -> bool:
+    return bool(settings.store) and request.previous is not None
+
+
+def _whole(request: ModelRequest) -> ModelRequest:
+    return msgspec.structs.replace(request, previous=None)
+
+
+def _forgotten(request: ModelRequest, exc: ModelStatusError) -> None:
+    assert request.previous is not None
+    log.info(
+        "run %s: the server no longer knows response %s (%s); sending the whole conversation",
+        request.run_id,
+        request.previous.id,
+        exc.message,
+    )
+
+
+def _kept(response: ModelResponse, settings: ModelSettings) -> ModelResponse:
+    """The response, with the id under which the server keeps it only if it does."""
+    if settings.store or response.response_id is None:
+        return response
+    return msgspec.structs.replace(response, response_id=None)
 
 
 def _from_output(
@@ -244,10 +354,21 @@ class ResponsesAssembler:
     it streamed.
     """
 
-    __slots__ = ("_calls", "_done", "_final", "_ids", "_items", "_refusal", "_stream_ids", "_text")
+    __slots__ = (
+        "_calls",
+        "_done",
+        "_final",
+        "_identify",
+        "_ids",
+        "_items",
+        "_refusal",
+        "_stream_ids",
+        "_text",
+    )
 
-    def __init__(self, ids: CallIds) -> None:
+    def __init__(self, ids: CallIds, *, identify: bool = False) -> None:
         self._ids = ids
+        self._identify = identify
         # The ids announced while streaming are assigned by a twin of ``ids``, so that the
         # final response, assigned by ``ids``, gets exactly the same ones.
         self._stream_ids = ids.twin()
@@ -309,10 +430,11 @@ class ResponsesAssembler:
             raise incomplete("response.completed")
         final = self._final or ResponsesResponse()
         if final.output:
-            return parse_response(final, self._ids)
+            return parse_response(final, self._ids, identify=self._identify)
         if self._items:
             output = [self._items[key] for key in sorted(self._items, key=_order)]
-            return _from_output(output, final.usage, self._ids, _finish(final))
+            parsed = _from_output(output, final.usage, self._ids, _finish(final))
+            return _identified(parsed, final) if self._identify else parsed
         calls = [
             ModelToolCall(
                 call_id=self._ids.assign(call.index, call.call_id),
@@ -322,7 +444,8 @@ class ResponsesAssembler:
             for call in self._calls.values()
         ]
         text = "".join(self._text) or "".join(self._refusal)
-        return response_of(text, calls, responses_usage(final.usage), _finish(final))
+        parsed = response_of(text, calls, responses_usage(final.usage), _finish(final))
+        return _identified(parsed, final) if self._identify else parsed
 
 
 def _key(event: ResponsesEvent) -> int | str | None:

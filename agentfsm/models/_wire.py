@@ -152,6 +152,7 @@ class IncompleteDetails(_Struct, frozen=True):
 
 
 class ResponsesResponse(_Struct, frozen=True):
+    id: str | None = None
     status: str | None = None
     output: list[OutputItem] | None = None
     usage: ResponsesUsage | None = None

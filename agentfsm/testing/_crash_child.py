@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import importlib
 import inspect
 import json
@@ -68,7 +67,7 @@ from .._state import RunState
 from .._step import new_run
 from .._tools import Tool, ToolContext
 from ..stores._base import Store
-from ._kit_world import wrap_tool
+from ._kit_world import copy_agents, wrap_tool
 
 __all__ = ["STEP_KINDS", "Attempt", "crash_point", "load_scenario", "main"]
 
@@ -242,24 +241,11 @@ class _CrashingModel:
 def crashing_agents(attempt: Attempt, start: Agent) -> Agent:
     """A copy of the agent graph from ``start`` with kill sites around every tool body and
     inside every model's answer."""
-    copies: dict[int, Agent] = {}
-
-    def visit(agent: Agent) -> Agent:
-        done = copies.get(id(agent))
-        if done is not None:
-            return done
-        model = _CrashingModel(attempt, agent.model) if agent.model is not None else None
-        clone = dataclasses.replace(
-            agent,
-            model=model,
-            tools=[_crashing_tool(attempt, t) for t in agent.tools],
-            handoffs=[],
-        )
-        copies[id(agent)] = clone
-        clone.handoffs = [visit(target) for target in agent.handoffs]
-        return clone
-
-    return visit(start)
+    return copy_agents(
+        start,
+        lambda tool: _crashing_tool(attempt, tool),
+        lambda agent: _CrashingModel(attempt, agent.model) if agent.model is not None else None,
+    )
 
 
 # -- the store, with kill sites -----------------------------------------------------------------

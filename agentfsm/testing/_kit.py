@@ -105,7 +105,8 @@ class AgentMachine(RuleBasedStateMachine):
         self._shared = shared(cls)
         self._shared.current = self
         self._originals = _originals(cls)
-        self._agent = copy_agents(cls.agent, self._wrap, KitModel(self))
+        model = KitModel(self)
+        self._agent = copy_agents(cls.agent, self._wrap, lambda _: model)
         self._agents = AgentSet(self._agent)
         self._oracle: Explorer | Replayer = Explorer()
         self.plan = Plan()

@@ -18,7 +18,7 @@ from .._tools import Tool
 from ._kit_plan import PersonDecision
 from ._kit_world import EndOfScript, Escaped
 from ._schema_strategies import arguments_for, output_adapter, outputs_for
-from ._scripted import ScriptedCall, Turn, _response, handoff, say
+from ._scripted import ScriptedCall, Turn, _response, say
 
 if TYPE_CHECKING:
     from ._kit import AgentMachine
@@ -58,7 +58,13 @@ class Explorer:
     def new_turn(self, kit: AgentMachine, request: ModelRequest) -> Turn:
         agent = kit._originals.agent(request.agent)
         tools = list(agent.tools)
-        targets = [a.name for a in agent.handoffs]
+        originals = kit._originals
+        # The handoffs' tool names (``transfer_to_<agent>``, or the one handoff() set).
+        targets = [
+            name
+            for name in originals.tool_names(agent.name)
+            if originals.handoff_target(agent.name, name) is not None
+        ]
         kinds = ["answer"]
         if tools:
             kinds += ["call", "call", "call"]
@@ -75,7 +81,7 @@ class Explorer:
         def one_call(choices: Sequence[Tool | str]) -> ScriptedCall:
             choice = self.pick(choices, "tool")
             if isinstance(choice, str):
-                return handoff(choice)
+                return ScriptedCall(choice, "{}")
             arguments = self.draw(arguments_for(choice), f"arguments of {choice.name}")
             return ScriptedCall(choice.name, msgspec.json.encode(arguments).decode())
 
@@ -86,7 +92,7 @@ class Explorer:
         if kind == "call":
             return one_call(tools)
         if kind == "handoff":
-            return handoff(self.pick(targets, "handoff to"))
+            return ScriptedCall(self.pick(targets, "handoff to"), "{}")
         if kind == "bad_call":
             tool = self.pick(tools, "tool")
             raw = self.draw(arguments_for(tool, valid=False), f"bad arguments of {tool.name}")

@@ -95,7 +95,8 @@ async def _resumed(kit: AgentMachine, index: int) -> RunState:
         body, _, _ = fake_of(kit.fakes, tool)
         return wrap_tool(tool, body, recorded)
 
-    agent = copy_agents(type(kit).agent, tools, ScriptedModel(kit.plan.script))
+    model = ScriptedModel(kit.plan.script)
+    agent = copy_agents(type(kit).agent, tools, lambda _: model)
     runner = Runner(clock=FakeClock())
     for _ in range(2 * len(kit.checkpoints) + 2):
         if state.status.is_terminal:

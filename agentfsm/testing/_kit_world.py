@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._agents import Agent
+from .._handoffs import HandoffSpec
 from .._tools import Tool, ToolContext
 
 __all__ = [
@@ -129,9 +130,11 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
     return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
-def copy_agents(start: Agent, tools: Callable[[Tool], Tool], model: Any) -> Agent:
-    """A copy of the agent graph reachable from ``start`` (cycles kept), every agent with
-    ``model`` and its tools passed through ``tools``."""
+def copy_agents(
+    start: Agent, tools: Callable[[Tool], Tool], model: Callable[[Agent], Any]
+) -> Agent:
+    """A copy of the agent graph reachable from ``start`` (cycles and handoff options kept),
+    every agent with its tools passed through ``tools`` and the model ``model(agent)``."""
     copies: dict[int, Agent] = {}
 
     def visit(agent: Agent) -> Agent:
@@ -139,10 +142,18 @@ def copy_agents(start: Agent, tools: Callable[[Tool], Tool], model: Any) -> Agen
         if done is not None:
             return done
         clone = dataclasses.replace(
-            agent, model=model, tools=[tools(t) for t in agent.tools], handoffs=[]
+            agent,
+            model=model(agent),
+            tools=[tools(t) for t in agent.tools],
+            handoffs=[],
         )
         copies[id(agent)] = clone
-        clone.handoffs = [visit(target) for target in agent.handoffs]
+        clone.handoffs = [
+            dataclasses.replace(target, agent=visit(target.agent))
+            if isinstance(target, HandoffSpec)
+            else visit(target)
+            for target in agent.handoffs
+        ]
         return clone
 
     return visit(start)

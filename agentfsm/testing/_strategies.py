@@ -38,7 +38,16 @@ from .._items import (
 from .._json import digest
 from .._machine import RunStatus
 from .._outcomes import RunError
-from .._state import CallRecord, ForkOrigin, Policy, RunState, Transcript
+from .._state import (
+    CallRecord,
+    ForkOrigin,
+    HandoffDue,
+    HandoffInput,
+    Policy,
+    RunState,
+    StoredResponse,
+    Transcript,
+)
 from .._step import idempotency_key
 
 if TYPE_CHECKING:
@@ -328,6 +337,22 @@ def run_states(
             ),
             started_by=draw(st.text(max_size=10)),
             starter_may_approve=draw(st.booleans()),
+            handoff_due=(
+                HandoffDue(source=agent(), target=agent()) if draw(st.booleans()) else None
+            ),
+            handoff_input=(
+                HandoffInput(
+                    source=agent(),
+                    target=agent(),
+                    items=tuple(draw(few_items)),
+                    start=draw(indexes),
+                )
+                if draw(st.booleans())
+                else None
+            ),
+            stored_response=(
+                StoredResponse(id=draw(names), items=draw(indexes)) if draw(st.booleans()) else None
+            ),
         )
 
     return draw_state()
