@@ -253,7 +253,12 @@ def _approvers(call: CallRecord | ApprovalRequest) -> list[str]:
 
 
 def _waiting(state: RunState, call_id: str) -> CallRecord | None:
-    return waiting_call(state, call_id)
+    # A nested run's call, under the id it is decided by (``outer/inner``): the decisions
+    # posted on it, and the messages about it, name it so.
+    call = waiting_call(state, call_id)
+    if call is None or call.call_id == call_id:
+        return call
+    return msgspec.structs.replace(call, call_id=call_id)
 
 
 def _not_waiting(state: RunState, call_id: str) -> str:

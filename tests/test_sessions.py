@@ -636,11 +636,13 @@ def test_started_puts_the_history_before_the_runs_own_input_and_nowhere_else() -
         step(out.state, Started(max_turns=2, history=earlier), agent())
 
 
-def test_a_state_of_a_session_round_trips_and_one_without_is_written_as_before() -> None:
+def test_a_state_of_a_session_round_trips_and_one_from_before_sessions_has_none() -> None:
+    from pathlib import Path
+
     from agentfsm import RunState
 
-    plain = new_run("chat", "hi", run_id="r")
-    assert b"session" not in plain.to_json().encode()
+    fixture = Path(__file__).resolve().parent / "fixtures" / "state_v3.json"
+    assert RunState.from_json(fixture.read_text()).session is None
     state = new_run("chat", "hi", run_id="r", session="s")
     assert RunState.from_json(state.to_json()) == state
 
