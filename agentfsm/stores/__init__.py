@@ -11,6 +11,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from .._errors import ConfigurationError
 from ._base import (
+    Changed,
+    ChangeFeed,
     Inbox,
     Lease,
     RetryPolicy,
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from ._postgres import PostgresStore
 
 __all__ = [
+    "ChangeFeed",
+    "Changed",
     "Inbox",
     "Lease",
     "MemoryStore",

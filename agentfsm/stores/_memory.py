@@ -41,6 +41,7 @@ from ._base import (
     unknown_version,
     waiting_rows,
 )
+from ._feed import Hub
 
 __all__ = ["MemoryStore"]
 
@@ -99,6 +100,10 @@ class MemoryStore(Store):
         self._runs: dict[str, _Run] = {}
         self._ids = itertools.count(1)
         self._clock = clock
+        self._hub = Hub()
+
+    def _change_hub(self) -> Hub:
+        return self._hub
 
     def _run(self, run_id: str) -> _Run:
         try:
@@ -119,6 +124,7 @@ class MemoryStore(Store):
         )
         run.set_waiting(state, run.summary.updated_at)
         run.keep(head, state, None)
+        self._hub.publish(state.run_id, claimable=run.runnable)
 
     async def load(self, run_id: str, *, version: int | None = None) -> RunState:
         run = self._run(run_id)
@@ -189,6 +195,7 @@ class MemoryStore(Store):
         run.set_waiting(state, run.summary.updated_at)
         run.failures, run.parked = 0, None
         run.keep(head, state, event)
+        self._hub.publish(state.run_id, claimable=lease is None and run.runnable)
         return len(run.inbox)
 
     async def waiting(
@@ -231,6 +238,7 @@ class MemoryStore(Store):
     async def delete(self, run_id: str) -> None:
         self._run(run_id)
         del self._runs[run_id]
+        self._hub.publish(run_id)
 
     async def post(
         self, run_id: str, message: InboxMessage, *, admit: Admission | None = None
@@ -243,6 +251,7 @@ class MemoryStore(Store):
                 return False
         run.inbox[next(self._ids)] = encode_message(message)
         run.runnable = run.runnable or run.summary.status in STILL
+        self._hub.publish(run_id, claimable=True)
         return True
 
     async def inbox(self, run_id: str) -> Inbox:
@@ -315,6 +324,8 @@ class MemoryStore(Store):
         if run is not None and run.lease_token == lease.token:
             run.lease_owner = None
             run.lease_until = 0.0
+            if run.runnable:
+                self._hub.publish(lease.run_id, claimable=True)
 
     def _holds(self, run: _Run, lease: Lease) -> bool:
         return (

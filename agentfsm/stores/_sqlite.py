@@ -47,6 +47,8 @@ from ._base import (
     unknown_version,
     waiting_rows,
 )
+from ._feed import Hub
+from ._listeners import DataVersionListener
 from ._sqlite_file import check_file, create_file, store_error
 
 log = logging.getLogger("agentfsm")
@@ -170,6 +172,10 @@ class SQLiteStore(Store):
     One store may be shared by threads and by asyncio tasks: its calls take turns on a lock,
     each holding it for one short transaction. Every sqlite3 error is raised as a StoreError
     that keeps it as its ``__cause__``.
+
+    ``watch_interval`` is how often, in seconds, the feeds of ``changes`` look at the file's
+    change counter for what other processes wrote (changes made through this store are told
+    at once).
     """
 
     def __init__(
@@ -180,13 +186,17 @@ class SQLiteStore(Store):
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
         create: bool = True,
+        watch_interval: float = 0.05,
     ) -> None:
+        if not 0 < watch_interval <= 60:
+            raise ValueError("watch_interval must be more than 0 and at most 60 seconds")
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError("synchronous must be OFF, NORMAL, FULL or EXTRA")
         self.path = Path(path)
         self._clock = clock
         self._timeout = timeout
         self._lock = threading.Lock()
+        self._hub = Hub(lambda hub: DataVersionListener(hub, self.path, watch_interval))
         try:
             if not self.path.exists():
                 if not create:
@@ -327,8 +337,12 @@ class SQLiteStore(Store):
         return store_error(self.path, exc, timeout=self._timeout, opening=opening)
 
     async def close(self) -> None:
+        self._hub.close()
         with self._lock:
             self._db.close()
+
+    def _change_hub(self) -> Hub:
+        return self._hub
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -374,6 +388,7 @@ class SQLiteStore(Store):
                     state.schema_version,
                 ),
             )
+        self._hub.publish(state.run_id, claimable=is_runnable(state, 0))
 
     async def load(self, run_id: str, *, version: int | None = None) -> RunState:
         with self._read() as db:
@@ -524,7 +539,9 @@ class SQLiteStore(Store):
                     state.schema_version,
                 ),
             )
-        return int(inbox) - acked
+        left = int(inbox) - acked
+        self._hub.publish(state.run_id, claimable=lease is None and is_runnable(state, left))
+        return left
 
     def _set_waiting(
         self, db: sqlite3.Connection, state: RunState, now: float, was_waiting: int
@@ -582,6 +599,7 @@ class SQLiteStore(Store):
             db.execute("DELETE FROM run_inbox WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM run_waiting WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM run_versions WHERE run_id = ?", (run_id,))
+        self._hub.publish(run_id)
 
     async def waiting(
         self,
@@ -652,6 +670,7 @@ class SQLiteStore(Store):
                 " WHERE run_id = ?",
                 (run_id,),
             )
+        self._hub.publish(run_id, claimable=True)
         return True
 
     async def inbox(self, run_id: str) -> Inbox:
@@ -752,8 +771,10 @@ class SQLiteStore(Store):
 
     async def release(self, lease: Lease) -> None:
         with self._write() as db:
-            db.execute(
+            released = db.execute(
                 "UPDATE runs SET lease_owner = NULL, lease_until = 0"
-                " WHERE run_id = ? AND lease_token = ?",
+                " WHERE run_id = ? AND lease_token = ? RETURNING runnable",
                 (lease.run_id, lease.token),
-            )
+            ).fetchone()
+        if released is not None and released[0]:
+            self._hub.publish(lease.run_id, claimable=True)
