@@ -63,6 +63,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/stores.py
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/decisions.py
+	$(BIN)/python bench/inbox.py
 	$(BIN)/python bench/tracing.py
 	$(BIN)/python bench/kit.py
 
