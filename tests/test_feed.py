@@ -325,3 +325,36 @@ def test_a_worker_is_woken_by_the_feed_not_its_poll_interval(
             assert await asyncio.wait_for(worker, 10) == 2
 
     asyncio.run(asyncio.wait_for(test(), 20))
+
+
+# -- the inbox's live events -------------------------------------------------------------------
+
+
+def test_the_inbox_streams_are_woken_by_changes_another_connection_makes(tmp_path: Path) -> None:
+    """The approvals feed and a run's events, polling every 30 s, bring what a worker on
+    another connection to the SQLite file (as in another process) does, at once."""
+    pytest.importorskip("starlette", reason="the inbox needs the web extra")
+    from agentfsm.web import create_app
+    from tests.inboxkit import ADA, TOKENS, Stream
+
+    async def test() -> None:
+        path = tmp_path / "runs.db"
+        async with SQLiteStore(path) as served, SQLiteStore(path) as workers:
+            await workers.create(new_run(mailer(), "mail ada", run_id="r1"))
+            app = create_app(served, auth=TOKENS, poll_interval=30)
+            async with (
+                Stream(app, "/api/approvals/events", ADA) as approvals,
+                Stream(app, "/api/runs/r1/events?after=0", ADA) as events,
+            ):
+                await asyncio.sleep(0.2)  # both streams look, and wait
+                assert await Runner(store=workers).work(mailer(), until_idle=True) == 1
+                [asked] = await approvals.take("approval_requested", 10)
+                assert asked["data"]["request"]["tool"] == "send"
+                await approve_when_waiting(workers, "r1")
+                await Runner(store=workers).work(mailer(), until_idle=True)
+                decided = await approvals.take("approval_decided", 10)
+                assert decided[-1]["data"]["record"]["decision"]["approved"] is True
+                kinds = [e["event"] for e in await events.take("run_finished", 10)]
+                assert "approval_requested" in kinds and "approval_decided" in kinds
+
+    run(test)
