@@ -22,6 +22,7 @@ from ._base import (
     WaitingCall,
     WaitingPage,
 )
+from ._feed import Hub
 from ._memory import MemoryStore
 from ._sqlite import SQLiteStore
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ChangeFeed",
     "Changed",
+    "Hub",
     "Inbox",
     "Lease",
     "MemoryStore",
