@@ -12,7 +12,8 @@ approvals and calls). SQLite always; PostgreSQL too when ``AGENTFSM_BENCH_PG`` (
   to the moment the tool's body starts in the worker (it sends the time in a UDP datagram).
   Between two approvals the worker is idle again, after a random pause (so that SQLite's
   polling of its change counter is met at any phase). Goals: a median of at most 50 ms on
-  PostgreSQL, 250 ms on SQLite.
+  PostgreSQL, 250 ms on SQLite. Next to it, what the change feed alone takes: a commit by
+  another connection, then the wake of a feed (SQLite: half its 50 ms polling on average).
 * the inbox page and the API list: ``GET /`` (HTML, 25 calls a page) and ``GET
   /api/approvals`` (JSON, 50 a page), the first page and one half-way through the list,
   with CALLS calls waiting, through httpx's ASGI transport (the app's own cost, without a
@@ -182,6 +183,29 @@ async def approval_latency(name: str, dsn: str, store: Store, goal_ms: float) ->
     print(f"  goal: a median of at most {goal_ms:g} ms: {verdict}")
 
 
+async def feed_delivery(name: str, watched: Store, other: Store) -> None:
+    """Where the latency goes: a change committed through another connection (``other``,
+    as another process would) to the wake of a feed on ``watched``, next to what the commit
+    alone takes."""
+    commits, wakes = [], []
+    async with watched.changes() as feed:
+        for n in range(APPROVALS):
+            await asyncio.sleep(random.uniform(0.02, 0.08))
+            began = time.perf_counter()
+            await other.create(new_run(agent(), "stamp", run_id=f"feed-{n:03d}"))
+            committed = time.perf_counter()
+            if not await feed.wait(10):
+                raise RuntimeError("the feed told of nothing within 10 s")
+            woke = time.perf_counter()
+            commits.append(committed - began)
+            wakes.append(woke - committed)
+    print(
+        f"  (the change feed alone: a commit by another connection "
+        f"{statistics.median(commits) * 1e3:.1f} ms, then the feed's wake "
+        f"{statistics.median(wakes) * 1e3:.1f} ms, medians)"
+    )
+
+
 # -- the inbox page and the API list -----------------------------------------------------------
 
 
@@ -246,8 +270,9 @@ async def main() -> None:
 
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "bench.db"
-        async with SQLiteStore(path) as store:
+        async with SQLiteStore(path) as store, SQLiteStore(path) as other:
             await approval_latency("SQLite", str(path), store, goal_ms=250)
+            await feed_delivery("SQLite", store, other)
         async with SQLiteStore(Path(directory) / "pages.db") as store:
             await pages("SQLite", store)
     try:
@@ -262,9 +287,13 @@ async def main() -> None:
         schema = f"bench_{uuid.uuid4().hex[:10]}"
         dsn = f"{PG_DSN}{'&' if '?' in PG_DSN else '?'}agentfsm_schema={schema}"
         try:
-            async with PostgresStore(PG_DSN, schema=schema, max_size=8) as store:
+            async with (
+                PostgresStore(PG_DSN, schema=schema, max_size=8) as store,
+                PostgresStore(PG_DSN, schema=schema) as other,
+            ):
                 if purpose == "latency":
                     await approval_latency("PostgreSQL", dsn, store, goal_ms=50)
+                    await feed_delivery("PostgreSQL", store, other)
                 else:
                     await pages("PostgreSQL", store)
         finally:
