@@ -403,7 +403,9 @@ class Runner:
                 f"poll_interval must be a positive number of seconds, not {poll_interval!r}"
             )
         store = self._require_store()
-        async with store.changes(claimable=True) as feed:
+        # Until idle, nothing is waited for: no need to listen.
+        feed = ChangeFeed(None) if until_idle else store.changes(claimable=True)
+        async with feed:
             self._feeds.add(feed)
             try:
                 return await self._work(store, AgentSet(agent), poll_interval, until_idle, feed)
