@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from agentfsm.stores._base import (
     WaitingPage,
 )
 from agentfsm.stores._feed import MAX_RUNS
+from agentfsm.testing import StoreConformance
 from tests.apps.mailer import agent as mailer
 from tests.tcp_proxy import Proxy, proxy_to
 
@@ -208,8 +210,9 @@ def test_a_feed_opens_while_postgres_cannot_be_reached_and_hears_once_it_can(
 class Plain(Store):
     """A store of a user's own: MemoryStore's calls, without its change feed."""
 
-    def __init__(self) -> None:
-        self.inner = MemoryStore()
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.inner = MemoryStore(clock=clock)
+        self._clock = clock
 
     async def create(self, state: Any) -> None:
         await self.inner.create(state)
@@ -254,6 +257,13 @@ class Plain(Store):
 
     async def release(self, lease: Lease) -> None:
         await self.inner.release(lease)
+
+
+class TestAStoreThatCannotNotify(StoreConformance):
+    """Such a store passes the conformance suite as it is: its feeds poll."""
+
+    async def make_store(self, clock: Callable[[], float]) -> Store:
+        return Plain(clock)
 
 
 def test_a_store_that_cannot_notify_gets_a_feed_that_polls() -> None:
