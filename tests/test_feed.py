@@ -27,6 +27,7 @@ from agentfsm import (
     Store,
     new_run,
 )
+from agentfsm.stores import Hub
 from agentfsm.stores._base import (
     Admission,
     Inbox,
@@ -38,6 +39,7 @@ from agentfsm.stores._base import (
     WaitingPage,
 )
 from agentfsm.stores._feed import MAX_RUNS
+from agentfsm.stores._listeners import NotifyListener
 from agentfsm.testing import StoreConformance
 from tests.apps.mailer import agent as mailer
 from tests.tcp_proxy import Proxy, proxy_to
@@ -179,6 +181,54 @@ def test_the_postgres_listener_survives_a_dropped_connection(schema: str, proxy:
                 while changed.unknown:  # more than one try to reconnect, perhaps
                     changed = await heard(feed)
                 assert changed.runs == {"after"}
+
+    run(test)
+
+
+def listening_with_keepalive(store: PostgresStore, seconds: float) -> None:
+    """Make ``store``'s listener check a silent connection every ``seconds``."""
+    store._hub = Hub(
+        lambda hub: NotifyListener(
+            hub, store._connect_blocking, store.channel, "test", keepalive=seconds
+        )
+    )
+
+
+def test_the_postgres_listener_keeps_its_connection_through_keepalives(schema: str) -> None:
+    async def test() -> None:
+        async with (
+            PostgresStore(DSN, schema=schema) as watched,
+            PostgresStore(DSN, schema=schema) as other,
+        ):
+            listening_with_keepalive(watched, 0.05)
+            async with watched.changes() as feed:
+                await asyncio.sleep(0.5)  # many keep-alive queries, each answered
+                await other.create(new_run(mailer(), "hi", run_id="r1"))
+                assert await heard(feed) == Changed(runs=frozenset({"r1"}))
+
+    run(test)
+
+
+def test_a_connection_dropped_without_a_word_is_noticed_and_opened_again(
+    schema: str, proxy: Proxy
+) -> None:
+    async def test() -> None:
+        async with (
+            PostgresStore(through(proxy), schema=schema, connect_timeout=2) as watched,
+            PostgresStore(DSN, schema=schema) as other,
+        ):
+            listening_with_keepalive(watched, 0.3)
+            async with watched.changes() as feed:
+                proxy.silence()
+                await other.create(new_run(mailer(), "hi", run_id="unheard"))
+                # The keep-alive query gets no answer: the listener connects again, and
+                # says that anything may have changed.
+                assert (await heard(feed)).unknown
+                await other.create(new_run(mailer(), "hi", run_id="heard"))
+                changed = await heard(feed)
+                while changed.unknown:
+                    changed = await heard(feed)
+                assert changed.runs == {"heard"}
 
     run(test)
 
