@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
@@ -123,11 +124,11 @@ async def watch_run(
         yield event
     async with store.changes(head.run_id) as feed:
         # The first look is at once: the run may have changed before the feed was open.
-        first = True
+        looked = None
         while not head.status.is_terminal:
-            if not first:
-                await feed.wait(interval)
-            first = False
+            if looked is not None:
+                await _next_look(feed, interval, looked)
+            looked = time.monotonic()
             try:
                 state = await store.load(head.run_id)
             except UnknownRunError:
@@ -148,6 +149,20 @@ async def watch_run(
     # an EventSource reconnects to a stream that ends.
     while True:
         await sleep(3600)
+
+
+#: The least time between two looks of one stream: on a busy store, the changes that come
+#: meanwhile are taken together, so that a stream looks at most ten times a second.
+SPACING = 0.1
+
+
+async def _next_look(feed: ChangeFeed, interval: float, looked: float) -> None:
+    """Wait until the store tells of a change, or for ``interval`` seconds, and no less
+    than SPACING (or ``interval``, if shorter) since the previous look, at ``looked``."""
+    rest = min(interval, SPACING) - (time.monotonic() - looked)
+    if rest > 0:
+        await asyncio.sleep(rest)
+    await feed.wait(interval)
 
 
 def _catch_up(head: RunState, after: Position | None, memory: Memory) -> list[Watched]:
@@ -215,8 +230,10 @@ async def _approvals(
     versions = {s.run_id: s.version for s in summaries}
     mark = max((s.updated_at for s in summaries), default=0.0)
     seen: dict[str, int] = {}
+    looked = time.monotonic()
     while True:
-        await feed.wait(interval)
+        await _next_look(feed, interval, looked)
+        looked = time.monotonic()
         try:
             summaries = await store.list(limit=SCAN)
         except StoreError as exc:
