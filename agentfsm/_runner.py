@@ -403,12 +403,14 @@ class Runner:
                 f"poll_interval must be a positive number of seconds, not {poll_interval!r}"
             )
         store = self._require_store()
+        agents = AgentSet(agent)
+        since = self._stops
         # Until idle, nothing is waited for: no need to listen.
         feed = ChangeFeed(None) if until_idle else store.changes(claimable=True)
         async with feed:
             self._feeds.add(feed)
             try:
-                return await self._work(store, AgentSet(agent), poll_interval, until_idle, feed)
+                return await self._work(store, agents, poll_interval, until_idle, feed, since)
             finally:
                 self._feeds.discard(feed)
 
@@ -419,10 +421,10 @@ class Runner:
         poll_interval: float,
         until_idle: bool,
         feed: ChangeFeed,
+        since: int,
     ) -> int:
         advanced = 0
         failures = 0
-        since = self._stops
         while self._stops == since:
             claimed_at = time.monotonic()
             try:

@@ -418,3 +418,15 @@ def test_the_inbox_streams_are_woken_by_changes_another_connection_makes(tmp_pat
                 assert "approval_requested" in kinds and "approval_decided" in kinds
 
     run(test)
+
+
+def test_a_worker_stopped_while_it_starts_listening_stops(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with SQLiteStore(tmp_path / "runs.db") as store:
+            runner = Runner(store=store)
+            worker = asyncio.ensure_future(runner.work(mailer(), poll_interval=30))
+            await asyncio.sleep(0)  # it started, and waits for its listener
+            runner.stop()
+            assert await asyncio.wait_for(worker, 10) == 0
+
+    run(test)
