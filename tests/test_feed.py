@@ -430,3 +430,12 @@ def test_a_worker_stopped_while_it_starts_listening_stops(tmp_path: Path) -> Non
             assert await asyncio.wait_for(worker, 10) == 0
 
     run(test)
+
+
+@pytest.mark.parametrize("seconds", [0, -1, 61, float("nan")])
+def test_a_sqlite_watch_interval_that_cannot_work_is_refused(
+    tmp_path: Path, seconds: float
+) -> None:
+    with pytest.raises(ValueError, match="watch_interval"):
+        SQLiteStore(tmp_path / "runs.db", watch_interval=seconds)
+    assert not (tmp_path / "runs.db").exists()
