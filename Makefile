@@ -64,6 +64,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python bench/models.py
 	$(BIN)/python bench/decisions.py
 	$(BIN)/python bench/sessions.py
+	$(BIN)/python bench/inbox.py
 	$(BIN)/python bench/tracing.py
 	$(BIN)/python bench/kit.py
 	$(BIN)/python bench/nested.py

@@ -145,6 +145,8 @@ from ._stream import RunHandle, RunHooks
 from ._tools import Tool, ToolContext, ToolSpec, tool
 from ._version import __version__ as __version__
 from .stores import (
+    Changed,
+    ChangeFeed,
     Lease,
     MemoryStore,
     PostgresStore,
@@ -174,6 +176,8 @@ __all__ = [
     "AssistantMessage",
     "CallRecord",
     "Cancelled",
+    "ChangeFeed",
+    "Changed",
     "ConfigurationError",
     "ConflictError",
     "ContextError",

@@ -671,7 +671,8 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         type=_seconds,
         metavar="SECONDS",
         default=0.5,
-        help="seconds between looks for work when there is none (default: %(default)s)",
+        help="the longest wait, in seconds, between looks for work when there is none; the "
+        "store's change notifications wake the worker at once (default: %(default)s)",
     )
     worker.add_argument(
         "--until-idle", action="store_true", help="exit when no runnable run is left"
@@ -744,7 +745,8 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         type=_seconds,
         metavar="SECONDS",
         default=0.3,
-        help="seconds between two looks at the store for live updates (default: %(default)s)",
+        help="the longest wait, in seconds, between two looks at the store for live updates; "
+        "the store's change notifications bring them at once (default: %(default)s)",
     )
     serve.add_argument(
         "--root-path",

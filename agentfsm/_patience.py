@@ -48,6 +48,7 @@ from ._session import backoff
 from ._state import RunState
 from .stores._base import (
     Admission,
+    ChangeFeed,
     Inbox,
     InboxMessage,
     Lease,
@@ -128,7 +129,7 @@ def _answered(what: str, failures: int, started: float) -> None:
 class PatientStore(Store):
     """``store``, its calls tried again for up to ``wait`` seconds while it is unavailable
     (see ``patiently`` and the module's docstring for why retrying each write is safe).
-    ``renew``, ``renewer`` and ``close`` pass through as they are."""
+    ``renew``, ``renewer``, ``changes`` and ``close`` pass through as they are."""
 
     def __init__(self, store: Store, wait: float, *, quiet: bool = False) -> None:
         self.inner = store
@@ -333,6 +334,9 @@ class PatientStore(Store):
 
     async def release(self, lease: Lease) -> None:
         await self._try(lambda: self.inner.release(lease), f"releasing run {lease.run_id}")
+
+    def changes(self, run_id: str | None = None, *, claimable: bool = False) -> ChangeFeed:
+        return self.inner.changes(run_id, claimable=claimable)
 
     async def close(self) -> None:
         await self.inner.close()

@@ -81,7 +81,7 @@ from ._step import (
 )
 from ._stream import Control, Emitter, Listener, Live, RunHandle, RunHooks
 from ._toolrun import NOT_RUN, ToolRunner, ToolsCancelled, carrying, copy_json
-from .stores._base import Lease, RetryPolicy, Store
+from .stores._base import ChangeFeed, Lease, RetryPolicy, Store
 
 __all__ = ["RunResult", "Runner"]
 
@@ -201,6 +201,7 @@ class Runner:
         self.lease_seconds = lease_seconds
         self._stops = 0  # calls of stop(): work started before the latest one stops
         self._heartbeat: Heartbeat | None = None  # renews the leases of this runner's runs
+        self._feeds: set[ChangeFeed] = set()  # what ``work`` loops wait on: stop() wakes them
         handlers = dict(error_handlers or {})
         unknown = sorted(set(handlers) - set(ERROR_KINDS))
         if unknown or not all(callable(h) for h in handlers.values()):
@@ -234,6 +235,8 @@ class Runner:
         after ``stop()`` goes on as usual. So a stopped runner can be started again, and work
         started while the old work winds down does not undo the stop."""
         self._stops += 1
+        for feed in list(self._feeds):
+            feed.wake()
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -437,8 +440,13 @@ class Runner:
         connection) is retried with a growing delay, and never stops the worker: looking for
         work, for as long as it takes; inside a run, for up to ``store_wait`` seconds per
         call, after which the run is left leased, and retried when its lease runs out.
-        ``poll_interval`` is the pause between looks when there is no work: a positive,
-        finite number of seconds (ConfigurationError otherwise)."""
+        ``poll_interval`` is the longest pause between looks when there is no work: a
+        positive, finite number of seconds (ConfigurationError otherwise). The worker looks
+        again at once when the store tells of a change that may have made a run claimable
+        (a run created, a decision or input posted, a lease given back: see
+        ``Store.changes``), so an approval starts its tool at once; the interval bounds how
+        late it notices what no one announces (a dead worker's lease running out, a retry
+        coming due, a deadline passing), and is the pace of a store that cannot notify."""
         if (
             isinstance(poll_interval, bool)
             or not isinstance(poll_interval, int | float)
@@ -449,9 +457,27 @@ class Runner:
             )
         store = self._require_store()
         agents = AgentSet(agent)
+        since = self._stops
+        # Until idle, nothing is waited for: no need to listen.
+        feed = ChangeFeed(None) if until_idle else store.changes(claimable=True)
+        async with feed:
+            self._feeds.add(feed)
+            try:
+                return await self._work(store, agents, poll_interval, until_idle, feed, since)
+            finally:
+                self._feeds.discard(feed)
+
+    async def _work(
+        self,
+        store: PatientStore,
+        agents: AgentSet,
+        poll_interval: float,
+        until_idle: bool,
+        feed: ChangeFeed,
+        since: int,
+    ) -> int:
         advanced = 0
         failures = 0
-        since = self._stops
         while self._stops == since:
             claimed_at = time.monotonic()
             try:
@@ -473,7 +499,7 @@ class Runner:
             if lease is None:
                 if until_idle:
                     break
-                await asyncio.sleep(poll_interval)
+                await feed.wait(poll_interval)
                 continue
             try:
                 state = await store.load(lease.run_id)

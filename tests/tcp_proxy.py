@@ -18,6 +18,8 @@ class Proxy:
         self.refused = 0
         self._loop = asyncio.new_event_loop()
         self._open: set[asyncio.StreamWriter] = set()
+        #: Connections that carry nothing more, without a word (``silence``).
+        self._silenced: set[asyncio.StreamWriter] = set()
         self._cut = False
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -35,6 +37,11 @@ class Proxy:
     def cut(self) -> None:
         """Drop every connection now, and refuse new ones."""
         self._loop.call_soon_threadsafe(self._cut_now)
+
+    def silence(self) -> None:
+        """Stop carrying the open connections' data, without closing them: the network
+        dropped them without a word. New connections work."""
+        self._loop.call_soon_threadsafe(lambda: self._silenced.update(self._open))
 
     def restore(self) -> None:
         self._loop.call_soon_threadsafe(setattr, self, "_cut", False)
@@ -71,13 +78,21 @@ class Proxy:
             writer.transport.abort()
             return
         self._open |= {writer, up_writer}
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(
+            _pipe(reader, up_writer, self._silenced), _pipe(up_reader, writer, self._silenced)
+        )
         self._open -= {writer, up_writer}
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    silenced: set[asyncio.StreamWriter] = frozenset(),  # type: ignore[assignment]
+) -> None:
     with contextlib.suppress(OSError, asyncio.IncompleteReadError):
         while data := await reader.read(65536):
+            if writer in silenced:
+                continue
             writer.write(data)
             await writer.drain()
     with contextlib.suppress(OSError):

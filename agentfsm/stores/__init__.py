@@ -11,6 +11,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from .._errors import ConfigurationError
 from ._base import (
+    Changed,
+    ChangeFeed,
     Inbox,
     Lease,
     RetryPolicy,
@@ -22,6 +24,7 @@ from ._base import (
     WaitingCall,
     WaitingPage,
 )
+from ._feed import Hub
 from ._memory import MemoryStore
 from ._sqlite import SQLiteStore
 
@@ -29,6 +32,9 @@ if TYPE_CHECKING:
     from ._postgres import PostgresStore
 
 __all__ = [
+    "ChangeFeed",
+    "Changed",
+    "Hub",
     "Inbox",
     "Lease",
     "MemoryStore",

@@ -52,11 +52,14 @@ from .._machine import RunStatus
 from .._nested import nested_requests
 from .._outcomes import ApprovalRequest, Starter
 from .._state import RunState
+from ._feed import Changed, ChangeFeed, Hub
 
 log = logging.getLogger("agentfsm")
 
 __all__ = [
     "Admission",
+    "ChangeFeed",
+    "Changed",
     "Inbox",
     "Lease",
     "Message",
@@ -464,6 +467,22 @@ class Store(abc.ABC):
         default) when the store has none: leases are then renewed on the event loop, and a
         tool that blocks the loop for longer than a lease can lose it. Workers renew leases
         on a thread of their own through it."""
+        return None
+
+    def changes(self, run_id: str | None = None, *, claimable: bool = False) -> ChangeFeed:
+        """A feed of this store's changes, from every process: use it as ``async with
+        store.changes() as feed:``, then ``await feed.wait(timeout)`` returns what changed
+        (a ``Changed``) as soon as a run is created, saved, deleted or posted to, or an
+        empty one after ``timeout`` seconds; nothing that changes while the feed is open is
+        missed. ``run_id`` limits the feed to one run; ``claimable`` to the changes that may
+        let a worker claim a run (created, posted to, its lease given back). A store that
+        cannot notify gives a feed that says "anything may have changed" at each timeout,
+        so that its users poll; a store that can returns its hub from ``_change_hub``."""
+        return ChangeFeed(self._change_hub(), run_id, claimable=claimable)
+
+    def _change_hub(self) -> Hub | None:
+        """The hub that tells this store's feeds of changes, or None (the default) for a
+        store that cannot notify."""
         return None
 
     async def close(self) -> None:  # noqa: B027 (stores without connections need nothing)

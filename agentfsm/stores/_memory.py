@@ -45,6 +45,7 @@ from ._base import (
     unknown_version,
     waiting_rows,
 )
+from ._feed import Hub
 
 __all__ = ["MemoryStore"]
 
@@ -105,6 +106,10 @@ class MemoryStore(Store):
         self._clock = clock
         #: Each session's runs, in order: (position, run id, when it joined).
         self._sessions: dict[str, list[tuple[int, str, float]]] = {}
+        self._hub = Hub()
+
+    def _change_hub(self) -> Hub:
+        return self._hub
 
     def _run(self, run_id: str) -> _Run:
         try:
@@ -127,6 +132,7 @@ class MemoryStore(Store):
         )
         run.set_waiting(state, run.summary.updated_at)
         run.keep(head, state, None)
+        self._hub.publish(state.run_id, claimable=run.runnable)
 
     def _join(self, session: str, run_id: str) -> None:
         """Add the run as the session's next one, unless the session's last run is active."""
@@ -178,6 +184,7 @@ class MemoryStore(Store):
                 raise session_busy(session, last, status)
         for _, run_id, _ in runs:
             del self._runs[run_id]
+            self._hub.publish(run_id)
         self._sessions.pop(session, None)
         return len(runs)
 
@@ -250,6 +257,7 @@ class MemoryStore(Store):
         run.set_waiting(state, run.summary.updated_at)
         run.failures, run.parked = 0, None
         run.keep(head, state, event)
+        self._hub.publish(state.run_id, claimable=lease is None and run.runnable)
         return len(run.inbox)
 
     async def waiting(
@@ -299,6 +307,7 @@ class MemoryStore(Store):
                 self._sessions[session] = runs
             else:
                 del self._sessions[session]
+        self._hub.publish(run_id)
 
     async def post(
         self, run_id: str, message: InboxMessage, *, admit: Admission | None = None
@@ -311,6 +320,7 @@ class MemoryStore(Store):
                 return False
         run.inbox[next(self._ids)] = encode_message(message)
         run.runnable = run.runnable or run.summary.status in STILL
+        self._hub.publish(run_id, claimable=True)
         return True
 
     async def inbox(self, run_id: str) -> Inbox:
@@ -383,6 +393,8 @@ class MemoryStore(Store):
         if run is not None and run.lease_token == lease.token:
             run.lease_owner = None
             run.lease_until = 0.0
+            if run.runnable:
+                self._hub.publish(lease.run_id, claimable=True)
 
     def _holds(self, run: _Run, lease: Lease) -> bool:
         return (

@@ -72,13 +72,15 @@ from ._base import (
     unknown_version,
     waiting_rows,
 )
+from ._feed import Hub
+from ._listeners import NotifyListener, notice
 from ._postgres_sql import (
     _CLAIM,
     _CLAIM_NEXT,
     _CLEAR_ITEMS,
     _CREATE,
     _DATABASE_NOW,
-    _DELETE,
+    _DELETE_AND_NOTIFY,
     _FAIL,
     _HISTORY,
     _INBOX,
@@ -94,10 +96,11 @@ from ._postgres_sql import (
     _LOCK_FOR_POST,
     _LOCK_FOR_SAVE,
     _NEWEST_MESSAGE,
+    _NOTIFY,
     _POST,
     _POSTED,
     _PRUNE,
-    _RELEASE,
+    _RELEASE_AND_NOTIFY,
     _RENEW,
     _SAVE,
     _SESSION_CLEAR,
@@ -154,6 +157,11 @@ class PostgresStore(Store):
     None leaves that setting to the server; one set in the DSN's ``options`` (or in
     ``PGOPTIONS``) is left as it is there. Migrating the tables is exempt from the statement
     timeout, as building an index on a large table may take longer.
+
+    Every change (a run created, saved, deleted or posted to, a lease given back on a
+    runnable run) sends a NOTIFY, in its transaction, on a channel of the schema's
+    (``channel``); the feeds of ``changes`` hear it on a connection of their own, so a
+    worker or an inbox anywhere learns of it at once.
 
     Needs psycopg 3: ``pip install 'agentfsm[postgres]'``. Every database error is raised
     as a StoreError; one that may pass when tried again (a connection lost or refused, a
@@ -225,6 +233,12 @@ class PostgresStore(Store):
             "big",
             signed=True,
         )
+        #: The channel of the schema's change notifications (a name PostgreSQL keeps as it
+        #: is, and short enough for any schema's name).
+        self.channel = "agentfsm_" + hashlib.blake2b(schema.encode(), digest_size=8).hexdigest()
+        self._hub = Hub(
+            lambda hub: NotifyListener(hub, self._connect_blocking, self.channel, self._where)
+        )
 
         quoted = '"' + schema.replace('"', '""') + '"'  # PostgreSQL's quoting of a name
         self._quoted = quoted
@@ -279,7 +293,6 @@ class PostgresStore(Store):
         self._q_exists = query("SELECT 1 FROM {s}.runs WHERE run_id = %(run_id)s")
         self._q_lock_for_save = query(_LOCK_FOR_SAVE)
         self._q_save = query(_SAVE)
-        self._q_delete = query(_DELETE)
         self._q_lock_for_post = query(_LOCK_FOR_POST)
         self._q_post = query(_POST)
         self._q_inbox = query(_INBOX)
@@ -291,7 +304,9 @@ class PostgresStore(Store):
         self._q_lock_for_claim = query(_LOCK_FOR_CLAIM)
         self._q_claim = query(_CLAIM)
         self._q_renew = query(_RENEW)
-        self._q_release = query(_RELEASE)
+        self._q_release_and_notify = query(_RELEASE_AND_NOTIFY)
+        self._q_delete_and_notify = query(_DELETE_AND_NOTIFY)
+        self._q_notify = _NOTIFY.encode()
         self._q_fail = query(_FAIL)
         self._q_list = {
             (by_status, limited): query(
@@ -522,10 +537,21 @@ class PostgresStore(Store):
     async def close(self) -> None:
         """Close the store's connections. A closed store cannot be used again."""
         self._closed = True
+        self._hub.close()
         await self._discard_idle()
         with self._renewal_lock:
             if self._renewal is not None:
                 self._renewal.close()
+
+    def _change_hub(self) -> Hub:
+        return self._hub
+
+    async def _notify(self, conn: Connection, run_id: str, claimable: bool) -> None:
+        """Tell every listener that the run ``run_id`` (as stored) changed, when the
+        transaction under way commits."""
+        await conn.execute(
+            self._q_notify, {"channel": self.channel, "payload": notice(run_id, claimable)}
+        )
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -565,6 +591,7 @@ class PostgresStore(Store):
                 )
                 (since,) = await _one(cursor)
                 await self._set_waiting(conn, state, since, 0)
+            await self._notify(conn, text(state.run_id), is_runnable(state, 0))
 
     async def _join(self, conn: Connection, session: str, run_id: str) -> None:
         """Add the run as the session's next one, unless the session's last run is active.
@@ -625,13 +652,16 @@ class PostgresStore(Store):
                 " WHERE s.session = %(session)s FOR UPDATE OF r".encode(),
                 params,
             )
-            await cursor.fetchall()
+            locked = await cursor.fetchall()
             cursor = await conn.execute(self._q_session_last, params)
             last = await cursor.fetchone()
             if last is not None and not RunStatus(last[2]).is_terminal:
                 raise session_busy(session, untext(last[1]), last[2])
             cursor = await conn.execute(self._q_session_clear, params)
-            return int(cursor.rowcount)
+            cleared = int(cursor.rowcount)
+            for (run_id,) in locked:
+                await self._notify(conn, run_id, False)
+            return cleared
 
     async def load(self, run_id: str, *, version: int | None = None) -> RunState:
         if version is not None:
@@ -759,6 +789,7 @@ class PostgresStore(Store):
             )
             (left,) = await _one(cursor)
             await self._set_waiting(conn, state, now, was_waiting)
+            await self._notify(conn, run_id, lease is None and is_runnable(state, int(left)))
         return int(left)
 
     async def waiting(
@@ -833,8 +864,10 @@ class PostgresStore(Store):
 
     async def delete(self, run_id: str) -> None:
         # The run's transcript, history and inbox go with it (ON DELETE CASCADE).
+        run = text(run_id)
+        params = {"run_id": run, "channel": self.channel, "payload": notice(run, False)}
         async with self._connection() as conn:
-            cursor = await conn.execute(self._q_delete, {"run_id": text(run_id)})
+            cursor = await conn.execute(self._q_delete_and_notify, params)
             found = await cursor.fetchone()
         if found is None:
             raise UnknownRunError(f"no run {run_id!r} in the store")
@@ -860,6 +893,7 @@ class PostgresStore(Store):
                 if not admit(rebuild(row[1], []), [m for m in inbox if m is not None]):
                     return False
             await conn.execute(self._q_post, params)
+            await self._notify(conn, text(run_id), True)
         return True
 
     async def inbox(self, run_id: str) -> Inbox:
@@ -974,10 +1008,15 @@ class PostgresStore(Store):
         return bool(row[0]) if row is not None else False
 
     async def release(self, lease: Lease) -> None:
+        run_id = text(lease.run_id)
+        params = {
+            "run_id": run_id,
+            "token": lease.token,
+            "channel": self.channel,
+            "payload": notice(run_id, True),
+        }
         async with self._connection() as conn:
-            await conn.execute(
-                self._q_release, {"run_id": text(lease.run_id), "token": lease.token}
-            )
+            await conn.execute(self._q_release_and_notify, params)
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -370,6 +370,22 @@ UPDATE {s}.runs SET lease_owner = NULL, lease_until = 0
 WHERE run_id = %(run_id)s AND lease_token = %(token)s
 """
 
+# Change notifications (see ``_feed``): sent when the transaction commits.
+_NOTIFY = "SELECT pg_notify(%(channel)s, %(payload)s)"
+
+# A lease given back on a run that is still runnable may let another worker claim it.
+_RELEASE_AND_NOTIFY = (
+    "WITH released AS ("
+    + _RELEASE.strip()
+    + " RETURNING runnable) SELECT pg_notify(%(channel)s, %(payload)s) FROM released"
+    " WHERE runnable"
+)
+
+# One row (of the notification) when the run was there.
+_DELETE_AND_NOTIFY = (
+    "WITH deleted AS (" + _DELETE + ") SELECT pg_notify(%(channel)s, %(payload)s) FROM deleted"
+)
+
 _DATABASE_NOW = "extract(epoch from statement_timestamp())::float8"
 _TERMINAL = frozenset(status.value for status in RunStatus if status.is_terminal)
 _LIVE = ("new", "running", "tools")

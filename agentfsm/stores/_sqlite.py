@@ -53,6 +53,8 @@ from ._base import (
     unknown_version,
     waiting_rows,
 )
+from ._feed import Hub
+from ._listeners import DataVersionListener
 from ._sqlite_file import check_file, create_file, store_error
 
 log = logging.getLogger("agentfsm")
@@ -213,6 +215,10 @@ class SQLiteStore(Store):
     One store may be shared by threads and by asyncio tasks: its calls take turns on a lock,
     each holding it for one short transaction. Every sqlite3 error is raised as a StoreError
     that keeps it as its ``__cause__``.
+
+    ``watch_interval`` is how often, in seconds, the feeds of ``changes`` look at the file's
+    change counter for what other processes wrote (changes made through this store are told
+    at once).
     """
 
     def __init__(
@@ -223,13 +229,17 @@ class SQLiteStore(Store):
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
         create: bool = True,
+        watch_interval: float = 0.05,
     ) -> None:
+        if not 0 < watch_interval <= 60:
+            raise ValueError("watch_interval must be more than 0 and at most 60 seconds")
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError("synchronous must be OFF, NORMAL, FULL or EXTRA")
         self.path = Path(path)
         self._clock = clock
         self._timeout = timeout
         self._lock = threading.Lock()
+        self._hub = Hub(lambda hub: DataVersionListener(hub, self.path, watch_interval))
         try:
             if not self.path.exists():
                 if not create:
@@ -370,8 +380,12 @@ class SQLiteStore(Store):
         return store_error(self.path, exc, timeout=self._timeout, opening=opening)
 
     async def close(self) -> None:
+        self._hub.close()
         with self._lock:
             self._db.close()
+
+    def _change_hub(self) -> Hub:
+        return self._hub
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -419,6 +433,7 @@ class SQLiteStore(Store):
                     state.schema_version,
                 ),
             )
+        self._hub.publish(state.run_id, claimable=is_runnable(state, 0))
 
     def _join(self, db: sqlite3.Connection, session: str, run_id: str, now: float) -> None:
         """Add the run as the session's next one, unless the session's last run is active
@@ -478,9 +493,16 @@ class SQLiteStore(Store):
             runs = "(SELECT run_id FROM session_runs WHERE session = ?)"
             for table in ("run_items", "run_inbox", "run_waiting", "run_versions"):
                 db.execute(f"DELETE FROM {table} WHERE run_id IN {runs}", (session,))
-            deleted = db.execute(f"DELETE FROM runs WHERE run_id IN {runs}", (session,)).rowcount
+            deleted = [
+                row[0]
+                for row in db.execute(
+                    f"DELETE FROM runs WHERE run_id IN {runs} RETURNING run_id", (session,)
+                )
+            ]
             db.execute("DELETE FROM session_runs WHERE session = ?", (session,))
-        return int(deleted)
+        for run_id in deleted:
+            self._hub.publish(run_id)
+        return len(deleted)
 
     async def load(self, run_id: str, *, version: int | None = None) -> RunState:
         with self._read() as db:
@@ -631,7 +653,9 @@ class SQLiteStore(Store):
                     state.schema_version,
                 ),
             )
-        return int(inbox) - acked
+        left = int(inbox) - acked
+        self._hub.publish(state.run_id, claimable=lease is None and is_runnable(state, left))
+        return left
 
     def _set_waiting(
         self, db: sqlite3.Connection, state: RunState, now: float, was_waiting: int
@@ -690,6 +714,7 @@ class SQLiteStore(Store):
             db.execute("DELETE FROM run_waiting WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM run_versions WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM session_runs WHERE run_id = ?", (run_id,))
+        self._hub.publish(run_id)
 
     async def waiting(
         self,
@@ -760,6 +785,7 @@ class SQLiteStore(Store):
                 " WHERE run_id = ?",
                 (run_id,),
             )
+        self._hub.publish(run_id, claimable=True)
         return True
 
     async def inbox(self, run_id: str) -> Inbox:
@@ -860,8 +886,10 @@ class SQLiteStore(Store):
 
     async def release(self, lease: Lease) -> None:
         with self._write() as db:
-            db.execute(
+            released = db.execute(
                 "UPDATE runs SET lease_owner = NULL, lease_until = 0"
-                " WHERE run_id = ? AND lease_token = ?",
+                " WHERE run_id = ? AND lease_token = ? RETURNING runnable",
                 (lease.run_id, lease.token),
-            )
+            ).fetchone()
+        if released is not None and released[0]:
+            self._hub.publish(lease.run_id, claimable=True)

@@ -146,7 +146,14 @@ class SessionConformance:
             await store.cancel("live")
             await runner.resume(_chat(), "live")
             other = await runner.run(_chat(), "x", session="other")
-            assert await store.clear_session("c") == 2
+            async with store.changes() as feed:
+                assert await store.clear_session("c") == 2
+                # Those watching the runs hear that they are gone.
+                unheard = {first.run_id, "live"}
+                while feed.native and unheard:
+                    heard = await feed.wait(30)
+                    assert heard, "clearing a session was not heard within 30 s"
+                    unheard = set() if heard.unknown else unheard - set(heard.runs)
             assert await store.session_runs("c") == []
             await _gone(store, first.run_id)
             await _gone(store, "live")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -41,7 +42,7 @@ from .._runner import Runner
 from .._state import ForkOrigin, RunState
 from .._step import new_run, step
 from .._tools import ToolContext, tool
-from ..stores._base import CancelMessage, Lease, RetryPolicy, Store
+from ..stores._base import CancelMessage, Changed, ChangeFeed, Lease, RetryPolicy, Store
 from ._clock import FakeClock
 from ._scripted import ScriptedModel, call, handoff, say
 from ._session_suite import SessionConformance
@@ -811,6 +812,86 @@ class StoreConformance(SessionConformance):
             assert _RAN == []
             assert (await store.load("q")).input == (UserMessage(content="buy"),)
 
+    # -- the change feed -------------------------------------------------------------------
+    #
+    # A store that cannot notify passes with the fallback: its feeds say "anything may have
+    # changed" at each timeout. One that can must tell every change, and miss none.
+
+    def test_a_change_feed_tells_of_every_change_and_misses_none(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            async with store.changes() as feed:
+                if not feed.native:
+                    assert (await feed.wait(0.01)).unknown, "a feed that cannot tell says so"
+                    return
+                states = await _states("f1")
+                await store.create(states[0])
+                assert "f1" in await _heard(feed), "creating a run"
+                for previous, state in itertools.pairwise(states):
+                    await store.save(state, expected_version=previous.version)
+                assert "f1" in await _heard(feed), "saving a run"
+                (request,) = states[-1].interruptions
+                waiting = asyncio.ensure_future(_heard(feed))
+                await asyncio.sleep(0)  # the wait is under way before the change
+                await store.approve("f1", request, by="ada")
+                assert "f1" in await waiting, "posting a decision"
+                await store.delete("f1")
+                assert "f1" in await _heard(feed), "deleting a run"
+
+        self._run(check)
+
+    def test_a_change_feed_of_one_run_or_of_claimable_runs_hears_only_those(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            paused = await self._paused(store, "mine")
+            await self._paused(store, "other")
+            async with store.changes("mine") as mine, store.changes(claimable=True) as runnable:
+                if not mine.native:
+                    return
+                await store.cancel("other", "no")
+                await store.approve("mine", paused.interruptions[0])
+                heard = await _heard(mine)
+                assert "mine" in heard
+                assert heard.unknown or "other" not in heard.runs
+                await _until(runnable, {"mine", "other"})
+                # A step saved under a lease is its worker's own business: it makes no run
+                # claimable.
+                lease = await store.claim("w", run_id="other")
+                assert lease is not None
+                state = await store.load("other")
+                await store.save(
+                    msgspec.structs.replace(state, version=state.version + 1), lease=lease
+                )
+                heard = await runnable.wait(0.1)
+                assert heard.unknown or "other" not in heard.runs
+                # Giving back the lease of a run that is still runnable (it has a message
+                # to apply) makes it claimable again.
+                await store.release(lease)
+                await _until(runnable, {"other"})
+
+        self._run(check)
+
+    def test_every_open_feed_hears_a_change_and_wake_ends_a_wait(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            async with contextlib.AsyncExitStack() as stack:
+                feeds = [await stack.enter_async_context(store.changes()) for _ in range(5)]
+                if not feeds[0].native:
+                    return
+                waits = [asyncio.ensure_future(feed.wait(None)) for feed in feeds[1:]]
+                await asyncio.sleep(0)
+                await store.create((await _states("many"))[0])
+                heard = await asyncio.wait_for(asyncio.gather(*waits), 30)
+                assert all("many" in h for h in heard)
+                assert "many" in await _heard(feeds[0]), "told between two waits"
+                # wake() ends a wait at once, from any thread.
+                waiting = asyncio.ensure_future(feeds[0].wait(None))
+                await asyncio.sleep(0)
+                threading.Thread(target=feeds[0].wake).start()
+                await asyncio.wait_for(waiting, 30)
+            feed = store.changes()
+            await _raises(ConfigurationError, feed.wait(0), "enter the change feed")
+            async with feed:  # a feed can be entered again once left
+                await store.create((await _states("again"))[0])
+                assert "again" in await _heard(feed)
+
         self._run(check)
 
 
@@ -838,6 +919,24 @@ def _next_schema_version(
     finally:
         _codec.SCHEMA_VERSION = version
         del _codec.MIGRATIONS[version]
+
+
+async def _heard(feed: ChangeFeed) -> Changed:
+    """What ``feed`` tells next, bounded: a change (or ``unknown``) it does not tell within
+    30 s was missed."""
+    changed = await feed.wait(30)
+    assert changed, "the feed told of no change within 30 s"
+    return changed
+
+
+async def _until(feed: ChangeFeed, runs: set[str]) -> None:
+    """Wait until ``feed`` has told of a change of each of ``runs`` (or of ``unknown``)."""
+    left = set(runs)
+    while left:
+        changed = await _heard(feed)
+        if changed.unknown:
+            return
+        left -= changed.runs
 
 
 async def _raises(kind: type[BaseException], awaitable: Awaitable[Any], saying: str = "") -> None:

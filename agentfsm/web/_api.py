@@ -239,7 +239,6 @@ async def approval_events(request: Request) -> Response:
             interval=inbox.interval,
             tool=query.get("tool") or None,
             agent=query.get("agent") or None,
-            sleep=inbox.sleep,
         ):
             yield event
 

@@ -196,7 +196,8 @@ def create_app(
         session_seconds: how long a browser stays logged in.
         secure_cookies: mark the session cookie Secure (default: when the request came
             over HTTPS, as the server or a trusted proxy says).
-        poll_interval: seconds between two looks at the store for live updates.
+        poll_interval: the longest wait, in seconds, between two looks at the store for
+            live updates: the store's change feed (``Store.changes``) brings them at once.
 
     Raises ConfigurationError for settings that cannot work.
     """

@@ -95,14 +95,15 @@ class Inbox:
         needs to decide: the run's last message (its run is loaded, once per run on the
         page), the tool's description, and whether ``identity`` may decide."""
         page = await self.store.waiting(tool=tool, agent=agent, limit=limit, after=after)
+        # The runs load side by side: on PostgreSQL a page costs a few round trips, not one
+        # per run (the store bounds how many at once with its pool).
+        run_ids = list(dict.fromkeys(call.run_id for call in page.calls))
         said: dict[str, str | None] = {}
         approve: dict[str, bool] = {}
-        for call in page.calls:
-            if call.run_id not in said:
-                state = await self.store.load(call.run_id)
-                self.memory.remember(state)
-                said[call.run_id] = last_said(state)
-                approve[call.run_id] = self.permissions.may_approve(identity, state)
+        for state in await asyncio.gather(*map(self.store.load, run_ids)):
+            self.memory.remember(state)
+            said[state.run_id] = last_said(state)
+            approve[state.run_id] = self.permissions.may_approve(identity, state)
         views = [
             CallView(
                 run_id=call.run_id,

@@ -1,12 +1,13 @@
 """Watching runs that other processes advance: the one mechanism behind the inbox's
 Server-Sent Events and its pages' live updates.
 
-A worker in another process saves each step to the store; this module polls the store and
+A worker in another process saves each step to the store; this module waits on the store's
+change feed (``Store.changes``: PostgreSQL's LISTEN/NOTIFY, SQLite's change counter), looks
+at the store when it tells of a change, or every ``interval`` seconds at the latest, and
 derives the run's durable events with ``durable_events(previous, head)`` between the last
-head it saw and the new one. Two consequences, until the store keeps a history of heads
-or notifies (LISTEN/NOTIFY):
+head it saw and the new one. Two consequences:
 
-* Several steps saved between two polls collapse into one diff: their events arrive
+* Several steps saved before one look collapse into one diff: their events arrive
   together, at the positions of the newest version, and the intermediate statuses are not
   seen. Every event that follows from the two states is there (items, requests, decisions,
   the end); only the steps between are merged.
@@ -15,13 +16,14 @@ or notifies (LISTEN/NOTIFY):
   resumes exactly; otherwise the stream says ``Reset`` and the client reloads.
 
 The approvals feed watches every run: it lists the most recently updated runs at each
-poll, loads only those that changed, and keeps the approval events of their diffs.
+look, loads only those that changed, and keeps the approval events of their diffs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
@@ -39,13 +41,13 @@ from .._run_events import (
     durable_events,
 )
 from .._state import RunState
-from ..stores._base import Store
+from ..stores._base import ChangeFeed, Store
 
 __all__ = ["Memory", "Reset", "Sleep", "watch_approvals", "watch_run"]
 
 log = logging.getLogger("agentfsm.web")
 
-#: Waits between two polls (``asyncio.sleep``; tests pass their own).
+#: How a stream of an ended run idles (``asyncio.sleep``; tests may pass their own).
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -114,33 +116,53 @@ async def watch_run(
     sleep: Sleep = asyncio.sleep,
 ) -> AsyncIterator[Watched]:
     """The events of ``head``'s run from the position ``after`` on (None: from ``head`` on),
-    polling the store every ``interval`` seconds. It ends when the run is deleted, and stops
-    polling (but not streaming) once the run has ended."""
+    looking at the store when its change feed tells of a change of the run, and every
+    ``interval`` seconds at the latest. It ends when the run is deleted, and stops looking
+    (but not streaming) once the run has ended."""
     memory.remember(head)
     for event in _catch_up(head, after, memory):
         yield event
-    while not head.status.is_terminal:
-        await sleep(interval)
-        try:
-            state = await store.load(head.run_id)
-        except UnknownRunError:
-            return
-        except StoreError as exc:
-            log.warning("watching run %s: the store fails, retrying: %s", head.run_id, exc)
-            continue
-        if state.version == head.version:
-            continue
-        if state.version < head.version:  # the run was deleted and stored again
-            yield Reset("the run was replaced", state.run_id, state.version)
-        else:
-            for event in durable_events(head, state):
-                yield event
-        memory.remember(state, head)
-        head = state
+    async with store.changes(head.run_id) as feed:
+        # The first look is at once: the run may have changed before the feed was open.
+        looked = None
+        while not head.status.is_terminal:
+            if looked is not None:
+                await _next_look(feed, interval, looked)
+            looked = time.monotonic()
+            try:
+                state = await store.load(head.run_id)
+            except UnknownRunError:
+                return
+            except StoreError as exc:
+                log.warning("watching run %s: the store fails, retrying: %s", head.run_id, exc)
+                continue
+            if state.version == head.version:
+                continue
+            if state.version < head.version:  # the run was deleted and stored again
+                yield Reset("the run was replaced", state.run_id, state.version)
+            else:
+                for event in durable_events(head, state):
+                    yield event
+            memory.remember(state, head)
+            head = state
     # An ended run changes no more; the stream stays open (quiet) rather than end, since
     # an EventSource reconnects to a stream that ends.
     while True:
         await sleep(3600)
+
+
+#: The least time between two looks of one stream: on a busy store, the changes that come
+#: meanwhile are taken together, so that a stream looks at most ten times a second.
+SPACING = 0.1
+
+
+async def _next_look(feed: ChangeFeed, interval: float, looked: float) -> None:
+    """Wait until the store tells of a change, or for ``interval`` seconds, and no less
+    than SPACING (or ``interval``, if shorter) since the previous look, at ``looked``."""
+    rest = min(interval, SPACING) - (time.monotonic() - looked)
+    if rest > 0:
+        await asyncio.sleep(rest)
+    await feed.wait(interval)
 
 
 def _catch_up(head: RunState, after: Position | None, memory: Memory) -> list[Watched]:
@@ -185,17 +207,33 @@ async def watch_approvals(
     interval: float,
     tool: str | None = None,
     agent: str | None = None,
-    sleep: Sleep = asyncio.sleep,
 ) -> AsyncIterator[Watched]:
     """Approvals requested and decided across every run (and the end of runs, which ends
-    their waiting calls), from now on, optionally only those of ``tool`` or ``agent``."""
+    their waiting calls), from now on, optionally only those of ``tool`` or ``agent``:
+    looking at the store when its change feed tells of a change, and every ``interval``
+    seconds at the latest."""
+    async with store.changes() as feed:
+        async for event in _approvals(store, feed, memory, interval, tool, agent):
+            yield event
+
+
+async def _approvals(
+    store: Store,
+    feed: ChangeFeed,
+    memory: Memory,
+    interval: float,
+    tool: str | None,
+    agent: str | None,
+) -> AsyncIterator[Watched]:
     waiting = await _waiting_now(store)
     summaries = await store.list(limit=SCAN)
     versions = {s.run_id: s.version for s in summaries}
     mark = max((s.updated_at for s in summaries), default=0.0)
     seen: dict[str, int] = {}
+    looked = time.monotonic()
     while True:
-        await sleep(interval)
+        await _next_look(feed, interval, looked)
+        looked = time.monotonic()
         try:
             summaries = await store.list(limit=SCAN)
         except StoreError as exc:
