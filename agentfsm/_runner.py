@@ -373,6 +373,8 @@ class Runner:
                 raise ConfigurationError(
                     "sessions live in a store: a run with a session needs Runner(store=...)"
                 )
+            # A store without sessions says so here, before a run is stored.
+            await self.store.session_runs(session)
         if isinstance(input, RunState):
             if context is not None:
                 raise ConfigurationError(

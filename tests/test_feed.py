@@ -36,6 +36,8 @@ from agentfsm.stores._base import (
     RetryPolicy,
     RunSummary,
     RunVersion,
+    SessionRun,
+    SessionSummary,
     WaitingPage,
 )
 from agentfsm.stores._feed import MAX_RUNS
@@ -56,7 +58,13 @@ async def heard(feed: Any, seconds: float = 20) -> Changed:
 
 
 def listeners() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("agentfsm-")]
+    """The stores' listening threads (not the runners' heartbeats, which other tests leave
+    to end on their own time)."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith(("agentfsm-sqlite-changes", "agentfsm-postgres-changes"))
+    ]
 
 
 @pytest.fixture
@@ -295,6 +303,15 @@ class Plain(Store):
 
     async def inbox(self, run_id: str) -> Inbox:
         return await self.inner.inbox(run_id)
+
+    async def session_runs(self, session: str) -> list[SessionRun]:
+        return await self.inner.session_runs(session)
+
+    async def sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
+        return await self.inner.sessions(limit=limit)
+
+    async def clear_session(self, session: str) -> int:
+        return await self.inner.clear_session(session)
 
     async def claim(self, owner: str, **kwargs: Any) -> Lease | None:
         return await self.inner.claim(owner, **kwargs)

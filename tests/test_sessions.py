@@ -723,3 +723,29 @@ def test_a_session_run_whose_process_is_killed_mid_call_keeps_the_session_until_
 
     run(main)
     assert effects.read_text() == "started\n"  # the call never ran again
+
+
+class _StoreFromBeforeSessions(MemoryStore):
+    """A store of one's own written before sessions: it has none of their methods."""
+
+    session_runs = Store.session_runs
+    sessions = Store.sessions
+    clear_session = Store.clear_session
+
+
+def test_a_store_without_sessions_runs_the_rest_and_refuses_sessions_clearly() -> None:
+    async def test() -> None:
+        store = _StoreFromBeforeSessions()
+        runner = Runner(store=store)
+        assert (await runner.run(agent(), "hello", run_id="plain")).status == "completed"
+        for refused in (
+            store.session_runs("s"),
+            store.sessions(),
+            store.clear_session("s"),
+            runner.run(agent(), "hello", session="s"),
+        ):
+            with pytest.raises(ConfigurationError, match="keeps no sessions"):
+                await refused
+        assert [s.run_id for s in await store.list()] == ["plain"], "nothing else was stored"
+
+    asyncio.run(asyncio.wait_for(test(), 30))

@@ -240,6 +240,23 @@ def test_the_kit_finds_nothing_wrong_with_the_demo_agent() -> None:
     )
 
 
+@pytest.mark.slow
+def test_the_kit_finds_nothing_wrong_with_the_demo_agent_over_a_long_run() -> None:
+    """No false positives: a long, random exploration of the demo agent (models, people,
+    crashes and restarts) breaks none of the built-in invariants."""
+    run_state_machine_as_test(
+        Demo,
+        settings=settings(
+            max_examples=1000,
+            stateful_step_count=25,
+            deadline=None,
+            database=None,
+            derandomize=False,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
+
+
 class SQLiteDemo(AgentMachine):
     agent = build_demo_agent()
     store = "sqlite"

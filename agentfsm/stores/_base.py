@@ -352,25 +352,34 @@ class Store(abc.ABC):
         written) or UnknownRunError."""
 
     # -- sessions (conversation threads) -------------------------------------------------
+    #
+    # Stores written before sessions existed keep working: these refuse, saying why, until
+    # the store implements them (the conformance suite checks them).
 
-    @abc.abstractmethod
     async def session_runs(self, session: str) -> list[SessionRun]:
         """The runs of ``session``, in the order they joined it (an empty list for a session
         with no runs). ConfigurationError for an id that is not a valid session id
         (``check_session``)."""
+        raise self._no_sessions()
 
-    @abc.abstractmethod
     async def sessions(self, *, limit: int | None = None) -> list[SessionSummary]:
         """Every session with runs, the one whose last run joined latest first: at most
         ``limit`` of them (ConfigurationError unless an int of at least 1, or None)."""
+        raise self._no_sessions()
 
-    @abc.abstractmethod
     async def clear_session(self, session: str) -> int:
         """Forget ``session``: delete its runs (their transcripts, history and inboxes), so
         that its next run starts a new conversation. Returns how many runs were deleted (0
         for a session with none). Raises SessionBusy, deleting nothing, while the session's
         last run is active (cancel it, or let it end, first); ConfigurationError for an
         invalid id."""
+        raise self._no_sessions()
+
+    def _no_sessions(self) -> ConfigurationError:
+        return ConfigurationError(
+            f"{type(self).__name__} keeps no sessions: it implements neither session_runs, "
+            "sessions nor clear_session (see docs/stores.md, 'Checking your own store')"
+        )
 
     async def session_transcript(self, session: str, *, before: str | None = None) -> list[Item]:
         """The conversation of ``session``: each run's own input and the items it generated,
