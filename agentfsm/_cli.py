@@ -391,17 +391,27 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    if args.keep_versions is None and args.older_than is None:
-        raise ConfigurationError("runs prune needs --keep-versions, --older-than, or both")
+    versions = args.keep_versions is not None or args.older_than is not None
+    if not versions and args.ended_older_than is None:
+        raise ConfigurationError(
+            "runs prune needs --keep-versions, --older-than or --ended-older-than"
+        )
+    if args.run is not None and args.ended_older_than is not None:
+        raise ConfigurationError("--ended-older-than prunes every run; it takes no --run")
 
     async def work(store: Any) -> int:
-        older_than = None if args.older_than is None else time.time() - args.older_than
+        now = time.time()
         if args.run is not None:
             await store.load(args.run)  # an unknown run is an error, not "0 dropped"
-        dropped = await store.prune(
-            keep_versions=args.keep_versions, older_than=older_than, run_id=args.run
-        )
-        print(f"dropped {dropped} old version{'' if dropped == 1 else 's'}")
+        if args.ended_older_than is not None:
+            deleted = await store.prune_runs(older_than=now - args.ended_older_than)
+            print(f"deleted {deleted} run{'' if deleted == 1 else 's'} that ended")
+        if versions:
+            older_than = None if args.older_than is None else now - args.older_than
+            dropped = await store.prune(
+                keep_versions=args.keep_versions, older_than=older_than, run_id=args.run
+            )
+            print(f"dropped {dropped} old version{'' if dropped == 1 else 's'}")
         return 0
 
     return _with_store(args, work, create=False)

@@ -382,11 +382,13 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     prune = command(
         what,
         "prune",
-        "drop old versions from runs' history",
+        "drop old versions from runs' history, and old runs that ended",
         "Drop old versions from the history of the stored runs (of one run, with --run): "
         "the versions beyond the newest --keep-versions of each run, and the versions saved "
         "more than --older-than ago. A run's current version is always kept, and its "
-        "transcript and current state stay whole. Prints how many versions were dropped.",
+        "transcript and current state stay whole. With --ended-older-than, delete the runs "
+        "that ended (completed, failed or cancelled) and were last saved more than that "
+        "ago; runs that are live, waiting or paused always stay. Prints what was dropped.",
         store,
     )
     prune.add_argument(
@@ -402,7 +404,15 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         default=None,
         metavar="AGE",
         help="drop the versions saved more than AGE ago: a number with a unit, s, m, h or d "
-        "(30d, 12h, 90m, 3600s) (default: no limit); at least one of the two is needed",
+        "(30d, 12h, 90m, 3600s) (default: no limit)",
+    )
+    prune.add_argument(
+        "--ended-older-than",
+        type=_age,
+        default=None,
+        metavar="AGE",
+        help="delete the runs that ended more than AGE ago, whole (default: none); at least "
+        "one of --keep-versions, --older-than and --ended-older-than is needed",
     )
     prune.add_argument(
         "--run", type=_text, default=None, metavar="RUN", help="only this run (default: every run)"

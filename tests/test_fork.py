@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentfsm import (
+    Agent,
     AgentFSMError,
     AssistantMessage,
     ConfigurationError,
@@ -38,6 +40,7 @@ from agentfsm._cli import ExitCode
 from agentfsm._cli_json import RunDocument
 from agentfsm._items import HandoffItem, ToolCallItem, ToolResultItem
 from agentfsm._schemas import schema_text
+from agentfsm.testing import ScriptedModel, say
 from agentfsm.testing._store_suite import _TURNS, _scripted_agents
 from tests.apps import shop
 from tests.test_cli import ROOT, cli
@@ -307,7 +310,9 @@ def shop_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (["fork", "r1", "--version", "-1"], "--version: must be a whole number"),
         (["fork", "r1"], "required: --version"),
         (["fork", "r1", "--version", "0", "--app", "nope"], "--app must be module:attribute"),
-        (["runs", "prune"], "needs --keep-versions, --older-than, or both"),
+        (["runs", "prune"], "needs --keep-versions, --older-than or --ended-older-than"),
+        (["runs", "prune", "--ended-older-than", "1d", "--run", "r1"], "takes no --run"),
+        (["runs", "prune", "--ended-older-than", "soon"], "must be a number with a unit"),
         (["runs", "prune", "--keep-versions", "0"], "must be a whole number of at least 1"),
         (["runs", "prune", "--older-than", "30"], "must be a number with a unit"),
         (["runs", "prune", "--older-than=-1d"], "must be a positive age"),
@@ -357,6 +362,28 @@ def test_runs_prune_drops_old_versions_and_keeps_each_runs_current_one(tmp_path:
     assert everything.stdout == "dropped 5 old versions\n"
     assert asyncio.run(versions("r1")) == asyncio.run(versions("r2")) == [4]
     assert "status:  interrupted" in cli(tmp_path, "runs", "show", "r2").stdout
+
+
+def test_runs_prune_deletes_the_runs_that_ended_long_ago_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    async def store_runs() -> None:
+        two_days_ago = lambda: time.time() - 2 * 86400  # noqa: E731
+        async with SQLiteStore(tmp_path / "runs.db", clock=two_days_ago) as store:
+            runner = Runner(store=store)
+            await runner.run(Agent("old", "", ScriptedModel([say("done")])), "hi", run_id="old")
+            paused = await runner.run(shop.agent(), "buy", run_id="waits")
+            assert paused.status == "interrupted"
+        async with SQLiteStore(tmp_path / "runs.db") as store:
+            await Runner(store=store).run(
+                Agent("new", "", ScriptedModel([say("done")])), "hi", run_id="new"
+            )
+
+    asyncio.run(asyncio.wait_for(store_runs(), 30))
+    done = cli(tmp_path, "runs", "prune", "--ended-older-than", "1d")
+    assert (done.returncode, done.stdout) == (0, "deleted 1 run that ended\n"), done.stderr
+    listed = cli(tmp_path, "runs", "list").stdout
+    assert "waits" in listed and "new" in listed and "old" not in listed
 
 
 def test_prune_and_fork_never_create_a_store(tmp_path: Path) -> None:

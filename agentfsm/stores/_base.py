@@ -328,6 +328,25 @@ class Store(abc.ABC):
         Raises ConfigurationError unless one of the two is given, ``keep_versions`` an int
         of at least 1 (call ``check_prune``)."""
 
+    async def prune_runs(self, *, older_than: float) -> int:
+        """Delete the runs that ended (completed, failed or cancelled) and were last saved
+        before ``older_than`` (a time on the store's clock, such as ``time.time() - 90 *
+        86400``), with their transcripts, history and inboxes; a run of a session leaves
+        it. Runs that are live, waiting or paused are never deleted. Returns how many runs
+        were deleted. Raises ConfigurationError for an ``older_than`` that is not a time."""
+        check_prune(None, older_than)
+        deleted = 0
+        for status in sorted(s.value for s in RunStatus if s.is_terminal):
+            for summary in await self.list(status=status):
+                if summary.updated_at >= older_than:
+                    continue
+                try:
+                    await self.delete(summary.run_id)
+                except UnknownRunError:
+                    continue  # deleted meanwhile, by another pruner
+                deleted += 1
+        return deleted
+
     @abc.abstractmethod
     async def save(
         self,
@@ -845,7 +864,8 @@ def rebuild_version(
 
 
 def check_prune(keep_versions: int | None, older_than: float | None) -> None:
-    """ConfigurationError for a ``prune`` that names no limit, or a bad one."""
+    """ConfigurationError for a ``prune`` (or ``prune_runs``) that names no limit, or a bad
+    one."""
     if keep_versions is None and older_than is None:
         raise ConfigurationError("prune needs keep_versions, older_than, or both")
     if keep_versions is not None and (type(keep_versions) is not int or keep_versions < 1):

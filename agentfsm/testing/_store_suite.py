@@ -45,7 +45,7 @@ from .._tools import ToolContext, tool
 from ..stores._base import CancelMessage, Changed, ChangeFeed, Lease, RetryPolicy, Store
 from ._clock import FakeClock
 from ._scripted import ScriptedModel, call, handoff, say
-from ._session_suite import SessionConformance
+from ._session_suite import SessionConformance, _chat
 
 __all__ = ["FakeClock", "StoreConformance"]
 
@@ -635,6 +635,25 @@ class StoreConformance(SessionConformance):
             await store.create(states[0])
             assert [v.version for v in await store.history("e1")] == [0], "none left behind"
             assert await store.load("e1", version=0) == states[0]
+
+        self._run(check)
+
+    def test_pruning_runs_deletes_only_those_that_ended_long_enough_ago(self) -> None:
+        async def check(store: Store, clock: FakeClock) -> None:
+            runner = Runner(store=store)
+            await runner.run(_chat(), "1", run_id="old", session="pruned")
+            await runner.run(_agent(), "go", run_id="waits")
+            assert (await store.load("waits")).status.value == "interrupted"
+            clock.advance(100)
+            await runner.run(_chat(), "2", run_id="young")
+            assert await store.prune_runs(older_than=clock() - 50) == 1
+            await _raises(UnknownRunError, store.load("old"))
+            assert await store.session_runs("pruned") == [], "it left its session"
+            assert (await store.load("young")).status.value == "completed"
+            assert await store.prune_runs(older_than=clock() + 1) == 1
+            assert [r.run_id for r in await store.list()] == ["waits"], "waiting runs stay"
+            for bad in ("yesterday", None, True):
+                await _raises(ConfigurationError, store.prune_runs(older_than=bad))  # type: ignore[arg-type]
 
         self._run(check)
 
