@@ -3,11 +3,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from agentfsm.stores._postgres import redact
+from tests.tcp_proxy import Proxy, proxy_to
 
 settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=100
@@ -45,3 +47,19 @@ def schema(postgres_down: str | None) -> Iterator[str]:
     yield name
     with psycopg.connect(DSN, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture
+def proxy(postgres_down: str | None) -> Iterator[Proxy]:
+    """A TCP proxy to the test server on loopback, which a test can cut or silence."""
+    if postgres_down is not None:
+        pytest.skip(postgres_down)
+    target = urlsplit(DSN)
+    with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as cuttable:
+        yield cuttable
+
+
+def through(proxy: Proxy) -> str:
+    """The test server's DSN, through ``proxy``."""
+    port = urlsplit(DSN).port or 5432
+    return DSN.replace(f":{port}/", f":{proxy.port}/")

@@ -11,28 +11,17 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
 from conftest import DSN
 
 from agentfsm import PostgresStore, Runner
 from agentfsm._cli import ExitCode
 from tests.apps.mailer import agent
-from tests.tcp_proxy import Proxy, proxy_to
+from tests.tcp_proxy import Proxy
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def proxy(postgres_down: str | None) -> Iterator[Proxy]:
-    if postgres_down is not None:
-        pytest.skip(postgres_down)
-    target = urlsplit(DSN)
-    with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as cuttable:
-        yield cuttable
 
 
 def spawn(*args: str) -> subprocess.Popen[str]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from conftest import DSN
+from conftest import DSN, through
 
 from agentfsm import (
     Changed,
@@ -44,7 +43,7 @@ from agentfsm.stores._feed import MAX_RUNS
 from agentfsm.stores._listeners import NotifyListener
 from agentfsm.testing import StoreConformance
 from tests.apps.mailer import agent as mailer
-from tests.tcp_proxy import Proxy, proxy_to
+from tests.tcp_proxy import Proxy
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
@@ -65,20 +64,6 @@ def listeners() -> list[threading.Thread]:
         for t in threading.enumerate()
         if t.name.startswith(("agentfsm-sqlite-changes", "agentfsm-postgres-changes"))
     ]
-
-
-@pytest.fixture
-def proxy(postgres_down: str | None) -> Iterator[Proxy]:
-    if postgres_down is not None:
-        pytest.skip(postgres_down)
-    target = urlsplit(DSN)
-    with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as cuttable:
-        yield cuttable
-
-
-def through(proxy: Proxy) -> str:
-    port = urlsplit(DSN).port or 5432
-    return DSN.replace(f":{port}/", f":{proxy.port}/")
 
 
 # -- SQLite ------------------------------------------------------------------------------------

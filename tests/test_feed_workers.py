@@ -11,7 +11,6 @@ import asyncio
 import select
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -21,7 +20,7 @@ from conftest import DSN
 from agentfsm import PostgresStore, Store, new_run
 from tests.apps.mailer import agent as mailer
 from tests.fleet import effects_of, spawn, store_dsn, store_of
-from tests.tcp_proxy import Proxy, proxy_to
+from tests.tcp_proxy import Proxy
 
 #: The worker's poll interval: no wait of these tests comes near it.
 POLL = "30"
@@ -101,15 +100,6 @@ def test_a_worker_process_starts_an_approved_tool_at_once(
         status, err = stopped(worker)
     assert status == 0, err
     assert len(effects_of(effects)) == 3
-
-
-@pytest.fixture
-def proxy(postgres_down: str | None) -> Iterator[Proxy]:
-    if postgres_down is not None:
-        pytest.skip(postgres_down)
-    target = urlsplit(DSN)
-    with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as cuttable:
-        yield cuttable
 
 
 def test_a_worker_cut_off_from_postgres_hears_again_once_reconnected(

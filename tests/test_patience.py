@@ -14,14 +14,12 @@ import logging
 import math
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 import pytest
-from conftest import DSN
+from conftest import through
 
 from agentfsm import (
     Agent,
@@ -40,7 +38,7 @@ from agentfsm._patience import PatientStore
 from agentfsm.stores._base import InputMessage
 from agentfsm.testing import ScriptedModel, call, say
 from tests.apps.mailer import agent as mailer
-from tests.tcp_proxy import Proxy, proxy_to
+from tests.tcp_proxy import Proxy
 
 # -- faults ----------------------------------------------------------------------------------
 
@@ -178,18 +176,8 @@ def test_a_worker_rides_out_a_lock_mid_run_instead_of_abandoning_the_run(
 # -- through a network cut to PostgreSQL -----------------------------------------------------
 
 
-@pytest.fixture
-def proxy(postgres_down: str | None) -> Iterator[Proxy]:
-    if postgres_down is not None:
-        pytest.skip(postgres_down)
-    target = urlsplit(DSN)
-    with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as cuttable:
-        yield cuttable
-
-
-def through(proxy: Proxy, schema: str) -> PostgresStore:
-    port = urlsplit(DSN).port or 5432
-    return PostgresStore(DSN.replace(f":{port}/", f":{proxy.port}/"), schema=schema)
+def store_through(proxy: Proxy, schema: str) -> PostgresStore:
+    return PostgresStore(through(proxy), schema=schema)
 
 
 def test_run_and_resume_go_on_through_a_network_cut(
@@ -213,7 +201,7 @@ def test_run_and_resume_go_on_through_a_network_cut(
     agent = Agent("a", "", ScriptedModel([call("cut"), say("done")]), tools=[cut])
 
     async def main() -> None:
-        async with through(proxy, schema) as store:
+        async with store_through(proxy, schema) as store:
             runner = Runner(store=store)
             done = await asyncio.wait_for(runner.run(agent, "go", run_id="r"), 60)
             assert done.status == "completed"

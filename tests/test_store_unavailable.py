@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import DSN
+from conftest import DSN, through
 
 from agentfsm import (
     ConflictError,
@@ -27,7 +26,7 @@ from agentfsm import (
     StoreUnavailable,
     new_run,
 )
-from tests.tcp_proxy import Proxy, proxy_to
+from tests.tcp_proxy import Proxy
 
 
 def named(application: str) -> str:
@@ -39,21 +38,6 @@ def sql(statement: str, *params: Any) -> None:
 
     with psycopg.connect(DSN, autocommit=True) as conn:
         conn.execute(statement, params)
-
-
-@pytest.fixture
-def proxy(postgres_down: str | None) -> Iterator[Proxy]:
-    """A proxy to the test server that a test can cut."""
-    if postgres_down is not None:
-        pytest.skip(postgres_down)
-    target = urlsplit(DSN)
-    with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as cuttable:
-        yield cuttable
-
-
-def through(proxy: Proxy) -> str:
-    port = urlsplit(DSN).port or 5432
-    return DSN.replace(f":{port}/", f":{proxy.port}/")
 
 
 def unavailable(error: BaseException) -> bool:
