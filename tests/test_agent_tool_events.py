@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -414,3 +415,83 @@ def spans() -> Any:
     exporter.provider = provider  # type: ignore[attr-defined]
     yield exporter
     provider.shutdown()
+
+
+TRACED_RESUMER = """
+import asyncio, json, sys
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from agentfsm import Runner, SQLiteStore
+from agentfsm.tracing import OpenTelemetryHooks
+from tests.apps import delegator
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+async def main():
+    store = SQLiteStore(sys.argv[1])
+    try:
+        hooks = OpenTelemetryHooks(tracer_provider=provider)
+        return await Runner(store=store, hooks=[hooks]).resume(delegator.agent(), "t1")
+    finally:
+        await store.close()
+
+result = asyncio.run(asyncio.wait_for(main(), 30))
+print(json.dumps({
+    "status": result.status,
+    "spans": {
+        s.name: {
+            "trace": format(s.context.trace_id, "032x"),
+            "span": format(s.context.span_id, "016x"),
+            "parent": s.parent and format(s.parent.span_id, "016x"),
+        }
+        for s in exporter.get_finished_spans()
+    },
+}))
+"""
+
+
+def test_a_nested_run_resumed_in_a_new_process_is_traced_under_the_outer_call(
+    spans: Any, tmp_path: Path
+) -> None:
+    from agentfsm.tracing import OpenTelemetryHooks
+
+    db = tmp_path / "runs.db"
+
+    async def first() -> None:
+        store = SQLiteStore(db)
+        try:
+            hooks = OpenTelemetryHooks(tracer_provider=spans.provider)
+            paused = await Runner(store=store, hooks=[hooks]).run(
+                delegator.agent(), "go", run_id="t1"
+            )
+            [request] = paused.state.interruptions
+            await store.approve("t1", request, by="ada")
+        finally:
+            await store.close()
+
+    run(first())
+    before = {s.name: s for s in spans.get_finished_spans()}
+    assert before["invoke_agent mailer"].parent.span_id == (
+        before["execute_tool mailer"].context.span_id
+    )
+    later = subprocess.run(
+        [sys.executable, "-c", TRACED_RESUMER, str(db)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert later.returncode == 0, later.stderr
+    report = json.loads(later.stdout.splitlines()[-1])
+    assert report["status"] == "completed"
+    theirs = report["spans"]
+    trace_id = format(before["invoke_agent boss"].context.trace_id, "032x")
+    assert {s["trace"] for s in theirs.values()} == {trace_id}
+    assert theirs["invoke_agent mailer"]["parent"] == theirs["execute_tool mailer"]["span"]
+    assert theirs["execute_tool send"]["parent"] == theirs["invoke_agent mailer"]["span"]
+    assert theirs["execute_tool mailer"]["parent"] == theirs["invoke_agent boss"]["span"]
