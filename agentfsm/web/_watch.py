@@ -107,11 +107,10 @@ class Memory:
         """The states after ``version`` (up to ``until``) whose events were derived here one
         from the other, in order, as long as they are kept: replaying their diffs gives a
         client the very events it would have had, at the same positions."""
-        following = {
-            base: v
-            for (rid, v), base in self._bases.items()
-            if rid == run_id and version < v <= until
-        }
+        following: dict[int, int] = {}
+        for (rid, derived), base in self._bases.items():
+            if rid == run_id and version <= base and derived <= until:
+                following[base] = min(derived, following.get(base, derived))  # finest steps
         states: list[RunState] = []
         while (v := following.get(version)) is not None:
             state = self.state(run_id, v)
