@@ -7,6 +7,10 @@ is recovered as any run's is: the outer call runs again (it is idempotent: it re
 inner run), and the inner run's own calls that were running are re-run if idempotent, else
 in doubt. An inner run that stops to wait for decisions leaves its outer call waiting with
 it; the outer run stops, and its waiting calls are the inner run's.
+
+The inner run's events are the outer run's (``NestedEmitter``): its live events as they
+happen, marked with its path; its durable events as each of its steps is saved in the outer
+run (``Outer.absorb`` delivers the outer step's durable events, which hold them).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ._outcomes import Invocation
 from ._session import Session
 from ._state import RunState
 from ._step import new_run
+from ._stream import Emitter
 
 if TYPE_CHECKING:
     from ._runner import Runner
@@ -46,6 +51,8 @@ class Outer:
         self.state = state
         self.session = session
         self.on_step = on_step
+        #: The outer run's event stream, if anyone consumes it (set by its tools).
+        self.emitter: Emitter | None = None
         self.waiting: set[str] = set()
         self._lock = asyncio.Lock()
 
@@ -68,7 +75,9 @@ class Outer:
                 done = self.on_step(new)
                 if inspect.isawaitable(done):
                     await done
-            self.state = new
+            previous, self.state = self.state, new
+            if self.emitter is not None:
+                await self.emitter.stepped(previous, new)
 
 
 _OUTER: ContextVar[Outer | None] = ContextVar("agentfsm_outer", default=None)
@@ -95,14 +104,21 @@ def waiting_for_nested() -> set[str]:
 
 
 async def run_nested(
-    runner: Runner, tool: AgentTool, call: Invocation, session: Session | None
+    runner: Runner,
+    tool: AgentTool,
+    call: Invocation,
+    session: Session | None,
+    emitter: Emitter | None = None,
 ) -> tuple[ToolOutput | None, str | None]:
     """Run (or resume) the nested run of ``call``: its result, or None with ``NESTED`` when
     the nested run waits for decisions, or an error result (and its kind) when it failed.
     Errors of the inner run's driving (the model's, the store's, a tool's with
-    ``tool_errors="raise"``) are raised, carrying the outer run's last saved state."""
+    ``tool_errors="raise"``) are raised, carrying the outer run's last saved state. Its
+    events go to the outer run's ``emitter``."""
     outer = _OUTER.get()
     assert outer is not None, "agent tools run inside a run's tools"
+    if emitter is not None:
+        outer.emitter = emitter
     state = outer.state
     depth = _DEPTH.get() + 1
     inner = state.nested.get(call.call_id)
@@ -126,11 +142,19 @@ async def run_nested(
     agents = tool.agents
     agents.check(inner)
     child = _child(runner, outer, call.call_id, session)
+    events = None if emitter is None else emitter.nested(call.call_id, inner)
     token = _DEPTH.set(depth)
     try:
-        result = await child._loop(
-            agents, inner, None, None, None, None, False, child._stops, False
-        )
+        try:
+            result = await child._loop(
+                agents, inner, None, None, events, None, False, child._stops, False
+            )
+        except BaseException as exc:
+            if events is not None:
+                await events.stop(None, exc)
+            raise
+        if events is not None:
+            await events.stop(result.state, None)
     except GuardrailTripped as exc:
         return _failed(runner, call, f"Error: agent tool {call.tool!r} failed: {exc}", "failed")
     except AgentFSMError as exc:

@@ -13,6 +13,16 @@ Two kinds of events share it:
 * **Live** events exist only in the process driving the run: the model's text and argument
   deltas, model calls and tool bodies starting and finishing.
 
+Events of a nested run (an agent called as a tool, ``Agent.as_tool``) are part of the same
+stream, marked by ``nested``: the path of the nested run, the id of the outer call that runs
+it (``"call_0_0"``), deeper levels joined by ``/`` (``"call_0_0/call_1_0"``); ``""`` for the
+run's own events. They carry the outer run's ``run_id`` and are numbered in its positions:
+the nested run's live events as the outer run's, and its durable events follow from the outer
+run's saved states (each step of a nested run is saved as a step of the outer run), before
+the outer run's own events of that version. A nested run's waiting calls are the outer run's
+(``ApprovalRequested`` with the call's path, ``nested`` empty), so they appear once, where
+they are decided.
+
 Each event has a ``position``, unique and increasing over the run's whole life: the state
 version the event belongs to, an epoch, and a sequence number. Durable events of version v
 are ``(v, 0, i)``. Live events emitted while the run goes from version v to v+1 are
@@ -24,6 +34,7 @@ or sees a retry keeps order and drops duplicates by comparing positions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgspec
@@ -80,6 +91,9 @@ class Position(NamedTuple):
 class _RunEvent(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     run_id: str
     position: Position
+    #: The path of the nested run the event belongs to (``"call_0_0"``,
+    #: ``"call_0_0/call_1_0"``), or ``""``: the run's own.
+    nested: str = ""
 
 
 # -- live events ---------------------------------------------------------------------------
@@ -249,63 +263,114 @@ RunEvent = (
 
 def durable_events(previous: RunState, state: RunState) -> list[RunEvent]:
     """The durable events of the step from ``previous`` to ``state`` (two RunStates of one
-    run, ``state`` the next version), at their positions. Pure."""
+    run, ``state`` the next version), at their positions: those of the steps of its nested
+    runs recorded in it first, then its own. Pure."""
     run_id, version = state.run_id, state.version
     events: list[RunEvent] = []
 
     def at() -> Position:
         return Position(version, 0, len(events))
 
-    if previous.version == 0:
-        events += [ItemAdded(run_id=run_id, position=at(), item=i) for i in state.input]
-    for item in state.items[len(previous.items) :]:
+    for path, before, after in _nested_steps(previous, state, ""):
+        _step_events(before, after, run_id, path, at, events)
+    _step_events(previous, state, run_id, "", at, events)
+    return events
+
+
+def _nested_steps(
+    previous: RunState | None, state: RunState, prefix: str
+) -> list[tuple[str, RunState | None, RunState]]:
+    """The steps the nested runs of ``state`` took since ``previous`` (deepest first): each
+    nested run's path, its state before (None: it is new) and after."""
+    steps: list[tuple[str, RunState | None, RunState]] = []
+    for call_id, inner in state.nested.items():
+        before = None if previous is None else previous.nested.get(call_id)
+        if before is not None and before.version >= inner.version:
+            continue
+        path = f"{prefix}/{call_id}" if prefix else call_id
+        steps += _nested_steps(before, inner, path)
+        steps.append((path, before, inner))
+    return steps
+
+
+def _step_events(
+    previous: RunState | None,
+    state: RunState,
+    run_id: str,
+    nested: str,
+    at: Callable[[], Position],
+    events: list[RunEvent],
+) -> None:
+    """Append the events of the step from ``previous`` to ``state`` (of the nested run at
+    path ``nested``; ``previous`` None when that run is new) to ``events``."""
+    version = state.version
+    if previous is None or previous.version == 0:
+        events += [
+            ItemAdded(run_id=run_id, position=at(), nested=nested, item=i) for i in state.input
+        ]
+    for item in state.items[0 if previous is None else len(previous.items) :]:
         if isinstance(item, GuardrailItem):
-            events.append(GuardrailChecked(run_id=run_id, position=at(), verdict=item))
+            events.append(
+                GuardrailChecked(run_id=run_id, position=at(), nested=nested, verdict=item)
+            )
         else:
-            events.append(ItemAdded(run_id=run_id, position=at(), item=item))
-    if len(state.audit) > len(previous.audit):
-        for record in state.audit[len(previous.audit) :]:
-            events.append(ApprovalDecided(run_id=run_id, position=at(), record=record))
+            events.append(ItemAdded(run_id=run_id, position=at(), nested=nested, item=item))
     waiting = state.interruptions if state.ledger else []
-    if waiting:
-        waited = {(r.call_id, r.digest) for r in previous.interruptions}
-        for request in waiting:
-            if (request.call_id, request.digest) not in waited:
-                events.append(ApprovalRequested(run_id=run_id, position=at(), request=request))
-    if state.current_agent != previous.current_agent:
+    if not nested:
+        # A nested run's decisions and waiting calls are the outer run's: told there.
+        assert previous is not None
+        if len(state.audit) > len(previous.audit):
+            for record in state.audit[len(previous.audit) :]:
+                events.append(ApprovalDecided(run_id=run_id, position=at(), record=record))
+        if waiting:
+            waited = {(r.call_id, r.digest) for r in previous.interruptions}
+            for request in waiting:
+                if (request.call_id, request.digest) not in waited:
+                    events.append(ApprovalRequested(run_id=run_id, position=at(), request=request))
+    source = state.starting_agent if previous is None else previous.current_agent
+    if state.current_agent != source:
         events.append(
             AgentChanged(
                 run_id=run_id,
                 position=at(),
-                source=previous.current_agent,
+                nested=nested,
+                source=source,
                 target=state.current_agent,
             )
         )
-    if state.status is not previous.status:
+    status = "new" if previous is None else previous.status.value
+    if state.status.value != status:
         events.append(
             StatusChanged(
                 run_id=run_id,
                 position=at(),
-                previous=previous.status.value,
+                nested=nested,
+                previous=status,
                 status=state.status.value,
                 reason=_reason(state, waiting),
                 error_type=None if state.error is None else state.error.kind,
             )
         )
     events.append(
-        StateSaved(run_id=run_id, position=at(), version=version, status=state.status.value)
+        StateSaved(
+            run_id=run_id,
+            position=at(),
+            nested=nested,
+            version=version,
+            status=state.status.value,
+        )
     )
-    if state.status.is_terminal and not previous.status.is_terminal:
+    if state.status.is_terminal and (previous is None or not previous.status.is_terminal):
         events.append(
             RunFinished(
                 run_id=run_id,
                 position=at(),
+                nested=nested,
                 status=state.status.value,
                 output=state.final_output,
                 error=None if state.error is None else state.error.message,
             )
         )
-    return events
 
 
 def _reason(state: RunState, waiting: list[ApprovalRequest]) -> str | None:

@@ -32,7 +32,7 @@ from ._state import RunState
 if TYPE_CHECKING:
     from ._runner import RunResult
 
-__all__ = ["Control", "Emitter", "Listener", "Live", "RunHandle", "RunHooks"]
+__all__ = ["Control", "Emitter", "Listener", "Live", "NestedEmitter", "RunHandle", "RunHooks"]
 
 #: A consumer of run events: called with each event, in order (sync or async).
 Listener = Callable[[RunEvent], Awaitable[None] | None]
@@ -48,8 +48,10 @@ class RunHooks:
     HookError carrying the run's last saved state (the run is not poisoned: resume it once
     the hook is fixed).
 
-    Given to ``Runner(hooks=...)`` they see every run; given to ``Agent(hooks=...)`` they see
-    what happens while that agent is the current one.
+    Given to ``Runner(hooks=...)`` they see every run, with the events of its nested runs
+    (agents called as tools; ``event.nested`` names the nested run); given to
+    ``Agent(hooks=...)`` they see what happens while that agent is the current one of a run
+    (not of a nested run).
     """
 
     async def on_event(self, event: RunEvent) -> None:
@@ -244,9 +246,14 @@ class Emitter:
             self.failed.state = state
             raise self.failed
 
+    def nested(self, call_id: str, state: RunState) -> NestedEmitter:
+        """The event stream of the nested run (``state``) of the call ``call_id``: part of
+        this one."""
+        return NestedEmitter(self, call_id, state)
+
     async def _deliver(self, event: RunEvent) -> None:
         targets: Sequence[Listener] = self._listeners
-        if self._agent_hooks:
+        if self._agent_hooks and not event.nested:
             targets = list(targets)
             hooks = self._agent_hooks.get(_agent_of(event, self.agent))
             if hooks is not None:
@@ -268,6 +275,35 @@ class Emitter:
                     f"at {event.position}: {type(exc).__name__}: {exc}"
                 )
                 self.failed.__cause__ = exc
+
+
+class NestedEmitter(Emitter):
+    """The event stream of a nested run: part of the outer run's (``outer``). Its live events
+    are the outer stream's, marked with the nested run's path; its durable events follow from
+    the outer run's states, in which its steps are recorded (``durable_events``), so they are
+    the outer stream's too, delivered as the outer run saves them. Its failures are the outer
+    stream's."""
+
+    def __init__(self, outer: Emitter, call_id: str, state: RunState) -> None:
+        super().__init__(state, outer.epoch, (), {})
+        self.outer = outer
+        self.call_id = call_id
+
+    async def live(self, kind: type[RunEvent], **fields: Any) -> None:
+        inner = fields.pop("nested", "")
+        path = f"{self.call_id}/{inner}" if inner else self.call_id
+        await self.outer.live(kind, nested=path, **fields)
+
+    async def stepped(self, previous: RunState, state: RunState) -> None:
+        """A step of the nested run, recorded (and its events delivered) by the outer run."""
+        self.agent = state.current_agent
+        self.check(state)
+
+    def trace_context(self) -> dict[str, str]:
+        return {}  # a nested run is traced within the outer run's trace
+
+    def check(self, state: RunState) -> None:
+        self.outer.check(state)
 
 
 # A carrier is kept in the run's state: small (W3C's traceparent is 55 characters, its

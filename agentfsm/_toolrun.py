@@ -294,7 +294,7 @@ class ToolRunner:
                 tool=call.tool,
                 arguments=call.arguments,
             )
-        output, error_type = await self._body(agents, state, call, session)
+        output, error_type = await self._body(agents, state, call, session, emitter)
         if output is not None:
             output = await self._check_result(agents, state, call, output, verdicts)
         if emitter is not None:
@@ -338,13 +338,18 @@ class ToolRunner:
         return output
 
     async def _body(
-        self, agents: AgentSet, state: RunState, call: Invocation, session: Session | None
+        self,
+        agents: AgentSet,
+        state: RunState,
+        call: Invocation,
+        session: Session | None,
+        emitter: Emitter | None = None,
     ) -> tuple[ToolOutput | None, str | None]:
         """The call's result (None when it is in doubt), and the kind of error it ended
         with, if any: the exception's name, or ``"timeout"``."""
         tool = agents.require_tool(call.agent, call.tool)
         if isinstance(tool, AgentTool) and self.runner is not None:
-            return await run_nested(self.runner, tool, call, session)
+            return await run_nested(self.runner, tool, call, session, emitter)
         context = None
         if tool.context_param is not None:
             context = ToolContext(

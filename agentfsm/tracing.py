@@ -16,6 +16,10 @@ What it records, per run:
   ``agentfsm.approval.expired`` on the ``invoke_agent`` span of the moment, keyed by
   ``gen_ai.tool.call.id``, with the approver (``agentfsm.approval.by``) when known.
 
+A nested run (an agent called as a tool) is traced within the outer run's trace: its spans
+(``invoke_agent``, ``chat``, ``execute_tool``) nest under the outer call's ``execute_tool``
+span, in this process and in one that resumes it.
+
 While a model call or a tool body runs, its span is the current span of the task that runs
 it, so spans the model client or the tool create (an instrumented HTTP client, a database
 driver) nest under it.
@@ -220,7 +224,7 @@ class OpenTelemetryHooks(RunHooks):
         )
         self._provider = provider_name if provider_name is not None else provider_from_model
         self.capture_content = capture_content
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[tuple[str, str], _Run] = {}  # by _key
         self._providers: dict[str, str] = {}  # by model name
 
     # -- the stream ------------------------------------------------------------------------
@@ -238,7 +242,7 @@ class OpenTelemetryHooks(RunHooks):
             self._stopped(event)  # type: ignore[arg-type]
             return
         record = _RECORDERS.get(kind)
-        run = self._runs.get(event.run_id)
+        run = self._runs.get(_key(event))
         if record is not None and run is not None:  # else a run started before these hooks
             record(self, run, event)
 
@@ -279,7 +283,7 @@ class OpenTelemetryHooks(RunHooks):
 
     def trace_context(self, run_id: str) -> Mapping[str, str] | None:
         """The context of the run's first ``invoke_agent`` span, for the run to keep."""
-        run = self._runs.get(run_id)
+        run = self._runs.get((run_id, ""))
         if run is None or not run.carrier:
             return None
         carrier, run.carrier = run.carrier, {}
@@ -288,9 +292,24 @@ class OpenTelemetryHooks(RunHooks):
     # -- stretches of one agent ----------------------------------------------------------
 
     def _started(self, event: RunStarted) -> None:
-        stale = self._runs.pop(event.run_id, None)
+        key = _key(event)
+        stale = self._runs.pop(key, None)
         if stale is not None:  # driven again here before it said it stopped: close it
             self._close(stale, "abandoned", None)
+        if event.nested:
+            # A nested run: under the span of the outer call that runs it.
+            path, _, call_id = event.nested.rpartition("/")
+            parent = self._runs.get((event.run_id, path))
+            if parent is None:
+                anchor = otel_context.get_current()
+            elif (opened := parent.tools.get(call_id)) is not None:
+                anchor = trace.set_span_in_context(opened.span)
+            else:
+                anchor = trace.set_span_in_context(self._stretch(parent))
+            run = _Run(event.run_id, anchor, event.agent, [])
+            self._runs[key] = run
+            self._stretch(run, event)
+            return
         ambient = trace.get_current_span().get_span_context()
         stored = self._propagator.extract(event.trace) if event.trace else None
         if stored is not None and trace.get_current_span(stored).get_span_context().is_valid:
@@ -299,11 +318,11 @@ class OpenTelemetryHooks(RunHooks):
             if ambient.is_valid:
                 links.append(trace.Link(ambient, {LINK_KIND: "resumed_by"}))
             run = _Run(event.run_id, stored, event.agent, links)
-            self._runs[event.run_id] = run
+            self._runs[key] = run
             self._stretch(run, event)
             return
         run = _Run(event.run_id, otel_context.get_current(), event.agent, [])
-        self._runs[event.run_id] = run
+        self._runs[key] = run
         stretch = self._stretch(run, event)
         # This first span is the run's anchor from now on, here and wherever it resumes.
         run.anchor = trace.set_span_in_context(stretch)
@@ -494,7 +513,7 @@ class OpenTelemetryHooks(RunHooks):
     # -- the end of a drive ----------------------------------------------------------------
 
     def _stopped(self, event: RunStopped) -> None:
-        run = self._runs.pop(event.run_id, None)
+        run = self._runs.pop(_key(event), None)
         if run is None:
             return
         if run.stretch is not None and event.status is not None:
@@ -526,6 +545,11 @@ _RECORDERS: dict[type[Any], Callable[[OpenTelemetryHooks, _Run, Any], None]] = {
     StatusChanged: OpenTelemetryHooks._status_changed,
     StateSaved: OpenTelemetryHooks._state_saved,
 }
+
+
+def _key(event: RunEvent) -> tuple[str, str]:
+    """Which run an event is of: the run's id, and the path of its nested run (or "")."""
+    return event.run_id, event.nested
 
 
 def _finish(span: Span, error: str | None, description: str | None) -> None:

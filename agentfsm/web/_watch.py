@@ -10,10 +10,13 @@ head it saw and the new one. Two consequences:
 * Several steps saved before one look collapse into one diff: their events arrive
   together, at the positions of the newest version, and the intermediate statuses are not
   seen. Every event that follows from the two states is there (items, requests, decisions,
-  the end); only the steps between are merged.
+  the end); only the steps between are merged. The steps of a nested run (an agent called as a
+  tool) that ended between two looks are not seen: its state is gone from the newest one.
 * Resuming from a ``Last-Event-ID`` needs the state the client had seen. ``Memory`` keeps
   the recent heads this process saw, so a client that reconnects to the same process
-  resumes exactly; otherwise the stream says ``Reset`` and the client reloads.
+  resumes exactly (with the steps it derived one by one replayed one by one: the steps of a
+  nested run that has since ended are in them, and not in the newest state); otherwise the
+  stream says ``Reset`` and the client reloads.
 
 The approvals feed watches every run: it lists the most recently updated runs at each
 look, loads only those that changed, and keeps the approval events of their diffs.
@@ -100,6 +103,23 @@ class Memory:
         base = self._bases.get((run_id, version))
         return None if base is None else self.state(run_id, base)
 
+    def chain(self, run_id: str, version: int, until: int) -> list[RunState]:
+        """The states after ``version`` (up to ``until``) whose events were derived here one
+        from the other, in order, as long as they are kept: replaying their diffs gives a
+        client the very events it would have had, at the same positions."""
+        following: dict[int, int] = {}
+        for (rid, derived), base in self._bases.items():
+            if rid == run_id and version <= base and derived <= until:
+                following[base] = min(derived, following.get(base, derived))  # finest steps
+        states: list[RunState] = []
+        while (v := following.get(version)) is not None:
+            state = self.state(run_id, v)
+            if state is None:
+                break
+            states.append(state)
+            version = v
+        return states
+
 
 def _trim(table: OrderedDict[Any, Any], size: int) -> None:
     while len(table) > size:
@@ -167,7 +187,8 @@ async def _next_look(feed: ChangeFeed, interval: float, looked: float) -> None:
 
 def _catch_up(head: RunState, after: Position | None, memory: Memory) -> list[Watched]:
     """What a client that saw the events up to ``after`` missed, as of ``head``: the rest
-    of the batch it was reading, then the diff from that version to ``head``."""
+    of the batch it was reading, then the diffs this process derived since, then the diff
+    from the last of them to ``head``."""
     if after is None:
         return []
     run_id = head.run_id
@@ -187,8 +208,12 @@ def _catch_up(head: RunState, after: Position | None, memory: Memory) -> list[Wa
                     head.version,
                 )
             ]
-        events += durable_events(seen, head)
-        memory.remember(head, seen)
+        for state in memory.chain(run_id, seen.version, head.version):
+            events += durable_events(seen, state)
+            seen = state
+        if seen.version < head.version:
+            events += durable_events(seen, head)
+            memory.remember(head, seen)
     return events
 
 
