@@ -30,8 +30,6 @@ from ._errors import (
     ConflictError,
     GuardrailTripped,
     InboxChanged,
-    LeaseLost,
-    StoreError,
     UndecidedError,
 )
 from ._events import (
@@ -70,7 +68,7 @@ from ._outcomes import (
     ToolCall,
 )
 from ._patience import PatientStore, check_wait
-from ._session import Heartbeat, Session, backoff
+from ._session import Heartbeat, Session
 from ._state import RunState
 from ._step import (
     ToolErrors,
@@ -81,7 +79,8 @@ from ._step import (
 )
 from ._stream import Control, Emitter, Listener, Live, RunHandle, RunHooks
 from ._toolrun import NOT_RUN, ToolRunner, ToolsCancelled, carrying, copy_json
-from .stores._base import ChangeFeed, Lease, RetryPolicy, Store
+from ._worker import release, with_lease, work_loop
+from .stores._base import ChangeFeed, RetryPolicy, Store
 
 __all__ = ["RunResult", "Runner"]
 
@@ -398,8 +397,8 @@ class Runner:
             return await self._drive(
                 agents, state, max_turns, None, given=given, since=since, live=live
             )
-        return await self._with_lease(
-            agents, state, max_turns, None, 0.0, given=given, since=since, live=live
+        return await with_lease(
+            self, agents, state, max_turns, None, 0.0, given=given, since=since, live=live
         )
 
     async def resume(self, agent: Agent, run_id: str, *, max_turns: int | None = None) -> RunResult:
@@ -422,10 +421,10 @@ class Runner:
             agents = AgentSet(agent)
             agents.check(state)
         except BaseException:
-            await _release(store, lease, failed=True)
+            await release(store, lease, failed=True)
             raise
-        return await self._with_lease(
-            agents, state, max_turns, lease, claimed_at, since=since, live=live
+        return await with_lease(
+            self, agents, state, max_turns, lease, claimed_at, since=since, live=live
         )
 
     async def work(
@@ -465,85 +464,9 @@ class Runner:
         async with feed:
             self._feeds.add(feed)
             try:
-                return await self._work(store, agents, poll_interval, until_idle, feed, since)
+                return await work_loop(self, store, agents, poll_interval, until_idle, feed, since)
             finally:
                 self._feeds.discard(feed)
-
-    async def _work(
-        self,
-        store: PatientStore,
-        agents: AgentSet,
-        poll_interval: float,
-        until_idle: bool,
-        feed: ChangeFeed,
-        since: int,
-    ) -> int:
-        advanced = 0
-        failures = 0
-        while self._stops == since:
-            claimed_at = time.monotonic()
-            try:
-                # Not patiently: this loop waits out a failing store for as long as it takes.
-                lease = await store.inner.claim(
-                    self.owner, lease_seconds=self.lease_seconds, starting_agent=agents.starting
-                )
-            except StoreError as exc:
-                # A database restart, a dropped connection, a lock held too long: wait and
-                # try again, saying so once per episode.
-                failures += 1
-                if failures == 1:
-                    log.warning("worker %s: the store fails, retrying: %s", self.owner, exc)
-                await asyncio.sleep(backoff(failures))
-                continue
-            if failures:
-                log.warning("worker %s: the store answers again (%d tries)", self.owner, failures)
-                failures = 0
-            if lease is None:
-                if until_idle:
-                    break
-                await feed.wait(poll_interval)
-                continue
-            try:
-                state = await store.load(lease.run_id)
-                agents.check(state)
-                await self._with_lease(
-                    agents, state, None, lease, claimed_at, worker=True, since=since, live=None
-                )
-                advanced += 1
-            except LeaseLost as exc:
-                # Another worker may have the run now (this one was slow, frozen or cut off).
-                log.warning("run %s: worker %s gave it up: %s", lease.run_id, self.owner, exc)
-            except StoreError as exc:
-                # The store's trouble, not the run's: it is retried when the lease expires.
-                log.error("run %s: store error in worker %s: %s", lease.run_id, self.owner, exc)
-            except GuardrailTripped as exc:
-                # The run ended, failed and saved: nothing to retry.
-                log.warning("run %s: %s", lease.run_id, exc)
-                advanced += 1
-            except AgentFSMError as exc:
-                await self._failed(store, lease, exc)
-            except Exception:
-                # A fault nobody foresaw (a bug of ours, a driver error that slipped through)
-                # must not end the worker: the run keeps its lease and is retried later.
-                log.exception("run %s: unexpected error in worker %s", lease.run_id, self.owner)
-        return advanced
-
-    async def _failed(self, store: Store, lease: Lease, exc: AgentFSMError) -> None:
-        """Count a run's failure: retry it later, or park it when it keeps failing."""
-        error = f"{type(exc).__name__}: {exc}"
-        try:
-            parked = await store.fail(lease, error, retry=self.retry)
-        except StoreError as store_error:
-            log.error(
-                "run %s failed (%s), and so did recording it: %s", lease.run_id, error, store_error
-            )
-            return
-        if parked:
-            log.error(
-                "run %s parked after failing %d times: %s", lease.run_id, self.retry.attempts, error
-            )
-        else:
-            log.error("run %s failed in worker %s, will retry: %s", lease.run_id, self.owner, error)
 
     def _require_store(self) -> PatientStore:
         """The store, its calls tried again while it is unavailable (``store_wait``)."""
@@ -552,83 +475,6 @@ class Runner:
         return PatientStore.of(self.store, self.store_wait)
 
     # -- the loop --------------------------------------------------------------------------
-
-    async def _with_lease(
-        self,
-        agents: AgentSet,
-        state: RunState,
-        max_turns: int | None,
-        lease: Lease | None,
-        claimed_at: float,
-        *,
-        worker: bool = False,
-        given: bool = False,
-        since: int,
-        live: Live | None,
-    ) -> RunResult:
-        """Drive the run under ``lease`` (claimed here when None), asked for at the monotonic
-        time ``claimed_at``, renewing it while the run goes on. A ``worker`` keeps the lease
-        when the run raises (so the run is retried later, not at once)."""
-        store = self._require_store()
-        if lease is None:
-            claimed_at = time.monotonic()
-            lease = await store.claim(
-                self.owner, lease_seconds=self.lease_seconds, run_id=state.run_id
-            )
-            if lease is None:
-                raise ConflictError(
-                    f"run {state.run_id} is being run by another worker (it holds a lease)"
-                )
-            try:
-                state = await self._adopt(store, state)
-            except BaseException:
-                await _release(store, lease, failed=True)
-                raise
-        session = Session(store, lease, self.lease_seconds, claimed_at)
-        heartbeat = self._heartbeat
-        if heartbeat is None or heartbeat.store is not store.inner:
-            heartbeat = self._heartbeat = Heartbeat(store.inner)
-        heartbeat.watch(session)
-        failed = True
-        try:
-            result = await self._drive(
-                agents,
-                state,
-                max_turns,
-                session,
-                given=given,
-                since=since,
-                live=live,
-                worker=worker,
-            )
-            failed = False
-            return result
-        except GuardrailTripped:
-            failed = False  # the run ended, saved: its lease goes
-            raise
-        finally:
-            heartbeat.forget(session)
-            if not (failed and worker):
-                await _release(store, session.lease, failed=failed)
-
-    async def _adopt(self, store: Store, state: RunState) -> RunState:
-        """The stored run that ``state`` stands for. Decisions recorded on ``state`` since it
-        was loaded go to the run's inbox; any other difference is a ConflictError."""
-        stored = await store.load(state.run_id)
-        if stored == state:
-            return stored
-        undecided = msgspec.structs.replace(
-            state, decisions=stored.decisions, version=stored.version
-        )
-        if undecided != stored:
-            raise ConflictError(
-                f"run {state.run_id} changed in the store since this state was loaded; load "
-                "it again (or resume it by id)"
-            )
-        for decision in state.decisions:
-            if decision not in stored.decisions:
-                await store.decide(state.run_id, decision)
-        return stored
 
     async def _drive(
         self,
@@ -913,18 +759,6 @@ class Runner:
 
 
 _MAIL_STATUSES = (RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.PAUSED)
-
-
-async def _release(store: PatientStore, lease: Lease, *, failed: bool) -> None:
-    """Give the lease up. A lease that cannot be given up runs out by itself, so a store
-    that fails here is logged, never raised over the run's result or error; and when the
-    run failed (perhaps for the store's trouble) it is tried once, not waited for."""
-    try:
-        await (store.inner if failed else store).release(lease)
-    except StoreError as exc:
-        log.warning(
-            "run %s: could not give its lease up, so it runs out by itself: %s", lease.run_id, exc
-        )
 
 
 def _controlled(state: RunState, control: Control) -> Event | None:
