@@ -16,11 +16,9 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-import pydantic
 
 from ._agents import Agent, AgentSet
 from ._conversations import SessionHistoryHook, check_restart, session_history
@@ -28,9 +26,7 @@ from ._errors import (
     AgentFSMError,
     ConfigurationError,
     ConflictError,
-    GuardrailTripped,
     InboxChanged,
-    UndecidedError,
 )
 from ._events import (
     ApprovalsDecided,
@@ -50,7 +46,7 @@ from ._guardrun import (
     handle_error,
 )
 from ._handoffrun import take_handoff
-from ._items import GuardrailItem, Item, Usage
+from ._items import Item
 from ._machine import RunStatus
 from ._model import (
     ModelProvider,
@@ -64,10 +60,10 @@ from ._outcomes import (
     Interruption,
     Outcome,
     RunAgain,
-    RunError,
     ToolCall,
 )
 from ._patience import PatientStore, check_wait
+from ._result import RunResult, finished, run_result, undecided
 from ._session import Heartbeat, Session
 from ._state import RunState
 from ._step import (
@@ -88,35 +84,6 @@ log = logging.getLogger("agentfsm")
 
 #: Called with every new state, after every step (sync or async).
 Checkpoint = Callable[[RunState], Awaitable[None] | None]
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """Where a run stands after ``Runner.run`` returns.
-
-    ``status`` is ``"completed"``, ``"interrupted"``, ``"paused"``, ``"failed"`` or
-    ``"cancelled"``;
-    ``interruptions`` lists the calls waiting for a decision; ``items`` are the items the run
-    generated (its input is ``state.input``).
-    """
-
-    status: str
-    final_output: Any
-    interruptions: list[ApprovalRequest]
-    state: RunState
-    error: str | None
-
-    @property
-    def run_id(self) -> str:
-        return self.state.run_id
-
-    @property
-    def items(self) -> list[Item]:
-        return list(self.state.items)
-
-    @property
-    def usage(self) -> Usage:
-        return self.state.usage
 
 
 class Runner:
@@ -609,7 +576,7 @@ class Runner:
                     and not state.status.is_terminal
                     and state.status is not RunStatus.TOOLS
                 ):
-                    return _result(agents, state)  # the emitter was checked in stepped()
+                    return run_result(agents, state)  # the emitter was checked in stepped()
                 continue
             match outcome:
                 case Handoff() if state.handoff_due is not None:
@@ -655,7 +622,7 @@ class Runner:
                         seen = 0
                     event = ApprovalsDecided(decisions=expired)
                 case Interruption(requests=requests) if requests and given and not stepped:
-                    raise carrying(_undecided(state, requests), state)
+                    raise carrying(undecided(state, requests), state)
                 case FinalOutput() if (
                     (handler := self.error_handlers.get("max_turns"))
                     and _out_of_turns(state)
@@ -664,9 +631,9 @@ class Runner:
                     handled = True
                     event = await handle_error(handler, agents, state)
                     if event is None:
-                        return self._finished(agents, state, emitter)
+                        return finished(agents, state, emitter)
                 case Interruption() | FinalOutput():
-                    return self._finished(agents, state, emitter)
+                    return finished(agents, state, emitter)
             if event is None:  # the model call was cancelled
                 assert control is not None
                 assert control.cancel_reason is not None
@@ -686,15 +653,6 @@ class Runner:
         # any process that drove the run before; without a store, the clock does.
         epoch = session.lease.token if session is not None else max(1, int(self.clock() * 1000))
         return Emitter(state, epoch, listeners, agent_hooks, self.hooks)
-
-    def _finished(self, agents: AgentSet, state: RunState, emitter: Emitter | None) -> RunResult:
-        """The result of a run that stopped; raises GuardrailTripped for one a guardrail
-        failed."""
-        if emitter is not None:
-            emitter.check(state)
-        if state.error is not None and state.error.kind == "guardrail_tripped":
-            raise carrying(_tripped(state, state.error), state)
-        return _result(agents, state)
 
     async def _checked(self, agents: AgentSet, state: RunState, event: Event) -> Event:
         """``event`` with the verdicts of the input guardrails on the input it brings: a new
@@ -844,61 +802,6 @@ def _out_of_turns(state: RunState) -> bool:
     return state.error is not None and state.error.kind == "max_turns_exceeded"
 
 
-def _tripped(state: RunState, error: RunError) -> GuardrailTripped:
-    """The error of a run a guardrail failed, from the trip recorded in its transcript."""
-    trip = next(
-        (i for i in reversed(state.items) if isinstance(i, GuardrailItem) and i.behavior == "trip"),
-        None,
-    )
-    if trip is None:
-        return GuardrailTripped(f"run {state.run_id} failed: {error.message}")
-    return GuardrailTripped(
-        f"run {state.run_id} failed: {error.message}",
-        guardrail=trip.guardrail,
-        kind=trip.kind,
-        call_id=trip.call_id,
-        tool=trip.tool,
-        info=trip.info,
-    )
-
-
-def _undecided(state: RunState, requests: Sequence[ApprovalRequest]) -> UndecidedError:
-    calls = ", ".join(f"{r.call_id} ({r.tool})" for r in requests)
-    return UndecidedError(
-        f"run {state.run_id} waits for a decision on {calls}, and has none to apply; "
-        "approve() and reject() return a new state: resume that one "
-        "(state = state.approve(request))"
-    )
-
-
 def _decided(state: RunState, requests: Sequence[ApprovalRequest]) -> bool:
     decided = {(d.call_id, d.digest) for d in state.decisions}
     return any((r.call_id, r.digest) in decided for r in requests)
-
-
-def _result(agents: AgentSet, state: RunState) -> RunResult:
-    output = state.final_output
-    if state.status is RunStatus.COMPLETED:
-        adapter = agents.output_adapter(state.current_agent)
-        if adapter is not None:
-            # The output is stored as JSON data, so it is read back as JSON: strict models
-            # then take their datetimes, UUIDs and enums from strings, as the model gave them.
-            try:
-                output = adapter.validate_json(msgspec.json.encode(output))
-            except pydantic.ValidationError as exc:
-                # The output type changed since the run completed: the run stays completed,
-                # with its output as the JSON data it was stored as.
-                log.warning(
-                    "run %s: its stored output no longer validates against the output type of "
-                    "agent %r, so it is returned as JSON data: %s",
-                    state.run_id,
-                    state.current_agent,
-                    exc,
-                )
-    return RunResult(
-        status=state.status.value,
-        final_output=output,
-        interruptions=state.interruptions,
-        state=state,
-        error=state.error.message if state.error is not None else None,
-    )

@@ -20,7 +20,8 @@ from ._stream import Live
 from .stores._base import ChangeFeed, Lease, Store
 
 if TYPE_CHECKING:
-    from ._runner import Runner, RunResult
+    from ._result import RunResult
+    from ._runner import Runner
 
 __all__ = ["adopt", "failed", "release", "with_lease", "work_loop"]
 
