@@ -16,11 +16,12 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
 from ._agents import Agent, AgentSet
+from ._control import MAIL_STATUSES, controlled, decided, expiries, guarded
 from ._conversations import SessionHistoryHook, check_restart, session_history
 from ._errors import (
     AgentFSMError,
@@ -31,13 +32,10 @@ from ._errors import (
 from ._events import (
     ApprovalsDecided,
     Cancelled,
-    Decision,
     Event,
     Injected,
-    Paused,
     Resumed,
     Started,
-    ToolOutput,
 )
 from ._guardrun import (
     ERROR_KINDS,
@@ -54,7 +52,6 @@ from ._model import (
 from ._modelcall import ModelCalls
 from ._nestrun import tools_of
 from ._outcomes import (
-    ApprovalRequest,
     FinalOutput,
     Handoff,
     Interruption,
@@ -74,7 +71,7 @@ from ._step import (
     step,
 )
 from ._stream import Control, Emitter, Listener, Live, RunHandle, RunHooks
-from ._toolrun import NOT_RUN, ToolRunner, ToolsCancelled, carrying, copy_json
+from ._toolrun import ToolRunner, ToolsCancelled, carrying, copy_json
 from ._worker import release, with_lease, work_loop
 from .stores._base import ChangeFeed, RetryPolicy, Store
 
@@ -546,8 +543,8 @@ class Runner:
         handled = False  # the error handler was called in this drive
         while True:
             if event is None and control is not None:
-                event = _controlled(state, control)
-            if event is None and mail and session is not None and state.status in _MAIL_STATUSES:
+                event = controlled(state, control)
+            if event is None and mail and session is not None and state.status in MAIL_STATUSES:
                 event, acknowledge, seen = await session.take_mail(state)
                 mail = event is not None
             if event is not None:
@@ -580,9 +577,9 @@ class Runner:
                 continue
             match outcome:
                 case Handoff() if state.handoff_due is not None:
-                    event = await _guarded(control, take_handoff(agents, state))
+                    event = await guarded(control, take_handoff(agents, state))
                 case RunAgain() | Handoff():
-                    event = await _guarded(control, self._calls.ask(agents, state, emitter))
+                    event = await guarded(control, self._calls.ask(agents, state, emitter))
                 case ToolCall(calls=calls):
                     tools = (
                         self._tools.recover(agents, state, session, emitter, control)
@@ -595,7 +592,7 @@ class Runner:
                     try:
                         with outer as running:
                             try:
-                                event = await _guarded(control, tools)
+                                event = await guarded(control, tools)
                             finally:
                                 state = running.state
                     except ToolsCancelled as cancelled:
@@ -608,11 +605,11 @@ class Runner:
                             in_doubt=report.in_doubt,
                             started_by=report.started_by,
                         )
-                case Interruption(requests=requests) if _decided(state, requests):
+                case Interruption(requests=requests) if decided(state, requests):
                     # Decisions recorded on the state while its tools ran (the caller's, or
                     # another process's) apply now, without waiting for another resume.
                     event = ApprovalsDecided()
-                case Interruption(requests=requests) if expired := _expired(requests, self.clock):
+                case Interruption(requests=requests) if expired := expiries(requests, self.clock):
                     if session is not None:
                         # What people posted comes first; an expiry saved while something
                         # was posted is taken again (InboxChanged), after it.
@@ -716,58 +713,6 @@ class Runner:
     # -- the model -------------------------------------------------------------------------
 
 
-_MAIL_STATUSES = (RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.PAUSED)
-
-
-def _controlled(state: RunState, control: Control) -> Event | None:
-    """What the handle asked for that the run can take now, as the next event: a
-    cancellation at once, input at the next model call, a pause between turns."""
-    status = state.status
-    if status.is_terminal:
-        return None
-    if control.cancel_reason is not None:
-        if status is RunStatus.TOOLS:
-            # The calls are recorded as started, and none of them began: they never ran.
-            calls = pending_outcome(state)
-            assert isinstance(calls, ToolCall)
-            return Cancelled(
-                reason=control.cancel_reason,
-                results=tuple(
-                    ToolOutput(call_id=c.call_id, output=NOT_RUN, is_error=True)
-                    for c in calls.calls
-                ),
-            )
-        return Cancelled(reason=control.cancel_reason)
-    if control.injected and status in _MAIL_STATUSES:
-        items, control.injected = tuple(control.injected), []
-        return Injected(items=items)
-    if control.pause_reason is not None and status is RunStatus.RUNNING:
-        reason, control.pause_reason = control.pause_reason, None
-        return Paused(reason=reason)
-    return None
-
-
-async def _guarded(control: Control | None, work: Coroutine[Any, Any, _T]) -> _T | None:
-    """``await work`` (the model call, or the tools) so that the handle's ``cancel`` can stop
-    it: None when it did. A cancellation of the caller's own task goes on as usual."""
-    if control is None:
-        return await work
-    task = asyncio.ensure_future(work)
-    control.io = task
-    try:
-        return await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if not task.cancelled() or (current is not None and current.cancelling()):
-            raise
-        return None
-    finally:
-        control.io = None
-
-
-_T = TypeVar("_T")
-
-
 def _require_loop(method: str) -> None:
     try:
         asyncio.get_running_loop()
@@ -784,24 +729,5 @@ def _sync(coroutine: Coroutine[Any, Any, RunResult]) -> RunResult:
     raise ConfigurationError("the *_sync methods cannot be called from a running event loop")
 
 
-def _expired(
-    requests: Sequence[ApprovalRequest], clock: Callable[[], float]
-) -> tuple[Decision, ...]:
-    """Expiries for the calls past their deadline."""
-    if all(r.deadline is None for r in requests):
-        return ()
-    now = clock()
-    return tuple(
-        Decision(call_id=r.call_id, digest=r.digest, approved=False, expired=True, at=now)
-        for r in requests
-        if r.deadline is not None and r.deadline <= now
-    )
-
-
 def _out_of_turns(state: RunState) -> bool:
     return state.error is not None and state.error.kind == "max_turns_exceeded"
-
-
-def _decided(state: RunState, requests: Sequence[ApprovalRequest]) -> bool:
-    decided = {(d.call_id, d.digest) for d in state.decisions}
-    return any((r.call_id, r.digest) in decided for r in requests)
