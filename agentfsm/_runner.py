@@ -33,14 +33,13 @@ from ._events import (
     ApprovalsDecided,
     Cancelled,
     Event,
-    Injected,
     Resumed,
     Started,
 )
 from ._guardrun import (
     ERROR_KINDS,
     ErrorHandler,
-    check_input,
+    checked_event,
     handle_error,
 )
 from ._handoffrun import take_handoff
@@ -71,7 +70,7 @@ from ._step import (
     step,
 )
 from ._stream import Control, Emitter, Listener, Live, RunHandle, RunHooks
-from ._toolrun import ToolRunner, ToolsCancelled, carrying, copy_json
+from ._toolrun import ToolRunner, ToolsCancelled, carrying
 from ._worker import release, with_lease, work_loop
 from .stores._base import ChangeFeed, RetryPolicy, Store
 
@@ -548,7 +547,7 @@ class Runner:
                 event, acknowledge, seen = await session.take_mail(state)
                 mail = event is not None
             if event is not None:
-                event = await self._checked(agents, state, event)
+                event = await checked_event(agents, state, event)
                 previous = state
                 state, outcome = self._step(agents, state, event)
                 try:
@@ -650,26 +649,6 @@ class Runner:
         # any process that drove the run before; without a store, the clock does.
         epoch = session.lease.token if session is not None else max(1, int(self.clock() * 1000))
         return Emitter(state, epoch, listeners, agent_hooks, self.hooks)
-
-    async def _checked(self, agents: AgentSet, state: RunState, event: Event) -> Event:
-        """``event`` with the verdicts of the input guardrails on the input it brings: a new
-        run's input (the starting agent's guardrails), or injected input (the current
-        agent's)."""
-        match event:
-            case Started() if state.status is RunStatus.NEW:
-                agent, items = agents.agent(state.starting_agent), state.input
-            case Injected(items=items) if items and not event.guardrails:
-                agent = agents.agent(state.current_agent)
-            case _:
-                return event
-        if not agent.input_guardrails:
-            return event
-        verdicts, replaced = await check_input(agent, items, copy_json(state.context))
-        if isinstance(event, Started):
-            return msgspec.structs.replace(event, guardrails=verdicts, input=replaced)
-        tripped = any(v.behavior == "trip" for v in verdicts)
-        items = replaced if replaced is not None and not tripped else items
-        return msgspec.structs.replace(event, items=items, guardrails=verdicts)
 
     def _step(self, agents: AgentSet, state: RunState, event: Event) -> tuple[RunState, Outcome]:
         try:
