@@ -8,7 +8,6 @@ after every step.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
 import os
@@ -71,7 +70,7 @@ from ._step import (
 )
 from ._stream import Control, Emitter, Listener, Live, RunHandle, RunHooks
 from ._toolrun import ToolRunner, ToolsCancelled, carrying
-from ._worker import release, with_lease, work_loop
+from ._worker import checkpoint, release, with_lease, work_loop
 from .stores._base import ChangeFeed, RetryPolicy, Store
 
 __all__ = ["RunResult", "Runner"]
@@ -551,8 +550,14 @@ class Runner:
                 previous = state
                 state, outcome = self._step(agents, state, event)
                 try:
-                    waiting = await self._checkpoint(
-                        previous, state, session, acknowledge, seen, type(event).__name__
+                    waiting = await checkpoint(
+                        self.on_step,
+                        previous,
+                        state,
+                        session,
+                        acknowledge,
+                        seen,
+                        type(event).__name__,
                     )
                 except InboxChanged:
                     # Something was posted while this step was taken from the inbox: take
@@ -656,38 +661,6 @@ class Runner:
         except AgentFSMError as exc:
             exc.state = state
             raise
-
-    async def _checkpoint(
-        self,
-        previous: RunState,
-        state: RunState,
-        session: Session | None,
-        acknowledge: Sequence[int],
-        seen: int | None,
-        event: str,
-    ) -> bool:
-        """Persist the step; True if the run's inbox has messages waiting. ``seen`` is the
-        newest inbox message the step was taken from (None for a step not from the inbox);
-        ``event`` the type name of the event it took, for the run's history."""
-        waiting = 0
-        if session is not None:
-            try:
-                waiting = await session.store.save(
-                    state,
-                    expected_version=previous.version,
-                    lease=session.lease,
-                    acknowledge=acknowledge,
-                    seen=seen,
-                    event=event,
-                )
-            except AgentFSMError as exc:
-                exc.state = previous
-                raise
-        if self.on_step is not None:
-            done = self.on_step(state)
-            if inspect.isawaitable(done):
-                await done
-        return waiting > 0
 
     # -- the model -------------------------------------------------------------------------
 

@@ -1,12 +1,15 @@
 """The worker side of the driver: claiming a run, holding its lease while the run goes on
-(renewed by the runner's heartbeat), giving it up, and the loop of ``Runner.work`` that takes
-the store's runnable runs one after another, retrying or parking the ones that fail."""
+(renewed by the runner's heartbeat), saving each of its steps under the lease, giving it up,
+and the loop of ``Runner.work`` that takes the store's runnable runs one after another,
+retrying or parking the ones that fail."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -21,9 +24,9 @@ from .stores._base import ChangeFeed, Lease, Store
 
 if TYPE_CHECKING:
     from ._result import RunResult
-    from ._runner import Runner
+    from ._runner import Checkpoint, Runner
 
-__all__ = ["adopt", "failed", "release", "with_lease", "work_loop"]
+__all__ = ["adopt", "checkpoint", "failed", "release", "with_lease", "work_loop"]
 
 log = logging.getLogger("agentfsm")
 
@@ -165,6 +168,39 @@ async def with_lease(
         heartbeat.forget(session)
         if not (failed and worker):
             await release(store, session.lease, failed=failed)
+
+
+async def checkpoint(
+    on_step: Checkpoint | None,
+    previous: RunState,
+    state: RunState,
+    session: Session | None,
+    acknowledge: Sequence[int],
+    seen: int | None,
+    event: str,
+) -> bool:
+    """Persist the step; True if the run's inbox has messages waiting. ``seen`` is the
+    newest inbox message the step was taken from (None for a step not from the inbox);
+    ``event`` the type name of the event it took, for the run's history."""
+    waiting = 0
+    if session is not None:
+        try:
+            waiting = await session.store.save(
+                state,
+                expected_version=previous.version,
+                lease=session.lease,
+                acknowledge=acknowledge,
+                seen=seen,
+                event=event,
+            )
+        except AgentFSMError as exc:
+            exc.state = previous
+            raise
+    if on_step is not None:
+        done = on_step(state)
+        if inspect.isawaitable(done):
+            await done
+    return waiting > 0
 
 
 async def adopt(store: Store, state: RunState) -> RunState:
