@@ -26,6 +26,7 @@ CORE = [
     "_state",
     "_codec",
     "_step",
+    "_storable",
     "_tools",
     "_guardrails",
     "_agents",
