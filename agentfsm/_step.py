@@ -17,7 +17,7 @@ import msgspec
 import pydantic
 
 from ._agents import Agent, AgentSet
-from ._decisions import DecisionRecord, refusal, repeats, standing
+from ._decisions import refusal, repeats, standing
 from ._errors import (
     ConfigurationError,
     IllegalTransition,
@@ -63,6 +63,15 @@ from ._outcomes import (
     RunError,
     ToolCall,
 )
+from ._settle import (
+    DEFAULT_REJECTION,
+    EXPIRED_REJECTION,
+    IN_DOUBT_REJECTION,
+    audit_record,
+    refusal_text,
+    sent_back,
+    settle,
+)
 from ._state import (
     CallRecord,
     HandoffDue,
@@ -89,13 +98,6 @@ __all__ = [
 ]
 
 ToolErrors = Literal["feed", "raise"]
-
-DEFAULT_REJECTION = "A human declined this tool call; it was not run."
-EXPIRED_REJECTION = "No one decided on this tool call in time; it was not run."
-IN_DOUBT_REJECTION = (
-    "This call was interrupted before its result was recorded, and a human chose not to run "
-    "it again; whether it took effect is unknown."
-)
 
 GUARDRAIL_REJECTION = "A guardrail blocked this call; it was not run."
 NOT_RUN_TRIPPED = "This call was not run: the run stopped when a guardrail tripped."
@@ -563,7 +565,7 @@ def _record_tools(state: RunState, event: ToolsFinished, spec: AgentSet) -> RunS
             continue
         if call.call_id in returned:
             _require_replaced(checks.get(call.call_id, ()), "ToolsFinished.arguments")
-            ledger.append(_sent_back(call, returned[call.call_id], spec))
+            ledger.append(sent_back(call, returned[call.call_id], spec))
             continue
         result = results.get(call.call_id)
         if result is not None:
@@ -593,38 +595,6 @@ def _record_tools(state: RunState, event: ToolsFinished, spec: AgentSet) -> RunS
     return _replace(state, items=state.items.extend(items), ledger=tuple(ledger), nested=nested)
 
 
-def _sent_back(call: CallRecord, arguments: dict[str, Any], spec: AgentSet) -> CallRecord:
-    """An approved call whose arguments a guardrail replaced right before it ran: a person
-    approved other arguments, so it waits for a decision on these."""
-    tool = spec.tool(call.agent, call.tool)
-    if tool is None:
-        raise InvalidEvent(f"tool {call.tool!r} of call {call.call_id} no longer exists")
-    try:
-        arguments = tool.validate(arguments)
-    except ToolArgumentsError as exc:
-        raise InvalidEvent(f"a guardrail's replaced arguments do not fit: {exc}") from None
-    new_digest = digest(arguments)
-    return _replace(
-        call,
-        status="awaiting_approval",
-        reason="approval",
-        arguments=arguments,
-        digest=new_digest,
-        idempotency_key=_edited_key(call.idempotency_key, new_digest),
-        edited=True,
-        schema=tool.parameters,
-        deadline=None,
-        recheck=True,
-        approvals=(),
-    )
-
-
-def _edited_key(key: str, new_digest: str) -> str:
-    # Other arguments make another operation: services that dedupe on the key must not
-    # mistake it for the call that may already have run with the old ones.
-    return hashlib.sha256(f"{key}\x1f{new_digest}".encode()).hexdigest()[:32]
-
-
 def _approvals_decided(
     state: RunState, event: ApprovalsDecided, spec: AgentSet
 ) -> tuple[RunState, Outcome]:
@@ -633,7 +603,7 @@ def _approvals_decided(
             raise InvalidEvent("max_turns must not be negative")
         state = _replace(state, max_turns=event.max_turns)
     # Decisions on the calls of nested runs go to those runs, whose calls run again.
-    state, posted = forward(state, event.decisions, _record)
+    state, posted = forward(state, event.decisions, audit_record)
     # Each decision is checked again, in the order it was posted: the first on a call wins,
     # and one that fails is recorded as refused while its call keeps waiting. An approval of
     # a call that needs a quorum is counted in the call (``work``), which waits for more.
@@ -648,16 +618,16 @@ def _approvals_decided(
         call = next((c for c in work.ledger if c.call_id == decision.call_id), None)
         settled = None
         if problem is None and call is not None:
-            settled, reason = _settle(call, decision, spec)
+            settled, reason = settle(call, decision, spec)
         else:
             reason = str(problem)
         if settled is not None and settled.status == "awaiting_approval":
             work = _replace(work, ledger=tuple(settled if c is call else c for c in work.ledger))
-            audit.append(_record(decision, call, standing(settled), counted=True))
+            audit.append(audit_record(decision, call, standing(settled), counted=True))
             continue
         if settled is not None:
             accepted[decision.call_id] = (decision, settled)
-        audit.append(_record(decision, call, reason))
+        audit.append(audit_record(decision, call, reason))
     # Among sticky decisions, the most recent wins.
     policies = list(state.policies)
     for decision, call in accepted.values():
@@ -673,7 +643,7 @@ def _approvals_decided(
             decision, call = accepted[call.call_id]
             if call.status == "committed":
                 items.append(
-                    _rejection(call.call_id, call.tool, call.agent, _refusal_text(call, decision))
+                    _rejection(call.call_id, call.tool, call.agent, refusal_text(call, decision))
                 )
         elif call.status == "awaiting_approval" and call.reason == "approval":
             # A sticky policy never settles a call in doubt: only a decision on that call.
@@ -696,78 +666,13 @@ def _approvals_decided(
     )
 
 
-def _settle(
-    call: CallRecord, decision: Decision, spec: AgentSet
-) -> tuple[CallRecord | None, str | None]:
-    """The call as ``decision`` leaves it, or None and why the decision cannot apply. Only an
-    approval needs the tool's code: a rejection or an expiry never runs it. An approval of a
-    call that needs a quorum is counted, and the call keeps waiting until the last one; an
-    edit replaces its arguments and starts the count again, with the editor's approval."""
-    if decision.expired or not decision.approved:
-        return _replace(call, status="committed"), None
-    if call.quorum <= 1:
-        return _approved(call, decision, spec)
-    approvals = (*call.approvals, decision) if decision.arguments is None else (decision,)
-    if len(approvals) < call.quorum and decision.arguments is None:
-        return _replace(call, approvals=approvals), None
-    settled, why = _approved(call, decision, spec)
-    if settled is None:
-        return None, why
-    if len(approvals) < call.quorum:
-        settled = _replace(settled, status="awaiting_approval", recheck=True)
-    return _replace(settled, approvals=approvals), None
-
-
-def _approved(
-    call: CallRecord, decision: Decision, spec: AgentSet
-) -> tuple[CallRecord | None, str | None]:
-    """The call as an approval (which may carry edited arguments) leaves it: started, or None
-    and why it cannot apply."""
-    tool = spec.tool(call.agent, call.tool)
-    if tool is None:
-        return None, (
-            f"tool {call.tool!r} of agent {call.agent!r} no longer exists in the code, so the "
-            "call cannot run; reject it or cancel the run"
-        )
-    edited = decision.arguments
-    try:
-        if edited is not None:
-            arguments = tool.validate(edited)
-        elif call.schema is not None and call.schema != tool.parameters:
-            # The tool's signature changed while the call waited: it must still accept them.
-            tool.validate(call.arguments)
-            return _replace(call, status="started", schema=tool.parameters), None
-        else:
-            return _replace(call, status="started"), None
-    except ToolArgumentsError as exc:
-        if edited is not None:
-            return None, str(exc)
-        return None, (
-            f"tool {call.tool!r} changed since this call was shown, and its arguments no longer "
-            f"pass ({exc}); the approval is void: decide again"
-        )
-    new_digest = digest(arguments)
-    return (
-        _replace(
-            call,
-            status="started",
-            arguments=arguments,
-            digest=new_digest,
-            idempotency_key=_edited_key(call.idempotency_key, new_digest),
-            edited=True,
-            schema=tool.parameters,
-        ),
-        None,
-    )
-
-
 def _cancelled(state: RunState, event: Cancelled, spec: AgentSet) -> tuple[RunState, Outcome]:
     error = RunError(kind="cancelled", message=event.reason)
     calls = {c.call_id: c for c in state.ledger}
     why = f"the run was cancelled before this decision was applied ({event.reason})"
     audit = (
         *state.audit,
-        *(_record(d, calls.get(d.call_id), why) for d in (*state.decisions, *event.decisions)),
+        *(audit_record(d, calls.get(d.call_id), why) for d in (*state.decisions, *event.decisions)),
     )
     if state.status is RunStatus.TOOLS:
         # The calls that were running: the finished ones committed, the others in doubt.
@@ -789,30 +694,6 @@ def _cancelled(state: RunState, event: Cancelled, spec: AgentSet) -> tuple[RunSt
         raise InvalidEvent("only a run whose tools are running reports calls when cancelled")
     new = _replace(state, error=error, decisions=(), audit=audit)
     return new, FinalOutput(error=error)
-
-
-def _record(
-    decision: Decision, call: CallRecord | None, refused: str | None, *, counted: bool = False
-) -> DecisionRecord:
-    """The audit record of ``decision`` on ``call``: applied, or refused for a reason, or
-    (``counted``) an approval counted towards a quorum, with the count in ``refused``."""
-    return DecisionRecord(
-        decision=decision,
-        tool=call.tool if call is not None else "",
-        agent=call.agent if call is not None else "",
-        shown=call.arguments if call is not None else {},
-        outcome="counted" if counted else "applied" if refused is None else "refused",
-        reason=refused,
-    )
-
-
-def _refusal_text(call: CallRecord, decision: Decision) -> str:
-    """What the model is told about a call that will not run."""
-    if decision.message:
-        return decision.message
-    if decision.expired:
-        return EXPIRED_REJECTION
-    return IN_DOUBT_REJECTION if call.reason == "in_doubt" else DEFAULT_REJECTION
 
 
 def _injected(state: RunState, event: Injected) -> tuple[RunState, Outcome]:
@@ -917,7 +798,7 @@ def _trip(state: RunState, verdict: GuardrailItem) -> tuple[RunState, Outcome]:
             )
     calls = {c.call_id: c for c in state.ledger}
     why = "the run failed (a guardrail tripped) before this decision was applied"
-    audit = (*state.audit, *(_record(d, calls.get(d.call_id), why) for d in state.decisions))
+    audit = (*state.audit, *(audit_record(d, calls.get(d.call_id), why) for d in state.decisions))
     error = RunError(kind="guardrail_tripped", message=_trip_message(verdict))
     new = _replace(
         state,

@@ -26,6 +26,7 @@ CORE = [
     "_state",
     "_codec",
     "_step",
+    "_settle",
     "_storable",
     "_tools",
     "_guardrails",
