@@ -82,12 +82,21 @@ from ._state import (
     Transcript,
 )
 from ._storable import storable
+from ._trips import (
+    GUARDRAIL_REJECTION,
+    NOT_RUN_TRIPPED,
+    checked_verdicts,
+    first_trip,
+    require_replaced,
+    trip,
+)
 
 __all__ = [
     "DEFAULT_REJECTION",
     "EXPIRED_REJECTION",
     "GUARDRAIL_REJECTION",
     "IN_DOUBT_REJECTION",
+    "NOT_RUN_TRIPPED",
     "Step",
     "ToolErrors",
     "check_max_turns",
@@ -98,13 +107,6 @@ __all__ = [
 ]
 
 ToolErrors = Literal["feed", "raise"]
-
-GUARDRAIL_REJECTION = "A guardrail blocked this call; it was not run."
-NOT_RUN_TRIPPED = "This call was not run: the run stopped when a guardrail tripped."
-IN_DOUBT_TRIPPED = (
-    "The run stopped when a guardrail tripped; whether this call took effect before it was "
-    "interrupted is unknown."
-)
 
 _replace = msgspec.structs.replace
 
@@ -275,11 +277,11 @@ def _started(state: RunState, event: Started) -> tuple[RunState, Outcome]:
     max_turns = state.max_turns if event.max_turns is None else event.max_turns
     if max_turns < 0:
         raise InvalidEvent("max_turns must not be negative")
-    verdicts = _verdicts(event.guardrails, "Started", {"input"})
+    verdicts = checked_verdicts(event.guardrails, "Started", {"input"})
     trace = state.trace or event.trace
     state = _replace(state, max_turns=max_turns, error=None, final_output=None, trace=trace)
     if event.input is not None:
-        _require_replaced(verdicts, "Started.input")
+        require_replaced(verdicts, "Started.input")
         state = _replace(state, input=event.input)
     if event.history is not None:
         if state.session is None:
@@ -288,9 +290,9 @@ def _started(state: RunState, event: Started) -> tuple[RunState, Outcome]:
             state, input=(*event.history, *state.input), session_items=len(event.history)
         )
     state = _replace(state, items=state.items.extend(verdicts))
-    tripped = _first_trip(verdicts)
+    tripped = first_trip(verdicts)
     if tripped is not None:
-        return _trip(state, tripped)
+        return trip(state, tripped)
     return _next_turn(state)
 
 
@@ -317,7 +319,7 @@ def _model_responded(
         held = (1 if response.text else 0) + calls if calls else 1
         stored = StoredResponse(id=response.response_id, items=len(state.items) + held)
         state = _replace(state, stored_response=stored)
-    verdicts = _verdicts(event.guardrails, "ModelResponded", {"tool_input", "output"})
+    verdicts = checked_verdicts(event.guardrails, "ModelResponded", {"tool_input", "output"})
     output_checks = [v for v in verdicts if v.kind == "output"]
     call_checks: dict[str, list[GuardrailItem]] = {}
     for verdict in verdicts:
@@ -398,20 +400,20 @@ def _model_responded(
             continue
         checks = call_checks.pop(call.call_id, [])
         results.extend(checks)
-        tripped = tripped or _first_trip(checks)
+        tripped = tripped or first_trip(checks)
         reject = next((v for v in checks if v.behavior == "reject"), None)
-        if reject is not None and _first_trip(checks) is None:
+        if reject is not None and first_trip(checks) is None:
             results.append(_answer(call, agent, reject.message or GUARDRAIL_REJECTION))
             continue
         edited = call.call_id in event.arguments
         if edited:
-            _require_replaced(checks, f"ModelResponded.arguments[{call.call_id!r}]")
+            require_replaced(checks, f"ModelResponded.arguments[{call.call_id!r}]")
             replaced.discard(call.call_id)
             try:
                 arguments = tool.validate(event.arguments[call.call_id])
             except ToolArgumentsError as exc:
                 raise InvalidEvent(f"a guardrail's replaced arguments do not fit: {exc}") from None
-        elif any(v.behavior == "replace" for v in checks) and _first_trip(checks) is None:
+        elif any(v.behavior == "replace" for v in checks) and first_trip(checks) is None:
             raise InvalidEvent(
                 f"call {call.call_id}: a guardrail replaced its arguments, and "
                 "the event does not carry them"
@@ -462,7 +464,7 @@ def _model_responded(
         pending_handoff=handoff,
     )
     if tripped is not None:
-        return _trip(new, tripped)
+        return trip(new, tripped)
     return _advance(new, spec)
 
 
@@ -477,17 +479,17 @@ def _final(
 ) -> tuple[RunState, Outcome]:
     """The model's final answer, as the output guardrails leave it: through, replaced (the
     transcript then holds the replacement, not what it replaced), or tripped."""
-    tripped = _first_trip(verdicts)
+    tripped = first_trip(verdicts)
     if any(v.behavior == "replace" for v in verdicts):
         if tripped is None:
             output = _valid_output(spec, agent, replacement)
             text = output if isinstance(output, str) else msgspec.json.encode(output).decode()
     elif replacement is not None:
-        _require_replaced(verdicts, "ModelResponded.final_output")
+        require_replaced(verdicts, "ModelResponded.final_output")
     items: list[Item] = [AssistantMessage(content=text, agent=agent), *verdicts]
     state = _replace(state, items=state.items.extend(items))
     if tripped is not None:
-        return _trip(state, tripped)
+        return trip(state, tripped)
     return _replace(state, final_output=output), FinalOutput(output=output)
 
 
@@ -514,9 +516,9 @@ def _tools_finished(
     state: RunState, event: ToolsFinished, spec: AgentSet
 ) -> tuple[RunState, Outcome]:
     new = _record_tools(state, event, spec)
-    tripped = _first_trip(event.guardrails)
+    tripped = first_trip(event.guardrails)
     if tripped is not None:
-        return _trip(new, tripped)
+        return trip(new, tripped)
     return _advance(new, spec)
 
 
@@ -548,7 +550,9 @@ def _record_tools(state: RunState, event: ToolsFinished, spec: AgentSet) -> RunS
             f"{sorted(event.started_by)})"
         )
     checks: dict[str, list[GuardrailItem]] = {}
-    for verdict in _verdicts(event.guardrails, type(event).__name__, {"tool_input", "tool_output"}):
+    for verdict in checked_verdicts(
+        event.guardrails, type(event).__name__, {"tool_input", "tool_output"}
+    ):
         if verdict.call_id not in started or verdict.recheck != (verdict.kind == "tool_input"):
             raise InvalidEvent(
                 f"a guardrail verdict on call {verdict.call_id} does not fit: only started "
@@ -564,7 +568,7 @@ def _record_tools(state: RunState, event: ToolsFinished, spec: AgentSet) -> RunS
             ledger.append(suspend(state, call))
             continue
         if call.call_id in returned:
-            _require_replaced(checks.get(call.call_id, ()), "ToolsFinished.arguments")
+            require_replaced(checks.get(call.call_id, ()), "ToolsFinished.arguments")
             ledger.append(sent_back(call, returned[call.call_id], spec))
             continue
         result = results.get(call.call_id)
@@ -697,11 +701,11 @@ def _cancelled(state: RunState, event: Cancelled, spec: AgentSet) -> tuple[RunSt
 
 
 def _injected(state: RunState, event: Injected) -> tuple[RunState, Outcome]:
-    verdicts = _verdicts(event.guardrails, "Injected", {"input"})
+    verdicts = checked_verdicts(event.guardrails, "Injected", {"input"})
     state = _replace(state, items=state.items.extend(verdicts))
-    tripped = _first_trip(verdicts)
+    tripped = first_trip(verdicts)
     if tripped is not None:
-        return _trip(state, tripped)  # the input it tripped on is not kept
+        return trip(state, tripped)  # the input it tripped on is not kept
     if state.status is RunStatus.RUNNING:
         return _replace(state, items=state.items.extend(event.items)), _running(state)
     if state.status is RunStatus.PAUSED:
@@ -716,7 +720,7 @@ def _error_handled(
     state: RunState, event: ErrorHandled, spec: AgentSet
 ) -> tuple[RunState, Outcome]:
     _require_out_of_turns(state, "ended by its error handler")
-    verdicts = _verdicts(event.guardrails, "ErrorHandled", {"output"})
+    verdicts = checked_verdicts(event.guardrails, "ErrorHandled", {"output"})
     if event.failure is not None:
         if verdicts:
             raise InvalidEvent("a failed error handler gave no output to check")
@@ -728,9 +732,9 @@ def _error_handled(
         return _replace(state, error=error), FinalOutput(error=error)
     agent = state.current_agent
     spec.agent(agent)
-    tripped = _first_trip(verdicts)
+    tripped = first_trip(verdicts)
     if tripped is not None:
-        return _trip(_replace(state, items=state.items.extend(verdicts)), tripped)
+        return trip(_replace(state, items=state.items.extend(verdicts)), tripped)
     output = _valid_output(spec, agent, event.output)
     # Input staged for a turn that never came joins the transcript: a completed run holds
     # nothing staged.
@@ -742,95 +746,6 @@ def _error_handled(
         state, items=state.items.extend(items), staged=(), error=None, final_output=output
     )
     return new, FinalOutput(output=output)
-
-
-# -- guardrails --------------------------------------------------------------------------------
-
-_CALL_KINDS = frozenset({"tool_input", "tool_output"})
-
-
-def _verdicts(
-    verdicts: Sequence[GuardrailItem], event: str, kinds: set[str]
-) -> tuple[GuardrailItem, ...]:
-    """The verdicts an event carries, checked to fit it: the kinds of guardrail that check
-    what it carries, with a call for tool guardrails only, ``reject`` from tool input
-    guardrails only."""
-    for verdict in verdicts:
-        if verdict.kind not in kinds:
-            raise InvalidEvent(f"{event} carries no {verdict.kind} guardrail verdicts")
-        if (verdict.kind in _CALL_KINDS) != (verdict.call_id is not None):
-            raise InvalidEvent(
-                f"guardrail {verdict.guardrail!r}: a tool guardrail's verdict names its call, "
-                "others none"
-            )
-        if verdict.behavior == "reject" and verdict.kind != "tool_input":
-            raise InvalidEvent(
-                f"guardrail {verdict.guardrail!r}: only a tool input guardrail rejects a call"
-            )
-    return tuple(verdicts)
-
-
-def _first_trip(verdicts: Sequence[GuardrailItem]) -> GuardrailItem | None:
-    return next((v for v in verdicts if v.behavior == "trip"), None)
-
-
-def _require_replaced(verdicts: Sequence[GuardrailItem], what: str) -> None:
-    if not any(v.behavior == "replace" for v in verdicts):
-        raise InvalidEvent(f"{what} is set, and no guardrail replaced it")
-
-
-def _trip(state: RunState, verdict: GuardrailItem) -> tuple[RunState, Outcome]:
-    """The run fails on a guardrail's trip. Every call of the turn that has no result gets one
-    saying it did not run (so the transcript stays a valid conversation), the ledger is
-    emptied, and decisions posted and not applied go to the audit trail as refused."""
-    items: list[Item] = []
-    for call in state.ledger:
-        if call.status != "committed":
-            text = IN_DOUBT_TRIPPED if call.reason == "in_doubt" else NOT_RUN_TRIPPED
-            items.append(
-                ToolResultItem(
-                    call_id=call.call_id,
-                    tool=call.tool,
-                    output=text,
-                    agent=call.agent,
-                    is_error=True,
-                )
-            )
-    calls = {c.call_id: c for c in state.ledger}
-    why = "the run failed (a guardrail tripped) before this decision was applied"
-    audit = (*state.audit, *(audit_record(d, calls.get(d.call_id), why) for d in state.decisions))
-    error = RunError(kind="guardrail_tripped", message=_trip_message(verdict))
-    new = _replace(
-        state,
-        items=state.items.extend(items),
-        ledger=(),
-        nested={},
-        pending_handoff=None,
-        handoff_due=None,
-        decisions=(),
-        audit=audit,
-        error=error,
-        final_output=None,
-    )
-    return new, FinalOutput(error=error)
-
-
-def _trip_message(verdict: GuardrailItem) -> str:
-    match verdict.kind:
-        case "input":
-            where = "the input"
-        case "output":
-            where = "the final output"
-        case "tool_input":
-            where = f"the arguments of call {verdict.call_id} ({verdict.tool})"
-            if verdict.recheck:
-                where += ", checked again after its approval"
-        case _:
-            where = f"the result of call {verdict.call_id} ({verdict.tool})"
-    return (
-        f"guardrail {verdict.guardrail!r} tripped on {where}: "
-        f"{verdict.message or 'no reason given'}"
-    )
 
 
 def _require_out_of_turns(state: RunState, what: str) -> None:

@@ -27,6 +27,7 @@ CORE = [
     "_codec",
     "_step",
     "_settle",
+    "_trips",
     "_storable",
     "_tools",
     "_guardrails",
