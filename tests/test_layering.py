@@ -26,6 +26,7 @@ CORE = [
     "_state",
     "_codec",
     "_step",
+    "_newrun",
     "_settle",
     "_trips",
     "_storable",
