@@ -3,6 +3,12 @@
 It asks the pure core what to do next, does exactly one kind of I/O for that outcome (ask the
 model, or run tools), turns the result into the next event, and steps again, checkpointing
 after every step.
+
+This module holds ``Runner`` (its settings, its entry points, and the loop). The rest of the
+driver lives beside it: ``_worker`` (leases, checkpoints, the loop of ``work``), ``_control``
+(what a run's handle and deadlines bring), ``_result`` (``RunResult``), ``_modelcall``,
+``_toolrun``, ``_guardrun``, ``_handoffrun``, ``_nestrun``, ``_stream``, ``_session`` and
+``_patience``.
 """
 
 from __future__ import annotations
@@ -661,8 +667,6 @@ class Runner:
         except AgentFSMError as exc:
             exc.state = state
             raise
-
-    # -- the model -------------------------------------------------------------------------
 
 
 def _require_loop(method: str) -> None:

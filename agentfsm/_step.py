@@ -4,7 +4,9 @@ No await, no clock, no ids, no randomness, no I/O: the same inputs always give t
 outputs. Everything from outside (the model's answer, tool results, decisions, the verdicts of the
 user's guardrails and error handler) arrives on the event; the agents supply only code that is
 itself deterministic (argument and output validation). Which statuses a step may move the run
-to is decided in ``_machine``.
+to is decided in ``_machine``. Beside it in the core: ``_newrun`` (a new run), ``_storable``
+(an event made fit to store, before the step), ``_settle`` (what a decision does to a call) and
+``_trips`` (guardrail verdicts, and a trip failing the run).
 """
 
 from __future__ import annotations
