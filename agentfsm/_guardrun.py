@@ -33,7 +33,7 @@ import pydantic_core
 
 from ._agents import Agent, AgentSet
 from ._errors import InvalidEvent, ToolArgumentsError
-from ._events import ErrorHandled
+from ._events import ErrorHandled, Event, Injected, Started
 from ._guardrails import Guardrail, GuardrailFunctionOutput, GuardrailKind, ToolGuardrailData
 from ._items import (
     AssistantMessage,
@@ -47,6 +47,7 @@ from ._items import (
     UserMessage,
 )
 from ._json import check_json_data, valid_text
+from ._machine import RunStatus
 from ._outcomes import Invocation, RunError
 from ._state import RunState
 from ._tools import Tool
@@ -63,6 +64,7 @@ __all__ = [
     "check_output",
     "check_response",
     "check_result",
+    "checked_event",
     "handle_error",
     "withheld",
 ]
@@ -214,6 +216,27 @@ async def check_input(
         agent.input_guardrails, "input", (context, agent, given), accept, agent=agent.name
     )
     return checked.verdicts, checked.replacement
+
+
+async def checked_event(agents: AgentSet, state: RunState, event: Event) -> Event:
+    """``event`` with the verdicts of the input guardrails on the input it brings: a new
+    run's input (the starting agent's guardrails), or injected input (the current
+    agent's)."""
+    match event:
+        case Started() if state.status is RunStatus.NEW:
+            agent, items = agents.agent(state.starting_agent), state.input
+        case Injected(items=items) if items and not event.guardrails:
+            agent = agents.agent(state.current_agent)
+        case _:
+            return event
+    if not agent.input_guardrails:
+        return event
+    verdicts, replaced = await check_input(agent, items, _copy(state.context))
+    if isinstance(event, Started):
+        return msgspec.structs.replace(event, guardrails=verdicts, input=replaced)
+    tripped = any(v.behavior == "trip" for v in verdicts)
+    items = replaced if replaced is not None and not tripped else items
+    return msgspec.structs.replace(event, items=items, guardrails=verdicts)
 
 
 async def check_output(

@@ -37,7 +37,7 @@ from ._model import (
 from ._run_events import ModelCallFinished, ModelCallStarted, ModelTextDelta, ModelToolCallDelta
 from ._settings import ModelSettings
 from ._state import RunState
-from ._step import storable_response
+from ._storable import storable_response
 from ._stream import Emitter
 from ._toolrun import carrying, copy_json
 

@@ -3,12 +3,17 @@
 It asks the pure core what to do next, does exactly one kind of I/O for that outcome (ask the
 model, or run tools), turns the result into the next event, and steps again, checkpointing
 after every step.
+
+This module holds ``Runner`` (its settings, its entry points, and the loop). The rest of the
+driver lives beside it: ``_worker`` (leases, checkpoints, the loop of ``work``), ``_control``
+(what a run's handle and deadlines bring), ``_result`` (``RunResult``), ``_modelcall``,
+``_toolrun``, ``_guardrun``, ``_handoffrun``, ``_nestrun``, ``_stream``, ``_session`` and
+``_patience``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import math
 import os
@@ -16,43 +21,34 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
-import pydantic
 
 from ._agents import Agent, AgentSet
+from ._control import MAIL_STATUSES, controlled, decided, expiries, guarded
 from ._conversations import SessionHistoryHook, check_restart, session_history
 from ._errors import (
     AgentFSMError,
     ConfigurationError,
     ConflictError,
-    GuardrailTripped,
     InboxChanged,
-    LeaseLost,
-    StoreError,
-    UndecidedError,
 )
 from ._events import (
     ApprovalsDecided,
     Cancelled,
-    Decision,
     Event,
-    Injected,
-    Paused,
     Resumed,
     Started,
-    ToolOutput,
 )
 from ._guardrun import (
     ERROR_KINDS,
     ErrorHandler,
-    check_input,
+    checked_event,
     handle_error,
 )
 from ._handoffrun import take_handoff
-from ._items import GuardrailItem, Item, Usage
+from ._items import Item
 from ._machine import RunStatus
 from ._model import (
     ModelProvider,
@@ -60,17 +56,16 @@ from ._model import (
 from ._modelcall import ModelCalls
 from ._nestrun import tools_of
 from ._outcomes import (
-    ApprovalRequest,
     FinalOutput,
     Handoff,
     Interruption,
     Outcome,
     RunAgain,
-    RunError,
     ToolCall,
 )
 from ._patience import PatientStore, check_wait
-from ._session import Heartbeat, Session, backoff
+from ._result import RunResult, finished, run_result, undecided
+from ._session import Heartbeat, Session
 from ._state import RunState
 from ._step import (
     ToolErrors,
@@ -80,8 +75,9 @@ from ._step import (
     step,
 )
 from ._stream import Control, Emitter, Listener, Live, RunHandle, RunHooks
-from ._toolrun import NOT_RUN, ToolRunner, ToolsCancelled, carrying, copy_json
-from .stores._base import ChangeFeed, Lease, RetryPolicy, Store
+from ._toolrun import ToolRunner, ToolsCancelled, carrying
+from ._worker import checkpoint, release, with_lease, work_loop
+from .stores._base import ChangeFeed, RetryPolicy, Store
 
 __all__ = ["RunResult", "Runner"]
 
@@ -89,35 +85,6 @@ log = logging.getLogger("agentfsm")
 
 #: Called with every new state, after every step (sync or async).
 Checkpoint = Callable[[RunState], Awaitable[None] | None]
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """Where a run stands after ``Runner.run`` returns.
-
-    ``status`` is ``"completed"``, ``"interrupted"``, ``"paused"``, ``"failed"`` or
-    ``"cancelled"``;
-    ``interruptions`` lists the calls waiting for a decision; ``items`` are the items the run
-    generated (its input is ``state.input``).
-    """
-
-    status: str
-    final_output: Any
-    interruptions: list[ApprovalRequest]
-    state: RunState
-    error: str | None
-
-    @property
-    def run_id(self) -> str:
-        return self.state.run_id
-
-    @property
-    def items(self) -> list[Item]:
-        return list(self.state.items)
-
-    @property
-    def usage(self) -> Usage:
-        return self.state.usage
 
 
 class Runner:
@@ -398,8 +365,8 @@ class Runner:
             return await self._drive(
                 agents, state, max_turns, None, given=given, since=since, live=live
             )
-        return await self._with_lease(
-            agents, state, max_turns, None, 0.0, given=given, since=since, live=live
+        return await with_lease(
+            self, agents, state, max_turns, None, 0.0, given=given, since=since, live=live
         )
 
     async def resume(self, agent: Agent, run_id: str, *, max_turns: int | None = None) -> RunResult:
@@ -422,10 +389,10 @@ class Runner:
             agents = AgentSet(agent)
             agents.check(state)
         except BaseException:
-            await _release(store, lease, failed=True)
+            await release(store, lease, failed=True)
             raise
-        return await self._with_lease(
-            agents, state, max_turns, lease, claimed_at, since=since, live=live
+        return await with_lease(
+            self, agents, state, max_turns, lease, claimed_at, since=since, live=live
         )
 
     async def work(
@@ -465,85 +432,9 @@ class Runner:
         async with feed:
             self._feeds.add(feed)
             try:
-                return await self._work(store, agents, poll_interval, until_idle, feed, since)
+                return await work_loop(self, store, agents, poll_interval, until_idle, feed, since)
             finally:
                 self._feeds.discard(feed)
-
-    async def _work(
-        self,
-        store: PatientStore,
-        agents: AgentSet,
-        poll_interval: float,
-        until_idle: bool,
-        feed: ChangeFeed,
-        since: int,
-    ) -> int:
-        advanced = 0
-        failures = 0
-        while self._stops == since:
-            claimed_at = time.monotonic()
-            try:
-                # Not patiently: this loop waits out a failing store for as long as it takes.
-                lease = await store.inner.claim(
-                    self.owner, lease_seconds=self.lease_seconds, starting_agent=agents.starting
-                )
-            except StoreError as exc:
-                # A database restart, a dropped connection, a lock held too long: wait and
-                # try again, saying so once per episode.
-                failures += 1
-                if failures == 1:
-                    log.warning("worker %s: the store fails, retrying: %s", self.owner, exc)
-                await asyncio.sleep(backoff(failures))
-                continue
-            if failures:
-                log.warning("worker %s: the store answers again (%d tries)", self.owner, failures)
-                failures = 0
-            if lease is None:
-                if until_idle:
-                    break
-                await feed.wait(poll_interval)
-                continue
-            try:
-                state = await store.load(lease.run_id)
-                agents.check(state)
-                await self._with_lease(
-                    agents, state, None, lease, claimed_at, worker=True, since=since, live=None
-                )
-                advanced += 1
-            except LeaseLost as exc:
-                # Another worker may have the run now (this one was slow, frozen or cut off).
-                log.warning("run %s: worker %s gave it up: %s", lease.run_id, self.owner, exc)
-            except StoreError as exc:
-                # The store's trouble, not the run's: it is retried when the lease expires.
-                log.error("run %s: store error in worker %s: %s", lease.run_id, self.owner, exc)
-            except GuardrailTripped as exc:
-                # The run ended, failed and saved: nothing to retry.
-                log.warning("run %s: %s", lease.run_id, exc)
-                advanced += 1
-            except AgentFSMError as exc:
-                await self._failed(store, lease, exc)
-            except Exception:
-                # A fault nobody foresaw (a bug of ours, a driver error that slipped through)
-                # must not end the worker: the run keeps its lease and is retried later.
-                log.exception("run %s: unexpected error in worker %s", lease.run_id, self.owner)
-        return advanced
-
-    async def _failed(self, store: Store, lease: Lease, exc: AgentFSMError) -> None:
-        """Count a run's failure: retry it later, or park it when it keeps failing."""
-        error = f"{type(exc).__name__}: {exc}"
-        try:
-            parked = await store.fail(lease, error, retry=self.retry)
-        except StoreError as store_error:
-            log.error(
-                "run %s failed (%s), and so did recording it: %s", lease.run_id, error, store_error
-            )
-            return
-        if parked:
-            log.error(
-                "run %s parked after failing %d times: %s", lease.run_id, self.retry.attempts, error
-            )
-        else:
-            log.error("run %s failed in worker %s, will retry: %s", lease.run_id, self.owner, error)
 
     def _require_store(self) -> PatientStore:
         """The store, its calls tried again while it is unavailable (``store_wait``)."""
@@ -552,83 +443,6 @@ class Runner:
         return PatientStore.of(self.store, self.store_wait)
 
     # -- the loop --------------------------------------------------------------------------
-
-    async def _with_lease(
-        self,
-        agents: AgentSet,
-        state: RunState,
-        max_turns: int | None,
-        lease: Lease | None,
-        claimed_at: float,
-        *,
-        worker: bool = False,
-        given: bool = False,
-        since: int,
-        live: Live | None,
-    ) -> RunResult:
-        """Drive the run under ``lease`` (claimed here when None), asked for at the monotonic
-        time ``claimed_at``, renewing it while the run goes on. A ``worker`` keeps the lease
-        when the run raises (so the run is retried later, not at once)."""
-        store = self._require_store()
-        if lease is None:
-            claimed_at = time.monotonic()
-            lease = await store.claim(
-                self.owner, lease_seconds=self.lease_seconds, run_id=state.run_id
-            )
-            if lease is None:
-                raise ConflictError(
-                    f"run {state.run_id} is being run by another worker (it holds a lease)"
-                )
-            try:
-                state = await self._adopt(store, state)
-            except BaseException:
-                await _release(store, lease, failed=True)
-                raise
-        session = Session(store, lease, self.lease_seconds, claimed_at)
-        heartbeat = self._heartbeat
-        if heartbeat is None or heartbeat.store is not store.inner:
-            heartbeat = self._heartbeat = Heartbeat(store.inner)
-        heartbeat.watch(session)
-        failed = True
-        try:
-            result = await self._drive(
-                agents,
-                state,
-                max_turns,
-                session,
-                given=given,
-                since=since,
-                live=live,
-                worker=worker,
-            )
-            failed = False
-            return result
-        except GuardrailTripped:
-            failed = False  # the run ended, saved: its lease goes
-            raise
-        finally:
-            heartbeat.forget(session)
-            if not (failed and worker):
-                await _release(store, session.lease, failed=failed)
-
-    async def _adopt(self, store: Store, state: RunState) -> RunState:
-        """The stored run that ``state`` stands for. Decisions recorded on ``state`` since it
-        was loaded go to the run's inbox; any other difference is a ConflictError."""
-        stored = await store.load(state.run_id)
-        if stored == state:
-            return stored
-        undecided = msgspec.structs.replace(
-            state, decisions=stored.decisions, version=stored.version
-        )
-        if undecided != stored:
-            raise ConflictError(
-                f"run {state.run_id} changed in the store since this state was loaded; load "
-                "it again (or resume it by id)"
-            )
-        for decision in state.decisions:
-            if decision not in stored.decisions:
-                await store.decide(state.run_id, decision)
-        return stored
 
     async def _drive(
         self,
@@ -733,17 +547,23 @@ class Runner:
         handled = False  # the error handler was called in this drive
         while True:
             if event is None and control is not None:
-                event = _controlled(state, control)
-            if event is None and mail and session is not None and state.status in _MAIL_STATUSES:
+                event = controlled(state, control)
+            if event is None and mail and session is not None and state.status in MAIL_STATUSES:
                 event, acknowledge, seen = await session.take_mail(state)
                 mail = event is not None
             if event is not None:
-                event = await self._checked(agents, state, event)
+                event = await checked_event(agents, state, event)
                 previous = state
                 state, outcome = self._step(agents, state, event)
                 try:
-                    waiting = await self._checkpoint(
-                        previous, state, session, acknowledge, seen, type(event).__name__
+                    waiting = await checkpoint(
+                        self.on_step,
+                        previous,
+                        state,
+                        session,
+                        acknowledge,
+                        seen,
+                        type(event).__name__,
                     )
                 except InboxChanged:
                     # Something was posted while this step was taken from the inbox: take
@@ -763,13 +583,13 @@ class Runner:
                     and not state.status.is_terminal
                     and state.status is not RunStatus.TOOLS
                 ):
-                    return _result(agents, state)  # the emitter was checked in stepped()
+                    return run_result(agents, state)  # the emitter was checked in stepped()
                 continue
             match outcome:
                 case Handoff() if state.handoff_due is not None:
-                    event = await _guarded(control, take_handoff(agents, state))
+                    event = await guarded(control, take_handoff(agents, state))
                 case RunAgain() | Handoff():
-                    event = await _guarded(control, self._calls.ask(agents, state, emitter))
+                    event = await guarded(control, self._calls.ask(agents, state, emitter))
                 case ToolCall(calls=calls):
                     tools = (
                         self._tools.recover(agents, state, session, emitter, control)
@@ -782,7 +602,7 @@ class Runner:
                     try:
                         with outer as running:
                             try:
-                                event = await _guarded(control, tools)
+                                event = await guarded(control, tools)
                             finally:
                                 state = running.state
                     except ToolsCancelled as cancelled:
@@ -795,11 +615,11 @@ class Runner:
                             in_doubt=report.in_doubt,
                             started_by=report.started_by,
                         )
-                case Interruption(requests=requests) if _decided(state, requests):
+                case Interruption(requests=requests) if decided(state, requests):
                     # Decisions recorded on the state while its tools ran (the caller's, or
                     # another process's) apply now, without waiting for another resume.
                     event = ApprovalsDecided()
-                case Interruption(requests=requests) if expired := _expired(requests, self.clock):
+                case Interruption(requests=requests) if expired := expiries(requests, self.clock):
                     if session is not None:
                         # What people posted comes first; an expiry saved while something
                         # was posted is taken again (InboxChanged), after it.
@@ -809,7 +629,7 @@ class Runner:
                         seen = 0
                     event = ApprovalsDecided(decisions=expired)
                 case Interruption(requests=requests) if requests and given and not stepped:
-                    raise carrying(_undecided(state, requests), state)
+                    raise carrying(undecided(state, requests), state)
                 case FinalOutput() if (
                     (handler := self.error_handlers.get("max_turns"))
                     and _out_of_turns(state)
@@ -818,9 +638,9 @@ class Runner:
                     handled = True
                     event = await handle_error(handler, agents, state)
                     if event is None:
-                        return self._finished(agents, state, emitter)
+                        return finished(agents, state, emitter)
                 case Interruption() | FinalOutput():
-                    return self._finished(agents, state, emitter)
+                    return finished(agents, state, emitter)
             if event is None:  # the model call was cancelled
                 assert control is not None
                 assert control.cancel_reason is not None
@@ -841,139 +661,12 @@ class Runner:
         epoch = session.lease.token if session is not None else max(1, int(self.clock() * 1000))
         return Emitter(state, epoch, listeners, agent_hooks, self.hooks)
 
-    def _finished(self, agents: AgentSet, state: RunState, emitter: Emitter | None) -> RunResult:
-        """The result of a run that stopped; raises GuardrailTripped for one a guardrail
-        failed."""
-        if emitter is not None:
-            emitter.check(state)
-        if state.error is not None and state.error.kind == "guardrail_tripped":
-            raise carrying(_tripped(state, state.error), state)
-        return _result(agents, state)
-
-    async def _checked(self, agents: AgentSet, state: RunState, event: Event) -> Event:
-        """``event`` with the verdicts of the input guardrails on the input it brings: a new
-        run's input (the starting agent's guardrails), or injected input (the current
-        agent's)."""
-        match event:
-            case Started() if state.status is RunStatus.NEW:
-                agent, items = agents.agent(state.starting_agent), state.input
-            case Injected(items=items) if items and not event.guardrails:
-                agent = agents.agent(state.current_agent)
-            case _:
-                return event
-        if not agent.input_guardrails:
-            return event
-        verdicts, replaced = await check_input(agent, items, copy_json(state.context))
-        if isinstance(event, Started):
-            return msgspec.structs.replace(event, guardrails=verdicts, input=replaced)
-        tripped = any(v.behavior == "trip" for v in verdicts)
-        items = replaced if replaced is not None and not tripped else items
-        return msgspec.structs.replace(event, items=items, guardrails=verdicts)
-
     def _step(self, agents: AgentSet, state: RunState, event: Event) -> tuple[RunState, Outcome]:
         try:
             return step(state, event, agents, tool_errors=self.tool_errors)
         except AgentFSMError as exc:
             exc.state = state
             raise
-
-    async def _checkpoint(
-        self,
-        previous: RunState,
-        state: RunState,
-        session: Session | None,
-        acknowledge: Sequence[int],
-        seen: int | None,
-        event: str,
-    ) -> bool:
-        """Persist the step; True if the run's inbox has messages waiting. ``seen`` is the
-        newest inbox message the step was taken from (None for a step not from the inbox);
-        ``event`` the type name of the event it took, for the run's history."""
-        waiting = 0
-        if session is not None:
-            try:
-                waiting = await session.store.save(
-                    state,
-                    expected_version=previous.version,
-                    lease=session.lease,
-                    acknowledge=acknowledge,
-                    seen=seen,
-                    event=event,
-                )
-            except AgentFSMError as exc:
-                exc.state = previous
-                raise
-        if self.on_step is not None:
-            done = self.on_step(state)
-            if inspect.isawaitable(done):
-                await done
-        return waiting > 0
-
-    # -- the model -------------------------------------------------------------------------
-
-
-_MAIL_STATUSES = (RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.PAUSED)
-
-
-async def _release(store: PatientStore, lease: Lease, *, failed: bool) -> None:
-    """Give the lease up. A lease that cannot be given up runs out by itself, so a store
-    that fails here is logged, never raised over the run's result or error; and when the
-    run failed (perhaps for the store's trouble) it is tried once, not waited for."""
-    try:
-        await (store.inner if failed else store).release(lease)
-    except StoreError as exc:
-        log.warning(
-            "run %s: could not give its lease up, so it runs out by itself: %s", lease.run_id, exc
-        )
-
-
-def _controlled(state: RunState, control: Control) -> Event | None:
-    """What the handle asked for that the run can take now, as the next event: a
-    cancellation at once, input at the next model call, a pause between turns."""
-    status = state.status
-    if status.is_terminal:
-        return None
-    if control.cancel_reason is not None:
-        if status is RunStatus.TOOLS:
-            # The calls are recorded as started, and none of them began: they never ran.
-            calls = pending_outcome(state)
-            assert isinstance(calls, ToolCall)
-            return Cancelled(
-                reason=control.cancel_reason,
-                results=tuple(
-                    ToolOutput(call_id=c.call_id, output=NOT_RUN, is_error=True)
-                    for c in calls.calls
-                ),
-            )
-        return Cancelled(reason=control.cancel_reason)
-    if control.injected and status in _MAIL_STATUSES:
-        items, control.injected = tuple(control.injected), []
-        return Injected(items=items)
-    if control.pause_reason is not None and status is RunStatus.RUNNING:
-        reason, control.pause_reason = control.pause_reason, None
-        return Paused(reason=reason)
-    return None
-
-
-async def _guarded(control: Control | None, work: Coroutine[Any, Any, _T]) -> _T | None:
-    """``await work`` (the model call, or the tools) so that the handle's ``cancel`` can stop
-    it: None when it did. A cancellation of the caller's own task goes on as usual."""
-    if control is None:
-        return await work
-    task = asyncio.ensure_future(work)
-    control.io = task
-    try:
-        return await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if not task.cancelled() or (current is not None and current.cancelling()):
-            raise
-        return None
-    finally:
-        control.io = None
-
-
-_T = TypeVar("_T")
 
 
 def _require_loop(method: str) -> None:
@@ -992,79 +685,5 @@ def _sync(coroutine: Coroutine[Any, Any, RunResult]) -> RunResult:
     raise ConfigurationError("the *_sync methods cannot be called from a running event loop")
 
 
-def _expired(
-    requests: Sequence[ApprovalRequest], clock: Callable[[], float]
-) -> tuple[Decision, ...]:
-    """Expiries for the calls past their deadline."""
-    if all(r.deadline is None for r in requests):
-        return ()
-    now = clock()
-    return tuple(
-        Decision(call_id=r.call_id, digest=r.digest, approved=False, expired=True, at=now)
-        for r in requests
-        if r.deadline is not None and r.deadline <= now
-    )
-
-
 def _out_of_turns(state: RunState) -> bool:
     return state.error is not None and state.error.kind == "max_turns_exceeded"
-
-
-def _tripped(state: RunState, error: RunError) -> GuardrailTripped:
-    """The error of a run a guardrail failed, from the trip recorded in its transcript."""
-    trip = next(
-        (i for i in reversed(state.items) if isinstance(i, GuardrailItem) and i.behavior == "trip"),
-        None,
-    )
-    if trip is None:
-        return GuardrailTripped(f"run {state.run_id} failed: {error.message}")
-    return GuardrailTripped(
-        f"run {state.run_id} failed: {error.message}",
-        guardrail=trip.guardrail,
-        kind=trip.kind,
-        call_id=trip.call_id,
-        tool=trip.tool,
-        info=trip.info,
-    )
-
-
-def _undecided(state: RunState, requests: Sequence[ApprovalRequest]) -> UndecidedError:
-    calls = ", ".join(f"{r.call_id} ({r.tool})" for r in requests)
-    return UndecidedError(
-        f"run {state.run_id} waits for a decision on {calls}, and has none to apply; "
-        "approve() and reject() return a new state: resume that one "
-        "(state = state.approve(request))"
-    )
-
-
-def _decided(state: RunState, requests: Sequence[ApprovalRequest]) -> bool:
-    decided = {(d.call_id, d.digest) for d in state.decisions}
-    return any((r.call_id, r.digest) in decided for r in requests)
-
-
-def _result(agents: AgentSet, state: RunState) -> RunResult:
-    output = state.final_output
-    if state.status is RunStatus.COMPLETED:
-        adapter = agents.output_adapter(state.current_agent)
-        if adapter is not None:
-            # The output is stored as JSON data, so it is read back as JSON: strict models
-            # then take their datetimes, UUIDs and enums from strings, as the model gave them.
-            try:
-                output = adapter.validate_json(msgspec.json.encode(output))
-            except pydantic.ValidationError as exc:
-                # The output type changed since the run completed: the run stays completed,
-                # with its output as the JSON data it was stored as.
-                log.warning(
-                    "run %s: its stored output no longer validates against the output type of "
-                    "agent %r, so it is returned as JSON data: %s",
-                    state.run_id,
-                    state.current_agent,
-                    exc,
-                )
-    return RunResult(
-        status=state.status.value,
-        final_output=output,
-        interruptions=state.interruptions,
-        state=state,
-        error=state.error.message if state.error is not None else None,
-    )

@@ -4,7 +4,9 @@ No await, no clock, no ids, no randomness, no I/O: the same inputs always give t
 outputs. Everything from outside (the model's answer, tool results, decisions, the verdicts of the
 user's guardrails and error handler) arrives on the event; the agents supply only code that is
 itself deterministic (argument and output validation). Which statuses a step may move the run
-to is decided in ``_machine``.
+to is decided in ``_machine``. Beside it in the core: ``_newrun`` (a new run), ``_storable``
+(an event made fit to store, before the step), ``_settle`` (what a decision does to a call) and
+``_trips`` (guardrail verdicts, and a trip failing the run).
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ import msgspec
 import pydantic
 
 from ._agents import Agent, AgentSet
-from ._decisions import DecisionRecord, refusal, repeats, standing
+from ._decisions import refusal, repeats, standing
 from ._errors import (
-    ConfigurationError,
     IllegalTransition,
     InvalidEvent,
     ModelBehaviorError,
@@ -45,16 +46,14 @@ from ._items import (
     GuardrailItem,
     HandoffItem,
     Item,
-    ModelResponse,
     ModelToolCall,
     ToolCallItem,
     ToolResultItem,
-    Usage,
-    UserMessage,
 )
-from ._json import check_json_data, check_session, digest, valid_text
+from ._json import check_json_data, digest
 from ._machine import RunStatus, allowed, status_of
 from ._nested import forward, suspend
+from ._newrun import check_max_turns, new_run
 from ._outcomes import (
     FinalOutput,
     Handoff,
@@ -64,6 +63,15 @@ from ._outcomes import (
     RunError,
     ToolCall,
 )
+from ._settle import (
+    DEFAULT_REJECTION,
+    EXPIRED_REJECTION,
+    IN_DOUBT_REJECTION,
+    audit_record,
+    refusal_text,
+    sent_back,
+    settle,
+)
 from ._state import (
     CallRecord,
     HandoffDue,
@@ -71,7 +79,15 @@ from ._state import (
     Policy,
     RunState,
     StoredResponse,
-    Transcript,
+)
+from ._storable import storable
+from ._trips import (
+    GUARDRAIL_REJECTION,
+    NOT_RUN_TRIPPED,
+    checked_verdicts,
+    first_trip,
+    require_replaced,
+    trip,
 )
 
 __all__ = [
@@ -79,6 +95,7 @@ __all__ = [
     "EXPIRED_REJECTION",
     "GUARDRAIL_REJECTION",
     "IN_DOUBT_REJECTION",
+    "NOT_RUN_TRIPPED",
     "Step",
     "ToolErrors",
     "check_max_turns",
@@ -86,24 +103,9 @@ __all__ = [
     "new_run",
     "pending_outcome",
     "step",
-    "storable_response",
 ]
 
 ToolErrors = Literal["feed", "raise"]
-
-DEFAULT_REJECTION = "A human declined this tool call; it was not run."
-EXPIRED_REJECTION = "No one decided on this tool call in time; it was not run."
-IN_DOUBT_REJECTION = (
-    "This call was interrupted before its result was recorded, and a human chose not to run "
-    "it again; whether it took effect is unknown."
-)
-
-GUARDRAIL_REJECTION = "A guardrail blocked this call; it was not run."
-NOT_RUN_TRIPPED = "This call was not run: the run stopped when a guardrail tripped."
-IN_DOUBT_TRIPPED = (
-    "The run stopped when a guardrail tripped; whether this call took effect before it was "
-    "interrupted is unknown."
-)
 
 _replace = msgspec.structs.replace
 
@@ -113,77 +115,6 @@ class Step(NamedTuple):
 
     state: RunState
     outcome: Outcome
-
-
-def check_max_turns(max_turns: object) -> None:
-    """ConfigurationError unless ``max_turns`` is an int of at least 0 (0 lets the run take
-    no model turn: it fails at once, and can be resumed with a higher limit)."""
-    if type(max_turns) is not int or max_turns < 0:
-        raise ConfigurationError(f"max_turns must be an int of at least 0, not {max_turns!r}")
-
-
-def new_run(
-    agent: Agent | str,
-    input: str | Sequence[Item],
-    *,
-    run_id: str,
-    context: Any = None,
-    max_turns: int = 10,
-    started_by: str = "",
-    starter_may_approve: bool = True,
-    session: str | None = None,
-) -> RunState:
-    """A new run in status ``new``; ``step`` it with ``Started()`` to begin. With
-    ``session``, the run is that session's next run (``Started.history`` brings the
-    session's earlier transcript).
-
-    ``started_by`` records who started it (an identity the caller vouches for). With
-    ``starter_may_approve=False``, that person's approvals of the run's calls are refused
-    (a rejection is still theirs to make), whichever way they are posted.
-
-    Raises ContextError if ``context`` is not JSON data, ConfigurationError if ``max_turns``
-    is not an int of at least 0, if ``starter_may_approve`` is False without a
-    ``started_by``, or if ``session`` is not a valid session id.
-    """
-    check_max_turns(max_turns)
-    if not isinstance(started_by, str):
-        raise ConfigurationError(f"started_by must be a str, not {type(started_by).__name__}")
-    if not starter_may_approve and not started_by.strip():
-        raise ConfigurationError("starter_may_approve=False needs started_by: who started the run")
-    check_json_data(started_by, "started_by", ConfigurationError)
-    if session is not None:
-        check_session(session)
-    check_json_data(context)
-    items = (UserMessage(content=input),) if isinstance(input, str) else tuple(input)
-    check_json_data(msgspec.to_builtins(list(items)), "input")
-    name = agent.name if isinstance(agent, Agent) else agent
-    from ._codec import SCHEMA_VERSION
-
-    return RunState(
-        schema_version=SCHEMA_VERSION,
-        run_id=run_id,
-        status=RunStatus.NEW,
-        starting_agent=name,
-        current_agent=name,
-        turn=0,
-        max_turns=max_turns,
-        input=items,
-        items=Transcript(),
-        ledger=(),
-        pending_handoff=None,
-        decisions=(),
-        policies=(),
-        usage=Usage(),
-        final_output=None,
-        error=None,
-        context=context,
-        staged=(),
-        version=0,
-        audit=(),
-        started_by=started_by,
-        starter_may_approve=bool(starter_may_approve),
-        session=session,
-    )
 
 
 def idempotency_key(run_id: str, turn: int, call_id: str) -> str:
@@ -211,7 +142,7 @@ def step(
     """
     legal = allowed(state.status, event)
     spec = agents if isinstance(agents, AgentSet) else AgentSet(agents)
-    event = _storable(event)
+    event = storable(event)
     match event:
         case Started():
             new, outcome = _started(state, event)
@@ -274,11 +205,11 @@ def _started(state: RunState, event: Started) -> tuple[RunState, Outcome]:
     max_turns = state.max_turns if event.max_turns is None else event.max_turns
     if max_turns < 0:
         raise InvalidEvent("max_turns must not be negative")
-    verdicts = _verdicts(event.guardrails, "Started", {"input"})
+    verdicts = checked_verdicts(event.guardrails, "Started", {"input"})
     trace = state.trace or event.trace
     state = _replace(state, max_turns=max_turns, error=None, final_output=None, trace=trace)
     if event.input is not None:
-        _require_replaced(verdicts, "Started.input")
+        require_replaced(verdicts, "Started.input")
         state = _replace(state, input=event.input)
     if event.history is not None:
         if state.session is None:
@@ -287,9 +218,9 @@ def _started(state: RunState, event: Started) -> tuple[RunState, Outcome]:
             state, input=(*event.history, *state.input), session_items=len(event.history)
         )
     state = _replace(state, items=state.items.extend(verdicts))
-    tripped = _first_trip(verdicts)
+    tripped = first_trip(verdicts)
     if tripped is not None:
-        return _trip(state, tripped)
+        return trip(state, tripped)
     return _next_turn(state)
 
 
@@ -316,7 +247,7 @@ def _model_responded(
         held = (1 if response.text else 0) + calls if calls else 1
         stored = StoredResponse(id=response.response_id, items=len(state.items) + held)
         state = _replace(state, stored_response=stored)
-    verdicts = _verdicts(event.guardrails, "ModelResponded", {"tool_input", "output"})
+    verdicts = checked_verdicts(event.guardrails, "ModelResponded", {"tool_input", "output"})
     output_checks = [v for v in verdicts if v.kind == "output"]
     call_checks: dict[str, list[GuardrailItem]] = {}
     for verdict in verdicts:
@@ -397,20 +328,20 @@ def _model_responded(
             continue
         checks = call_checks.pop(call.call_id, [])
         results.extend(checks)
-        tripped = tripped or _first_trip(checks)
+        tripped = tripped or first_trip(checks)
         reject = next((v for v in checks if v.behavior == "reject"), None)
-        if reject is not None and _first_trip(checks) is None:
+        if reject is not None and first_trip(checks) is None:
             results.append(_answer(call, agent, reject.message or GUARDRAIL_REJECTION))
             continue
         edited = call.call_id in event.arguments
         if edited:
-            _require_replaced(checks, f"ModelResponded.arguments[{call.call_id!r}]")
+            require_replaced(checks, f"ModelResponded.arguments[{call.call_id!r}]")
             replaced.discard(call.call_id)
             try:
                 arguments = tool.validate(event.arguments[call.call_id])
             except ToolArgumentsError as exc:
                 raise InvalidEvent(f"a guardrail's replaced arguments do not fit: {exc}") from None
-        elif any(v.behavior == "replace" for v in checks) and _first_trip(checks) is None:
+        elif any(v.behavior == "replace" for v in checks) and first_trip(checks) is None:
             raise InvalidEvent(
                 f"call {call.call_id}: a guardrail replaced its arguments, and "
                 "the event does not carry them"
@@ -461,7 +392,7 @@ def _model_responded(
         pending_handoff=handoff,
     )
     if tripped is not None:
-        return _trip(new, tripped)
+        return trip(new, tripped)
     return _advance(new, spec)
 
 
@@ -476,17 +407,17 @@ def _final(
 ) -> tuple[RunState, Outcome]:
     """The model's final answer, as the output guardrails leave it: through, replaced (the
     transcript then holds the replacement, not what it replaced), or tripped."""
-    tripped = _first_trip(verdicts)
+    tripped = first_trip(verdicts)
     if any(v.behavior == "replace" for v in verdicts):
         if tripped is None:
             output = _valid_output(spec, agent, replacement)
             text = output if isinstance(output, str) else msgspec.json.encode(output).decode()
     elif replacement is not None:
-        _require_replaced(verdicts, "ModelResponded.final_output")
+        require_replaced(verdicts, "ModelResponded.final_output")
     items: list[Item] = [AssistantMessage(content=text, agent=agent), *verdicts]
     state = _replace(state, items=state.items.extend(items))
     if tripped is not None:
-        return _trip(state, tripped)
+        return trip(state, tripped)
     return _replace(state, final_output=output), FinalOutput(output=output)
 
 
@@ -513,9 +444,9 @@ def _tools_finished(
     state: RunState, event: ToolsFinished, spec: AgentSet
 ) -> tuple[RunState, Outcome]:
     new = _record_tools(state, event, spec)
-    tripped = _first_trip(event.guardrails)
+    tripped = first_trip(event.guardrails)
     if tripped is not None:
-        return _trip(new, tripped)
+        return trip(new, tripped)
     return _advance(new, spec)
 
 
@@ -547,7 +478,9 @@ def _record_tools(state: RunState, event: ToolsFinished, spec: AgentSet) -> RunS
             f"{sorted(event.started_by)})"
         )
     checks: dict[str, list[GuardrailItem]] = {}
-    for verdict in _verdicts(event.guardrails, type(event).__name__, {"tool_input", "tool_output"}):
+    for verdict in checked_verdicts(
+        event.guardrails, type(event).__name__, {"tool_input", "tool_output"}
+    ):
         if verdict.call_id not in started or verdict.recheck != (verdict.kind == "tool_input"):
             raise InvalidEvent(
                 f"a guardrail verdict on call {verdict.call_id} does not fit: only started "
@@ -563,8 +496,8 @@ def _record_tools(state: RunState, event: ToolsFinished, spec: AgentSet) -> RunS
             ledger.append(suspend(state, call))
             continue
         if call.call_id in returned:
-            _require_replaced(checks.get(call.call_id, ()), "ToolsFinished.arguments")
-            ledger.append(_sent_back(call, returned[call.call_id], spec))
+            require_replaced(checks.get(call.call_id, ()), "ToolsFinished.arguments")
+            ledger.append(sent_back(call, returned[call.call_id], spec))
             continue
         result = results.get(call.call_id)
         if result is not None:
@@ -594,38 +527,6 @@ def _record_tools(state: RunState, event: ToolsFinished, spec: AgentSet) -> RunS
     return _replace(state, items=state.items.extend(items), ledger=tuple(ledger), nested=nested)
 
 
-def _sent_back(call: CallRecord, arguments: dict[str, Any], spec: AgentSet) -> CallRecord:
-    """An approved call whose arguments a guardrail replaced right before it ran: a person
-    approved other arguments, so it waits for a decision on these."""
-    tool = spec.tool(call.agent, call.tool)
-    if tool is None:
-        raise InvalidEvent(f"tool {call.tool!r} of call {call.call_id} no longer exists")
-    try:
-        arguments = tool.validate(arguments)
-    except ToolArgumentsError as exc:
-        raise InvalidEvent(f"a guardrail's replaced arguments do not fit: {exc}") from None
-    new_digest = digest(arguments)
-    return _replace(
-        call,
-        status="awaiting_approval",
-        reason="approval",
-        arguments=arguments,
-        digest=new_digest,
-        idempotency_key=_edited_key(call.idempotency_key, new_digest),
-        edited=True,
-        schema=tool.parameters,
-        deadline=None,
-        recheck=True,
-        approvals=(),
-    )
-
-
-def _edited_key(key: str, new_digest: str) -> str:
-    # Other arguments make another operation: services that dedupe on the key must not
-    # mistake it for the call that may already have run with the old ones.
-    return hashlib.sha256(f"{key}\x1f{new_digest}".encode()).hexdigest()[:32]
-
-
 def _approvals_decided(
     state: RunState, event: ApprovalsDecided, spec: AgentSet
 ) -> tuple[RunState, Outcome]:
@@ -634,7 +535,7 @@ def _approvals_decided(
             raise InvalidEvent("max_turns must not be negative")
         state = _replace(state, max_turns=event.max_turns)
     # Decisions on the calls of nested runs go to those runs, whose calls run again.
-    state, posted = forward(state, event.decisions, _record)
+    state, posted = forward(state, event.decisions, audit_record)
     # Each decision is checked again, in the order it was posted: the first on a call wins,
     # and one that fails is recorded as refused while its call keeps waiting. An approval of
     # a call that needs a quorum is counted in the call (``work``), which waits for more.
@@ -649,16 +550,16 @@ def _approvals_decided(
         call = next((c for c in work.ledger if c.call_id == decision.call_id), None)
         settled = None
         if problem is None and call is not None:
-            settled, reason = _settle(call, decision, spec)
+            settled, reason = settle(call, decision, spec)
         else:
             reason = str(problem)
         if settled is not None and settled.status == "awaiting_approval":
             work = _replace(work, ledger=tuple(settled if c is call else c for c in work.ledger))
-            audit.append(_record(decision, call, standing(settled), counted=True))
+            audit.append(audit_record(decision, call, standing(settled), counted=True))
             continue
         if settled is not None:
             accepted[decision.call_id] = (decision, settled)
-        audit.append(_record(decision, call, reason))
+        audit.append(audit_record(decision, call, reason))
     # Among sticky decisions, the most recent wins.
     policies = list(state.policies)
     for decision, call in accepted.values():
@@ -674,7 +575,7 @@ def _approvals_decided(
             decision, call = accepted[call.call_id]
             if call.status == "committed":
                 items.append(
-                    _rejection(call.call_id, call.tool, call.agent, _refusal_text(call, decision))
+                    _rejection(call.call_id, call.tool, call.agent, refusal_text(call, decision))
                 )
         elif call.status == "awaiting_approval" and call.reason == "approval":
             # A sticky policy never settles a call in doubt: only a decision on that call.
@@ -697,78 +598,13 @@ def _approvals_decided(
     )
 
 
-def _settle(
-    call: CallRecord, decision: Decision, spec: AgentSet
-) -> tuple[CallRecord | None, str | None]:
-    """The call as ``decision`` leaves it, or None and why the decision cannot apply. Only an
-    approval needs the tool's code: a rejection or an expiry never runs it. An approval of a
-    call that needs a quorum is counted, and the call keeps waiting until the last one; an
-    edit replaces its arguments and starts the count again, with the editor's approval."""
-    if decision.expired or not decision.approved:
-        return _replace(call, status="committed"), None
-    if call.quorum <= 1:
-        return _approved(call, decision, spec)
-    approvals = (*call.approvals, decision) if decision.arguments is None else (decision,)
-    if len(approvals) < call.quorum and decision.arguments is None:
-        return _replace(call, approvals=approvals), None
-    settled, why = _approved(call, decision, spec)
-    if settled is None:
-        return None, why
-    if len(approvals) < call.quorum:
-        settled = _replace(settled, status="awaiting_approval", recheck=True)
-    return _replace(settled, approvals=approvals), None
-
-
-def _approved(
-    call: CallRecord, decision: Decision, spec: AgentSet
-) -> tuple[CallRecord | None, str | None]:
-    """The call as an approval (which may carry edited arguments) leaves it: started, or None
-    and why it cannot apply."""
-    tool = spec.tool(call.agent, call.tool)
-    if tool is None:
-        return None, (
-            f"tool {call.tool!r} of agent {call.agent!r} no longer exists in the code, so the "
-            "call cannot run; reject it or cancel the run"
-        )
-    edited = decision.arguments
-    try:
-        if edited is not None:
-            arguments = tool.validate(edited)
-        elif call.schema is not None and call.schema != tool.parameters:
-            # The tool's signature changed while the call waited: it must still accept them.
-            tool.validate(call.arguments)
-            return _replace(call, status="started", schema=tool.parameters), None
-        else:
-            return _replace(call, status="started"), None
-    except ToolArgumentsError as exc:
-        if edited is not None:
-            return None, str(exc)
-        return None, (
-            f"tool {call.tool!r} changed since this call was shown, and its arguments no longer "
-            f"pass ({exc}); the approval is void: decide again"
-        )
-    new_digest = digest(arguments)
-    return (
-        _replace(
-            call,
-            status="started",
-            arguments=arguments,
-            digest=new_digest,
-            idempotency_key=_edited_key(call.idempotency_key, new_digest),
-            edited=True,
-            schema=tool.parameters,
-        ),
-        None,
-    )
-
-
 def _cancelled(state: RunState, event: Cancelled, spec: AgentSet) -> tuple[RunState, Outcome]:
     error = RunError(kind="cancelled", message=event.reason)
     calls = {c.call_id: c for c in state.ledger}
     why = f"the run was cancelled before this decision was applied ({event.reason})"
     audit = (
         *state.audit,
-        *(_record(d, calls.get(d.call_id), why) for d in (*state.decisions, *event.decisions)),
+        *(audit_record(d, calls.get(d.call_id), why) for d in (*state.decisions, *event.decisions)),
     )
     if state.status is RunStatus.TOOLS:
         # The calls that were running: the finished ones committed, the others in doubt.
@@ -792,36 +628,12 @@ def _cancelled(state: RunState, event: Cancelled, spec: AgentSet) -> tuple[RunSt
     return new, FinalOutput(error=error)
 
 
-def _record(
-    decision: Decision, call: CallRecord | None, refused: str | None, *, counted: bool = False
-) -> DecisionRecord:
-    """The audit record of ``decision`` on ``call``: applied, or refused for a reason, or
-    (``counted``) an approval counted towards a quorum, with the count in ``refused``."""
-    return DecisionRecord(
-        decision=decision,
-        tool=call.tool if call is not None else "",
-        agent=call.agent if call is not None else "",
-        shown=call.arguments if call is not None else {},
-        outcome="counted" if counted else "applied" if refused is None else "refused",
-        reason=refused,
-    )
-
-
-def _refusal_text(call: CallRecord, decision: Decision) -> str:
-    """What the model is told about a call that will not run."""
-    if decision.message:
-        return decision.message
-    if decision.expired:
-        return EXPIRED_REJECTION
-    return IN_DOUBT_REJECTION if call.reason == "in_doubt" else DEFAULT_REJECTION
-
-
 def _injected(state: RunState, event: Injected) -> tuple[RunState, Outcome]:
-    verdicts = _verdicts(event.guardrails, "Injected", {"input"})
+    verdicts = checked_verdicts(event.guardrails, "Injected", {"input"})
     state = _replace(state, items=state.items.extend(verdicts))
-    tripped = _first_trip(verdicts)
+    tripped = first_trip(verdicts)
     if tripped is not None:
-        return _trip(state, tripped)  # the input it tripped on is not kept
+        return trip(state, tripped)  # the input it tripped on is not kept
     if state.status is RunStatus.RUNNING:
         return _replace(state, items=state.items.extend(event.items)), _running(state)
     if state.status is RunStatus.PAUSED:
@@ -836,7 +648,7 @@ def _error_handled(
     state: RunState, event: ErrorHandled, spec: AgentSet
 ) -> tuple[RunState, Outcome]:
     _require_out_of_turns(state, "ended by its error handler")
-    verdicts = _verdicts(event.guardrails, "ErrorHandled", {"output"})
+    verdicts = checked_verdicts(event.guardrails, "ErrorHandled", {"output"})
     if event.failure is not None:
         if verdicts:
             raise InvalidEvent("a failed error handler gave no output to check")
@@ -848,9 +660,9 @@ def _error_handled(
         return _replace(state, error=error), FinalOutput(error=error)
     agent = state.current_agent
     spec.agent(agent)
-    tripped = _first_trip(verdicts)
+    tripped = first_trip(verdicts)
     if tripped is not None:
-        return _trip(_replace(state, items=state.items.extend(verdicts)), tripped)
+        return trip(_replace(state, items=state.items.extend(verdicts)), tripped)
     output = _valid_output(spec, agent, event.output)
     # Input staged for a turn that never came joins the transcript: a completed run holds
     # nothing staged.
@@ -864,95 +676,6 @@ def _error_handled(
     return new, FinalOutput(output=output)
 
 
-# -- guardrails --------------------------------------------------------------------------------
-
-_CALL_KINDS = frozenset({"tool_input", "tool_output"})
-
-
-def _verdicts(
-    verdicts: Sequence[GuardrailItem], event: str, kinds: set[str]
-) -> tuple[GuardrailItem, ...]:
-    """The verdicts an event carries, checked to fit it: the kinds of guardrail that check
-    what it carries, with a call for tool guardrails only, ``reject`` from tool input
-    guardrails only."""
-    for verdict in verdicts:
-        if verdict.kind not in kinds:
-            raise InvalidEvent(f"{event} carries no {verdict.kind} guardrail verdicts")
-        if (verdict.kind in _CALL_KINDS) != (verdict.call_id is not None):
-            raise InvalidEvent(
-                f"guardrail {verdict.guardrail!r}: a tool guardrail's verdict names its call, "
-                "others none"
-            )
-        if verdict.behavior == "reject" and verdict.kind != "tool_input":
-            raise InvalidEvent(
-                f"guardrail {verdict.guardrail!r}: only a tool input guardrail rejects a call"
-            )
-    return tuple(verdicts)
-
-
-def _first_trip(verdicts: Sequence[GuardrailItem]) -> GuardrailItem | None:
-    return next((v for v in verdicts if v.behavior == "trip"), None)
-
-
-def _require_replaced(verdicts: Sequence[GuardrailItem], what: str) -> None:
-    if not any(v.behavior == "replace" for v in verdicts):
-        raise InvalidEvent(f"{what} is set, and no guardrail replaced it")
-
-
-def _trip(state: RunState, verdict: GuardrailItem) -> tuple[RunState, Outcome]:
-    """The run fails on a guardrail's trip. Every call of the turn that has no result gets one
-    saying it did not run (so the transcript stays a valid conversation), the ledger is
-    emptied, and decisions posted and not applied go to the audit trail as refused."""
-    items: list[Item] = []
-    for call in state.ledger:
-        if call.status != "committed":
-            text = IN_DOUBT_TRIPPED if call.reason == "in_doubt" else NOT_RUN_TRIPPED
-            items.append(
-                ToolResultItem(
-                    call_id=call.call_id,
-                    tool=call.tool,
-                    output=text,
-                    agent=call.agent,
-                    is_error=True,
-                )
-            )
-    calls = {c.call_id: c for c in state.ledger}
-    why = "the run failed (a guardrail tripped) before this decision was applied"
-    audit = (*state.audit, *(_record(d, calls.get(d.call_id), why) for d in state.decisions))
-    error = RunError(kind="guardrail_tripped", message=_trip_message(verdict))
-    new = _replace(
-        state,
-        items=state.items.extend(items),
-        ledger=(),
-        nested={},
-        pending_handoff=None,
-        handoff_due=None,
-        decisions=(),
-        audit=audit,
-        error=error,
-        final_output=None,
-    )
-    return new, FinalOutput(error=error)
-
-
-def _trip_message(verdict: GuardrailItem) -> str:
-    match verdict.kind:
-        case "input":
-            where = "the input"
-        case "output":
-            where = "the final output"
-        case "tool_input":
-            where = f"the arguments of call {verdict.call_id} ({verdict.tool})"
-            if verdict.recheck:
-                where += ", checked again after its approval"
-        case _:
-            where = f"the result of call {verdict.call_id} ({verdict.tool})"
-    return (
-        f"guardrail {verdict.guardrail!r} tripped on {where}: "
-        f"{verdict.message or 'no reason given'}"
-    )
-
-
 def _require_out_of_turns(state: RunState, what: str) -> None:
     if state.error is None or state.error.kind != "max_turns_exceeded":
         kind = state.error.kind if state.error is not None else "unknown"
@@ -962,76 +685,6 @@ def _require_out_of_turns(state: RunState, what: str) -> None:
 
 
 # -- shared moves ------------------------------------------------------------------------------
-
-
-def _all_valid(*texts: str) -> bool:
-    return all(text.isascii() or valid_text(text) is text for text in texts)
-
-
-def _storable(event: Event) -> Event:
-    """The event with text that cannot be stored as JSON (lone surrogates, from a model's
-    broken output or a tool's file names) made valid; input from a person, and what the
-    user's guardrails and error handler gave, is refused unless it is JSON data."""
-    event = _valid_texts(event)
-    match event:
-        case Injected(items=items):
-            check_json_data(msgspec.to_builtins(list(items)), "injected items", InvalidEvent)
-        case Started(input=items, history=history) if items is not None or history is not None:
-            if items is not None:
-                check_json_data(msgspec.to_builtins(list(items)), "replaced input", InvalidEvent)
-            if history is not None:
-                check_json_data(msgspec.to_builtins(list(history)), "history", InvalidEvent)
-        case HandedOff(input=items) if items is not None:
-            data = msgspec.to_builtins(list(items))
-            check_json_data(data, "the input filter's history", InvalidEvent)
-            try:
-                msgspec.convert(data, tuple[Item, ...])  # items are not checked when built
-            except msgspec.ValidationError as exc:
-                raise InvalidEvent(f"the input filter's history does not fit: {exc}") from None
-        case ModelResponded(final_output=output) if output is not None:
-            check_json_data(output, "the replaced final output", InvalidEvent)
-        case ErrorHandled(output=output):
-            check_json_data(output, "the error handler's output", InvalidEvent)
-    for verdict in getattr(event, "guardrails", ()):
-        check_json_data(
-            [verdict.guardrail, verdict.agent, verdict.message, verdict.tool, verdict.call_id],
-            "a guardrail verdict",
-            InvalidEvent,
-        )
-        check_json_data(verdict.info, "a guardrail verdict's info", InvalidEvent)
-    return event
-
-
-def storable_response(response: ModelResponse) -> ModelResponse:
-    """``response`` with text that cannot be stored as JSON (lone surrogates, from a model's
-    broken output) made valid. The driver reads a response through it before it runs the
-    user's code on it, so that code sees what the step will record."""
-    if _all_valid(
-        response.text or "",
-        *(text for c in response.tool_calls for text in (c.call_id, c.name, c.arguments)),
-    ):
-        return response
-    text = None if response.text is None else valid_text(response.text)
-    calls = tuple(
-        _replace(
-            call,
-            call_id=valid_text(call.call_id),
-            name=valid_text(call.name),
-            arguments=valid_text(call.arguments),
-        )
-        for call in response.tool_calls
-    )
-    return _replace(response, text=text, tool_calls=calls)
-
-
-def _valid_texts(event: Event) -> Event:
-    match event:
-        case ModelResponded(response=response) if storable_response(response) is not response:
-            return _replace(event, response=storable_response(response))
-        case ToolsFinished(results=results) if not _all_valid(*(r.output for r in results)):
-            outputs = tuple(_replace(r, output=valid_text(r.output)) for r in results)
-            return _replace(event, results=outputs)
-    return event
 
 
 def _advance(state: RunState, spec: AgentSet) -> tuple[RunState, Outcome]:
