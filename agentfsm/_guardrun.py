@@ -46,7 +46,7 @@ from ._items import (
     ToolResultItem,
     UserMessage,
 )
-from ._json import check_json_data, valid_text
+from ._json import check_json_data, copy_json, valid_text
 from ._machine import RunStatus
 from ._outcomes import Invocation, RunError
 from ._state import RunState
@@ -231,7 +231,7 @@ async def checked_event(agents: AgentSet, state: RunState, event: Event) -> Even
             return event
     if not agent.input_guardrails:
         return event
-    verdicts, replaced = await check_input(agent, items, _copy(state.context))
+    verdicts, replaced = await check_input(agent, items, copy_json(state.context))
     if isinstance(event, Started):
         return msgspec.structs.replace(event, guardrails=verdicts, input=replaced)
     tripped = any(v.behavior == "trip" for v in verdicts)
@@ -443,7 +443,7 @@ async def handle_error(
     an output that does not fit leaves it failed too, and the event says why."""
     assert state.error is not None
     agent = agents.agent(state.current_agent)
-    context = _copy(state.context)
+    context = copy_json(state.context)
     data = RunErrorHandlerInput(error=state.error, context=context, state=state, agent=agent)
     try:
         answer = handler(data)
@@ -471,10 +471,3 @@ async def handle_error(
     return ErrorHandled(
         output=output, include_in_history=bool(answer.include_in_history), guardrails=verdicts
     )
-
-
-def _copy(value: Any) -> Any:
-    """A copy of JSON data for the user's code: what it does to it cannot change a state."""
-    if isinstance(value, dict | list):
-        return msgspec.json.decode(msgspec.json.encode(value))
-    return value

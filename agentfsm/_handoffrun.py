@@ -15,9 +15,9 @@ from ._errors import AgentFSMError, HandoffError
 from ._events import HandedOff
 from ._handoffs import HandoffInputData
 from ._items import GuardrailItem, Item
-from ._json import check_json_data
+from ._json import check_json_data, copy_json
 from ._state import RunState
-from ._toolrun import carrying, copy_json
+from ._toolrun import carrying
 
 __all__ = ["take_handoff"]
 

@@ -11,7 +11,7 @@ import msgspec
 
 from ._errors import AgentFSMError, ConfigurationError, ContextError
 
-__all__ = ["MAX_SESSION", "check_json_data", "check_session", "digest", "valid_text"]
+__all__ = ["MAX_SESSION", "check_json_data", "check_session", "copy_json", "digest", "valid_text"]
 
 _encoder = msgspec.json.Encoder(order="sorted")
 
@@ -111,3 +111,11 @@ def check_session(session: object) -> str:
             f"a session id must be printable text; '{shown}' holds U+{ord(bad):04X}"
         )
     return session
+
+
+def copy_json(value: Any) -> Any:
+    """A copy of JSON data for the user's code (tools, approval rules, guardrails, hooks,
+    instructions): what it does to the copy cannot change a state, stored or held."""
+    if isinstance(value, dict | list):
+        return msgspec.json.decode(msgspec.json.encode(value))
+    return value

@@ -24,6 +24,7 @@ from ._errors import (
 from ._events import ModelResponded
 from ._guardrun import check_response
 from ._items import ModelResponse, ToolCallItem
+from ._json import copy_json
 from ._model import (
     ModelProvider,
     ModelRequest,
@@ -39,7 +40,7 @@ from ._settings import ModelSettings
 from ._state import RunState
 from ._storable import storable_response
 from ._stream import Emitter
-from ._toolrun import carrying, copy_json
+from ._toolrun import carrying
 
 __all__ = ["ModelCalls"]
 

@@ -19,6 +19,7 @@ from ._errors import AgentFSMError, ToolError, ToolInDoubt
 from ._events import ToolOutput, ToolsFinished
 from ._guardrun import check_call, check_result, withheld
 from ._items import GuardrailItem
+from ._json import copy_json
 from ._nested import AgentTool
 from ._nestrun import NESTED, run_nested, waiting_for_nested
 from ._outcomes import Invocation, Starter, ToolCall
@@ -32,7 +33,7 @@ from ._tools import ToolContext
 if TYPE_CHECKING:
     from ._runner import Runner
 
-__all__ = ["NOT_RUN", "ToolRunner", "ToolsCancelled", "as_text", "carrying", "copy_json"]
+__all__ = ["NOT_RUN", "ToolRunner", "ToolsCancelled", "as_text", "carrying"]
 
 log = logging.getLogger("agentfsm")
 
@@ -419,14 +420,6 @@ async def _on_cancel(agents: AgentSet, call: Invocation) -> None:
             await asyncio.wait_for(done, CANCEL_GRACE)
     except Exception:
         log.exception("the on_cancel hook of tool %r (call %s) raised", call.tool, call.call_id)
-
-
-def copy_json(value: Any) -> Any:
-    """A copy of JSON data for the user's code (tools, approval rules, instructions): what it
-    does to the copy cannot change a state, stored or held."""
-    if isinstance(value, dict | list):
-        return msgspec.json.decode(msgspec.json.encode(value))
-    return value
 
 
 def as_text(value: Any) -> str:
