@@ -131,6 +131,7 @@ def test_a_layout_4_sqlite_store_keeps_every_version_when_its_history_is_laid_ou
         db.execute("DROP TABLE run_versions")
         db.execute("ALTER TABLE v4 RENAME TO run_versions")
         db.execute("CREATE INDEX runs_by_runnable ON runs (runnable, updated_at)")
+        db.execute("CREATE INDEX runs_by_status ON runs (status, updated_at)")
         db.execute("DELETE FROM agentfsm_schema WHERE version > 4")
     db.close()
 
@@ -160,6 +161,7 @@ def test_a_layout_4_sqlite_store_keeps_every_version_when_its_history_is_laid_ou
         }
         assert "run_versions_by_run" in indexes
         assert "runs_by_runnable" not in indexes
+        assert "runs_by_status" not in indexes
     db.close()
 
 
