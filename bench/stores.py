@@ -9,6 +9,8 @@ repetitions). SQLite always; PostgreSQL too when ``AGENTFSM_BENCH_PG`` (default
   that already hold 10, 1,000 and 10,000 items, every version kept in the run's history. The
   goal: flat (within 1.5x from the smallest to the largest).
 * bytes per step: the head row plus the item rows one such step writes.
+* pages per checkpoint (SQLite): the pages one such save writes to the write-ahead log, on
+  average; a commit's cost is mostly these (before history was kept: 4.9).
 * resume among 10,000 runs: load one run plus its first step, with 10,000 runs stored.
 * load a past version: ``load(run_id, version=k)`` of the version in the middle of a run of
   10,000 items saved step by step (its history kept). The goal: at most 20 ms on SQLite.
@@ -106,6 +108,35 @@ async def checkpoint_costs(store: Store) -> dict[int, list[float]]:
                 timings[size].append((time.perf_counter_ns() - started) / 1000)
                 runs[size] = nxt
     return timings
+
+
+async def sqlite_pages_per_checkpoint(path: Path) -> float:
+    """Pages one save writes to the write-ahead log, on average over the steps of
+    ``checkpoint_costs``."""
+    store = SQLiteStore(path)
+    try:
+        db = store._db
+        db.execute("PRAGMA wal_autocheckpoint=0")  # the log only grows: its growth counts
+        (page,) = db.execute("PRAGMA page_size").fetchone()
+        runs: dict[int, RunState] = {}
+        for size in SIZES:
+            runs[size] = grown(f"pages-{size}", size)
+            await store.create(runs[size])
+        wal = Path(f"{path}-wal")
+        written = saves = 0
+        turn = 10**6
+        for _ in range(REPS // 2):
+            for size in SIZES:
+                turn += 1
+                for nxt in half_steps(runs[size], turn):
+                    before = wal.stat().st_size
+                    await store.save(nxt)
+                    written += wal.stat().st_size - before
+                    saves += 1
+                    runs[size] = nxt
+        return written / (page + 24) / saves  # each page in the log has a 24-byte header
+    finally:
+        await store.close()
 
 
 def bytes_per_step() -> tuple[int, int]:
@@ -235,6 +266,8 @@ async def main() -> int:
             return SQLiteStore(Path(tmp) / f"bench-{next(counter)}.db")
 
         await bench_store("SQLiteStore (WAL, synchronous=NORMAL)", sqlite)
+        pages = await sqlite_pages_per_checkpoint(Path(tmp) / "pages.db")
+        print(f"  {'pages written per checkpoint (to the WAL)':<48} {pages:>13.1f}")
     await bench_postgres()
     return 0
 

@@ -37,6 +37,7 @@ from agentfsm import (
     new_run,
 )
 from agentfsm.stores._base import NOT_RUN_IN_SESSION
+from agentfsm.stores._sqlite import LAYOUT_VERSION
 from agentfsm.testing._session_suite import HOSTILE_SESSIONS
 from tests.apps.chat import agent
 
@@ -439,7 +440,9 @@ def test_a_layout_3_sqlite_store_gains_sessions_on_open(tmp_path: Path) -> None:
 
     run(after)
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT max(version) FROM agentfsm_schema").fetchone() == (4,)
+        assert db.execute("SELECT max(version) FROM agentfsm_schema").fetchone() == (
+            LAYOUT_VERSION,
+        )
     db.close()
 
 

@@ -100,6 +100,71 @@ def test_a_store_that_fails_to_open_closes_its_connection(
             db.execute("SELECT 1")
 
 
+def test_a_layout_4_sqlite_store_keeps_every_version_when_its_history_is_laid_out_anew(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    import msgspec
+
+    path = tmp_path / "runs.db"
+    _paused(SQLiteStore(path))
+
+    async def versions() -> tuple[list[object], dict[int, object]]:
+        async with SQLiteStore(path) as store:
+            history = await store.history("old")
+            return history, {v.version: await store.load("old", version=v.version) for v in history}
+
+    history, states = asyncio.run(versions())
+    assert len(history) == 3  # created, started, paused
+    with sqlite3.connect(path) as db:  # as layout 4 left it
+        db.execute(
+            "CREATE TABLE v4 (run_id TEXT NOT NULL, version INTEGER NOT NULL,"
+            " status TEXT NOT NULL, event TEXT, at REAL NOT NULL, head BLOB NOT NULL,"
+            " n_items INTEGER NOT NULL, schema_version INTEGER NOT NULL,"
+            " PRIMARY KEY (run_id, version)) WITHOUT ROWID"
+        )
+        db.execute(
+            "INSERT INTO v4 SELECT run_id, version, status, event, at, head, n_items,"
+            " schema_version FROM run_versions"
+        )
+        db.execute("DROP TABLE run_versions")
+        db.execute("ALTER TABLE v4 RENAME TO run_versions")
+        db.execute("CREATE INDEX runs_by_runnable ON runs (runnable, updated_at)")
+        db.execute("CREATE INDEX runs_by_status ON runs (status, updated_at)")
+        db.execute("DELETE FROM agentfsm_schema WHERE version > 4")
+    db.close()
+
+    async def reopened() -> None:
+        async with SQLiteStore(path) as store:
+            assert await store.history("old") == history
+            for version, state in states.items():
+                assert await store.load("old", version=version) == state
+            current = await store.load("old")
+            await store.save(msgspec.structs.replace(current, version=current.version + 1))
+            assert [v.version for v in await store.history("old")] == [*states, current.version + 1]
+            assert await store.load("old", version=current.version) == current
+            assert await store.prune(keep_versions=2) == len(states) - 1
+            assert await store.load("old", version=current.version) == current
+
+    asyncio.run(reopened())
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT max(version) FROM agentfsm_schema").fetchone() == (
+            LAYOUT_VERSION,
+        )
+        (layout,) = db.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'run_versions'"
+        ).fetchone()
+        assert "WITHOUT ROWID" not in layout
+        indexes = {
+            name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        assert "run_versions_by_run" in indexes
+        assert "runs_by_runnable" not in indexes
+        assert "runs_by_status" not in indexes
+    db.close()
+
+
 def test_a_layout_2_sqlite_store_starts_each_runs_history_at_its_current_version(
     tmp_path: Path,
 ) -> None:

@@ -67,7 +67,8 @@ __all__ = ["SQLiteStore"]
 #:   3: every version of a run (its head row, at each step); runs stored before it start
 #:      their history at the version they were at.
 #:   4: sessions: the runs of each conversation thread, in order.
-LAYOUT_VERSION = 4
+#:   5: cheaper checkpoints (see ``_LAYOUT_5``).
+LAYOUT_VERSION = 5
 
 _LAYOUT = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -149,6 +150,37 @@ CREATE TABLE IF NOT EXISTS session_runs (
     at REAL NOT NULL,
     PRIMARY KEY (session, position)
 ) WITHOUT ROWID;
+"""
+
+# A checkpoint's cost is mostly the pages its commit writes. Keyed by (run_id, version), a
+# run's versions were appended in the middle of the table, which split its pages every few
+# steps: 3 pages written per version on average. Appended by a row id, a version writes the
+# table's last page (a new one every few steps) and a page of the small index that finds it:
+# 2.3. The indexes on runnable and on status cost a page each at every step (a step changes
+# the indexed updated_at) and a few microseconds more: no query used the first (``claim``
+# reads the whole table); ``list(status=...)`` now reads the whole table, as ``list()``
+# always did (4 ms for 10,000 runs): listings are far rarer than steps. (A partial index of
+# the runs at rest costs the UPDATE of every step as much as the page it saves.)
+_LAYOUT_5 = """
+CREATE TABLE run_versions_5 (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    event TEXT,
+    at REAL NOT NULL,
+    head BLOB NOT NULL,
+    n_items INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL
+);
+INSERT INTO run_versions_5 (run_id, version, status, event, at, head, n_items, schema_version)
+SELECT run_id, version, status, event, at, head, n_items, schema_version FROM run_versions
+ORDER BY run_id, version;
+DROP TABLE run_versions;
+ALTER TABLE run_versions_5 RENAME TO run_versions;
+CREATE UNIQUE INDEX run_versions_by_run ON run_versions (run_id, version);
+DROP INDEX IF EXISTS runs_by_runnable;
+DROP INDEX IF EXISTS runs_by_status
 """
 
 # A session's last run, and its status now (None for no run, or one deleted meanwhile).
@@ -324,7 +356,13 @@ class SQLiteStore(Store):
         read again in it, as another process may have migrated the file meanwhile."""
         current = self._layout_version(db) or 0
         db.execute("CREATE TABLE IF NOT EXISTS agentfsm_schema (version INTEGER NOT NULL)")
-        for version, layout in ((1, _LAYOUT), (2, _LAYOUT_2), (3, _LAYOUT_3), (4, _LAYOUT_4)):
+        for version, layout in (
+            (1, _LAYOUT),
+            (2, _LAYOUT_2),
+            (3, _LAYOUT_3),
+            (4, _LAYOUT_4),
+            (5, _LAYOUT_5),
+        ):
             if current < version:
                 for statement in layout.split(";"):
                     if statement.strip():
