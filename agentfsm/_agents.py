@@ -136,6 +136,9 @@ class AgentSet(Mapping[str, Agent]):
         self._handoff_specs: dict[str, dict[str, HandoffSpec]] = {}
         self._specs: dict[str, tuple[ToolSpec, ...]] = {}
         self._output_schemas: dict[str, dict[str, Any] | None] = {}
+        #: Whether any agent has an agent tool (``Agent.as_tool``): runs of those have
+        #: nested runs to drive.
+        self.nests = False
         pending = [starting]
         while pending:
             agent = pending.pop()
@@ -154,6 +157,7 @@ class AgentSet(Mapping[str, Agent]):
             if t.name in tools:
                 raise ConfigurationError(f"agent {agent.name!r} has two tools named {t.name!r}")
             tools[t.name] = t
+            self.nests = self.nests or isinstance(t, AgentTool)
         handoffs: dict[str, str] = {}
         by_target: dict[str, HandoffSpec] = {}
         specs = [t.spec for t in agent.tools]

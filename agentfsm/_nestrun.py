@@ -144,6 +144,9 @@ async def run_nested(
     child = _child(runner, outer, call.call_id, session)
     events = None if emitter is None else emitter.nested(call.call_id, inner)
     token = _DEPTH.set(depth)
+    # The inner run's own tools are not the outer run's: they see an outer run only if
+    # they nest runs themselves (``tools_of``).
+    shadow = _OUTER.set(None)
     try:
         try:
             result = await child._loop(
@@ -161,6 +164,7 @@ async def run_nested(
         exc.state = outer.state
         raise
     finally:
+        _OUTER.reset(shadow)
         _DEPTH.reset(token)
     match result.status:
         case "completed":

@@ -598,13 +598,16 @@ class Runner:
                     )
                     # The nested runs of agent tools move the run on (each of their steps
                     # is saved): the next step goes from where they left it.
-                    outer = tools_of(state, session, self.on_step)
+                    outer = tools_of(state, session, self.on_step) if agents.nests else None
                     try:
-                        with outer as running:
-                            try:
-                                event = await guarded(control, tools)
-                            finally:
-                                state = running.state
+                        if outer is None:
+                            event = await guarded(control, tools)
+                        else:
+                            with outer as running:
+                                try:
+                                    event = await guarded(control, tools)
+                                finally:
+                                    state = running.state
                     except ToolsCancelled as cancelled:
                         assert control is not None
                         assert control.cancel_reason is not None
