@@ -115,12 +115,13 @@ WireState: Any = msgspec.defstruct(
 
 HeadWire: Any = msgspec.defstruct(
     "RunHead",
-    [field for field in _wire_fields() if field[0] != "items"],
+    [(name, kind) for name, kind in _wire_fields() if name != "items"],
     frozen=True,
     forbid_unknown_fields=True,
     module=__name__,
 )
-_HEAD_FIELDS = [field[0] for field in _wire_fields() if field[0] != "items"]
+_HEAD_FIELDS = [name for name, _ in _wire_fields() if name != "items"]
+_HEAD_NESTED_INDEX = _HEAD_FIELDS.index("nested")
 
 
 def wire_type() -> Any:
@@ -173,7 +174,7 @@ def encode_head(state: RunState) -> bytes:
     """The state without its transcript: the small row a store rewrites at every step."""
     values = [getattr(state, name) for name in _HEAD_FIELDS]
     if state.nested:
-        values[_HEAD_FIELDS.index("nested")] = {k: _to_wire(v) for k, v in state.nested.items()}
+        values[_HEAD_NESTED_INDEX] = {k: _to_wire(v) for k, v in state.nested.items()}
     return _encoder.encode(HeadWire(*values))
 
 
